@@ -1,0 +1,248 @@
+"""The step buffer: where a logged step's device-side partial results meet, and how they reach
+the host in one copy.
+
+Hooks queue small tensors (norms, counts, per-unit flags) with the buffer offset they belong to,
+and element counts known from shapes alone as host numbers. At the step end the queued tensors of
+each device are concatenated and added into that device's preallocated float64 buffer with one
+``index_add_``, the host counts are added with one (non-blocking) host-to-device copy, and the
+buffer goes to the host in one copy: non-blocking into pinned memory with an event on CUDA, read
+when the event has completed (normally at the next step), and a plain copy on the CPU. Because
+every component is a sum, one ``all_reduce(SUM)`` of the buffer combines ranks, and dividing the
+``loss_scaled`` components by a loss scale squared removes a GradScaler's scale.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from gradscope.stats import STATISTICS
+
+PRESENCE = "n"
+"""Every entry has this host component: how many contributions it got; 0 means not recorded."""
+
+
+@dataclass
+class Entry:
+    """One (layer, metric) of the long table and the buffer slots of its state components."""
+
+    layer: str
+    metric: str
+    slots: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+
+class Layout:
+    """Append-only map from (layer, metric, component) to buffer offsets.
+
+    Entries are created the first time a statistic is seen (normally during the first logged
+    step) and never move, so a copy taken when the layout had ``n`` entries can be read later.
+    """
+
+    def __init__(self) -> None:
+        self.entries: list[Entry] = []
+        self.size = 0
+        self._entry_ids: dict[tuple[str, str], int] = {}
+        self._offsets: dict[tuple[int, str], int] = {}
+        self._plans: dict[int, dict[str, tuple[np.ndarray, dict[str, np.ndarray]]]] = {}
+
+    def entry(self, layer: str, metric: str) -> int:
+        key = (layer, metric)
+        entry_id = self._entry_ids.get(key)
+        if entry_id is None:
+            entry_id = len(self.entries)
+            self.entries.append(Entry(layer, metric))
+            self._entry_ids[key] = entry_id
+            self.slot(entry_id, PRESENCE)
+        return entry_id
+
+    def slot(self, entry_id: int, component: str, size: int = 1) -> int:
+        """Offset of ``component`` of entry ``entry_id``, allocating it on first use."""
+        key = (entry_id, component)
+        offset = self._offsets.get(key)
+        if offset is None:
+            offset = self.size
+            self.size += size
+            self._offsets[key] = offset
+            self.entries[entry_id].slots[component] = (offset, size)
+        return offset
+
+    def compute(self, state: np.ndarray, n_entries: int) -> tuple[np.ndarray, np.ndarray]:
+        """(entry ids, values) of the entries recorded in ``state``, a step's summed buffer."""
+        ids_out, values_out = [], []
+        for metric, (ids, offsets) in self._plan(n_entries).items():
+            present = state[offsets[PRESENCE]] > 0
+            if metric == "dead_fraction":
+                values = np.array([self._dead_fraction(state, self.entries[i]) for i in ids])
+            else:
+                components = {c: state[o] for c, o in offsets.items()}
+                values = STATISTICS[metric].compute(components)
+            ids_out.append(ids[present])
+            values_out.append(np.asarray(values, dtype=np.float64)[present])
+        if not ids_out:
+            return np.empty(0, dtype=np.int64), np.empty(0)
+        ids_all = np.concatenate(ids_out)
+        order = np.argsort(ids_all, kind="stable")
+        return ids_all[order], np.concatenate(values_out)[order]
+
+    def _plan(self, n_entries: int) -> dict[str, tuple[np.ndarray, dict[str, np.ndarray]]]:
+        plan = self._plans.get(n_entries)
+        if plan is None:
+            by_metric: dict[str, list[int]] = OrderedDict()
+            for i, e in enumerate(self.entries[:n_entries]):
+                by_metric.setdefault(e.metric, []).append(i)
+            plan = {}
+            for metric, ids in by_metric.items():
+                components = [PRESENCE]
+                if metric != "dead_fraction":
+                    stat = STATISTICS[metric]
+                    components += list(stat.state) + list(stat.host_state)
+                offsets = {
+                    c: np.array([self.entries[i].slots.get(c, (0, 0))[0] for i in ids])
+                    for c in components
+                }
+                plan[metric] = (np.array(ids, dtype=np.int64), offsets)
+            self._plans = {n_entries: plan}
+        return plan
+
+    @staticmethod
+    def _dead_fraction(state: np.ndarray, entry: Entry) -> float:
+        """Dead units over units, across the call sites that ran in the step."""
+        dead = units = 0
+        for component, (offset, size) in entry.slots.items():
+            if not component.startswith("alive@"):
+                continue
+            calls_offset, _ = entry.slots["calls@" + component[len("alive@"):]]
+            if state[calls_offset] > 0:
+                dead += int(np.count_nonzero(state[offset:offset + size] == 0))
+                units += size
+        return dead / units if units else float("nan")
+
+
+class PendingStep:
+    """A logged step's buffer on its way to the host."""
+
+    def __init__(self, step: int, n_entries: int, hosts: list[torch.Tensor], events: list) -> None:
+        self.step = step
+        self.n_entries = n_entries
+        self._hosts = hosts
+        self._events = events
+
+    def ready(self) -> bool:
+        """True when the copy has landed; never waits."""
+        return all(e.query() for e in self._events)
+
+    def state(self) -> np.ndarray:
+        """The step's summed buffer on the host, waiting for the copy if it is still in flight."""
+        for e in self._events:
+            e.synchronize()
+        total = self._hosts[0].numpy().copy()
+        for h in self._hosts[1:]:
+            total += h.numpy()
+        return total
+
+
+class StepBuffer:
+    """Collects a logged step's partial results and ships them to the host in one copy per device."""
+
+    def __init__(self, layout: Layout, primary_device: torch.device) -> None:
+        self.layout = layout
+        self.primary_device = primary_device
+        self._partials: list[tuple[int, int, bool, torch.Tensor]] = []
+        self._counts: dict[int, float] = {}
+        self._device_buffers: dict[torch.device, torch.Tensor] = {}
+        self._index_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    # -- called from hooks ---------------------------------------------------------------------
+
+    def add(self, offset: int, value: torch.Tensor, square: bool = False) -> None:
+        """Queue ``value`` (squared at the step end if ``square``) to be summed at ``offset``."""
+        self._partials.append((offset, value.numel(), square, value))
+
+    def count(self, offset: int, amount: float = 1.0) -> None:
+        """Add a number known on the host (an element or call count) at ``offset``."""
+        self._counts[offset] = self._counts.get(offset, 0.0) + amount
+
+    def discard(self) -> None:
+        """Drop what the current step queued (the step did not complete)."""
+        self._partials.clear()
+        self._counts.clear()
+
+    # -- called at the step end ----------------------------------------------------------------
+
+    def finish(self, step: int) -> PendingStep:
+        """Sum the step's partials into the device buffers and start their copy to the host."""
+        size = self.layout.size
+        by_device: dict[torch.device, list[tuple[int, int, bool, torch.Tensor]]] = {}
+        for partial in self._partials:
+            by_device.setdefault(partial[3].device, []).append(partial)
+        by_device.setdefault(self.primary_device, [])
+        hosts, events = [], []
+        for device, partials in by_device.items():
+            buffer = self._buffer(device, size)
+            buffer.zero_()
+            if partials:
+                index, square = self._index(device, partials)
+                values = torch.cat([p[3].reshape(-1) for p in partials]).to(torch.float64)
+                values = torch.where(square, values * values, values)
+                buffer.index_add_(0, index, values)
+            if device == self.primary_device and self._counts:
+                counts = np.zeros(size)
+                for offset, amount in self._counts.items():
+                    counts[offset] += amount
+                buffer.add_(_to_device(torch.from_numpy(counts), device))
+            host, event = _copy_to_host(buffer)
+            hosts.append(host)
+            if event is not None:
+                events.append(event)
+        self.discard()
+        return PendingStep(step, len(self.layout.entries), hosts, events)
+
+    def _buffer(self, device: torch.device, size: int) -> torch.Tensor:
+        buffer = self._device_buffers.get(device)
+        if buffer is None or buffer.numel() != size:
+            # the layout grows only while new statistics appear, normally in the first logged step
+            buffer = torch.zeros(size, dtype=torch.float64, device=device)
+            self._device_buffers[device] = buffer
+        return buffer
+
+    def _index(self, device: torch.device, partials: list) -> tuple[torch.Tensor, torch.Tensor]:
+        signature = tuple((p[0], p[1], p[2]) for p in partials)
+        key = (device, signature)
+        cached = self._index_cache.get(key)
+        if cached is None:
+            index = np.concatenate([np.arange(o, o + n) for o, n, _ in signature])
+            square = np.concatenate([np.full(n, s) for _, n, s in signature])
+            cached = (
+                _to_device(torch.from_numpy(index), device),
+                _to_device(torch.from_numpy(square), device),
+            )
+            if len(self._index_cache) > 16:
+                self._index_cache.clear()
+            self._index_cache[key] = cached
+        return cached
+
+
+def _to_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Host-to-device without stalling the host: through pinned memory, non-blocking on CUDA."""
+    if device.type == "cpu":
+        return host
+    if device.type == "cuda":
+        host = host.pin_memory()
+    return host.to(device, non_blocking=True)
+
+
+def _copy_to_host(buffer: torch.Tensor) -> tuple[torch.Tensor, object | None]:
+    """One copy of ``buffer`` to the host; on CUDA non-blocking into pinned memory plus an event."""
+    if buffer.device.type == "cpu":
+        return buffer.clone(), None
+    if buffer.device.type == "cuda":
+        host = torch.empty(buffer.shape, dtype=buffer.dtype, pin_memory=True)
+        host.copy_(buffer, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        return host, event
+    # other accelerators: a plain copy (it waits, which is the one host sync of the logged step)
+    return buffer.to("cpu"), None

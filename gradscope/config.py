@@ -1,0 +1,65 @@
+"""Monitor options, as data. The Python API and (later) the CLI read these same definitions."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from gradscope.errors import UsageError, UsageTypeError
+
+
+@dataclass
+class MonitorConfig:
+    """Options of :func:`gradscope.monitor`."""
+
+    every: int = 1
+    """Log steps 0, every, 2*every, …; on other steps the hooks are not installed."""
+
+    functional: bool = True
+    """Also capture activation functions called inside forwards (``F.relu``, ``torch.tanh`` …)."""
+
+    log_dir: str | os.PathLike | None = None
+    """Run directory to stream the history to (Parquet); RAM then keeps ``window`` steps."""
+
+    window: int = 1000
+    """With ``log_dir``: logged steps kept in RAM besides what is on disk."""
+
+    flush_every: int = 100
+    """With ``log_dir``: logged steps per Parquet part written to the run directory."""
+
+    strict: bool = False
+    """Re-raise errors inside gradscope's hooks instead of warning once and skipping the statistic."""
+
+    def __post_init__(self) -> None:
+        for name in ("every", "window", "flush_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise UsageTypeError(
+                    f"Expected `{name}` to be a positive int but got {value!r} "
+                    f"({type(value).__name__}); pass e.g. {name}=10."
+                )
+            if value < 1:
+                raise UsageError(
+                    f"Expected `{name}` to be a positive int but got {value}; "
+                    f"pass {name}=1 to log every step."
+                    if name == "every"
+                    else f"Expected `{name}` to be a positive int but got {value}."
+                )
+        for name in ("functional", "strict"):
+            if not isinstance(getattr(self, name), bool):
+                raise UsageTypeError(
+                    f"Expected `{name}` to be a bool but got {getattr(self, name)!r}."
+                )
+        if self.log_dir is not None:
+            if not isinstance(self.log_dir, (str, os.PathLike)):
+                raise UsageTypeError(
+                    f"Expected `log_dir` to be a path but got {self.log_dir!r} "
+                    f"({type(self.log_dir).__name__})."
+                )
+            path = Path(self.log_dir)
+            if path.exists() and not path.is_dir():
+                raise UsageError(
+                    f"`log_dir` {str(path)!r} exists and is not a directory; "
+                    "pass a new or existing directory."
+                )

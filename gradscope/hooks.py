@@ -1,0 +1,334 @@
+"""The hook manager: forward and backward hooks that turn a model's activations and gradients into
+device-side partial statistics in the step buffer.
+
+Per module, a forward pre-hook pushes a frame on a module stack and a forward hook (``always_call``)
+pops it and reduces the output: ``act_rms``, dead units or saturation for activation modules, and a
+tensor hook on each output that reduces the incoming gradient (``out_grad_norm``). While the root
+module's forward runs, a ``TorchFunctionMode`` sees activation functions called inside forwards
+(``F.relu``, ``torch.tanh``, ``x.sigmoid()`` …) and attributes them to the module on top of the
+stack. Hooks are only installed for logged steps; every reduction stays on the device.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn as nn
+from torch.overrides import TorchFunctionMode
+
+from gradscope.buffer import PRESENCE, Layout, StepBuffer
+from gradscope.stats.reductions import (
+    FUNCTIONAL_ACTIVATIONS,
+    ActivationKind,
+    alive_units,
+    flat_count,
+    floating_tensors,
+    l2_norm,
+    module_activation,
+    unit_dim,
+)
+
+OFF, GRAD_ONLY, FULL = 0, 1, 2
+"""Frame modes: record nothing (eval, no-grad); only gradients (a checkpoint's recomputation
+inside backward, whose forward statistics were taken in the original forward); everything."""
+
+Guard = Callable[..., None]
+
+
+def functional_layer_name(module_name: str, function: str, index: int) -> str:
+    """Name of the ``index``-th call of activation ``function`` inside ``module_name``'s forward:
+    ``"encoder.0:relu#0"``, or ``"tanh#1"`` inside the root module."""
+    return f"{module_name}:{function}#{index}" if module_name else f"{function}#{index}"
+
+
+@dataclass
+class _Frame:
+    module: nn.Module
+    name: str
+    mode: int
+    producer: str | None = None
+    function_calls: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+
+@dataclass
+class _Reduced:
+    """A tensor already reduced in this forward, so containers that return their last child's
+    output reuse the result. Valid while the tensor is alive and not modified in place."""
+
+    ref: weakref.ref
+    version: int
+    norm: torch.Tensor | None = None
+    grad_targets: list[tuple[int, int]] | None = None
+
+
+class _ActivationCapture(TorchFunctionMode):
+    """Sees tracked activation functions called while the root module's forward runs."""
+
+    def __init__(self, on_call: Callable) -> None:
+        super().__init__()
+        self._on_call = on_call
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        kind_of = FUNCTIONAL_ACTIVATIONS.get(func)
+        if kind_of is None:
+            return func(*args, **kwargs)
+        x = args[0] if args else kwargs.get("input")
+        producer = _producer(x)
+        out = func(*args, **kwargs)
+        self._on_call(kind_of(*args, **kwargs), out, producer)
+        return out
+
+
+def _producer(x: object) -> str | None:
+    """Name of the autograd node that made ``x`` (read before an in-place op replaces it)."""
+    if isinstance(x, torch.Tensor) and x.dim() == 3 and x.grad_fn is not None:
+        return type(x.grad_fn).__name__
+    return None
+
+
+class HookManager:
+    """Installs and removes the statistic hooks of one model.
+
+    >>> import torch, torch.nn as nn
+    >>> from gradscope.buffer import Layout, StepBuffer
+    >>> model = nn.Sequential(nn.Linear(3, 4), nn.ReLU())
+    >>> layout = Layout()
+    >>> hooks = HookManager(model, layout, StepBuffer(layout, torch.device("cpu")),
+    ...                     guard=lambda layer, stat, fn, *a: fn(*a))
+    >>> hooks.attach(); _ = model(torch.randn(2, 3, requires_grad=True)); hooks.detach()
+    >>> hooks.module_order
+    ['', '0', '1']
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layout: Layout,
+        buffer: StepBuffer,
+        guard: Guard,
+        functional: bool = True,
+    ) -> None:
+        self.model = model
+        self.layout = layout
+        self.buffer = buffer
+        self._guard = guard
+        self._names = {m: name for name, m in model.named_modules()}
+        self._kinds = {m: module_activation(m) for m in self._names}
+        self._capture = _ActivationCapture(self._on_functional) if functional else None
+        self._handles: list = []
+        self._stack: list[_Frame] = []
+        self._root_depth = 0
+        self._root_mode = OFF
+        self._capturing = False
+        self._site_counts: dict[str, int] = defaultdict(int)
+        self._reduced: dict[int, _Reduced] = {}
+        self._slots: dict[tuple[str, str, str], int] = {}
+        self.token = 0
+        """Changes at every step end; a gradient hook from an earlier step then does nothing."""
+        self.module_order: list[str] = []
+        """Module and functional-activation names in the order their forwards first ran."""
+        self.layer_types: dict[str, str] = {}
+
+    # -- installing ----------------------------------------------------------------------------
+
+    @property
+    def attached(self) -> bool:
+        return bool(self._handles)
+
+    def attach(self) -> None:
+        if self._handles:
+            return
+        for module in self._names:
+            if isinstance(module, torch.jit.ScriptModule):
+                continue  # scripted modules take no Python hooks
+            self._handles.append(module.register_forward_pre_hook(self._pre))
+            self._handles.append(module.register_forward_hook(self._post, always_call=True))
+
+    def detach(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._stop_capture()
+        self._stack.clear()
+        self._root_depth = 0
+
+    def end_step(self) -> None:
+        """Forget per-step state; gradient hooks still pending from this step become no-ops."""
+        self.token += 1
+        self._site_counts.clear()
+        self._reduced.clear()
+
+    # -- forward hooks -------------------------------------------------------------------------
+
+    def _mode(self, module: nn.Module) -> int:
+        if torch._C._current_graph_task_id() != -1:
+            return GRAD_ONLY  # inside backward: a checkpoint recomputing its forward
+        if self._root_depth > 0:
+            return self._root_mode
+        return FULL if self.model.training and torch.is_grad_enabled() else OFF
+
+    def _pre(self, module: nn.Module, args: tuple) -> None:
+        mode = self._mode(module)
+        frame = _Frame(module, self._names[module], mode)
+        if mode == FULL and self._kinds[module] is not None and args:
+            frame.producer = _producer(args[0])
+        self._stack.append(frame)
+        if module is self.model:
+            self._root_depth += 1
+            if self._root_depth == 1:
+                self._root_mode = mode
+                self._site_counts.clear()
+                if mode == FULL:
+                    self._start_capture()
+
+    def _post(self, module: nn.Module, args: tuple, output: object) -> None:
+        frame = self._pop(module)
+        try:
+            if frame is not None and frame.mode != OFF and output is not None:
+                self._record_module(frame, output)
+        finally:
+            if module is self.model:
+                self._root_depth = max(0, self._root_depth - 1)
+                if self._root_depth == 0:
+                    self._stop_capture()
+
+    def _pop(self, module: nn.Module) -> _Frame | None:
+        # frames above ours belong to forwards that raised before their hook could run
+        while self._stack:
+            frame = self._stack.pop()
+            if frame.module is module:
+                return frame
+        return None
+
+    def _start_capture(self) -> None:
+        if self._capture is not None and not self._capturing:
+            self._capture.__enter__()
+            self._capturing = True
+
+    def _stop_capture(self) -> None:
+        if self._capturing:
+            self._capturing = False
+            self._capture.__exit__(None, None, None)
+
+    # -- statistics ----------------------------------------------------------------------------
+
+    def _slot(self, layer: str, metric: str, component: str) -> int:
+        key = (layer, metric, component)
+        offset = self._slots.get(key)
+        if offset is None:
+            offset = self.layout.slot(self.layout.entry(layer, metric), component)
+            self._slots[key] = offset
+        return offset
+
+    def _seen(self, layer: str, type_name: str) -> None:
+        if layer not in self.layer_types:
+            self.layer_types[layer] = type_name
+            self.module_order.append(layer)
+
+    def _record_module(self, frame: _Frame, output: object) -> None:
+        tensors = list(floating_tensors(output))
+        if not tensors:
+            return
+        name = frame.name
+        if frame.mode == FULL:
+            self._seen(name, type(frame.module).__name__)
+            with torch.no_grad():
+                self._guard(name, "act_rms", self._act_rms, name, tensors)
+                kind = self._kinds[frame.module]
+                if kind is not None:
+                    site = self._site_counts[name]
+                    self._site_counts[name] += 1
+                    self._activation(name, kind, tensors[0], frame.producer, site)
+        self._guard(name, "out_grad_norm", self._hook_gradients, name, tensors)
+
+    def _on_functional(self, kind: ActivationKind, out: object, producer: str | None) -> None:
+        frame = self._stack[-1] if self._stack else None
+        if frame is None or frame.mode != FULL or self._kinds[frame.module] is not None:
+            return  # outside a recorded forward, or an activation module's own call
+        index = frame.function_calls[kind.name]
+        frame.function_calls[kind.name] += 1
+        name = functional_layer_name(frame.name, kind.name, index)
+        if not isinstance(out, torch.Tensor) or not out.is_floating_point():
+            return
+        self._seen(name, f"functional {kind.name}")
+        site = self._site_counts[name]
+        self._site_counts[name] += 1
+        with torch.no_grad():
+            self._activation(name, kind, out, producer, site)
+
+    def _act_rms(self, name: str, tensors: list[torch.Tensor]) -> None:
+        sq, numel = self._slot(name, "act_rms", "sq"), self._slot(name, "act_rms", "numel")
+        for t in tensors:
+            self.buffer.add(sq, self._norm(t), square=True)
+            self.buffer.count(numel, t.numel())
+        self.buffer.count(self._slot(name, "act_rms", PRESENCE))
+
+    def _norm(self, t: torch.Tensor) -> torch.Tensor:
+        seen = self._reduced.get(id(t))
+        if seen is not None and seen.ref() is t and seen.version == t._version and seen.norm is not None:
+            return seen.norm
+        norm = l2_norm(t)
+        if seen is not None and seen.ref() is t and seen.version == t._version:
+            seen.norm = norm
+        else:
+            self._reduced[id(t)] = _Reduced(weakref.ref(t), t._version, norm=norm)
+        return norm
+
+    def _activation(
+        self, name: str, kind: ActivationKind, t: torch.Tensor, producer: str | None, site: int
+    ) -> None:
+        if kind.dead_units:
+            self._guard(name, "dead_fraction", self._dead_units, name, t, producer, site)
+        else:
+            self._guard(name, "saturation", self._saturation, name, kind, t)
+
+    def _dead_units(self, name: str, t: torch.Tensor, producer: str | None, site: int) -> None:
+        alive = alive_units(t, unit_dim(t, producer))
+        entry = self.layout.entry(name, "dead_fraction")
+        tag = f"{site}:{alive.numel()}"
+        self.buffer.add(self.layout.slot(entry, "alive@" + tag, alive.numel()), alive)
+        self.buffer.count(self.layout.slot(entry, "calls@" + tag))
+        self.buffer.count(self._slot(name, "dead_fraction", PRESENCE))
+
+    def _saturation(self, name: str, kind: ActivationKind, t: torch.Tensor) -> None:
+        self.buffer.add(self._slot(name, "saturation", "flat"), flat_count(t, kind.bounds))
+        self.buffer.count(self._slot(name, "saturation", "numel"), t.numel())
+        self.buffer.count(self._slot(name, "saturation", PRESENCE))
+
+    # -- backward: the gradient arriving at each output ----------------------------------------
+
+    def _hook_gradients(self, name: str, tensors: list[torch.Tensor]) -> None:
+        target = (self._slot(name, "out_grad_norm", "sq"), self._slot(name, "out_grad_norm", PRESENCE))
+        for t in tensors:
+            if not t.requires_grad:
+                continue
+            seen = self._reduced.get(id(t))
+            if seen is None or seen.ref() is not t or seen.version != t._version:
+                seen = _Reduced(weakref.ref(t), t._version)
+                self._reduced[id(t)] = seen
+            if seen.grad_targets is None:
+                seen.grad_targets = [target]
+                t.register_hook(self._gradient_hook(name, seen.grad_targets))
+            elif target not in seen.grad_targets:
+                seen.grad_targets.append(target)
+
+    def _gradient_hook(self, name: str, targets: list[tuple[int, int]]) -> Callable:
+        token = self.token
+
+        def reduce_gradient(grad: torch.Tensor) -> None:
+            if token != self.token:
+                return
+            self._guard(name, "out_grad_norm", self._add_gradient, grad, targets)
+
+        return reduce_gradient
+
+    def _add_gradient(self, grad: torch.Tensor, targets: list[tuple[int, int]]) -> None:
+        norm = l2_norm(grad)
+        for sq, presence in targets:
+            self.buffer.add(sq, norm, square=True)
+            self.buffer.count(presence)

@@ -1,0 +1,409 @@
+"""``gradscope.monitor``: the context manager that ties hooks, the step buffer and the history to
+a training loop, one optimizer step at a time.
+
+Step ``s`` (numbered from 0) is logged when ``s % every == 0``. Everything between two optimizer
+steps belongs to the coming step: forwards and backwards (several of them under gradient
+accumulation) queue their partial results, the optimizer step adds the parameter statistics and
+ends the step, and the step's buffer leaves for the host in one copy.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+import weakref
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn as nn
+
+from gradscope.buffer import PRESENCE, Layout, PendingStep, StepBuffer
+from gradscope.config import MonitorConfig
+from gradscope.errors import GradscopeWarning, UsageError, UsageTypeError
+from gradscope.hooks import HookManager
+from gradscope.records import History, write_meta
+from gradscope.stats import STATISTICS
+from gradscope.stats.reductions import (
+    foreach_delta_norms,
+    foreach_nonfinite_counts,
+    foreach_norms,
+    group_by_device_and_dtype,
+)
+
+_MONITORED: "weakref.WeakKeyDictionary[nn.Module, Monitor]" = weakref.WeakKeyDictionary()
+"""Every module under an active monitor, so that two monitors never hook the same module."""
+
+_MAX_IN_FLIGHT = 2
+"""Host copies allowed in flight before the oldest is waited for (one wait per logged step)."""
+
+
+@dataclass
+class _ParamSlots:
+    name: str
+    param: nn.Parameter
+    grad_sq: int
+    grad_n: int
+    weight_sq: int
+    weight_n: int
+    nonfinite: int
+    nonfinite_n: int
+
+
+class Monitor:
+    """Records per-layer gradient-flow statistics of ``model`` during training.
+
+    Use it through :func:`gradscope.monitor`; ``start()``/``stop()`` do what ``with`` does.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        every: int = 1,
+        optimizer: torch.optim.Optimizer | None = None,
+        *,
+        functional: bool = True,
+        log_dir: str | os.PathLike | None = None,
+        window: int = 1000,
+        flush_every: int = 100,
+        strict: bool = False,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise UsageTypeError(
+                f"Expected `model` to be a torch.nn.Module but got {type(model).__name__}; "
+                "pass the model whose training you want to monitor."
+            )
+        self.config = MonitorConfig(
+            every=every, functional=functional, log_dir=log_dir, window=window,
+            flush_every=flush_every, strict=strict,
+        )
+        self.model = model
+        self.optimizer = _check_optimizer(optimizer, model)
+        parameters = list(model.named_parameters())
+        primary = parameters[0][1].device if parameters else torch.device("cpu")
+        self.layout = Layout()
+        self.buffer = StepBuffer(self.layout, primary)
+        self.hooks = HookManager(model, self.layout, self.buffer, self._guard, functional)
+        self._param_slots = [self._slots_for(name, p) for name, p in parameters]
+        modules = dict(model.named_modules())
+        self._owner_types = {
+            name: type(modules[name.rpartition(".")[0]]).__name__ for name, _ in parameters
+        }
+        owned = (
+            {id(p) for group in self.optimizer.param_groups for p in group["params"]}
+            if self.optimizer is not None else set()
+        )
+        self._updated = {id(p) for _, p in parameters if id(p) in owned}
+        self.history = History(
+            self._names, log_dir, window=self.config.window, flush_every=self.config.flush_every
+        )
+        self._step = 0
+        self._in_flight: deque[PendingStep] = deque()
+        self._optimizer_handles: list = []
+        self._snapshot: list | None = None
+        self._warned: set[tuple[str, str]] = set()
+        self._active = False
+        self._was_training = model.training
+
+    # -- the public surface --------------------------------------------------------------------
+
+    @property
+    def current_step(self) -> int:
+        """The step now in progress (the number of optimizer steps taken so far)."""
+        return self._step
+
+    def is_logged(self, step: int) -> bool:
+        return step % self.config.every == 0
+
+    def step(self) -> None:
+        """End the current step when no ``optimizer=`` was given: call it once per optimizer step,
+        right before ``optimizer.step()``, while the gradients are there. (Called after the step
+        and before ``zero_grad()`` it works too, with ``weight_norm`` read after the update.)"""
+        if self.optimizer is not None:
+            raise UsageError(
+                "mon.step() was called, but the monitor was given optimizer= and already ends "
+                "each step at optimizer.step(); remove the mon.step() call."
+            )
+        if not self._active:
+            raise UsageError("mon.step() was called outside the `with gradscope.monitor(...)` block.")
+        try:
+            if self.is_logged(self._step):
+                self._guard("*", "grad_norm", self._parameter_statistics, False)
+        finally:
+            self._end_step()
+
+    def to_dataframe(self) -> pd.DataFrame:
+        """The history as a long table: columns step, layer, metric, value (float64).
+
+        Steps are those completed so far; a step still in progress is not included.
+        """
+        self._drain(wait=True)
+        return self.history.to_dataframe()
+
+    @property
+    def layers(self) -> pd.DataFrame:
+        """One row per layer seen: name, type, kind (parameter, module, activation), order."""
+        rows = [
+            {"layer": s.name, "type": self._owner_types[s.name], "kind": "parameter"}
+            for s in self._param_slots
+        ]
+        for name in self.hooks.module_order:
+            type_name = self.hooks.layer_types[name]
+            kind = "activation" if ":" in name or "#" in name else "module"
+            rows.append({"layer": name, "type": type_name, "kind": kind})
+        frame = pd.DataFrame(rows, columns=["layer", "type", "kind"])
+        frame["order"] = np.arange(len(frame))
+        return frame
+
+    def start(self) -> "Monitor":
+        for module in self.model.modules():
+            other = _MONITORED.get(module)
+            if other is not None:
+                where = "the model itself" if module is self.model else f"its submodule {type(module).__name__}"
+                raise UsageError(
+                    f"{where} is already watched by another gradscope monitor; leave the first "
+                    "`with gradscope.monitor(...)` block before starting a second one."
+                )
+        for module in self.model.modules():
+            _MONITORED[module] = self
+        self._was_training = self.model.training
+        self._active = True
+        if self.optimizer is not None:
+            self._optimizer_handles = [
+                self.optimizer.register_step_pre_hook(self._before_optimizer_step),
+                self.optimizer.register_step_post_hook(self._after_optimizer_step),
+            ]
+        if self.is_logged(self._step):
+            self.hooks.attach()
+        if self.history.run_dir is not None:
+            self._write_meta("running")
+        return self
+
+    def stop(self) -> None:
+        """Remove every hook, bring the pending copies home and close the run directory."""
+        if not self._active:
+            return
+        self._active = False
+        try:
+            self.buffer.discard()  # a step that never reached its optimizer step
+            self._drain(wait=True)
+            self.history.flush()
+            if self.history.run_dir is not None:
+                self._write_meta("complete")
+        finally:
+            self.hooks.detach()
+            for handle in self._optimizer_handles:
+                handle.remove()
+            self._optimizer_handles.clear()
+            self._snapshot = None
+            for module in self.model.modules():
+                if _MONITORED.get(module) is self:
+                    del _MONITORED[module]
+            self.model.train(self._was_training)
+
+    def __enter__(self) -> "Monitor":
+        return self.start()
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.stop()
+
+    # -- steps ---------------------------------------------------------------------------------
+
+    def _before_optimizer_step(self, optimizer, args, kwargs) -> None:
+        if self._active and self.is_logged(self._step):
+            self._guard("*", "grad_norm", self._parameter_statistics, True)
+
+    def _after_optimizer_step(self, optimizer, args, kwargs) -> None:
+        if not self._active:
+            return
+        try:
+            if self._snapshot is not None:
+                self._guard("*", "update_ratio", self._update_ratios)
+        finally:
+            self._end_step()
+
+    def _end_step(self) -> None:
+        self._snapshot = None
+        if self.is_logged(self._step):
+            try:
+                self._in_flight.append(self.buffer.finish(self._step))
+                self._drain(wait=False)
+            except Exception as e:  # noqa: BLE001 - the user's loop must go on
+                self._report("*", "step buffer", e)
+                self.buffer.discard()
+        self.hooks.end_step()
+        self._step += 1
+        if self.is_logged(self._step):
+            self.hooks.attach()
+        else:
+            self.hooks.detach()
+
+    def _drain(self, wait: bool) -> None:
+        """Move landed copies (all of them if ``wait``) into the history, oldest first."""
+        while self._in_flight and (
+            wait or self._in_flight[0].ready() or len(self._in_flight) > _MAX_IN_FLIGHT
+        ):
+            pending = self._in_flight.popleft()
+            ids, values = self.layout.compute(pending.state(), pending.n_entries)
+            self.history.append(pending.step, ids, values)
+
+    # -- parameter statistics ------------------------------------------------------------------
+
+    def _slots_for(self, name: str, param: nn.Parameter) -> _ParamSlots:
+        def slot(metric: str, component: str) -> int:
+            return self.layout.slot(self.layout.entry(name, metric), component)
+
+        return _ParamSlots(
+            name, param,
+            slot("grad_norm", "sq"), slot("grad_norm", PRESENCE),
+            slot("weight_norm", "sq"), slot("weight_norm", PRESENCE),
+            slot("grad_nonfinite", "count"), slot("grad_nonfinite", PRESENCE),
+        )
+
+    def _parameter_statistics(self, snapshot: bool) -> None:
+        """Gradient, weight and NaN/Inf statistics of every parameter that has a gradient, with
+        foreach kernels per (device, dtype) group; optionally a copy of the weights for the
+        update ratio, held only until the optimizer step returns."""
+        slots = [s for s in self._param_slots if s.param.grad is not None]
+        if not slots:
+            self._warn_once(
+                "*", "no gradients",
+                "no parameter had a gradient at the end of the step, so grad_norm, weight_norm "
+                "and grad_nonfinite were not recorded; call mon.step() before optimizer.step() "
+                "and optimizer.zero_grad().",
+            )
+            return
+        grads = [s.param.grad for s in slots]
+        self._snapshot = [] if snapshot and self._updated else None
+        for positions in group_by_device_and_dtype(grads).values():
+            group = [slots[i] for i in positions]
+            grad_norms = foreach_norms([grads[i] for i in positions])
+            counts = foreach_nonfinite_counts([grads[i] for i in positions])
+            for weights in _same_dtype_runs(group):
+                weight_norms = foreach_norms([s.param.detach() for s in weights])
+                for s, norm in zip(weights, weight_norms):
+                    self.buffer.add(s.weight_sq, norm, square=True)
+                    self.buffer.count(s.weight_n)
+                if self._snapshot is not None:
+                    updated = [(s, n) for s, n in zip(weights, weight_norms) if id(s.param) in self._updated]
+                    if updated:
+                        before = torch._foreach_mul([s.param.detach() for s, _ in updated], 1.0)
+                        self._snapshot.append((updated, before))
+            for s, norm, count in zip(group, grad_norms, counts):
+                self.buffer.add(s.grad_sq, norm, square=True)
+                self.buffer.count(s.grad_n)
+                self.buffer.add(s.nonfinite, count)
+                self.buffer.count(s.nonfinite_n)
+
+    def _update_ratios(self) -> None:
+        for updated, before in self._snapshot:
+            deltas = foreach_delta_norms(before, [s.param.detach() for s, _ in updated])
+            for (s, weight_norm), delta in zip(updated, deltas):
+                entry = self.layout.entry(s.name, "update_ratio")
+                self.buffer.add(self.layout.slot(entry, "delta_sq"), delta, square=True)
+                self.buffer.add(self.layout.slot(entry, "weight_sq"), weight_norm, square=True)
+                self.buffer.count(self.layout.slot(entry, PRESENCE))
+        self._snapshot = None
+
+    # -- errors inside gradscope never stop training -------------------------------------------
+
+    def _guard(self, layer: str, statistic: str, fn, *args) -> None:
+        try:
+            fn(*args)
+        except Exception as e:  # noqa: BLE001 - reported, then the statistic is skipped
+            if self.config.strict:
+                raise
+            self._report(layer, statistic, e)
+
+    def _report(self, layer: str, statistic: str, error: Exception) -> None:
+        self._warn_once(
+            layer, statistic,
+            f"computing {statistic} for layer {layer!r} failed ({type(error).__name__}: {error}); "
+            "the statistic is skipped and training goes on. Pass strict=True to raise instead.",
+        )
+
+    def _warn_once(self, layer: str, what: str, message: str) -> None:
+        if (layer, what) not in self._warned:
+            self._warned.add((layer, what))
+            warnings.warn(f"gradscope: {message}", GradscopeWarning, stacklevel=3)
+
+    # -- naming and metadata -------------------------------------------------------------------
+
+    def _names(self) -> tuple[np.ndarray, np.ndarray]:
+        entries = self.layout.entries
+        return (
+            np.array([e.layer for e in entries], dtype=object),
+            np.array([e.metric for e in entries], dtype=object),
+        )
+
+    def _write_meta(self, status: str) -> None:
+        write_meta(Path(self.history.run_dir), {
+            "status": status,
+            "every": self.config.every,
+            "model": {
+                "class": type(self.model).__name__,
+                "parameters": int(sum(p.numel() for p in self.model.parameters())),
+            },
+            "metrics": {name: {"scope": s.scope, "doc": s.doc} for name, s in STATISTICS.items()},
+            "layers": self.layers.to_dict(orient="records"),
+            "steps_logged": self.history.steps_logged,
+            "last_step": self.history.last_step,
+        })
+
+
+def _same_dtype_runs(group: list[_ParamSlots]) -> list[list[_ParamSlots]]:
+    """Split a gradient group by the weights' dtype (normally one run: weights match gradients)."""
+    runs: dict[tuple, list[_ParamSlots]] = {}
+    for s in group:
+        runs.setdefault((s.param.device, s.param.dtype), []).append(s)
+    return list(runs.values())
+
+
+def _check_optimizer(optimizer: object, model: nn.Module) -> torch.optim.Optimizer | None:
+    if optimizer is None:
+        return None
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise UsageTypeError(
+            f"Expected `optimizer` to be a torch.optim.Optimizer but got {type(optimizer).__name__}; "
+            "pass the optimizer that steps this model, or leave it out and call mon.step()."
+        )
+    model_params = {id(p) for p in model.parameters()}
+    owned = [p for group in optimizer.param_groups for p in group["params"]]
+    if not any(id(p) in model_params for p in owned):
+        raise UsageError(
+            f"The optimizer ({type(optimizer).__name__}, {len(owned)} parameters) owns none of the "
+            "model's parameters; pass the optimizer built from this model's parameters()."
+        )
+    return optimizer
+
+
+def monitor(
+    model: nn.Module,
+    every: int = 1,
+    optimizer: torch.optim.Optimizer | None = None,
+    **options,
+) -> Monitor:
+    """Watch ``model``'s gradient flow, logging every ``every``-th optimizer step.
+
+    Options: ``functional`` (capture ``F.relu``-style activations, default True), ``log_dir``
+    (stream the history to a run directory), ``window``, ``flush_every``, ``strict``.
+
+    >>> import torch, torch.nn as nn, gradscope
+    >>> model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
+    >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    >>> with gradscope.monitor(model, every=1, optimizer=opt) as mon:
+    ...     for _ in range(3):
+    ...         model(torch.randn(16, 4)).pow(2).mean().backward()
+    ...         opt.step()
+    ...         opt.zero_grad()
+    >>> df = mon.to_dataframe()
+    >>> sorted(df.step.unique().tolist())
+    [0, 1, 2]
+    >>> sorted(df.metric.unique())  # doctest: +NORMALIZE_WHITESPACE
+    ['act_rms', 'grad_nonfinite', 'grad_norm', 'out_grad_norm', 'saturation', 'update_ratio',
+     'weight_norm']
+    """
+    return Monitor(model, every, optimizer, **options)

@@ -1,0 +1,101 @@
+"""The statistics gradscope records, as one table.
+
+Each statistic declares its *state*: named components that the device side sums into the step
+buffer (``dist_reduce_fx="sum"`` in torchmetrics' terms), so that summing the buffers of several
+micro-batches, calls or ranks, element by element, gives the state of the whole step. The host side
+turns a step's state into one value per layer with ``compute``. The names in ``STATISTICS`` are a
+contract: the long table's ``metric`` column, the run directory and the rules all use them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+PARAMETER = "parameter"
+MODULE = "module"
+ACTIVATION = "activation"
+
+
+@dataclass(frozen=True)
+class Statistic:
+    """One recorded quantity.
+
+    ``state`` names the scalar components summed on the device; ``host_state`` names those counted
+    on the host from shapes alone (element counts), also summed. ``loss_scaled`` names the
+    components that carry the square of a loss scale (a GradScaler's), to be divided out by it.
+    ``compute`` maps arrays of component sums (one entry per layer) to the values.
+    """
+
+    name: str
+    scope: str
+    state: tuple[str, ...]
+    host_state: tuple[str, ...]
+    loss_scaled: tuple[str, ...]
+    compute: Callable[[dict[str, np.ndarray]], np.ndarray]
+    doc: str
+
+
+def _sqrt_of(component: str) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
+    return lambda s: np.sqrt(s[component])
+
+
+def _ratio_of_norms(s: dict[str, np.ndarray]) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.sqrt(s["delta_sq"]) / np.sqrt(s["weight_sq"])
+    # a parameter at exactly zero that did not move has ratio 0, not NaN
+    return np.where((s["delta_sq"] == 0) & (s["weight_sq"] == 0), 0.0, ratio)
+
+
+def _rms(s: dict[str, np.ndarray]) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.sqrt(s["sq"] / s["numel"])
+
+
+def _fraction(s: dict[str, np.ndarray]) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return s["flat"] / s["numel"]
+
+
+STATISTICS: dict[str, Statistic] = {
+    s.name: s
+    for s in (
+        Statistic(
+            "grad_norm", PARAMETER, ("sq",), (), ("sq",), _sqrt_of("sq"),
+            "L2 norm of the parameter's accumulated gradient at the optimizer step.",
+        ),
+        Statistic(
+            "weight_norm", PARAMETER, ("sq",), (), (), _sqrt_of("sq"),
+            "L2 norm of the parameter before the optimizer step.",
+        ),
+        Statistic(
+            "update_ratio", PARAMETER, ("delta_sq", "weight_sq"), (), (), _ratio_of_norms,
+            "||w_after - w_before|| / ||w_before|| across the optimizer step (needs optimizer=).",
+        ),
+        Statistic(
+            "grad_nonfinite", PARAMETER, ("count",), (), (), lambda s: s["count"],
+            "Number of NaN or Inf elements in the parameter's gradient.",
+        ),
+        Statistic(
+            "out_grad_norm", MODULE, ("sq",), (), ("sq",), _sqrt_of("sq"),
+            "L2 norm of the loss gradient with respect to the module's output: the "
+            "backpropagated signal. Several outputs or calls add up as squares.",
+        ),
+        Statistic(
+            "act_rms", MODULE, ("sq",), ("numel",), (), _rms,
+            "Root mean square of the module's floating-point outputs (the forward signal).",
+        ),
+        Statistic(
+            "saturation", ACTIVATION, ("flat",), ("numel",), (), _fraction,
+            "Fraction of a bounded activation's outputs at or within 1% of its bounds.",
+        ),
+        # dead_fraction keeps one alive-count per unit; its compute lives in stats.dead_units
+        Statistic(
+            "dead_fraction", ACTIVATION, ("alive",), (), (), lambda s: s["dead"] / s["units"],
+            "Fraction of a ReLU/ReLU6 layer's units that were never above zero for any sample "
+            "of the logged step.",
+        ),
+    )
+}

@@ -1,0 +1,175 @@
+"""Device-side reductions: pure functions from tensors to small tensors on the same device.
+
+Nothing here reads a value back to the host; every function returns tensors that stay where their
+inputs live, so hooks can queue them and the step end can move a whole step in one copy. Tests call
+these same functions' results through the monitor and compare them with float64 autograd.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Callable, Iterable, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+SATURATION_MARGIN = 0.01
+"""A bounded activation's output counts as saturated within this fraction of its largest bound."""
+
+
+def norm_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Reduce half-precision tensors in float32; float32 and float64 in their own precision."""
+    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
+
+
+def l2_norm(t: torch.Tensor) -> torch.Tensor:
+    """L2 norm of all elements of ``t`` as a 0-dim tensor on ``t``'s device."""
+    return torch.linalg.vector_norm(t.detach(), dtype=norm_dtype(t.dtype))
+
+
+def group_by_device_and_dtype(
+    tensors: Sequence[torch.Tensor],
+) -> dict[tuple[torch.device, torch.dtype], list[int]]:
+    """Positions of ``tensors`` grouped by (device, dtype), the grouping foreach kernels need."""
+    groups: dict[tuple[torch.device, torch.dtype], list[int]] = defaultdict(list)
+    for i, t in enumerate(tensors):
+        groups[(t.device, t.dtype)].append(i)
+    return groups
+
+
+def foreach_norms(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """L2 norms of same-device, same-dtype tensors in batched foreach kernels."""
+    dense = [t.coalesce().values() if t.is_sparse else t for t in tensors]
+    return list(torch._foreach_norm(dense, 2, dtype=norm_dtype(dense[0].dtype)))
+
+
+def foreach_nonfinite_counts(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Number of NaN/Inf elements of each tensor, with foreach kernels and no host read.
+
+    ``t * 0`` is 0 where ``t`` is finite and NaN where it is not, and the 0-"norm" counts the
+    non-zero (NaN included) elements. The products are temporary, one group at a time.
+    """
+    dense = [t.coalesce().values() if t.is_sparse else t for t in tensors]
+    return list(torch._foreach_norm(torch._foreach_mul(dense, 0.0), 0))
+
+
+def foreach_delta_norms(before: list[torch.Tensor], after: list[torch.Tensor]) -> list[torch.Tensor]:
+    """||after - before|| per pair, consuming ``before`` as scratch space."""
+    torch._foreach_sub_(before, after)
+    return foreach_norms(before)
+
+
+# ---------------------------------------------------------------------------------------------
+# Activations: which modules and functions are tracked, and their reductions.
+
+
+@dataclass(frozen=True)
+class ActivationKind:
+    """How an activation's output is judged: dead units (ReLU family) or saturation (bounded)."""
+
+    name: str
+    dead_units: bool
+    bounds: tuple[float, float] | None = None
+
+
+RELU = ActivationKind("relu", dead_units=True)
+RELU6 = ActivationKind("relu6", dead_units=True)
+TANH = ActivationKind("tanh", dead_units=False, bounds=(-1.0, 1.0))
+SIGMOID = ActivationKind("sigmoid", dead_units=False, bounds=(0.0, 1.0))
+HARDSIGMOID = ActivationKind("hardsigmoid", dead_units=False, bounds=(0.0, 1.0))
+SOFTSIGN = ActivationKind("softsign", dead_units=False, bounds=(-1.0, 1.0))
+
+
+def _hardtanh(min_val: float = -1.0, max_val: float = 1.0) -> ActivationKind:
+    return ActivationKind("hardtanh", dead_units=False, bounds=(float(min_val), float(max_val)))
+
+
+def module_activation(module: nn.Module) -> ActivationKind | None:
+    """The activation kind of a module, or None. ReLU6 is tested before its base class Hardtanh."""
+    if isinstance(module, nn.ReLU):
+        return RELU
+    if isinstance(module, nn.ReLU6):
+        return RELU6
+    if isinstance(module, nn.Hardtanh):
+        return _hardtanh(module.min_val, module.max_val)
+    if isinstance(module, nn.Tanh):
+        return TANH
+    if isinstance(module, nn.Sigmoid):
+        return SIGMOID
+    if isinstance(module, nn.Hardsigmoid):
+        return HARDSIGMOID
+    if isinstance(module, nn.Softsign):
+        return SOFTSIGN
+    return None
+
+
+def _fixed(kind: ActivationKind) -> Callable[..., ActivationKind]:
+    return lambda *args, **kwargs: kind
+
+
+def _hardtanh_call(input=None, min_val=-1.0, max_val=1.0, *rest, **kwargs) -> ActivationKind:
+    return _hardtanh(min_val, max_val)
+
+
+FUNCTIONAL_ACTIVATIONS: dict[Callable, Callable[..., ActivationKind]] = {
+    **{f: _fixed(RELU) for f in (F.relu, F.relu_, torch.relu, torch.relu_,
+                                 torch.Tensor.relu, torch.Tensor.relu_)},
+    F.relu6: _fixed(RELU6),
+    **{f: _fixed(TANH) for f in (F.tanh, torch.tanh, torch.tanh_,
+                                 torch.Tensor.tanh, torch.Tensor.tanh_)},
+    **{f: _fixed(SIGMOID) for f in (F.sigmoid, torch.sigmoid, torch.sigmoid_,
+                                    torch.Tensor.sigmoid, torch.Tensor.sigmoid_)},
+    F.hardtanh: _hardtanh_call,
+    F.hardtanh_: _hardtanh_call,
+    F.hardsigmoid: _fixed(HARDSIGMOID),
+    F.softsign: _fixed(SOFTSIGN),
+}
+"""Functions whose calls inside a module's forward are captured, and the kind of each call."""
+
+_CHANNEL_PRODUCERS = ("Convolution", "BatchNorm", "GroupNorm", "InstanceNorm", "Pool")
+
+
+def unit_dim(t: torch.Tensor, producer: str | None) -> int:
+    """The dimension that indexes units: features (last) for (N, F) and (N, T, F), channels (1)
+    for convolutional outputs. A 3-D tensor counts as convolutional when it was produced by a
+    convolution, a channel normalisation or a pooling (``producer`` is its ``grad_fn`` name)."""
+    if t.dim() >= 4:
+        return 1
+    if t.dim() == 3 and producer is not None and any(p in producer for p in _CHANNEL_PRODUCERS):
+        return 1
+    return t.dim() - 1
+
+
+def alive_units(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Bool per unit along ``dim``: was it above zero for any sample and position."""
+    t = t.detach()
+    if t.dim() <= 1:
+        return t > 0
+    others = [d for d in range(t.dim()) if d != dim]
+    return t.amax(dim=others) > 0
+
+
+def flat_count(t: torch.Tensor, bounds: tuple[float, float]) -> torch.Tensor:
+    """Number of elements of ``t`` at or within ``SATURATION_MARGIN`` of either bound."""
+    lo, hi = bounds
+    margin = SATURATION_MARGIN * max(abs(lo), abs(hi))
+    center, half = (lo + hi) / 2, (hi - lo) / 2
+    t = t.detach()
+    shifted = t if center == 0 else t - center
+    return torch.count_nonzero(shifted.abs() >= half - margin)
+
+
+def floating_tensors(obj: object, depth: int = 0) -> Iterable[torch.Tensor]:
+    """The floating-point tensors of a module's output: a tensor, or tensors nested in tuples,
+    lists and mappings (Hugging Face ``ModelOutput`` is a mapping), three levels deep."""
+    if isinstance(obj, torch.Tensor):
+        if obj.is_floating_point():
+            yield obj
+    elif depth < 3 and isinstance(obj, (tuple, list)):
+        for item in obj:
+            yield from floating_tensors(item, depth + 1)
+    elif depth < 3 and isinstance(obj, dict):
+        for item in obj.values():
+            yield from floating_tensors(item, depth + 1)

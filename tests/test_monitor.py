@@ -1,0 +1,253 @@
+"""Every statistic of gradscope.monitor against the float64 autograd reference in tests/reference.py."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import gradscope
+from tests import models
+from tests.reference import reference
+
+LR = 0.1
+
+
+def call(model, x):
+    if isinstance(x, tuple):
+        return model(*x)
+    if isinstance(x, dict):
+        return model(**x)
+    return model(x)
+
+
+def mse(out, y):
+    return F.mse_loss(out, y)
+
+
+def train_and_compare(model, make_batch, loss_fn=mse, steps=2, every=1, micro=1,
+                      functional=None, unit_dims=None):
+    """Train ``steps`` SGD steps under the monitor; compare each logged step with the reference."""
+    torch.manual_seed(1)
+    opt = torch.optim.SGD(model.parameters(), lr=LR)
+    expected = {}
+    with gradscope.monitor(model, every=every, optimizer=opt) as mon:
+        for step in range(steps):
+            batches = [make_batch() for _ in range(micro)]
+            if step % every == 0:
+                expected[step] = reference(model, batches, loss_fn, lr=LR,
+                                           functional=functional, unit_dims=unit_dims)
+            for x, y in batches:
+                loss_fn(call(model, x), y).backward()
+            opt.step()
+            opt.zero_grad()
+    df = mon.to_dataframe()
+    assert list(df.columns) == ["step", "layer", "metric", "value"]
+    assert sorted(df.step.unique().tolist()) == sorted(expected)
+    for step, exp in expected.items():
+        rows = df[df.step == step]
+        got = {(r.layer, r.metric): r.value for r in rows.itertuples()}
+        assert len(got) == len(rows), "a (layer, metric) appears twice in one step"
+        assert set(got) == set(exp), (
+            f"step {step}: missing {sorted(set(exp) - set(got))}, extra {sorted(set(got) - set(exp))}"
+        )
+        assert_close(got, exp, step)
+    return df
+
+
+def assert_close(got, exp, step=0):
+    """Relative 2e-4, and float32 round-off relative to the metric's largest value in the step
+    (a gradient that is zero in exact arithmetic comes out near 1e-8 in float32)."""
+    scale = {}
+    for (layer, metric), value in exp.items():
+        if value == value and abs(value) != float("inf"):
+            scale[metric] = max(scale.get(metric, 0.0), abs(value))
+    for key, value in exp.items():
+        tol = 1e-5 * scale.get(key[1], 0.0) + 1e-12
+        assert got[key] == pytest.approx(value, rel=2e-4, abs=tol), (step, key)
+
+
+def batch(*shape, out=3):
+    return lambda: (torch.randn(*shape), torch.randn(shape[0], out))
+
+
+def test_mlp_every_step():
+    torch.manual_seed(0)
+    df = train_and_compare(models.mlp(), batch(32, 6), steps=3)
+    # the mix of activations produced each kind of statistic
+    assert {"dead_fraction", "saturation", "update_ratio"} <= set(df.metric)
+
+
+def test_every_n_logs_steps_0_n_2n():
+    torch.manual_seed(0)
+    df = train_and_compare(models.mlp(), batch(16, 6), steps=7, every=3)
+    assert sorted(df.step.unique().tolist()) == [0, 3, 6]
+
+
+def test_conv_net_with_batchnorm():
+    torch.manual_seed(0)
+    train_and_compare(models.conv_bn(), batch(8, 3, 6, 6), steps=2)
+
+
+def test_conv1d_units_are_channels():
+    torch.manual_seed(0)
+    model = models.SequenceConv()
+    with torch.no_grad():
+        model.conv.bias[:3] = -100.0  # three of six channels can never fire
+    df = train_and_compare(model, lambda: (torch.randn(8, 4, 5), torch.randn(8, 2)),
+                           unit_dims={"act": 1})
+    dead = df[(df.layer == "act") & (df.metric == "dead_fraction")].value
+    assert dead.iloc[0] == pytest.approx(0.5)
+
+
+def test_lstm():
+    torch.manual_seed(0)
+    train_and_compare(models.LSTMRegressor(), lambda: (torch.randn(4, 6, 5), torch.randn(4, 2)))
+
+
+def test_transformer_encoder_with_functional_relu():
+    torch.manual_seed(0)
+    functional = {
+        f"encoder.layers.{i}:relu#0": (f"encoder.layers.{i}.linear1", "dead", torch.relu)
+        for i in range(2)
+    }
+    df = train_and_compare(models.TinyTransformer(),
+                           lambda: (torch.randn(4, 5, 16), torch.randn(4, 4)),
+                           functional=functional)
+    assert "encoder.layers.1:relu#0" in set(df.layer)
+
+
+def test_tuple_and_dict_inputs_and_outputs():
+    torch.manual_seed(0)
+
+    def make():
+        return {"x": torch.randn(6, 5), "scale": torch.tensor(2.0)}, torch.randn(6, 2)
+
+    functional = {"pair:tanh#0": ("pair.b", (-1.0, 1.0), torch.tanh)}
+    train_and_compare(models.TupleDictModel(), make, loss_fn=lambda out, y: mse(out["logits"], y),
+                      functional=functional)
+
+
+def test_inplace_relu():
+    torch.manual_seed(0)
+    train_and_compare(models.inplace_relu(), batch(16, 6, out=2))
+
+
+def test_shared_modules_add_up_over_calls():
+    torch.manual_seed(0)
+    df = train_and_compare(models.Shared(), batch(16, 6, out=2))
+    # the shared ReLU judges 8 + 16 units across its two call sites
+    dead = df[(df.layer == "act") & (df.metric == "dead_fraction")].value.iloc[0]
+    assert (dead * 24) == pytest.approx(round(dead * 24))
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_checkpointing_counts_each_forward_once(reentrant):
+    torch.manual_seed(0)
+    train_and_compare(models.Checkpointed(reentrant), batch(8, 5, out=2))
+
+
+def test_gradient_accumulation_is_one_step():
+    torch.manual_seed(0)
+    df = train_and_compare(models.mlp(), batch(8, 6), steps=3, micro=3)
+    assert sorted(df.step.unique().tolist()) == [0, 1, 2]
+
+
+def test_functional_activations_named_by_calling_module():
+    torch.manual_seed(0)
+    functional = {
+        "relu#0": ("fc1", "dead", torch.relu),
+        "sigmoid#0": ("inner", (0.0, 1.0), torch.sigmoid),
+        "inner:tanh#0": ("inner.fc", (-1.0, 1.0), torch.tanh),
+        "inner:relu#0": ("inner.fc2", "dead", torch.relu),
+    }
+    train_and_compare(models.Functional(), batch(16, 6, out=2), functional=functional)
+
+
+def test_frozen_parameters_are_not_reported():
+    torch.manual_seed(0)
+    model = models.mlp()
+    for p in model[0].parameters():
+        p.requires_grad_(False)
+    df = train_and_compare(model, batch(16, 6))
+    assert "0.weight" not in set(df.layer)
+
+
+def test_nonfinite_gradients_are_counted_not_dropped():
+    model = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    x = torch.randn(5, 3)
+    with gradscope.monitor(model, optimizer=opt) as mon:
+        out = model(x)
+        out.register_hook(lambda g: g * torch.tensor([[float("nan")], [1.0], [1.0], [float("inf")], [1.0]]))
+        out.sum().backward()
+        opt.step()
+    df = mon.to_dataframe().set_index(["layer", "metric"]).value
+    # NaN and Inf in two of five samples reach every element of 1.weight's gradient
+    ref = model[1].weight.grad
+    assert df[("1.weight", "grad_nonfinite")] == float((~torch.isfinite(ref)).sum()) == 4.0
+    assert df[("0.weight", "grad_nonfinite")] == float((~torch.isfinite(model[0].weight.grad)).sum())
+    assert df[("0.weight", "grad_nonfinite")] > 0
+    assert not torch.isfinite(torch.tensor(df[("1.weight", "grad_norm")]))
+
+
+def test_eval_and_no_grad_forwards_are_not_logged():
+    torch.manual_seed(0)
+    model = models.mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=LR)
+    x, y = torch.randn(16, 6), torch.randn(16, 3)
+    expected = reference(model, [(x, y)], mse, lr=LR)
+    with gradscope.monitor(model, optimizer=opt) as mon:
+        mse(model(x), y).backward()
+        model.eval()
+        with torch.no_grad():
+            model(torch.randn(64, 6) * 10)  # validation in the middle of the step
+        model.train()
+        with torch.no_grad():
+            model(torch.randn(64, 6) * 10)  # a no-grad forward in train mode
+        opt.step()
+    got = mon.to_dataframe().set_index(["layer", "metric"]).value.to_dict()
+    assert set(got) == set(expected)
+    assert_close(got, expected)
+
+
+def test_without_optimizer_mon_step_ends_steps():
+    torch.manual_seed(0)
+    model = models.mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=LR)
+    x, y = torch.randn(16, 6), torch.randn(16, 3)
+    expected = reference(model, [(x, y)], mse)
+    with gradscope.monitor(model, every=2) as mon:
+        for _ in range(3):
+            mse(model(x), y).backward()
+            mon.step()
+            opt.step()
+            opt.zero_grad()
+    df = mon.to_dataframe()
+    assert sorted(df.step.unique().tolist()) == [0, 2]
+    got = df[df.step == 0].set_index(["layer", "metric"]).value.to_dict()
+    assert set(got) == set(expected)  # no update_ratio without an optimizer
+    assert_close(got, expected)
+
+
+def test_mon_step_after_zero_grad_warns_and_keeps_module_statistics():
+    model = models.mlp()
+    with pytest.warns(gradscope.GradscopeWarning, match="before optimizer.step"):
+        with gradscope.monitor(model) as mon:
+            model(torch.randn(4, 6)).sum().backward()
+            model.zero_grad()
+            mon.step()
+    assert "out_grad_norm" in set(mon.to_dataframe().metric)
+
+
+def test_dead_fraction_counts_units_dead_for_every_sample():
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
+    with torch.no_grad():
+        model[0].weight.zero_()
+        model[0].bias.copy_(torch.tensor([-1.0, 1.0, -2.0, 0.5]))
+    with gradscope.monitor(model) as mon:
+        model(torch.randn(10, 4)).sum().backward()
+        mon.step()
+    df = mon.to_dataframe().set_index(["layer", "metric"]).value
+    assert df[("1", "dead_fraction")] == 0.5
