@@ -102,7 +102,7 @@ class HookManager:
     ...                     guard=lambda layer, stat, fn, *a: fn(*a))
     >>> hooks.attach(); _ = model(torch.randn(2, 3, requires_grad=True)); hooks.detach()
     >>> hooks.module_order
-    ['', '0', '1']
+    ['0', '1', '']
     """
 
     def __init__(

@@ -162,9 +162,13 @@ class Monitor:
         for module in self.model.modules():
             other = _MONITORED.get(module)
             if other is not None:
-                where = "the model itself" if module is self.model else f"its submodule {type(module).__name__}"
+                where = (
+                    "This model is" if other.model is self.model
+                    else f"This model shares a {type(module).__name__} module with a "
+                         f"{type(other.model).__name__} that is"
+                )
                 raise UsageError(
-                    f"{where} is already watched by another gradscope monitor; leave the first "
+                    f"{where} already watched by another gradscope monitor; leave the first "
                     "`with gradscope.monitor(...)` block before starting a second one."
                 )
         for module in self.model.modules():

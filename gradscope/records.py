@@ -80,7 +80,7 @@ class History:
         if self.run_dir is None:
             return self._frame(list(self._recent))
         on_disk = read_history(self.run_dir) if self._parts else _empty()
-        return pd.concat([on_disk, self._frame(self._unflushed)], ignore_index=True)
+        return _typed(pd.concat([on_disk, self._frame(self._unflushed)], ignore_index=True))
 
     def recent(self) -> pd.DataFrame:
         """The steps still held in RAM (all of them without a run directory)."""
@@ -91,21 +91,26 @@ class History:
             return _empty()
         layers, metrics = self._names()
         ids = np.concatenate([c[1] for c in chunks])
-        return pd.DataFrame({
+        return _typed(pd.DataFrame({
             "step": np.repeat([c[0] for c in chunks], [len(c[1]) for c in chunks]).astype(np.int64),
             "layer": layers[ids],
             "metric": metrics[ids],
             "value": np.concatenate([c[2] for c in chunks]).astype(np.float64),
-        })
+        }))
 
 
 def _empty() -> pd.DataFrame:
-    return pd.DataFrame({
+    return _typed(pd.DataFrame({
         "step": pd.Series(dtype=np.int64),
         "layer": pd.Series(dtype=object),
         "metric": pd.Series(dtype=object),
         "value": pd.Series(dtype=np.float64),
-    })
+    }))
+
+
+def _typed(frame: pd.DataFrame) -> pd.DataFrame:
+    """One set of column types, whichever way the table was made: int64, str, str, float64."""
+    return frame.astype({"step": np.int64, "layer": "str", "metric": "str", "value": np.float64})
 
 
 def write_meta(run_dir: Path, meta: dict) -> None:
@@ -163,5 +168,4 @@ def read_history(run_dir: str | os.PathLike) -> pd.DataFrame:
                 f"History part {str(part)!r} cannot be read ({type(e).__name__}: {e}); "
                 "delete it to load the rest of the run."
             ) from e
-    frame = pd.concat(frames, ignore_index=True)
-    return frame[COLUMNS]
+    return _typed(pd.concat(frames, ignore_index=True)[COLUMNS])

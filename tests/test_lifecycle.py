@@ -1,0 +1,174 @@
+"""The monitor leaves no trace, survives its own failures, and rejects bad arguments clearly."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import gradscope
+import gradscope.hooks
+from tests import models
+
+
+def hook_counts(model: nn.Module) -> list[int]:
+    return [
+        len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
+        + len(m._backward_pre_hooks) + len(getattr(m, "_forward_hooks_always_called", {}))
+        for m in model.modules()
+    ]
+
+
+def attributes(model: nn.Module) -> list[set]:
+    return [set(vars(m)) for m in model.modules()]
+
+
+def train(model, opt, steps, monitor=None, fail_at=None):
+    torch.manual_seed(3)
+    for step in range(steps):
+        if step == fail_at:
+            raise RuntimeError("the training loop failed")
+        x, y = torch.randn(8, 3, 6, 6), torch.randn(8, 3)
+        F.mse_loss(model(x), y).backward()
+        opt.step()
+        opt.zero_grad()
+
+
+@pytest.mark.parametrize("fail_at", [None, 2])
+def test_model_is_left_as_it_was_and_trains_identically(fail_at):
+    torch.manual_seed(0)
+    model = models.conv_bn()
+    twin = copy.deepcopy(model)
+    before_hooks, before_attrs = hook_counts(model), attributes(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    twin_opt = torch.optim.SGD(twin.parameters(), lr=0.1, momentum=0.9)
+    if fail_at is None:
+        with gradscope.monitor(model, every=2, optimizer=opt):
+            train(model, opt, 5)
+    else:
+        with pytest.raises(RuntimeError, match="the training loop failed"):
+            with gradscope.monitor(model, every=2, optimizer=opt):
+                train(model, opt, 5, fail_at=fail_at)
+    train(twin, twin_opt, 5 if fail_at is None else fail_at)
+    assert hook_counts(model) == before_hooks
+    assert attributes(model) == before_attrs
+    assert len(opt._optimizer_step_pre_hooks) == len(opt._optimizer_step_post_hooks) == 0
+    assert model.training
+    assert torch._C._len_torch_function_stack() == 0
+    state, twin_state = model.state_dict(), twin.state_dict()
+    assert list(state) == list(twin_state)
+    for key in state:  # monitoring changed no number of the training
+        assert torch.equal(state[key], twin_state[key]), key
+
+
+def test_model_raising_inside_forward_leaves_no_hooks_or_modes():
+    class Boom(nn.Module):
+        def forward(self, x):
+            return F.relu(x) / 0 if x.shape[0] > 100 else F.relu(x)
+
+    model = nn.Sequential(nn.Linear(3, 3), Boom())
+    model[1].forward = lambda x: (_ for _ in ()).throw(ValueError("bad input shape"))
+    with pytest.raises(ValueError, match="bad input shape"):
+        with gradscope.monitor(model):
+            model(torch.randn(2, 3))
+    assert torch._C._len_torch_function_stack() == 0
+    assert sum(hook_counts(model)) == 0
+
+
+def test_eval_mode_is_restored():
+    model = models.mlp().eval()
+    with gradscope.monitor(model):
+        model.train()
+    assert not model.training
+
+
+def test_failure_inside_a_hook_warns_once_and_training_goes_on(monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("reduction failed")
+
+    monkeypatch.setattr(gradscope.hooks, "flat_count", broken)
+    model = models.mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.warns(gradscope.GradscopeWarning) as caught:
+        with gradscope.monitor(model, optimizer=opt) as mon:
+            train_mlp(model, opt, 3)
+    messages = [str(w.message) for w in caught]
+    # one warning per (layer, statistic), naming both, however many steps failed
+    assert sorted(m.split("'")[1] for m in messages) == ["1", "5", "7"]
+    assert all("saturation" in m and "reduction failed" in m and "strict=True" in m for m in messages)
+    df = mon.to_dataframe()
+    assert "saturation" not in set(df.metric)
+    assert sorted(df.step.unique().tolist()) == [0, 1, 2]
+    assert "dead_fraction" in set(df.metric)
+
+
+def test_strict_reraises_inside_hooks(monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("reduction failed")
+
+    monkeypatch.setattr(gradscope.hooks, "flat_count", broken)
+    model = models.mlp()
+    with pytest.raises(RuntimeError, match="reduction failed"):
+        with gradscope.monitor(model, strict=True):
+            model(torch.randn(2, 6))
+    assert sum(hook_counts(model)) == 0
+
+
+def train_mlp(model, opt, steps):
+    for _ in range(steps):
+        F.mse_loss(model(torch.randn(8, 6)), torch.randn(8, 3)).backward()
+        opt.step()
+        opt.zero_grad()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"every": 0}, ValueError, r"Expected `every` to be a positive int but got 0; pass every=1"),
+        ({"every": -3}, ValueError, r"`every` .* got -3"),
+        ({"every": 2.5}, TypeError, r"Expected `every` to be a positive int but got 2.5 \(float\)"),
+        ({"every": True}, TypeError, r"`every` .* got True \(bool\)"),
+        ({"strict": "yes"}, TypeError, r"Expected `strict` to be a bool but got 'yes'"),
+        ({"log_dir": 3}, TypeError, r"Expected `log_dir` to be a path but got 3 \(int\)"),
+    ],
+)
+def test_bad_options_say_what_was_given_and_expected(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        gradscope.monitor(models.mlp(), **kwargs)
+
+
+def test_model_must_be_a_module():
+    with pytest.raises(TypeError, match=r"Expected `model` to be a torch.nn.Module but got function"):
+        gradscope.monitor(lambda x: x)
+
+
+def test_optimizer_must_own_the_models_parameters():
+    other = nn.Linear(2, 2)
+    opt = torch.optim.SGD(other.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match=r"The optimizer \(SGD, 2 parameters\) owns none of the model's parameters"):
+        gradscope.monitor(models.mlp(), optimizer=opt)
+    with pytest.raises(TypeError, match=r"Expected `optimizer` to be a torch.optim.Optimizer but got dict"):
+        gradscope.monitor(models.mlp(), optimizer={"lr": 0.1})
+
+
+def test_a_second_monitor_on_the_same_model_or_a_part_of_it_is_refused():
+    model = models.mlp()
+    with gradscope.monitor(model):
+        with pytest.raises(ValueError, match="This model is already watched by another gradscope monitor"):
+            gradscope.monitor(model).start()
+        with pytest.raises(ValueError, match="This model shares a Linear module with a Sequential that is already watched"):
+            with gradscope.monitor(model[0]):
+                pass
+    with gradscope.monitor(model):  # free again once the first block is left
+        pass
+
+
+def test_mon_step_with_an_optimizer_is_refused():
+    model = models.mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gradscope.monitor(model, optimizer=opt) as mon:
+        with pytest.raises(ValueError, match="remove the mon.step"):
+            mon.step()

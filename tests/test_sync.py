@@ -1,0 +1,102 @@
+"""Host synchronisations and tensor work per step, counted at the dispatcher."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import gradscope
+import gradscope.buffer
+from tests import models
+
+SYNC_OPS = {"_local_scalar_dense", "item", "is_nonzero", "equal"}
+
+
+class OpLog(TorchDispatchMode):
+    """Records every aten op, and the ones that make the host wait for the device."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[str] = []
+        self.syncs: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = func.overloadpacket.__name__
+        self.ops.append(name)
+        if name in SYNC_OPS:
+            self.syncs.append(name)
+        if name in ("copy_", "_to_copy", "to"):
+            src = next((a for a in args if isinstance(a, torch.Tensor)), None)
+            dst_cpu = (
+                (name == "copy_" and args[0].device.type == "cpu")
+                or (name != "copy_" and str(kwargs.get("device", src.device if src is not None else "cpu")) == "cpu")
+            )
+            if src is not None and dst_cpu and any(
+                isinstance(a, torch.Tensor) and a.device.type != "cpu" for a in args
+            ):
+                self.syncs.append(f"{name} device-to-host")
+        return func(*args, **kwargs)
+
+
+def one_step(model, opt, x, y):
+    F.mse_loss(model(x), y).backward()
+    opt.step()
+    opt.zero_grad()
+
+
+def counted_steps(device: str, every: int, steps: int, monitored: bool, monkeypatch=None):
+    torch.manual_seed(0)
+    model = models.mlp().to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    data = [(torch.randn(16, 6, device=device), torch.randn(16, 3, device=device)) for _ in range(steps)]
+    logs = []
+    copies = []
+    if monkeypatch is not None:
+        original = gradscope.buffer._copy_to_host
+        monkeypatch.setattr(gradscope.buffer, "_copy_to_host",
+                            lambda b: copies.append(1) or original(b))
+    mon = gradscope.monitor(model, every=every, optimizer=opt) if monitored else None
+    if mon:
+        mon.start()
+    try:
+        for x, y in data:
+            log = OpLog()
+            before = len(copies)
+            with log:
+                one_step(model, opt, x, y)
+            logs.append((log, len(copies) - before))
+    finally:
+        if mon:
+            mon.stop()
+    return logs
+
+
+@pytest.mark.parametrize("device", [
+    "cpu",
+    pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(
+        not torch.cuda.is_available(), reason="needs a CUDA device")]),
+])
+def test_at_most_one_host_copy_per_logged_step_and_no_sync(device, monkeypatch):
+    logs = counted_steps(device, every=3, steps=7, monitored=True, monkeypatch=monkeypatch)
+    for step, (log, copies) in enumerate(logs):
+        assert log.syncs == [], f"step {step} made the host wait: {log.syncs}"
+        assert copies == (1 if step % 3 == 0 else 0), step
+
+
+def test_unlogged_steps_do_no_tensor_work():
+    plain = counted_steps("cpu", every=3, steps=3, monitored=False)
+    watched = counted_steps("cpu", every=3, steps=3, monitored=True)
+    for step in (1, 2):
+        assert watched[step][0].ops == plain[step][0].ops, step
+    # and the logged step did do work of its own, so the comparison can fail
+    assert len(watched[0][0].ops) > len(plain[0][0].ops)
+
+
+def test_op_log_sees_a_sync_when_there_is_one():
+    log = OpLog()
+    with log:
+        torch.ones(3).sum().item()
+    assert log.syncs == ["_local_scalar_dense"]
