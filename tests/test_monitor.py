@@ -64,6 +64,9 @@ def assert_close(got, exp, step=0):
         if value == value and abs(value) != float("inf"):
             scale[metric] = max(scale.get(metric, 0.0), abs(value))
     for key, value in exp.items():
+        weight = exp.get((key[0], "weight_norm"), 1.0)
+        if key[1] == "update_ratio" and weight < 1e-6 * scale.get("weight_norm", 0.0):
+            continue  # a ratio of float32 round-off to a weight that is zero in exact arithmetic
         tol = 1e-5 * scale.get(key[1], 0.0) + 1e-12
         assert got[key] == pytest.approx(value, rel=2e-4, abs=tol), (step, key)
 
