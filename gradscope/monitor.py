@@ -32,6 +32,7 @@ from gradscope.stats.reductions import (
     foreach_nonfinite_counts,
     foreach_norms,
     group_by_device_and_dtype,
+    snapshot,
 )
 
 _MONITORED: "weakref.WeakKeyDictionary[nn.Module, Monitor]" = weakref.WeakKeyDictionary()
@@ -267,7 +268,7 @@ class Monitor:
             slot("grad_nonfinite", "count"), slot("grad_nonfinite", PRESENCE),
         )
 
-    def _parameter_statistics(self, snapshot: bool) -> None:
+    def _parameter_statistics(self, keep_weights: bool) -> None:
         """Gradient, weight and NaN/Inf statistics of every parameter that has a gradient, with
         foreach kernels per (device, dtype) group; optionally a copy of the weights for the
         update ratio, held only until the optimizer step returns."""
@@ -281,7 +282,7 @@ class Monitor:
             )
             return
         grads = [s.param.grad for s in slots]
-        self._snapshot = [] if snapshot and self._updated else None
+        self._snapshot = [] if keep_weights and self._updated else None
         for positions in group_by_device_and_dtype(grads).values():
             group = [slots[i] for i in positions]
             grad_norms = foreach_norms([grads[i] for i in positions])
@@ -294,8 +295,7 @@ class Monitor:
                 if self._snapshot is not None:
                     updated = [(s, n) for s, n in zip(weights, weight_norms) if id(s.param) in self._updated]
                     if updated:
-                        before = torch._foreach_mul([s.param.detach() for s, _ in updated], 1.0)
-                        self._snapshot.append((updated, before))
+                        self._snapshot.append((updated, snapshot([s.param for s, _ in updated])))
             for s, norm, count in zip(group, grad_norms, counts):
                 self.buffer.add(s.grad_sq, norm, square=True)
                 self.buffer.count(s.grad_n)
@@ -304,7 +304,7 @@ class Monitor:
 
     def _update_ratios(self) -> None:
         for updated, before in self._snapshot:
-            deltas = foreach_delta_norms(before, [s.param.detach() for s, _ in updated])
+            deltas = foreach_delta_norms(before, [s.param.detach().reshape(-1) for s, _ in updated])
             for (s, weight_norm), delta in zip(updated, deltas):
                 entry = self.layout.entry(s.name, "update_ratio")
                 self.buffer.add(self.layout.slot(entry, "delta_sq"), delta, square=True)

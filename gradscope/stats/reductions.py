@@ -46,13 +46,27 @@ def foreach_norms(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
 
 
 def foreach_nonfinite_counts(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Number of NaN/Inf elements of each tensor, with foreach kernels and no host read.
+    """Number of NaN/Inf elements of each same-device tensor, with no host read.
 
-    ``t * 0`` is 0 where ``t`` is finite and NaN where it is not, and the 0-"norm" counts the
-    non-zero (NaN included) elements. The products are temporary, one group at a time.
+    ``t * 0`` is 0 where ``t`` is finite and NaN where it is not, so its non-zero count is the
+    answer. On CUDA a foreach 0-"norm" counts a whole group in one multi-tensor kernel. On the
+    CPU, one tensor at a time is about 4x faster: each temporary reuses the memory the last one
+    freed instead of faulting in fresh pages for the whole group.
     """
     dense = [t.coalesce().values() if t.is_sparse else t for t in tensors]
+    if dense and dense[0].device.type == "cpu":
+        return [torch.count_nonzero(t * 0.0) for t in dense]
     return list(torch._foreach_norm(torch._foreach_mul(dense, 0.0), 0))
+
+
+def snapshot(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Flat copies of same-device, same-dtype tensors, taken in one allocation.
+
+    One concatenated copy is about 10x faster on the CPU than a copy per tensor (each of which
+    faults in fresh pages); the returned pieces are views into it.
+    """
+    flat = torch.cat([t.detach().reshape(-1) for t in tensors])
+    return list(torch.split(flat, [t.numel() for t in tensors]))
 
 
 def foreach_delta_norms(before: list[torch.Tensor], after: list[torch.Tensor]) -> list[torch.Tensor]:
