@@ -133,6 +133,8 @@ class HookManager:
         self.module_order: list[str] = []
         """Module and functional-activation names in the order their forwards first ran."""
         self.layer_types: dict[str, str] = {}
+        self.layer_kinds: dict[str, str] = {}
+        """"module", or "activation" for activation modules and functional activations."""
 
     # -- installing ----------------------------------------------------------------------------
 
@@ -173,24 +175,28 @@ class HookManager:
         return FULL if self.model.training and torch.is_grad_enabled() else OFF
 
     def _pre(self, module: nn.Module, args: tuple) -> None:
-        mode = self._mode(module)
-        frame = _Frame(module, self._names[module], mode)
-        if mode == FULL and self._kinds[module] is not None and args:
-            frame.producer = _producer(args[0])
+        frame = _Frame(module, self._names[module], OFF)
         self._stack.append(frame)
+        self._guard(frame.name, "forward pre-hook", self._enter, frame, args)
+
+    def _enter(self, frame: _Frame, args: tuple) -> None:
+        module = frame.module
+        frame.mode = self._mode(module)
+        if frame.mode == FULL and self._kinds[module] is not None and args:
+            frame.producer = _producer(args[0])
         if module is self.model:
             self._root_depth += 1
             if self._root_depth == 1:
-                self._root_mode = mode
+                self._root_mode = frame.mode
                 self._site_counts.clear()
-                if mode == FULL:
+                if frame.mode == FULL:
                     self._start_capture()
 
     def _post(self, module: nn.Module, args: tuple, output: object) -> None:
         frame = self._pop(module)
         try:
             if frame is not None and frame.mode != OFF and output is not None:
-                self._record_module(frame, output)
+                self._guard(frame.name, "forward hook", self._record_module, frame, output)
         finally:
             if module is self.model:
                 self._root_depth = max(0, self._root_depth - 1)
@@ -199,6 +205,8 @@ class HookManager:
 
     def _pop(self, module: nn.Module) -> _Frame | None:
         # frames above ours belong to forwards that raised before their hook could run
+        if not any(f.module is module for f in self._stack):
+            return None
         while self._stack:
             frame = self._stack.pop()
             if frame.module is module:
@@ -225,9 +233,10 @@ class HookManager:
             self._slots[key] = offset
         return offset
 
-    def _seen(self, layer: str, type_name: str) -> None:
+    def _seen(self, layer: str, type_name: str, kind: str) -> None:
         if layer not in self.layer_types:
             self.layer_types[layer] = type_name
+            self.layer_kinds[layer] = kind
             self.module_order.append(layer)
 
     def _record_module(self, frame: _Frame, output: object) -> None:
@@ -236,10 +245,10 @@ class HookManager:
             return
         name = frame.name
         if frame.mode == FULL:
-            self._seen(name, type(frame.module).__name__)
+            kind = self._kinds[frame.module]
+            self._seen(name, type(frame.module).__name__, "module" if kind is None else "activation")
             with torch.no_grad():
                 self._guard(name, "act_rms", self._act_rms, name, tensors)
-                kind = self._kinds[frame.module]
                 if kind is not None:
                     site = self._site_counts[name]
                     self._site_counts[name] += 1
@@ -255,7 +264,7 @@ class HookManager:
         name = functional_layer_name(frame.name, kind.name, index)
         if not isinstance(out, torch.Tensor) or not out.is_floating_point():
             return
-        self._seen(name, f"functional {kind.name}")
+        self._seen(name, f"functional {kind.name}", "activation")
         site = self._site_counts[name]
         self._site_counts[name] += 1
         with torch.no_grad():

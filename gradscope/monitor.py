@@ -152,9 +152,9 @@ class Monitor:
             for s in self._param_slots
         ]
         for name in self.hooks.module_order:
-            type_name = self.hooks.layer_types[name]
-            kind = "activation" if ":" in name or "#" in name else "module"
-            rows.append({"layer": name, "type": type_name, "kind": kind})
+            rows.append({
+                "layer": name, "type": self.hooks.layer_types[name], "kind": self.hooks.layer_kinds[name],
+            })
         frame = pd.DataFrame(rows, columns=["layer", "type", "kind"])
         frame["order"] = np.arange(len(frame))
         return frame
