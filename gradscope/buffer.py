@@ -46,7 +46,7 @@ class Layout:
         self.size = 0
         self._entry_ids: dict[tuple[str, str], int] = {}
         self._offsets: dict[tuple[int, str], int] = {}
-        self._plans: dict[int, dict[str, tuple[np.ndarray, dict[str, np.ndarray]]]] = {}
+        self._plans: dict[tuple[int, int], dict[str, tuple[np.ndarray, dict[str, np.ndarray]]]] = {}
 
     def entry(self, layer: str, metric: str) -> int:
         key = (layer, metric)
@@ -72,13 +72,13 @@ class Layout:
     def compute(self, state: np.ndarray, n_entries: int) -> tuple[np.ndarray, np.ndarray]:
         """(entry ids, values) of the entries recorded in ``state``, a step's summed buffer."""
         ids_out, values_out = [], []
-        for metric, (ids, offsets) in self._plan(n_entries).items():
+        for metric, (ids, offsets) in self._plan(n_entries, len(state)).items():
             present = state[offsets[PRESENCE]] > 0
-            if metric == "dead_fraction":
-                values = np.array([self._dead_fraction(state, self.entries[i]) for i in ids])
+            stat = STATISTICS[metric]
+            if stat.compute_entry is not None:
+                values = np.array([stat.compute_entry(state, self.entries[i].slots) for i in ids])
             else:
-                components = {c: state[o] for c, o in offsets.items()}
-                values = STATISTICS[metric].compute(components)
+                values = stat.compute({c: state[o] for c, o in offsets.items()})
             ids_out.append(ids[present])
             values_out.append(np.asarray(values, dtype=np.float64)[present])
         if not ids_out:
@@ -87,38 +87,25 @@ class Layout:
         order = np.argsort(ids_all, kind="stable")
         return ids_all[order], np.concatenate(values_out)[order]
 
-    def _plan(self, n_entries: int) -> dict[str, tuple[np.ndarray, dict[str, np.ndarray]]]:
-        plan = self._plans.get(n_entries)
+    def _plan(self, n_entries: int, size: int) -> dict[str, tuple[np.ndarray, dict[str, np.ndarray]]]:
+        """Per metric: entry ids and the offsets of each scalar component, for the layout as it
+        was when a copy of ``size`` slots and ``n_entries`` entries was taken."""
+        plan = self._plans.get((n_entries, size))
         if plan is None:
             by_metric: dict[str, list[int]] = OrderedDict()
             for i, e in enumerate(self.entries[:n_entries]):
                 by_metric.setdefault(e.metric, []).append(i)
             plan = {}
             for metric, ids in by_metric.items():
-                components = [PRESENCE]
-                if metric != "dead_fraction":
-                    stat = STATISTICS[metric]
-                    components += list(stat.state) + list(stat.host_state)
+                stat = STATISTICS[metric]
+                components = [PRESENCE, *stat.state, *stat.host_state]
                 offsets = {
                     c: np.array([self.entries[i].slots.get(c, (0, 0))[0] for i in ids])
                     for c in components
                 }
                 plan[metric] = (np.array(ids, dtype=np.int64), offsets)
-            self._plans = {n_entries: plan}
+            self._plans = {(n_entries, size): plan}
         return plan
-
-    @staticmethod
-    def _dead_fraction(state: np.ndarray, entry: Entry) -> float:
-        """Dead units over units, across the call sites that ran in the step."""
-        dead = units = 0
-        for component, (offset, size) in entry.slots.items():
-            if not component.startswith("alive@"):
-                continue
-            calls_offset, _ = entry.slots["calls@" + component[len("alive@"):]]
-            if state[calls_offset] > 0:
-                dead += int(np.count_nonzero(state[offset:offset + size] == 0))
-                units += size
-        return dead / units if units else float("nan")
 
 
 class PendingStep:
@@ -138,7 +125,7 @@ class PendingStep:
         """The step's summed buffer on the host, waiting for the copy if it is still in flight."""
         for e in self._events:
             e.synchronize()
-        total = self._hosts[0].numpy().copy()
+        total = self._hosts[0].numpy()  # our own fresh copy, safe to add into
         for h in self._hosts[1:]:
             total += h.numpy()
         return total

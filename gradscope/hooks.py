@@ -21,6 +21,7 @@ import torch.nn as nn
 from torch.overrides import TorchFunctionMode
 
 from gradscope.buffer import PRESENCE, Layout, StepBuffer
+from gradscope.stats import site_components
 from gradscope.stats.reductions import (
     FUNCTIONAL_ACTIVATIONS,
     ActivationKind,
@@ -277,16 +278,19 @@ class HookManager:
             self.buffer.count(numel, t.numel())
         self.buffer.count(self._slot(name, "act_rms", PRESENCE))
 
-    def _norm(self, t: torch.Tensor) -> torch.Tensor:
+    def _reduced_record(self, t: torch.Tensor) -> _Reduced:
+        """This forward's record of ``t``, new if ``t`` is new or was modified in place."""
         seen = self._reduced.get(id(t))
-        if seen is not None and seen.ref() is t and seen.version == t._version and seen.norm is not None:
-            return seen.norm
-        norm = l2_norm(t)
-        if seen is not None and seen.ref() is t and seen.version == t._version:
-            seen.norm = norm
-        else:
-            self._reduced[id(t)] = _Reduced(weakref.ref(t), t._version, norm=norm)
-        return norm
+        if seen is None or seen.ref() is not t or seen.version != t._version:
+            seen = _Reduced(weakref.ref(t), t._version)
+            self._reduced[id(t)] = seen
+        return seen
+
+    def _norm(self, t: torch.Tensor) -> torch.Tensor:
+        seen = self._reduced_record(t)
+        if seen.norm is None:
+            seen.norm = l2_norm(t)
+        return seen.norm
 
     def _activation(
         self, name: str, kind: ActivationKind, t: torch.Tensor, producer: str | None, site: int
@@ -299,9 +303,9 @@ class HookManager:
     def _dead_units(self, name: str, t: torch.Tensor, producer: str | None, site: int) -> None:
         alive = alive_units(t, unit_dim(t, producer))
         entry = self.layout.entry(name, "dead_fraction")
-        tag = f"{site}:{alive.numel()}"
-        self.buffer.add(self.layout.slot(entry, "alive@" + tag, alive.numel()), alive)
-        self.buffer.count(self.layout.slot(entry, "calls@" + tag))
+        alive_name, calls_name = site_components(site, alive.numel())
+        self.buffer.add(self.layout.slot(entry, alive_name, alive.numel()), alive)
+        self.buffer.count(self.layout.slot(entry, calls_name))
         self.buffer.count(self._slot(name, "dead_fraction", PRESENCE))
 
     def _saturation(self, name: str, kind: ActivationKind, t: torch.Tensor) -> None:
@@ -316,10 +320,7 @@ class HookManager:
         for t in tensors:
             if not t.requires_grad:
                 continue
-            seen = self._reduced.get(id(t))
-            if seen is None or seen.ref() is not t or seen.version != t._version:
-                seen = _Reduced(weakref.ref(t), t._version)
-                self._reduced[id(t)] = seen
+            seen = self._reduced_record(t)
             if seen.grad_targets is None:
                 seen.grad_targets = [target]
                 t.register_hook(self._gradient_hook(name, seen.grad_targets))

@@ -132,7 +132,7 @@ class Monitor:
             raise UsageError("mon.step() was called outside the `with gradscope.monitor(...)` block.")
         try:
             if self.is_logged(self._step):
-                self._guard("*", "grad_norm", self._parameter_statistics, False)
+                self._guard("(all parameters)", "grad_norm", self._parameter_statistics, False)
         finally:
             self._end_step()
 
@@ -219,14 +219,14 @@ class Monitor:
 
     def _before_optimizer_step(self, optimizer, args, kwargs) -> None:
         if self._active and self.is_logged(self._step):
-            self._guard("*", "grad_norm", self._parameter_statistics, True)
+            self._guard("(all parameters)", "grad_norm", self._parameter_statistics, True)
 
     def _after_optimizer_step(self, optimizer, args, kwargs) -> None:
         if not self._active:
             return
         try:
             if self._snapshot is not None:
-                self._guard("*", "update_ratio", self._update_ratios)
+                self._guard("(all parameters)", "update_ratio", self._update_ratios)
         finally:
             self._end_step()
 
@@ -237,7 +237,7 @@ class Monitor:
                 self._in_flight.append(self.buffer.finish(self._step))
                 self._drain(wait=False)
             except Exception as e:  # noqa: BLE001 - the user's loop must go on
-                self._report("*", "step buffer", e)
+                self._report("(all layers)", "step buffer", e)
                 self.buffer.discard()
         self.hooks.end_step()
         self._step += 1
@@ -275,7 +275,7 @@ class Monitor:
         slots = [s for s in self._param_slots if s.param.grad is not None]
         if not slots:
             self._warn_once(
-                "*", "no gradients",
+                "(all parameters)", "no gradients",
                 "no parameter had a gradient at the end of the step, so grad_norm, weight_norm "
                 "and grad_nonfinite were not recorded; call mon.step() before optimizer.step() "
                 "and optimizer.zero_grad().",

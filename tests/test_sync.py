@@ -21,6 +21,7 @@ class OpLog(TorchDispatchMode):
         super().__init__()
         self.ops: list[str] = []
         self.syncs: list[str] = []
+        self.device_to_host: list[str] = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -28,17 +29,11 @@ class OpLog(TorchDispatchMode):
         self.ops.append(name)
         if name in SYNC_OPS:
             self.syncs.append(name)
-        if name in ("copy_", "_to_copy", "to"):
-            src = next((a for a in args if isinstance(a, torch.Tensor)), None)
-            dst_cpu = (
-                (name == "copy_" and args[0].device.type == "cpu")
-                or (name != "copy_" and str(kwargs.get("device", src.device if src is not None else "cpu")) == "cpu")
-            )
-            if src is not None and dst_cpu and any(
-                isinstance(a, torch.Tensor) and a.device.type != "cpu" for a in args
-            ):
-                self.syncs.append(f"{name} device-to-host")
-        return func(*args, **kwargs)
+        out = func(*args, **kwargs)
+        from_device = any(isinstance(a, torch.Tensor) and a.device.type != "cpu" for a in args)
+        if from_device and isinstance(out, torch.Tensor) and out.device.type == "cpu":
+            self.device_to_host.append(name)
+        return out
 
 
 def one_step(model, opt, x, y):
@@ -82,8 +77,11 @@ def counted_steps(device: str, every: int, steps: int, monitored: bool, monkeypa
 def test_at_most_one_host_copy_per_logged_step_and_no_sync(device, monkeypatch):
     logs = counted_steps(device, every=3, steps=7, monitored=True, monkeypatch=monkeypatch)
     for step, (log, copies) in enumerate(logs):
+        logged = step % 3 == 0
         assert log.syncs == [], f"step {step} made the host wait: {log.syncs}"
-        assert copies == (1 if step % 3 == 0 else 0), step
+        # one (non-blocking) device-to-host copy per logged step, none otherwise; none on a CPU
+        assert len(log.device_to_host) == (1 if logged and device == "cuda" else 0), step
+        assert copies == (1 if logged else 0), step
 
 
 def test_unlogged_steps_do_no_tensor_work():
@@ -100,3 +98,4 @@ def test_op_log_sees_a_sync_when_there_is_one():
     with log:
         torch.ones(3).sum().item()
     assert log.syncs == ["_local_scalar_dense"]
+    assert log.device_to_host == []

@@ -26,7 +26,9 @@ class Statistic:
     ``state`` names the scalar components summed on the device; ``host_state`` names those counted
     on the host from shapes alone (element counts), also summed. ``loss_scaled`` names the
     components that carry the square of a loss scale (a GradScaler's), to be divided out by it.
-    ``compute`` maps arrays of component sums (one entry per layer) to the values.
+    ``compute`` maps arrays of component sums (one entry per layer) to the values. A statistic
+    whose state is not a fixed set of scalars (one flag per unit and call site) sets
+    ``compute_entry`` instead: from the step's buffer and one entry's slots to its value.
     """
 
     name: str
@@ -34,8 +36,9 @@ class Statistic:
     state: tuple[str, ...]
     host_state: tuple[str, ...]
     loss_scaled: tuple[str, ...]
-    compute: Callable[[dict[str, np.ndarray]], np.ndarray]
+    compute: Callable[[dict[str, np.ndarray]], np.ndarray] | None
     doc: str
+    compute_entry: Callable[[np.ndarray, dict[str, tuple[int, int]]], float] | None = None
 
 
 def _sqrt_of(component: str) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
@@ -57,6 +60,23 @@ def _rms(s: dict[str, np.ndarray]) -> np.ndarray:
 def _fraction(s: dict[str, np.ndarray]) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         return s["flat"] / s["numel"]
+
+
+def site_components(site: int, units: int) -> tuple[str, str]:
+    """Names of the per-unit alive counts and the call count of one activation call site."""
+    return f"alive@{site}:{units}", f"calls@{site}:{units}"
+
+
+def _dead_fraction(state: np.ndarray, slots: dict[str, tuple[int, int]]) -> float:
+    """Units that never fired over units, across the call sites that ran in the step."""
+    dead = units = 0
+    for component, (offset, size) in slots.items():
+        if component.startswith("alive@"):
+            calls_offset, _ = slots["calls@" + component[len("alive@"):]]
+            if state[calls_offset] > 0:
+                dead += int(np.count_nonzero(state[offset:offset + size] == 0))
+                units += size
+    return dead / units if units else float("nan")
 
 
 STATISTICS: dict[str, Statistic] = {
@@ -91,11 +111,11 @@ STATISTICS: dict[str, Statistic] = {
             "saturation", ACTIVATION, ("flat",), ("numel",), (), _fraction,
             "Fraction of a bounded activation's outputs at or within 1% of its bounds.",
         ),
-        # dead_fraction keeps one alive-count per unit; its compute lives in stats.dead_units
         Statistic(
-            "dead_fraction", ACTIVATION, ("alive",), (), (), lambda s: s["dead"] / s["units"],
+            "dead_fraction", ACTIVATION, (), (), (), None,
             "Fraction of a ReLU/ReLU6 layer's units that were never above zero for any sample "
             "of the logged step.",
+            compute_entry=_dead_fraction,
         ),
     )
 }
