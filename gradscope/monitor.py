@@ -144,18 +144,27 @@ class Monitor:
         self._drain(wait=True)
         return self.history.to_dataframe()
 
+    def findings(self) -> list:
+        """The rules (gradscope.rules) over the history so far: a list of ``Finding``."""
+        from gradscope.rules import Records, run_rules  # rules read records; records don't need rules
+
+        return run_rules(Records(self.to_dataframe(), self.layers))
+
     @property
     def layers(self) -> pd.DataFrame:
-        """One row per layer seen: name, type, kind (parameter, module, activation), order."""
+        """One row per layer seen: name, type, kind (parameter, module, activation), trainable
+        (parameters with ``requires_grad``), order (parameters first, then forward order)."""
         rows = [
-            {"layer": s.name, "type": self._owner_types[s.name], "kind": "parameter"}
+            {"layer": s.name, "type": self._owner_types[s.name], "kind": "parameter",
+             "trainable": s.param.requires_grad}
             for s in self._param_slots
         ]
         for name in self.hooks.module_order:
             rows.append({
                 "layer": name, "type": self.hooks.layer_types[name], "kind": self.hooks.layer_kinds[name],
+                "trainable": False,
             })
-        frame = pd.DataFrame(rows, columns=["layer", "type", "kind"])
+        frame = pd.DataFrame(rows, columns=["layer", "type", "kind", "trainable"])
         frame["order"] = np.arange(len(frame))
         return frame
 

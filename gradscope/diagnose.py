@@ -1,0 +1,293 @@
+"""``gradscope.diagnose``: a few monitored training steps on example inputs, the structure of the
+model, and the rules over both, as a :class:`Report`. The model's mode, parameters, buffers,
+gradients, the optimizer's state and the global RNG are restored afterwards.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import json
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import pandas as pd
+import torch
+import torch.nn as nn
+
+from gradscope.errors import UsageError, UsageTypeError
+from gradscope.monitor import Monitor
+from gradscope.rules import SEVERITIES, Finding, Records, run_rules
+from gradscope.rules.base import json_safe
+from gradscope.stats.reductions import floating_tensors
+from gradscope.structure import ModelStructure, StructureProbe
+from gradscope.summary import layer_summary
+
+REPORT_VERSION = 1
+
+DEFAULT_LR = 0.01
+DEFAULT_MOMENTUM = 0.9
+
+
+class ModelError(UsageError):
+    """The user's model (or loss) raised while gradscope ran it; the message names the module."""
+
+
+@dataclass
+class Report:
+    """What :func:`diagnose` found: the findings, the per-layer statistics and the history."""
+
+    model: dict
+    findings: list[Finding]
+    layers: pd.DataFrame
+    history: pd.DataFrame
+    structure: ModelStructure | None = None
+    options: dict = field(default_factory=dict)
+
+    @property
+    def worst(self) -> str | None:
+        """The most severe finding's severity, or None."""
+        if not self.findings:
+            return None
+        return max((f.severity for f in self.findings), key=SEVERITIES.index)
+
+    def to_dict(self) -> dict:
+        return json_safe({
+            "version": REPORT_VERSION,
+            "model": self.model,
+            "options": self.options,
+            "findings": [f.to_dict() for f in self.findings],
+            "layers": [
+                {k: (None if isinstance(v, float) and v != v else v) for k, v in row.items()}
+                for row in self.layers.to_dict(orient="records")
+            ],
+        })
+
+    def to_json(self, indent: int | None = 2) -> str:
+        """The report as JSON (the format the CLI writes, documented in docs/report-json.md)."""
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+
+
+def diagnose(
+    model: nn.Module,
+    inputs: object,
+    loss_fn=None,
+    steps: int = 1,
+    optimizer: torch.optim.Optimizer | None = None,
+    *,
+    seed: int = 0,
+) -> Report:
+    """Run ``steps`` monitored forward/backward passes of ``model`` on ``inputs`` in training
+    mode and apply the rules.
+
+    ``inputs`` is a tensor, a tuple of positional arguments or a dict of keyword arguments.
+    The loss is ``loss_fn(output, inputs)`` (or ``loss_fn(output)``) when given, else the
+    output's ``loss`` (a ``ModelOutput`` or dict), else the default: ``0.5 * ||y - r||² / B``
+    summed over the output's floating-point tensors ``y``, with ``r`` a fixed N(0, 1) target of
+    the same shape and ``B`` the batch size (first dimension). At ``y ≈ 0`` its gradient is
+    ``-r / B``: unit scale in every output element, whatever the output is, and unlike a plain
+    projection it has a minimum, so ``steps > 1`` trains toward something. With ``steps > 1``
+    the optimizer (default SGD, lr 0.01, momentum 0.9) steps between passes; with one step no
+    parameter changes. Everything is restored afterwards.
+
+    >>> import torch, torch.nn as nn, gradscope
+    >>> deep = nn.Sequential(*[m for _ in range(12) for m in (nn.Linear(32, 32), nn.Sigmoid())])
+    >>> report = gradscope.diagnose(deep, torch.randn(64, 32))
+    >>> [f.rule for f in report.findings]  # doctest: +NORMALIZE_WHITESPACE
+    ['vanishing-gradient', 'no-skip-connections', 'deep-bounded-activations']
+    """
+    if not isinstance(model, nn.Module):
+        raise UsageTypeError(
+            f"Expected `model` to be a torch.nn.Module but got {type(model).__name__}; pass the model to diagnose."
+        )
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise UsageError(f"Expected `steps` to be a positive int but got {steps!r}; steps=1 runs one forward/backward.")
+    if loss_fn is not None and not callable(loss_fn):
+        raise UsageTypeError(f"Expected `loss_fn` to be callable but got {type(loss_fn).__name__}.")
+    if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+        raise UsageTypeError(
+            f"Expected `optimizer` to be a torch.optim.Optimizer but got {type(optimizer).__name__}."
+        )
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    args, kwargs = _split_inputs(inputs, device)
+    batch = _batch_size(args, kwargs)
+    saved = _SavedState(model, optimizer)
+    devices = [device.index or 0] if device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            model.train()
+            opt = optimizer
+            if opt is None and steps > 1:
+                opt = torch.optim.SGD(model.parameters(), lr=DEFAULT_LR, momentum=DEFAULT_MOMENTUM)
+            history, layers, structure, loss_kind = _run(model, args, kwargs, inputs, loss_fn, steps, opt, batch, seed)
+    finally:
+        saved.restore()
+    findings = run_rules(Records(history, layers, structure))
+    summary = {
+        "class": type(model).__name__,
+        "parameters": int(sum(p.numel() for p in model.parameters())),
+        "batch_size": batch,
+    }
+    options = {"steps": steps, "seed": seed, "loss": loss_kind,
+               "optimizer": type(opt).__name__ if opt is not None else None}
+    return Report(summary, findings, layer_summary(history, layers), history, structure, options)
+
+
+def _run(model, args, kwargs, inputs, loss_fn, steps, opt, batch, seed):
+    targets: dict[int, torch.Tensor] = {}
+    structure = None
+    loss_kind = "loss_fn" if loss_fn is not None else "default"
+    with Monitor(model, every=1, optimizer=opt) as mon:
+        for step in range(steps):
+            probe = StructureProbe(model) if step == 0 else None
+            with probe if probe is not None else nullcontext():
+                try:
+                    output = model(*args, **kwargs)
+                except Exception as e:
+                    where = probe.last_entered if probe is not None else None
+                    raise ModelError(
+                        f"The model raised in forward"
+                        + (f" at module {where!r} ({type(model.get_submodule(where)).__name__})" if where else "")
+                        + f": {type(e).__name__}: {e}. Inputs given: {_describe(inputs)}; check that "
+                        "they fit the model."
+                    ) from e
+            loss, loss_kind = _loss(output, inputs, loss_fn, targets, seed)
+            if probe is not None:
+                structure = probe.structure(loss, batch, mon.hooks.layer_types, mon.hooks.module_order)
+            try:
+                loss.backward()
+            except Exception as e:
+                raise ModelError(f"The backward pass raised: {type(e).__name__}: {e}.") from e
+            if opt is not None:
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            else:
+                mon.step()
+                model.zero_grad(set_to_none=True)
+        history = mon.to_dataframe()
+        layers = mon.layers
+    return history, layers, structure, loss_kind
+
+
+def _loss(output, inputs, loss_fn, targets: dict, seed: int) -> tuple[torch.Tensor, str]:
+    if loss_fn is not None:
+        try:
+            takes_inputs = _positional_arity(loss_fn) >= 2
+            loss = loss_fn(output, inputs) if takes_inputs else loss_fn(output)
+        except Exception as e:
+            raise ModelError(f"loss_fn raised: {type(e).__name__}: {e}.") from e
+        kind = "loss_fn"
+    else:
+        model_loss = _model_loss(output)
+        if model_loss is not None:
+            loss, kind = model_loss, "output.loss"
+        else:
+            loss, kind = _default_loss(output, targets, seed), "default"
+    if not isinstance(loss, torch.Tensor) or loss.numel() != 1 or not loss.is_floating_point():
+        raise UsageError(
+            f"The loss must be a floating-point scalar tensor, but {kind} gave "
+            f"{_describe(loss)}; return e.g. loss.mean()."
+        )
+    if not loss.requires_grad:
+        raise UsageError(
+            f"The loss ({kind}) does not require grad: no parameter reaches it. Check that the "
+            "model's parameters require grad and that the forward does not run under torch.no_grad()."
+        )
+    return loss.reshape(()), kind
+
+
+def _model_loss(output) -> torch.Tensor | None:
+    loss = output.get("loss") if isinstance(output, dict) else getattr(output, "loss", None)
+    return loss if isinstance(loss, torch.Tensor) else None
+
+
+def _default_loss(output, targets: dict, seed: int) -> torch.Tensor:
+    tensors = [t for t in floating_tensors(output) if t.requires_grad]
+    if not tensors:
+        raise UsageError(
+            f"The model's output ({_describe(output)}) holds no floating-point tensor that requires "
+            "grad, so there is no default loss; pass loss_fn=lambda output, inputs: ... ."
+        )
+    total = None
+    for i, y in enumerate(tensors):
+        target = targets.get(i)
+        if target is None or target.shape != y.shape:
+            generator = torch.Generator(device="cpu").manual_seed(seed + 1 + i)
+            target = torch.randn(y.shape, generator=generator, dtype=torch.float32).to(y.device, y.dtype)
+            targets[i] = target
+        batch = y.shape[0] if y.dim() > 0 else 1
+        term = 0.5 * (y - target).float().pow(2).sum() / batch
+        total = term if total is None else total + term
+    return total
+
+
+def _positional_arity(fn) -> int:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return 2
+    if any(p.kind == p.VAR_POSITIONAL for p in params):
+        return 2
+    return sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty for p in params)
+
+
+def _split_inputs(inputs: object, device: torch.device) -> tuple[tuple, dict]:
+    def move(x):
+        return x.to(device) if isinstance(x, torch.Tensor) and x.device != device else x
+
+    if isinstance(inputs, torch.Tensor):
+        return (move(inputs),), {}
+    if isinstance(inputs, (tuple, list)):
+        return tuple(move(x) for x in inputs), {}
+    if isinstance(inputs, dict):
+        bad = [k for k in inputs if not isinstance(k, str)]
+        if bad:
+            raise UsageTypeError(f"Keyword inputs need str keys, but got {bad[0]!r}.")
+        return (), {k: move(v) for k, v in inputs.items()}
+    raise UsageTypeError(
+        f"Expected `inputs` to be a tensor, a tuple of positional arguments or a dict of keyword "
+        f"arguments, but got {type(inputs).__name__}."
+    )
+
+
+def _batch_size(args: tuple, kwargs: dict) -> int | None:
+    for x in (*args, *kwargs.values()):
+        if isinstance(x, torch.Tensor) and x.dim() > 0:
+            return int(x.shape[0])
+    return None
+
+
+def _describe(obj: object) -> str:
+    if isinstance(obj, torch.Tensor):
+        return f"tensor of shape {tuple(obj.shape)} and dtype {str(obj.dtype).removeprefix('torch.')}"
+    if isinstance(obj, (tuple, list)):
+        return f"{type(obj).__name__} of ({', '.join(_describe(x) for x in obj[:4])})"
+    if isinstance(obj, dict):
+        return "dict of {" + ", ".join(f"{k!r}: {_describe(v)}" for k, v in list(obj.items())[:6]) + "}"
+    return type(obj).__name__
+
+
+class _SavedState:
+    """The model's per-module modes, parameters, buffers and gradients and the optimizer's state,
+    copied so that ``restore`` puts them back in place (same tensor objects)."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> None:
+        self.model = model
+        self.optimizer = optimizer
+        self.modes = {m: m.training for m in model.modules()}
+        with torch.no_grad():
+            self.tensors = [(t, t.detach().clone()) for t in (*model.parameters(), *model.buffers())]
+        self.grads = {p: (p.grad.detach().clone() if p.grad is not None else None) for p in model.parameters()}
+        self.optimizer_state = copy.deepcopy(optimizer.state_dict()) if optimizer is not None else None
+
+    def restore(self) -> None:
+        with torch.no_grad():
+            for tensor, saved in self.tensors:
+                tensor.copy_(saved)
+        for p, grad in self.grads.items():
+            p.grad = grad
+        for module, mode in self.modes.items():
+            module.training = mode
+        if self.optimizer is not None:
+            self.optimizer.load_state_dict(self.optimizer_state)

@@ -1,0 +1,79 @@
+"""Fix text: what to change, with code for the model's own layers. Pure string builders that the
+rules call; nothing here touches a model."""
+
+from __future__ import annotations
+
+from gradscope.structure import ModelStructure
+
+
+def module_ref(name: str, root: str = "model") -> str:
+    """Python expression for a submodule: ``"blocks.0.fc"`` → ``model.blocks[0].fc``."""
+    if not name:
+        return root
+    if ":" in name or "#" in name:
+        return f"{root}  # {name} is a functional call inside a forward"
+    expr = root
+    for part in name.split("."):
+        expr += f"[{part}]" if part.isdigit() else (f".{part}" if part.isidentifier() else f".get_submodule({part!r})")
+    return expr
+
+
+def code(*lines: str) -> str:
+    return "\n".join("    " + line for line in lines)
+
+
+def names_list(names: list[str], limit: int = 8) -> str:
+    shown = ", ".join(repr(n) for n in names[:limit])
+    return f"[{shown}, ...]" if len(names) > limit else f"[{shown}]"
+
+
+def layer_text(names: list[str], limit: int = 6) -> str:
+    shown = ", ".join(names[:limit])
+    return f"{shown} and {len(names) - limit} more" if len(names) > limit else shown
+
+
+def init_code(layers: list[str], scheme: str, nonlinearity: str) -> str:
+    call = (
+        f'nn.init.kaiming_normal_(layer.weight, nonlinearity="{nonlinearity}")' if scheme == "kaiming"
+        else f'nn.init.xavier_normal_(layer.weight, gain=nn.init.calculate_gain("{nonlinearity}"))'
+    )
+    return code(
+        f"for name in {names_list(layers)}:",
+        "    layer = model.get_submodule(name)",
+        f"    {call}",
+        "    nn.init.zeros_(layer.bias)",
+        "# or, for every layer at once: gradscope.fixes.reinit(model)",
+    )
+
+
+def norm_choice(structure: ModelStructure | None, conv: bool) -> str:
+    """Normalisation to recommend: BatchNorm needs a batch of 8 or more to estimate statistics."""
+    batch = structure.batch_size if structure is not None else None
+    if conv:
+        if batch is not None and batch < 8:
+            return f"nn.GroupNorm(num_groups=8, num_channels=C) (BatchNorm needs batches of 8+, yours is {batch})"
+        return "nn.BatchNorm2d(C) (or nn.GroupNorm(8, C) for batches under 8)"
+    return "nn.LayerNorm(width)"
+
+
+RESIDUAL_SNIPPET = code(
+    "class Residual(nn.Module):",
+    "    def __init__(self, block):",
+    "        super().__init__()",
+    "        self.block = block",
+    "    def forward(self, x):",
+    "        return x + self.block(x)  # the identity path carries the gradient past the block",
+)
+
+PSEUDO_NORM_SNIPPET = code(
+    "from gradscope.fixes import insert_pseudo_norm",
+    "insert_pseudo_norm(model, every=2)  # divide the backward signal by its RMS every 2 activations",
+)
+
+
+def clip_code(max_norm: float) -> str:
+    return code(
+        "loss.backward()",
+        f"torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm={max_norm:.2g})",
+        "optimizer.step()",
+    )

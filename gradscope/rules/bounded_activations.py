@@ -1,0 +1,55 @@
+"""GS204 deep-bounded-activations."""
+
+from __future__ import annotations
+
+from gradscope.rules import advice
+from gradscope.rules.base import INFO, Finding, Records, Rule
+
+DEPTH = 6
+"""Bounded hidden activations on an effective depth of this many layers or more."""
+
+
+def check(records: Records) -> list[Finding]:
+    """What it checks:
+        Six or more tanh/sigmoid-family hidden activation layers in a model whose effective depth
+        (weight layers on the shortest gradient path, see no-skip-connections) is six or more.
+        Gated units inside LSTM/GRU modules are not hidden layers and do not count.
+
+    Why it matters:
+        The derivative of tanh is at most 1 and of sigmoid at most 0.25, and less wherever the
+        unit is away from 0: stacked without skips, they shrink the gradient geometrically even
+        with a good init.
+
+    Example:
+        >>> import torch.nn as nn
+        >>> bad = nn.Sequential(*[m for _ in range(8) for m in (nn.Linear(32, 32), nn.Tanh())])
+
+    Fix:
+        Use ReLU-family activations (with He init) for hidden layers; if the bounded activations
+        must stay, use Xavier init and residual connections, or pseudo-normalization every few
+        layers (``gradscope.fixes.insert_pseudo_norm``).
+    """
+    structure = records.structure
+    if structure is None or structure.effective_depth is None or structure.effective_depth < DEPTH:
+        return []
+    bounded = structure.bounded_activations
+    if len(bounded) < DEPTH:
+        return []
+    modules = [n for n in bounded if ":" not in n and "#" not in n]
+    message = (
+        f"{len(bounded)} tanh/sigmoid hidden activations on a gradient path through "
+        f"{structure.effective_depth} weight layers: their derivatives (at most 1 for tanh, 0.25 "
+        "for sigmoid) compound across depth."
+    )
+    fix = "Use ReLU-family hidden activations with He init"
+    if modules:
+        fix += ":\n" + advice.code(*(f"{advice.module_ref(n)} = nn.ReLU()" for n in modules[:4]),
+                                   "gradscope.fixes.reinit(model)")
+    fix += ("\nor keep them with Xavier init plus residual connections, or rescale the backward "
+            "signal every few layers:\n" + advice.PSEUDO_NORM_SNIPPET)
+    return [RULE.finding(bounded, message, fix, {"bounded_activations": len(bounded),
+                                                 "effective_depth": structure.effective_depth})]
+
+
+RULE = Rule("GS204", "deep-bounded-activations", INFO,
+            "Many tanh/sigmoid hidden layers in a deep stack without skips.", check)

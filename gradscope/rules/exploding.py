@@ -1,0 +1,134 @@
+"""GS102 exploding-gradient."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from gradscope.rules import advice
+from gradscope.rules.base import ERROR, Finding, Records, Rule, fmt, log10
+from gradscope.rules.profile import signal_profile
+
+ORDERS = 3.0
+"""Orders of magnitude the signal must gain across depth toward the input."""
+
+JUMP_ORDERS = 2.0
+"""Orders of magnitude by which the total gradient norm of a step must exceed the median of the
+steps before it."""
+
+JUMP_WINDOW = 5
+"""Earlier logged steps whose median is the reference for a jump."""
+
+
+def check(records: Records) -> list[Finding]:
+    """What it checks:
+        Two patterns. Across depth: the backpropagated signal (``out_grad_norm``) grows by 3 or
+        more orders of magnitude from the output side to the input side (the same robust trend
+        as vanishing-gradient, in the other direction). Across steps: the total gradient norm of
+        a logged step is 100x or more the median of the up to 5 logged steps before it.
+
+    Why it matters:
+        Gradients that grow toward the input make the first layers take huge steps and the loss
+        diverge; a sudden jump between steps is the usual prelude to a loss spike or NaNs.
+
+    Example:
+        A 10-layer tanh-free linear stack with N(0, 1) weights of width 64: each layer multiplies
+        the signal by about 8.
+
+        >>> import torch, torch.nn as nn
+        >>> bad = nn.Sequential(*[nn.Linear(64, 64) for _ in range(10)])
+        >>> for layer in bad:
+        ...     _ = nn.init.normal_(layer.weight, std=1.0)
+
+    Fix:
+        Clip the gradient norm (``torch.nn.utils.clip_grad_norm_``) at a value derived from the
+        norms observed, lower the learning rate, initialise for the activation
+        (``gradscope.fixes.reinit``) and add normalisation.
+    """
+    findings = []
+    profile = signal_profile(records)
+    totals = _total_grad_norms(records)
+    typical = float(np.median(totals[np.isfinite(totals)])) if np.isfinite(totals).any() else float("nan")
+    if profile is not None and profile.rise <= -ORDERS:
+        in_log = profile.log_signal[: profile.quarter]
+        threshold = float(np.median(profile.log_signal[-profile.quarter:])) + ORDERS
+        strong = [n for n, y in zip(profile.layers, profile.log_signal) if y >= threshold]
+        message = (
+            f"The backpropagated signal grows by {-profile.rise:.1f} orders of magnitude from the "
+            f"output side ({fmt(profile.output_side)}) to the input side "
+            f"({fmt(float(10 ** np.median(in_log)))}) across {len(profile.layers)} layers, about "
+            f"x{fmt(profile.per_layer_factor)} per layer"
+            + (f"; above 1e3 times the output side at {advice.layer_text(strong)}." if strong else ".")
+        )
+        findings.append(RULE.finding(strong or profile.layers[: profile.quarter], message,
+                                     _fix(records, typical), {
+            "orders": -profile.rise,
+            "trend_orders": -profile.trend,
+            "signal_output_side": profile.output_side,
+            "signal_input_side": profile.input_side,
+            "per_layer_factor": profile.per_layer_factor,
+            "layers_in_profile": len(profile.layers),
+            "steps": profile.steps,
+        }))
+    jump = _first_jump(records.steps, totals)
+    if jump is not None:
+        step, norm, before = jump
+        grads = records.wide("grad_norm")
+        row = grads.loc[step]
+        top = [str(n) for n in row[np.isfinite(row)].sort_values(ascending=False).index[:5]]
+        message = (
+            f"The total gradient norm jumped to {fmt(norm)} at step {step}, "
+            f"{fmt(norm / before)} times the median of the logged steps before it ({fmt(before)}); "
+            f"largest at {advice.layer_text(top)}."
+        )
+        findings.append(RULE.finding(top, message, _fix(records, before), {
+            "step": step, "total_grad_norm": norm, "median_before": before,
+            "ratio": norm / before,
+        }))
+    return findings
+
+
+def _total_grad_norms(records: Records) -> np.ndarray:
+    grads = records.wide("grad_norm")
+    if grads.empty or grads.shape[1] == 0:
+        return np.array([])
+    values = grads.to_numpy(dtype=float)
+    with np.errstate(all="ignore"):
+        return np.sqrt(np.nansum(values ** 2, axis=1))
+
+
+def _first_jump(steps: list[int], totals: np.ndarray) -> tuple[int, float, float] | None:
+    for i in range(1, len(totals)):
+        before = totals[max(0, i - JUMP_WINDOW):i]
+        before = before[np.isfinite(before) & (before > 0)]
+        if len(before) == 0 or not np.isfinite(totals[i]):
+            continue
+        reference = float(np.median(before))
+        if log10(totals[i]) - log10(reference) >= JUMP_ORDERS:
+            return steps[i], float(totals[i]), reference
+    return None
+
+
+def _fix(records: Records, typical_norm: float) -> str:
+    parts = []
+    if np.isfinite(typical_norm) and typical_norm > 0:
+        parts.append(
+            f"Clip the gradient norm near its typical value ({fmt(typical_norm)} here):\n"
+            + advice.clip_code(typical_norm)
+        )
+    structure = records.structure
+    if structure is not None:
+        large = [w.name for w in structure.weight_layers if w.gain > 3.0]
+        if large:
+            parts.append(
+                f"{len(large)} layers have weights far larger than any standard init (std x "
+                f"sqrt(fan_in) up to {fmt(max(w.gain for w in structure.weight_layers))}); "
+                "initialise them for their activation:\n"
+                + advice.init_code(large, "xavier", "linear")
+            )
+    parts.append("Lower the learning rate, and add normalisation "
+                 f"({advice.norm_choice(structure, conv=False)}) between the layers.")
+    return "\n".join(parts)
+
+
+RULE = Rule("GS102", "exploding-gradient", ERROR,
+            "The signal grows by 3+ orders toward the input, or the gradient norm jumps 100x.", check)

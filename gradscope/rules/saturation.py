@@ -1,0 +1,78 @@
+"""GS105 saturated-activations."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from gradscope.rules import advice
+from gradscope.rules.base import WARNING, Finding, Records, Rule, pct
+
+FRACTION = 0.3
+"""A bounded activation with more than this fraction of outputs within 1% of its bounds."""
+
+
+def check(records: Records) -> list[Finding]:
+    """What it checks:
+        Bounded activations (tanh, sigmoid, hardtanh, softsign, hardsigmoid; modules or
+        functional calls) whose ``saturation`` (fraction of outputs within 1% of a bound, i.e.
+        |tanh| >= 0.99, sigmoid <= 0.01 or >= 0.99) exceeds 30%, as the median of the recent
+        logged steps.
+
+    Why it matters:
+        A saturated unit's derivative is near zero (tanh'(x) < 0.02 there; exactly zero for
+        hardtanh), so it blocks the gradient much like a dead ReLU, and its output carries one bit.
+        In a healthy net with a matching init, well under 5% of outputs saturate.
+
+    Example:
+        Tanh after N(0, 1) weights: pre-activations have a standard deviation of sqrt(fan_in).
+
+        >>> import torch.nn as nn
+        >>> bad = nn.Sequential(nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 1))
+        >>> _ = nn.init.normal_(bad[0].weight, std=1.0)
+
+    Fix:
+        Xavier init for the layers feeding the activation, normalisation (LayerNorm/BatchNorm)
+        before it, standardised inputs, and a lower learning rate if saturation grows in training.
+    """
+    wide = records.wide("saturation")
+    if wide.empty or wide.shape[1] == 0:
+        return []
+    steps = [s for s in records.recent_steps if s in wide.index]
+    saturated = []
+    for layer in [n for n in records.depth_order if n in wide.columns]:
+        values = wide.loc[steps, layer].to_numpy(dtype=float)
+        values = values[np.isfinite(values)]
+        if len(values) and float(np.median(values)) > FRACTION:
+            saturated.append((layer, float(np.median(values))))
+    if not saturated:
+        return []
+    names = [n for n, _ in saturated]
+    listed = ", ".join(f"{n} ({pct(f)})" for n, f in saturated[:8])
+    message = (
+        f"{len(saturated)} bounded activation layer{'s are' if len(saturated) > 1 else ' is'} "
+        f"saturated (outputs within 1% of the bounds, where the derivative is near 0): "
+        f"{listed}{' …' if len(saturated) > 8 else ''}."
+    )
+    before = [p for p in (records.preceding_weight_layer(n) for n in names) if p is not None]
+    fix = []
+    if before:
+        fix.append("Initialise the layers feeding them with Xavier:\n"
+                   + advice.init_code(before, "xavier", "tanh"))
+    if records.preceding_weight_layer(names[0]) == _first_weight(records):
+        fix.append("The first activation saturates: standardise the inputs (zero mean, unit variance per feature).")
+    fix.append("Put nn.LayerNorm (or BatchNorm for batches of 8+) before the activations, and lower "
+               "the learning rate if saturation grows during training.")
+    return [RULE.finding(names, message, "\n".join(fix), {
+        "saturation": {n: f for n, f in saturated}, "threshold": FRACTION, "steps": steps,
+    })]
+
+
+def _first_weight(records: Records) -> str | None:
+    for name in records.depth_order:
+        if records.preceding_weight_layer(name) is not None:
+            return records.preceding_weight_layer(name)
+    return None
+
+
+RULE = Rule("GS105", "saturated-activations", WARNING,
+            "Over 30% of a tanh/sigmoid layer's outputs sit at the bounds.", check)

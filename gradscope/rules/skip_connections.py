@@ -1,0 +1,48 @@
+"""GS201 no-skip-connections."""
+
+from __future__ import annotations
+
+from gradscope.rules import advice
+from gradscope.rules.base import INFO, Finding, Records, Rule
+
+DEPTH = 10
+"""Weight layers on the shortest gradient path from which a plain stack counts as deep."""
+
+
+def check(records: Records) -> list[Finding]:
+    """What it checks:
+        The *effective depth* of the model, read from the autograd graph of one forward pass
+        (``gradscope.diagnose`` only): the number of weight layers (Linear, Conv, RNN weights) on
+        the shortest path from the loss to the weight layer farthest from it. Skip connections
+        shorten it (a ResNet-50 or a transformer has an effective depth of a handful); a plain
+        stack's equals its layer count. It fires at 10 or more.
+
+    Why it matters:
+        Every layer on the only path multiplies the gradient by its Jacobian, so small per-layer
+        deviations compound exponentially with depth. An identity path gives the gradient a
+        route that does not compound.
+
+    Example:
+        >>> import torch.nn as nn
+        >>> bad = nn.Sequential(*[m for _ in range(12) for m in (nn.Linear(32, 32), nn.ReLU())])
+
+    Fix:
+        Wrap blocks of 2-3 layers as ``x + block(x)`` (pre-activation residual blocks), or
+        make the stack shallower.
+    """
+    structure = records.structure
+    if structure is None or structure.effective_depth is None or structure.effective_depth < DEPTH:
+        return []
+    layers = [w.name for w in structure.weight_layers]
+    message = (
+        f"The gradient's shortest path from the loss crosses {structure.effective_depth} weight "
+        "layers: the model is a deep stack with no skip connections, so per-layer gains compound."
+    )
+    fix = ("Add residual connections around blocks of 2-3 layers, e.g.:\n" + advice.RESIDUAL_SNIPPET
+           + "\n" + advice.code("# blocks = nn.Sequential(*[Residual(nn.Sequential(nn.Linear(w, w), nn.ReLU(), nn.Linear(w, w))) for _ in range(n)])"))
+    return [RULE.finding(layers, message, fix, {"effective_depth": structure.effective_depth,
+                                                "weight_layers": len(layers)})]
+
+
+RULE = Rule("GS201", "no-skip-connections", INFO,
+            "A stack of 10+ weight layers with no skip connection around them.", check)

@@ -1,0 +1,93 @@
+"""GS106 stalled-updates."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from gradscope.rules import advice
+from gradscope.rules.base import WARNING, Finding, Records, Rule, fmt
+
+ORDERS_BELOW = 2.0
+"""A parameter's update ratio this many orders below the model's median …"""
+
+ABSOLUTE = 1e-3
+"""… and below this absolute value is stalled."""
+
+
+def check(records: Records) -> list[Finding]:
+    """What it checks:
+        Trainable parameters that do not learn: (a) their update ratio
+        ``||Δw|| / ||w||`` (recorded when the monitor has the optimizer) is both 100x below the
+        model's median and below 1e-3, as the median of the recent logged steps; (b) their
+        gradient is exactly zero on every recent logged step (two or more); (c) no gradient
+        reaches them at all on any logged step.
+
+    Why it matters:
+        A layer that does not move is dead weight: a parameter left out of the optimizer or
+        given lr=0, a ``.detach()`` or ``torch.no_grad()`` in the forward, an unused branch, or a
+        gradient that vanished before reaching it.
+
+    Example:
+        The first layer put in a parameter group with a learning rate of zero:
+
+        >>> import torch, torch.nn as nn
+        >>> model = nn.Sequential(nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 1))
+        >>> bad = torch.optim.SGD([{"params": model[0].parameters(), "lr": 0.0},
+        ...                        {"params": model[2].parameters()}], lr=0.1)
+
+    Fix:
+        Check the optimizer's param groups and learning rates, look for ``.detach()``,
+        ``torch.no_grad()`` or ``requires_grad_(False)`` on the path, and see vanishing-gradient
+        if the gradient is merely tiny.
+    """
+    stalled: dict[str, str] = {}
+    evidence: dict = {}
+    steps = records.recent_steps
+    ratios = records.wide("update_ratio")
+    weights = records.wide("weight_norm")
+    if not ratios.empty and ratios.shape[1] > 1:
+        usable = ratios.loc[[s for s in steps if s in ratios.index]]
+        median_ratio = usable.median(axis=0, skipna=True)
+        nonzero_weight = weights.reindex(usable.index).min(axis=0) > 0
+        median_ratio = median_ratio[np.isfinite(median_ratio) & nonzero_weight.reindex(median_ratio.index, fill_value=False)]
+        if len(median_ratio) > 1:
+            typical = float(np.median(median_ratio))
+            limit = min(ABSOLUTE, typical * 10 ** -ORDERS_BELOW)
+            for name, r in median_ratio.items():
+                if r < limit:
+                    stalled[name] = f"update ratio {fmt(float(r))} (model median {fmt(typical)})"
+            evidence["median_update_ratio"] = typical
+    grads = records.wide("grad_norm")
+    grad_steps = [s for s in steps if s in grads.index]
+    if len(grad_steps) >= 2:
+        recent = grads.loc[grad_steps]
+        for name in recent.columns:
+            values = recent[name].to_numpy(dtype=float)
+            if len(values) and (values == 0).all():
+                stalled.setdefault(name, f"gradient exactly 0 on {len(values)} logged steps")
+    if "trainable" in records.layers.columns and not grads.empty and grads.shape[1] > 0:
+        params = records.layers[records.layers["kind"] == "parameter"]
+        for name, trainable in zip(params["layer"], params["trainable"]):
+            if bool(trainable) and name not in grads.columns:
+                stalled.setdefault(name, "no gradient reached it on any logged step")
+    if not stalled:
+        return []
+    order = {n: i for i, n in enumerate(records.layers["layer"])}
+    names = sorted(stalled, key=lambda n: order.get(n, len(order)))
+    listed = "; ".join(f"{n}: {stalled[n]}" for n in names[:8])
+    message = f"{len(names)} parameter{'s do' if len(names) > 1 else ' does'} not learn: {listed}{' …' if len(names) > 8 else ''}."
+    evidence["parameters"] = {n: stalled[n] for n in names}
+    fix = (
+        "Check that the optimizer holds these parameters with a non-zero learning rate:\n"
+        + advice.code(
+            "owned = {id(p) for g in optimizer.param_groups for p in g['params']}",
+            f"missing = [n for n, p in model.named_parameters() if n in {advice.names_list(names, 4)} and id(p) not in owned]",
+            "print(missing, [g['lr'] for g in optimizer.param_groups])")
+        + "\nLook for .detach(), torch.no_grad() or an unused branch on their path; if their "
+        "gradients are tiny rather than zero, see vanishing-gradient."
+    )
+    return [RULE.finding(names, message, fix, evidence)]
+
+
+RULE = Rule("GS106", "stalled-updates", WARNING,
+            "Parameters whose updates are 100x below the rest, or that get no gradient.", check)

@@ -1,0 +1,105 @@
+"""GS101 vanishing-gradient."""
+
+from __future__ import annotations
+
+from gradscope.rules import advice
+from gradscope.rules.base import ERROR, Finding, Records, Rule, fmt
+from gradscope.rules.profile import signal_profile
+
+ORDERS = 3.0
+"""Orders of magnitude the signal must lose across depth (trend and quarter medians agreeing)."""
+
+
+def check(records: Records) -> list[Finding]:
+    """What it checks:
+        The backpropagated signal (``out_grad_norm``, the gradient of the loss with respect to
+        each layer's output) across depth, over the recent logged steps. It fires when the signal
+        shrinks by 3 or more orders of magnitude from the output side to the input side, measured
+        as a robust trend over all layers (Theil–Sen slope of log10 signal, agreeing with the
+        medians of the input-side and output-side quarters), so a single pooling, normalisation
+        or embedding layer does not trigger it.
+
+    Why it matters:
+        The weight gradient of a layer is its input times the signal at its output. When the
+        signal is a thousand times smaller near the input, the first layers barely learn: the
+        network trains as if it were shallow, or not at all.
+
+    Example:
+        A 12-layer MLP with sigmoid activations and PyTorch's default init: each layer multiplies
+        the signal by about 0.25 x 0.58, and the input side receives 1e-10 of the output side.
+
+        >>> import torch.nn as nn
+        >>> bad = nn.Sequential(*[m for _ in range(12) for m in (nn.Linear(64, 64), nn.Sigmoid())])
+
+    Fix:
+        Initialise for the activation (Xavier for tanh/sigmoid, He for ReLU:
+        ``gradscope.fixes.reinit(model)``), switch hidden activations to the ReLU family, add
+        normalisation (LayerNorm, or BatchNorm for batches of 8+) or residual connections. For
+        deep stacks of bounded activations, pseudo-normalization
+        (``gradscope.fixes.insert_pseudo_norm``) rescales the signal every few layers.
+    """
+    profile = signal_profile(records)
+    if profile is None or profile.rise < ORDERS:
+        return []
+    out_log = profile.log_signal[-profile.quarter:]
+    threshold = float(sorted(out_log)[len(out_log) // 2]) - ORDERS
+    weak = [name for name, y in zip(profile.layers, profile.log_signal) if y <= threshold]
+    message = (
+        f"The backpropagated signal shrinks by {profile.rise:.1f} orders of magnitude from the "
+        f"output side ({fmt(profile.output_side)}) to the input side ({fmt(profile.input_side)}) "
+        f"across {len(profile.layers)} layers, about x{fmt(profile.per_layer_factor)} per layer; "
+        f"{len(weak)} layers receive less than 1e-3 of the output-side signal"
+        + (f": {advice.layer_text(weak)}." if weak else ".")
+    )
+    return [RULE.finding(weak or profile.layers[: profile.quarter], message, _fix(records), {
+        "orders": profile.rise,
+        "trend_orders": profile.trend,
+        "quarter_orders": profile.quarters,
+        "signal_output_side": profile.output_side,
+        "signal_input_side": profile.input_side,
+        "per_layer_factor": profile.per_layer_factor,
+        "layers_in_profile": len(profile.layers),
+        "steps": profile.steps,
+    })]
+
+
+def _fix(records: Records) -> str:
+    structure = records.structure
+    parts: list[str] = []
+    if structure is not None:
+        bounded = [w.name for w in structure.weight_layers if w.activation in ("tanh", "sigmoid")]
+        relu = [w.name for w in structure.weight_layers if w.activation == "relu" and w.gain < 1.2]
+        if bounded:
+            family = "tanh" if any(
+                w.activation == "tanh" for w in structure.weight_layers) else "sigmoid"
+            parts.append(
+                f"Initialise the layers before {family} with Xavier, or use ReLU with He init:\n"
+                + advice.init_code(bounded, "xavier", family)
+            )
+        if relu:
+            parts.append(
+                "The layers before ReLU keep PyTorch's default init (std 1/sqrt(3 fan_in)), "
+                "which halves the signal's power at every layer; use He init:\n"
+                + advice.init_code(relu, "kaiming", "relu")
+            )
+        if structure.effective_depth is not None and structure.effective_depth >= 8:
+            parts.append(
+                f"The shortest gradient path crosses {structure.effective_depth} weight layers: "
+                "add residual connections around blocks of 2-3 layers:\n" + advice.RESIDUAL_SNIPPET
+            )
+        if bounded:
+            parts.append(
+                "Or keep the architecture and rescale the backward signal every few bounded "
+                "activations (pseudo-normalization):\n" + advice.PSEUDO_NORM_SNIPPET
+            )
+    if not parts:
+        parts.append(
+            "Initialise for the activation (gradscope.fixes.reinit(model)), add normalisation "
+            f"({advice.norm_choice(structure, conv=False)}) or residual connections:\n"
+            + advice.RESIDUAL_SNIPPET
+        )
+    return "\n".join(parts)
+
+
+RULE = Rule("GS101", "vanishing-gradient", ERROR,
+            "The backpropagated signal shrinks by 3+ orders of magnitude toward the input.", check)

@@ -1,0 +1,271 @@
+"""What the rules need to know about a model beyond its statistics: the weight layers in forward
+order with their init scale and the activation that follows them, normalisation layers, the batch
+size, and two facts read off the autograd graph of one forward pass: the *effective depth*
+(weight layers on the shortest path from the loss to the input-side layer, which skip connections
+shorten) and LayerNorms applied after a residual sum (post-LN).
+
+A :class:`StructureProbe` watches one forward with its own hooks (removed on exit) and then walks
+``loss.grad_fn``; nothing is read from the device except the weights' init statistics.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn as nn
+
+from gradscope.fixes.init import RELU_LIKE, SIGMOID_LIKE, TANH_LIKE, WEIGHT_LAYERS, init_gain
+
+NORM_TYPES = (
+    nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm,
+    *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()),
+)
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
+@dataclass(frozen=True)
+class WeightLayer:
+    name: str
+    type: str
+    fan_in: int
+    fan_out: int
+    gain: float
+    """std(weight) * sqrt(fan_in) when the structure was taken: 0.58 is PyTorch's default init,
+    1.41 He, about 1 Xavier, sqrt(fan_in) N(0, 1)."""
+    activation: str | None
+    """Family of the activation that follows before the next weight layer: "relu", "tanh",
+    "sigmoid", or None."""
+    normalized: bool
+    """A normalisation layer runs between this layer and its activation."""
+
+
+@dataclass(frozen=True)
+class ModelStructure:
+    model_class: str
+    parameters: int
+    batch_size: int | None
+    weight_layers: list[WeightLayer]
+    batch_norms: list[str]
+    bounded_activations: list[str]
+    """Tanh/sigmoid-family activation layers (modules and functional calls) in forward order."""
+    effective_depth: int | None = None
+    post_ln: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def activation_family(module: nn.Module | None = None, type_name: str = "") -> str | None:
+    """"relu", "tanh", "sigmoid" or None for an activation module or a functional layer type."""
+    if module is not None:
+        if isinstance(module, (nn.LeakyReLU, *RELU_LIKE)):
+            return "relu"
+        if isinstance(module, SIGMOID_LIKE):
+            return "sigmoid"
+        if isinstance(module, TANH_LIKE):
+            return "tanh"
+        return None
+    kind = type_name.removeprefix("functional ")
+    if kind in ("relu", "relu6"):
+        return "relu"
+    if kind in ("sigmoid", "hardsigmoid"):
+        return "sigmoid"
+    if kind in ("tanh", "hardtanh", "softsign"):
+        return "tanh"
+    return None
+
+
+class StructureProbe:
+    """Records the forward order and which module made each autograd node during one forward.
+
+    >>> model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 1))
+    >>> with StructureProbe(model) as probe:
+    ...     loss = model(torch.randn(8, 4)).sum()
+    >>> s = probe.structure(loss, batch_size=8)
+    >>> [(w.name, w.activation) for w in s.weight_layers], s.effective_depth
+    ([('0', 'relu'), ('2', None)], 2)
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self._names = {m: name for name, m in model.named_modules()}
+        self._handles: list = []
+        self.order: list[str] = []
+        self.last_entered: str | None = None
+        """The module whose forward began last (named when the model raises)."""
+        self._node_owner: dict[object, str] = {}
+        self._functional: list[tuple[str, str]] = []
+
+    def __enter__(self) -> "StructureProbe":
+        for module in self._names:
+            if isinstance(module, torch.jit.ScriptModule):
+                continue
+            self._handles.append(module.register_forward_pre_hook(self._pre))
+            self._handles.append(module.register_forward_hook(self._post))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _pre(self, module: nn.Module, args: tuple) -> None:
+        self.last_entered = self._names[module]
+
+    def _post(self, module: nn.Module, args: tuple, output: object) -> None:
+        name = self._names[module]
+        if name not in self.order:
+            self.order.append(name)
+        if isinstance(output, torch.Tensor) and output.grad_fn is not None:
+            self._node_owner.setdefault(output.grad_fn, name)
+
+    def structure(
+        self,
+        loss: torch.Tensor | None,
+        batch_size: int | None,
+        layer_types: dict[str, str] | None = None,
+        forward_order: list[str] | None = None,
+    ) -> ModelStructure:
+        """The structure of the watched forward; ``forward_order`` and ``layer_types`` (the
+        monitor's, which include functional activations) refine the activation that follows each
+        weight layer."""
+        modules = dict(self.model.named_modules())
+        order = forward_order or self.order
+        types = layer_types or {}
+        found: list[dict] = []
+        bounded: list[str] = []
+        current: list[dict] = []  # the weight layer still waiting for its activation
+        for name in order:
+            module = modules.get(name)
+            if module is not None and isinstance(module, WEIGHT_LAYERS):
+                current = [{"name": name, "module": module, "activation": None, "normalized": False}]
+                found.extend(current)
+                continue
+            family = (
+                activation_family(module) if module is not None
+                else activation_family(type_name=types.get(name, ""))
+            )
+            if family in ("tanh", "sigmoid"):
+                bounded.append(name)
+            for pending in current:
+                if module is not None and isinstance(module, NORM_TYPES):
+                    pending["normalized"] = True
+                elif family is not None and pending["activation"] is None:
+                    pending["activation"] = family
+            if family is not None:
+                current = []
+        layers = [_weight_layer(p) for p in found]
+        graph = _GraphFacts(loss.grad_fn if loss is not None else None, self._node_owner)
+        return ModelStructure(
+            model_class=type(self.model).__name__,
+            parameters=int(sum(p.numel() for p in self.model.parameters())),
+            batch_size=batch_size,
+            weight_layers=layers,
+            batch_norms=[n for n in order if isinstance(modules.get(n), BATCH_NORMS)],
+            bounded_activations=bounded,
+            effective_depth=graph.effective_depth,
+            post_ln=graph.post_ln,
+        )
+
+
+def _weight_layer(p: dict) -> WeightLayer:
+    module = p["module"]
+    weight = module.weight
+    fan_in = weight[0].numel() if weight.dim() > 1 else weight.numel()
+    return WeightLayer(
+        name=p["name"], type=type(module).__name__, fan_in=int(fan_in), fan_out=int(weight.shape[0]),
+        gain=init_gain(module), activation=p["activation"], normalized=p["normalized"],
+    )
+
+
+class _GraphFacts:
+    """Effective depth and post-LN norms, from one walk over the autograd graph."""
+
+    def __init__(self, root: object, owner: dict[object, str]) -> None:
+        self.effective_depth: int | None = None
+        self.post_ln: list[str] = []
+        if root is None:
+            return
+        weighted, consumers, children = self._walk(root)
+        # 0-1 breadth-first search: a weighted node (one that consumes a 2-D+ leaf parameter,
+        # i.e. a Linear/Conv/LSTM weight) costs one, everything else is free
+        depth = {root: int(root in weighted)}
+        queue = deque([root])
+        while queue:
+            node = queue.popleft()
+            for child in children.get(node, ()):
+                d = depth[node] + int(child in weighted)
+                if d < depth.get(child, 1 << 30):
+                    depth[child] = d
+                    if child in weighted:
+                        queue.append(child)
+                    else:
+                        queue.appendleft(child)
+        self.effective_depth = max((depth[n] for n in weighted if n in depth), default=0)
+        # post-LN: norm(x + f(x)), the sum used by the norm alone, x used by f as well
+        for node, node_children in children.items():
+            if "LayerNorm" in type(node).__name__ and node_children:
+                source = node_children[0]
+                residual = any(consumers[k] >= 2 for k in children.get(source, ()))
+                if type(source).__name__.startswith("AddBackward") and consumers[source] == 1 and residual:
+                    self.post_ln.append(owner.get(node, type(node).__name__))
+
+    @staticmethod
+    def _walk(root: object):
+        """Nodes that apply a weight (a 2-D+ leaf parameter reached directly or through nodes that
+        only transform parameters, such as ``TBackward0`` in a Linear), consumer counts, and each
+        node's children on the data path."""
+        leaf_2d: dict[object, bool] = {}
+        inputs: dict[object, list] = {}
+        stack = [root]
+        seen = {root}
+        while stack:
+            node = stack.pop()
+            kids, has_leaf = [], False
+            for child, _ in getattr(node, "next_functions", ()):
+                if child is None:
+                    continue
+                variable = getattr(child, "variable", None)
+                if variable is not None:  # AccumulateGrad: a leaf parameter
+                    has_leaf = has_leaf or variable.dim() >= 2
+                    continue
+                kids.append(child)
+                if child not in seen:
+                    seen.add(child)
+                    stack.append(child)
+            leaf_2d[node] = has_leaf
+            inputs[node] = kids
+        # parameter-only nodes: unary chains ending at a leaf parameter (``TBackward0`` of a weight)
+        param_only: dict[object, bool] = {}
+        carries_weight: dict[object, bool] = {}
+        for node in _post_order(root, inputs):
+            kids = inputs[node]
+            edges = getattr(node, "next_functions", ())
+            param_only[node] = len(edges) == 1 and edges[0][0] is not None and (
+                not kids or param_only[kids[0]]
+            )
+            carries_weight[node] = leaf_2d[node] or any(param_only[k] and carries_weight[k] for k in kids)
+        weighted = {n for n in inputs if carries_weight[n] and not param_only[n]}
+        children = {n: [k for k in kids if not param_only[k]] for n, kids in inputs.items() if not param_only[n]}
+        consumers: dict[object, int] = dict.fromkeys(children, 0)
+        for kids in children.values():
+            for k in kids:
+                consumers[k] += 1
+        return weighted, consumers, children
+
+
+def _post_order(root: object, inputs: dict[object, list]) -> list:
+    order, done, stack = [], set(), [(root, False)]
+    while stack:
+        node, expanded = stack.pop()
+        if expanded:
+            order.append(node)
+            continue
+        if node in done:
+            continue
+        done.add(node)
+        stack.append((node, True))
+        stack.extend((k, False) for k in inputs[node] if k not in done)
+    return order

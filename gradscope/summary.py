@@ -1,0 +1,52 @@
+"""Per-layer summary of a history: one row per module or activation layer in forward order, with
+the module's own parameters combined. What reports show next to the findings."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+SUMMARY_COLUMNS = [
+    "layer", "type", "kind", "order", "out_grad_norm", "grad_norm", "dead_fraction", "saturation",
+    "act_rms", "update_ratio", "grad_nonfinite",
+]
+
+
+def layer_summary(history: pd.DataFrame, layers: pd.DataFrame, step: int | None = None) -> pd.DataFrame:
+    """The statistics of ``step`` (default: the last logged step) per layer.
+
+    ``grad_norm`` is √Σ of the squared gradient norms of the module's own parameters (not its
+    children's), ``update_ratio`` is √Σ‖Δw‖² / √Σ‖w‖² over them, ``grad_nonfinite`` their sum.
+    """
+    modules = layers[layers["kind"] != "parameter"].sort_values("order")
+    if history.empty:
+        return modules.reindex(columns=SUMMARY_COLUMNS).reset_index(drop=True)
+    step = int(history["step"].max()) if step is None else step
+    at = history[history["step"] == step]
+    values = at.pivot_table(index="layer", columns="metric", values="value", aggfunc="last", dropna=False)
+
+    def column(metric: str) -> pd.Series:
+        return values[metric] if metric in values.columns else pd.Series(dtype=float)
+
+    owner = pd.Series({name: name.rpartition(".")[0] for name in layers.loc[layers["kind"] == "parameter", "layer"]})
+    grad, weight, ratio, nonfinite = (
+        column(m).reindex(owner.index) for m in ("grad_norm", "weight_norm", "update_ratio", "grad_nonfinite")
+    )
+    per_module = pd.DataFrame({
+        "owner": owner, "grad_sq": grad ** 2, "delta_sq": (ratio * weight) ** 2,
+        "weight_sq": weight ** 2, "nonfinite": nonfinite, "has_grad": grad.notna(),
+        "has_ratio": ratio.notna(),
+    })
+    grouped = per_module.groupby("owner")
+    combined = pd.DataFrame({
+        "grad_norm": np.sqrt(grouped["grad_sq"].sum(min_count=1)),
+        "update_ratio": np.sqrt(grouped["delta_sq"].sum(min_count=1)) / np.sqrt(grouped["weight_sq"].sum(min_count=1)),
+        "grad_nonfinite": grouped["nonfinite"].sum(min_count=1),
+    })
+    frame = modules[["layer", "type", "kind", "order"]].copy()
+    for metric in ("out_grad_norm", "dead_fraction", "saturation", "act_rms"):
+        frame[metric] = frame["layer"].map(column(metric))
+    for metric in ("grad_norm", "update_ratio", "grad_nonfinite"):
+        frame[metric] = frame["layer"].map(combined[metric]) if not combined.empty else np.nan
+    frame["order"] = np.arange(len(frame))
+    return frame[SUMMARY_COLUMNS].reset_index(drop=True)
