@@ -38,7 +38,7 @@ def check(records: Records) -> list[Finding]:
 
         >>> import torch.nn as nn
         >>> bad = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 1))
-        >>> _ = nn.init.constant_(bad[0].bias, -3.0)
+        >>> _ = nn.init.constant_(bad[0].bias, -6.0)
 
     Fix:
         Use LeakyReLU (or GELU), initialise the preceding layer with He init and a small positive

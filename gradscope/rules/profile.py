@@ -10,6 +10,7 @@ neither much; a geometric decay or growth spread over the depth moves both.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -86,10 +87,11 @@ def signal_profile(records: Records) -> SignalProfile | None:
     values = wide.loc[steps, layers].to_numpy(dtype=float)
     finite = np.isfinite(values)
     logs = np.where(finite, log10(np.where(finite, values, 1.0)), np.nan)
-    with np.errstate(all="ignore"):
-        per_layer = np.nanmedian(np.where(finite, logs, np.nan), axis=0) if finite.any() else None
-    if per_layer is None:
+    if not finite.any():
         return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # layers with no finite step give NaN
+        per_layer = np.nanmedian(logs, axis=0)
     keep = np.isfinite(per_layer)
     kept = [name for name, k in zip(layers, keep) if k]
     y = per_layer[keep]

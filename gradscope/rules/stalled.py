@@ -7,7 +7,7 @@ import numpy as np
 from gradscope.rules import advice
 from gradscope.rules.base import WARNING, Finding, Records, Rule, fmt
 
-ORDERS_BELOW = 2.0
+ORDERS_BELOW = 3.0
 """A parameter's update ratio this many orders below the model's median …"""
 
 ABSOLUTE = 1e-3
@@ -16,11 +16,14 @@ ABSOLUTE = 1e-3
 
 def check(records: Records) -> list[Finding]:
     """What it checks:
-        Trainable parameters that do not learn: (a) their update ratio
-        ``||Δw|| / ||w||`` (recorded when the monitor has the optimizer) is both 100x below the
+        Trainable parameters that do not learn: (a) weights whose update ratio
+        ``||Δw|| / ||w||`` (recorded when the monitor has the optimizer) is both 1000x below the
         model's median and below 1e-3, as the median of the recent logged steps; (b) their
-        gradient is exactly zero on every recent logged step (two or more); (c) no gradient
-        reaches them at all on any logged step.
+        gradient is exactly zero on every recent logged step (two or more); (c) parameters that no
+        gradient reaches at all on any logged step. Biases, normalisation scales and embeddings are exempt
+        from (a) and (b): a bias just before a normalisation legitimately gets a zero gradient, a
+        norm's scale starts at 1 and moves slowly, an embedding updates only the rows in the
+        batch.
 
     Why it matters:
         A layer that does not move is dead weight: a parameter left out of the optimizer or
@@ -54,7 +57,7 @@ def check(records: Records) -> list[Finding]:
             typical = float(np.median(median_ratio))
             limit = min(ABSOLUTE, typical * 10 ** -ORDERS_BELOW)
             for name, r in median_ratio.items():
-                if r < limit:
+                if r < limit and not _exempt(records, name):
                     stalled[name] = f"update ratio {fmt(float(r))} (model median {fmt(typical)})"
             evidence["median_update_ratio"] = typical
     grads = records.wide("grad_norm")
@@ -63,7 +66,7 @@ def check(records: Records) -> list[Finding]:
         recent = grads.loc[grad_steps]
         for name in recent.columns:
             values = recent[name].to_numpy(dtype=float)
-            if len(values) and (values == 0).all():
+            if len(values) and (values == 0).all() and not _exempt(records, name):
                 stalled.setdefault(name, f"gradient exactly 0 on {len(values)} logged steps")
     if "trainable" in records.layers.columns and not grads.empty and grads.shape[1] > 0:
         params = records.layers[records.layers["kind"] == "parameter"]
@@ -89,5 +92,13 @@ def check(records: Records) -> list[Finding]:
     return [RULE.finding(names, message, fix, evidence)]
 
 
+def _exempt(records: Records, name: str) -> bool:
+    # a bias right before a normalisation gets an exactly zero gradient (the norm removes the
+    # mean): harmless redundancy. Norm scales start at 1 and move slowly; an embedding updates
+    # only the rows of the tokens in the batch. None of these is a stalled layer.
+    owner_type = records.types.get(name, "")
+    return name.rpartition(".")[2] == "bias" or "Norm" in owner_type or "Embedding" in owner_type
+
+
 RULE = Rule("GS106", "stalled-updates", WARNING,
-            "Parameters whose updates are 100x below the rest, or that get no gradient.", check)
+            "Parameters whose updates are 1000x below the rest, or that get no gradient.", check)

@@ -1,0 +1,188 @@
+"""gradscope.diagnose on models it must pass and models it must flag, its inputs and losses, and
+that it leaves the model as it found it."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+import gradscope
+from gradscope.fixes import insert_pseudo_norm
+from gradscope.rules.base import ERROR, WARNING
+from tests.reference import reference
+from tests.rules.pairs import stack, x64
+from tests.zoo import BROKEN, HEALTHY
+
+SIGNAL_RULES = {"vanishing-gradient", "exploding-gradient", "nonfinite-gradient", "dead-units",
+                "saturated-activations"}
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+@pytest.mark.parametrize("name", sorted(HEALTHY))
+def test_healthy_models_raise_no_alarm(name, steps):
+    torch.manual_seed(0)
+    model, inputs = HEALTHY[name]()
+    report = gradscope.diagnose(model, inputs, steps=steps)
+    alarms = [(f.rule, f.message) for f in report.findings
+              if f.rule in SIGNAL_RULES or f.severity in (ERROR, WARNING)]
+    assert alarms == []
+
+
+@pytest.mark.parametrize("name", sorted(BROKEN))
+def test_broken_models_yield_their_findings(name):
+    torch.manual_seed(0)
+    factory, expected = BROKEN[name]
+    model, inputs = factory()
+    report = gradscope.diagnose(model, inputs)
+    rules = {f.rule for f in report.findings}
+    assert expected <= rules, rules
+    assert not (rules & SIGNAL_RULES) - expected, rules  # no second signal problem invented
+
+
+def test_nan_is_named_where_it_is_born_not_where_it_spreads():
+    torch.manual_seed(0)
+    model, inputs = BROKEN["nan-born-in-backward"][0]()
+    finding = next(f for f in gradscope.diagnose(model, inputs).findings if f.rule == "nonfinite-gradient")
+    assert finding.layers == ["2"]  # the Sqrt module; "1" (ReLU) and "0" only receive it
+    assert finding.evidence["phase"] == "backward"
+    assert finding.evidence["first_nonfinite_signal_at"] == "1"
+
+    model, inputs = BROKEN["nan-born-in-forward"][0]()
+    finding = next(f for f in gradscope.diagnose(model, inputs).findings if f.rule == "nonfinite-gradient")
+    assert finding.layers == ["1"] and finding.evidence["phase"] == "forward"
+
+
+def test_pseudo_norm_removes_the_vanishing_finding():
+    torch.manual_seed(0)
+    model = stack(20, nn.Tanh)
+    assert "vanishing-gradient" in {f.rule for f in gradscope.diagnose(model, x64()).findings}
+    insert_pseudo_norm(model, every=2)
+    assert "vanishing-gradient" not in {f.rule for f in gradscope.diagnose(model, x64()).findings}
+
+
+def test_vanishing_evidence_matches_a_float64_reference():
+    torch.manual_seed(0)
+    model = stack(12, nn.Sigmoid)
+    x = x64()
+    target = torch.randn(64, 10, generator=torch.Generator().manual_seed(1))
+
+    def loss_fn(out, inputs):
+        return 0.5 * (out - target).pow(2).sum() / 64
+
+    finding = next(f for f in gradscope.diagnose(model, x, loss_fn=loss_fn).findings
+                   if f.rule == "vanishing-gradient")
+    expected = reference(model, [(x, target)], lambda out, t: 0.5 * (out - t).pow(2).sum() / 64)
+    logs = np.log10([expected[(str(i), "out_grad_norm")] for i in range(25)])
+    quarter = 25 // 4
+    assert finding.evidence["signal_input_side"] == pytest.approx(10 ** np.median(logs[:quarter]), rel=1e-4)
+    assert finding.evidence["signal_output_side"] == pytest.approx(10 ** np.median(logs[-quarter:]), rel=1e-4)
+    drop = np.median(logs[-quarter:]) - np.median(logs[:quarter])
+    assert finding.evidence["quarter_orders"] == pytest.approx(drop, rel=1e-4)
+    assert drop > 3
+
+
+def test_model_mode_parameters_buffers_grads_optimizer_and_rng_are_restored():
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 1))
+    model.eval()
+    model[1].train()
+    opt = torch.optim.Adam(model.parameters(), lr=0.1)
+    model(torch.randn(16, 4)).sum().backward()
+    opt.step()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    grads = [p.grad.clone() for p in model.parameters()]
+    opt_state = json.dumps({k: v["exp_avg"].tolist() for k, v in enumerate(opt.state.values())})
+    x = torch.randn(16, 4)
+    rng = torch.get_rng_state()
+    report = gradscope.diagnose(model, x, steps=3, optimizer=opt)
+    assert report.options["optimizer"] == "Adam"
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(torch.equal(g, p.grad) for g, p in zip(grads, model.parameters()))
+    assert json.dumps({k: v["exp_avg"].tolist() for k, v in enumerate(opt.state.values())}) == opt_state
+    assert [m.training for m in model.modules()] == [False, False, True, False, False]
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+def test_runs_are_deterministic():
+    first = gradscope.diagnose(stack(6, nn.Tanh), x64(), steps=3).to_json()
+    assert gradscope.diagnose(stack(6, nn.Tanh), x64(), steps=3).to_json() != first  # new weights
+    model = stack(6, nn.Tanh)
+    assert gradscope.diagnose(model, x64(), steps=3).to_json() == gradscope.diagnose(model, x64(), steps=3).to_json()
+
+
+class KeywordModel(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 3)
+        self.b = nn.Linear(2, 3)
+
+    def forward(self, x, y):
+        return {"logits": self.a(x) + self.b(y), "extra": (self.a(x),)}
+
+
+def test_inputs_tuple_and_dict_and_losses():
+    model = KeywordModel()
+    x, y = torch.randn(5, 4), torch.randn(5, 2)
+    assert gradscope.diagnose(model, (x, y)).options["loss"] == "default"
+    assert gradscope.diagnose(model, {"x": x, "y": y}).options["loss"] == "default"
+    report = gradscope.diagnose(model, (x, y), loss_fn=lambda out: out["logits"].pow(2).mean())
+    assert report.options["loss"] == "loss_fn"
+    seen = []
+    gradscope.diagnose(model, (x, y), loss_fn=lambda out, inputs: seen.append(inputs) or out["logits"].sum())
+    assert seen[0][0] is x
+
+
+def test_model_output_loss_is_used():
+    model, inputs = HEALTHY["hf-gpt2-lm"]()
+    assert gradscope.diagnose(model, inputs).options["loss"] == "output.loss"
+
+
+def test_report_json_has_the_documented_shape():
+    report = gradscope.diagnose(stack(12, nn.Sigmoid), x64())
+    data = json.loads(report.to_json())
+    assert data["version"] == 1
+    assert data["model"]["class"] == "Sequential" and data["model"]["batch_size"] == 64
+    assert set(data["findings"][0]) == {"code", "rule", "severity", "layers", "message", "fix", "evidence"}
+    layer0 = data["layers"][0]
+    assert layer0["layer"] == "0" and layer0["type"] == "Linear"
+    assert layer0["grad_norm"] == pytest.approx(report.history.query(
+        "step == 0 and metric == 'grad_norm' and layer.str.startswith('0.')").value.pow(2).sum() ** 0.5)
+
+
+def test_model_error_names_the_module_and_the_inputs():
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(5, 1))
+    with pytest.raises(gradscope.ModelError, match=r"at module '2' \(Linear\).*tensor of shape \(3, 4\)"):
+        gradscope.diagnose(model, torch.randn(3, 4))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"inputs": "x"}, "Expected `inputs` to be a tensor, a tuple"),
+    ({"steps": 0}, "Expected `steps` to be a positive int"),
+    ({"loss_fn": 3}, "Expected `loss_fn` to be callable"),
+    ({"loss_fn": lambda out: out}, "floating-point scalar tensor"),
+])
+def test_usage_errors(kwargs, match):
+    args = {"model": nn.Linear(4, 2), "inputs": torch.randn(3, 4), **kwargs}
+    with pytest.raises(gradscope.UsageError, match=match):
+        gradscope.diagnose(**args)
+
+
+def test_monitor_findings_over_a_training_loop():
+    torch.manual_seed(0)
+    model = stack(12, nn.Sigmoid)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with gradscope.monitor(model, every=2, optimizer=opt) as mon:
+        for _ in range(6):
+            nn.functional.cross_entropy(model(x64()), torch.arange(64) % 10).backward()
+            opt.step()
+            opt.zero_grad()
+        live = mon.findings()
+    # the input-side layers' weights barely move: stalled-updates names them too
+    assert [f.rule for f in live] == ["vanishing-gradient", "stalled-updates"]
+    assert live[0].evidence["steps"] == [0, 2, 4]
+    assert "0.weight" in live[1].layers and "24.weight" not in live[1].layers
+    assert [f.rule for f in mon.findings()] == [f.rule for f in live]
