@@ -147,7 +147,7 @@ def _run(model, args, kwargs, inputs, loss_fn, steps, opt, batch, seed):
                 except Exception as e:
                     where = probe.last_entered if probe is not None else None
                     raise ModelError(
-                        f"The model raised in forward"
+                        "The model raised in forward"
                         + (f" at module {where!r} ({type(model.get_submodule(where)).__name__})" if where else "")
                         + f": {type(e).__name__}: {e}. Inputs given: {_describe(inputs)}; check that "
                         "they fit the model."

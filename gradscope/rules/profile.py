@@ -1,11 +1,14 @@
 """The depth profile of the backpropagated signal and its trend, shared by the vanishing and
 exploding rules.
 
-The trend is measured, not read off the extremes: a robust (Theil–Sen) slope of log10 signal
-against position in the forward order, times the number of steps between the ends, must agree with
-the difference between the medians of the input-side and output-side quarters of the layers. A
-single pooling, normalisation or embedding layer that changes the norm by a large factor moves
-neither much; a geometric decay or growth spread over the depth moves both.
+The trend is measured, not read off the extremes. Four estimates of the change of log10 signal
+from the input side to the output side must agree in sign, and the smallest in magnitude counts:
+a robust (Theil–Sen) slope against position in the forward order times the number of steps, and
+the difference between the medians of the output-side and input-side quarters of the layers, each
+on the profile as measured and on the profile with the steps made by normalisation, pooling and
+embedding layers taken out. A geometric decay spread over the depth moves all four; a large jump
+at one pooling layer moves the adjusted ones not at all; a BatchNorm that undoes what its
+convolution did leaves the measured profile flat.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gradscope.rules.base import Records, log10
+from gradscope.rules.base import TINY, Records, log10
 
 MIN_LAYERS = 4
 """Fewer layers than this in the profile make no depth trend."""
@@ -27,24 +30,27 @@ _MAX_PAIRS_POINTS = 1500
 @dataclass(frozen=True)
 class SignalProfile:
     layers: list[str]
-    """Leaf layers with a finite backpropagated signal, input side first (forward order)."""
+    """Leaf layers with a finite, non-zero backpropagated signal, input side first."""
     log_signal: np.ndarray
     """log10 of each layer's signal: its median over the recent logged steps."""
     steps: list[int]
     trend: float
     """Theil–Sen change of log10 signal from the input side to the output side."""
     quarters: float
-    """Output-side quarter median minus input-side quarter median, in log10."""
+    """Output-side minus input-side quarter median, in log10, scaled to the whole depth."""
+    adjusted_trend: float
+    adjusted_quarters: float
+    """The same two with the steps at normalisation, pooling and embedding layers removed."""
 
     @property
     def rise(self) -> float:
         """Orders of magnitude the signal gains from the input side to the output side (positive:
-        vanishing toward the input; negative: exploding toward the input), counted only where the
-        trend and the quarter medians agree: the smaller of the two in magnitude, 0 if their signs
-        differ."""
-        if self.trend * self.quarters <= 0:
+        vanishing toward the input; negative: exploding toward the input): the smallest in
+        magnitude of the four estimates, 0 if their signs differ."""
+        estimates = np.array([self.trend, self.quarters, self.adjusted_trend, self.adjusted_quarters])
+        if not ((estimates > 0).all() or (estimates < 0).all()):
             return 0.0
-        return float(np.sign(self.trend) * min(abs(self.trend), abs(self.quarters)))
+        return float(np.sign(estimates[0]) * np.abs(estimates).min())
 
     @property
     def quarter(self) -> int:
@@ -92,13 +98,31 @@ def signal_profile(records: Records) -> SignalProfile | None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # layers with no finite step give NaN
         per_layer = np.nanmedian(logs, axis=0)
-    keep = np.isfinite(per_layer)
+    keep = np.isfinite(per_layer) & (per_layer > np.log10(TINY))  # exact zeros: blocked, not a trend
     kept = [name for name, k in zip(layers, keep) if k]
     y = per_layer[keep]
     if len(kept) < MIN_LAYERS:
         return None
-    q = max(1, len(y) // 4)
+    steps_taken = np.diff(y)
+    exempt = np.array([_legitimate_jump(records.types.get(name, "")) for name in kept[1:]])
+    adjusted = np.concatenate([[y[0]], y[0] + np.cumsum(np.where(exempt, 0.0, steps_taken))])
     return SignalProfile(
-        layers=kept, log_signal=y, steps=steps, trend=theil_sen_change(y),
-        quarters=float(np.median(y[-q:]) - np.median(y[:q])),
+        layers=kept, log_signal=y, steps=steps, trend=theil_sen_change(y), quarters=_quarters(y),
+        adjusted_trend=theil_sen_change(adjusted), adjusted_quarters=_quarters(adjusted),
     )
+
+
+def _quarters(y: np.ndarray) -> float:
+    """Output-side minus input-side quarter median, scaled from the distance between the
+    quarters' centres (n - q layers) to the whole depth (n - 1), so that both estimates give the
+    total change of a steady decay."""
+    n, q = len(y), max(1, len(y) // 4)
+    return float((np.median(y[-q:]) - np.median(y[:q])) * (n - 1) / (n - q))
+
+
+def _legitimate_jump(type_name: str) -> bool:
+    """Layers whose backward may rescale the signal by a large factor by design (the step between
+    the layer before and this one is theirs). PseudoNorm rescales on purpose and is not exempt."""
+    if type_name == "PseudoNorm":
+        return False
+    return any(part in type_name for part in ("Norm", "Pool", "Embedding"))

@@ -55,6 +55,7 @@ def check(records: Records) -> list[Finding]:
         "orders": profile.rise,
         "trend_orders": profile.trend,
         "quarter_orders": profile.quarters,
+        "adjusted_trend_orders": profile.adjusted_trend,
         "signal_output_side": profile.output_side,
         "signal_input_side": profile.input_side,
         "per_layer_factor": profile.per_layer_factor,
