@@ -22,9 +22,26 @@ def code(*lines: str) -> str:
     return "\n".join("    " + line for line in lines)
 
 
-def names_list(names: list[str], limit: int = 8) -> str:
-    shown = ", ".join(repr(n) for n in names[:limit])
-    return f"[{shown}, ...]" if len(names) > limit else f"[{shown}]"
+SNIPPET_NAMES = 16
+"""Snippets list layer names up to this many; longer lists become a loop over the model."""
+
+
+def names_list(names: list[str], limit: int = SNIPPET_NAMES) -> str:
+    """A Python list literal of ``names`` (all of them: snippets must run as printed)."""
+    return "[" + ", ".join(repr(n) for n in names) + "]"
+
+
+def replace_modules(names: list[str], new: str) -> str:
+    """Code that puts ``new`` (an expression; ``old`` is the module replaced) in place of each
+    named submodule."""
+    if len(names) <= 4 and "old" not in new:
+        return code(*(f"{module_ref(n)} = {new}" for n in names))
+    return code(
+        f"for name in {names_list(names)}:",
+        '    parent, _, child = name.rpartition(".")',
+        "    old = model.get_submodule(name)",
+        f"    setattr(model.get_submodule(parent), child, {new})",
+    )
 
 
 def layer_text(names: list[str], limit: int = 6) -> str:
@@ -37,11 +54,16 @@ def init_code(layers: list[str], scheme: str, nonlinearity: str) -> str:
         f'nn.init.kaiming_normal_(layer.weight, nonlinearity="{nonlinearity}")' if scheme == "kaiming"
         else f'nn.init.xavier_normal_(layer.weight, gain=nn.init.calculate_gain("{nonlinearity}"))'
     )
+    if len(layers) > SNIPPET_NAMES:
+        return code(
+            f"gradscope.fixes.reinit(model)  # all {len(layers)} layers: He before ReLU, Xavier before tanh/sigmoid",
+        )
     return code(
         f"for name in {names_list(layers)}:",
         "    layer = model.get_submodule(name)",
         f"    {call}",
-        "    nn.init.zeros_(layer.bias)",
+        "    if layer.bias is not None:",
+        "        nn.init.zeros_(layer.bias)",
         "# or, for every layer at once: gradscope.fixes.reinit(model)",
     )
 

@@ -33,14 +33,13 @@ def check(records: Records) -> list[Finding]:
         return []
     if not structure.batch_norms:
         return []
-    refs = [f"{advice.module_ref(n)} = nn.GroupNorm(8, {advice.module_ref(n)}.num_features)"
-            for n in structure.batch_norms[:6]]
     message = (
         f"{len(structure.batch_norms)} BatchNorm layers run on batches of {structure.batch_size} "
         f"samples (fewer than {MIN_BATCH}): their batch statistics are noisy."
     )
     fix = ("Normalise per sample instead (GroupNorm for convolutions, LayerNorm otherwise):\n"
-           + advice.code(*refs))
+           + advice.replace_modules(
+               structure.batch_norms, "nn.GroupNorm(math.gcd(8, old.num_features), old.num_features)"))
     return [RULE.finding(structure.batch_norms, message, fix,
                          {"batch_size": structure.batch_size, "batch_norms": len(structure.batch_norms)})]
 

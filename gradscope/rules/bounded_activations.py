@@ -5,14 +5,14 @@ from __future__ import annotations
 from gradscope.rules import advice
 from gradscope.rules.base import INFO, Finding, Records, Rule
 
-DEPTH = 6
+DEPTH = 8
 """Bounded hidden activations on an effective depth of this many layers or more."""
 
 
 def check(records: Records) -> list[Finding]:
     """What it checks:
-        Six or more tanh/sigmoid-family hidden activation layers in a model whose effective depth
-        (weight layers on the shortest gradient path, see no-skip-connections) is six or more.
+        Eight or more tanh/sigmoid-family hidden activation layers in a model whose effective depth
+        (weight layers on the shortest gradient path, see no-skip-connections) is eight or more.
         Gated units inside LSTM/GRU modules are not hidden layers and do not count.
 
     Why it matters:
@@ -43,8 +43,8 @@ def check(records: Records) -> list[Finding]:
     )
     fix = "Use ReLU-family hidden activations with He init"
     if modules:
-        fix += ":\n" + advice.code(*(f"{advice.module_ref(n)} = nn.ReLU()" for n in modules[:4]),
-                                   "gradscope.fixes.reinit(model)")
+        fix += ":\n" + advice.replace_modules(modules, "nn.ReLU()") + "\n" + advice.code(
+            "gradscope.fixes.reinit(model)")
     fix += ("\nor keep them with Xavier init plus residual connections, or rescale the backward "
             "signal every few layers:\n" + advice.PSEUDO_NORM_SNIPPET)
     return [RULE.finding(bounded, message, fix, {"bounded_activations": len(bounded),
@@ -52,4 +52,4 @@ def check(records: Records) -> list[Finding]:
 
 
 RULE = Rule("GS204", "deep-bounded-activations", INFO,
-            "Many tanh/sigmoid hidden layers in a deep stack without skips.", check)
+            "8+ tanh/sigmoid hidden layers in a deep stack without skips.", check)

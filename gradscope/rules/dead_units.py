@@ -77,8 +77,8 @@ def _fix(records: Records, names: list[str]) -> str:
     modules = [n for n in names if ":" not in n and "#" not in n]
     lines = []
     if modules:
-        lines.append("Swap the dead ReLUs for LeakyReLU, which keeps a gradient below zero:\n" + advice.code(
-            *(f"{advice.module_ref(n)} = nn.LeakyReLU(0.01)" for n in modules[:6])))
+        lines.append("Swap the dead ReLUs for LeakyReLU, which keeps a gradient below zero:\n" + advice.replace_modules(
+            modules, "nn.LeakyReLU(0.01)"))
     else:
         lines.append("Replace F.relu with F.leaky_relu(x, 0.01) in the forwards that call it.")
     before = [p for p in (records.preceding_weight_layer(n) for n in names) if p is not None]
@@ -87,7 +87,8 @@ def _fix(records: Records, names: list[str]) -> str:
             f"for name in {advice.names_list(before)}:",
             "    layer = model.get_submodule(name)",
             '    nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")',
-            "    nn.init.constant_(layer.bias, 0.01)"))
+            "    if layer.bias is not None:",
+            "        nn.init.constant_(layer.bias, 0.01)"))
     lines.append("If units die during training, lower the learning rate (or warm it up), or add "
                  "normalisation before the activation.")
     return "\n".join(lines)

@@ -84,7 +84,7 @@ def check(records: Records) -> list[Finding]:
         "Check that the optimizer holds these parameters with a non-zero learning rate:\n"
         + advice.code(
             "owned = {id(p) for g in optimizer.param_groups for p in g['params']}",
-            f"missing = [n for n, p in model.named_parameters() if n in {advice.names_list(names, 4)} and id(p) not in owned]",
+            f"missing = [n for n, p in model.named_parameters() if n in {advice.names_list(names)} and id(p) not in owned]",
             "print(missing, [g['lr'] for g in optimizer.param_groups])")
         + "\nLook for .detach(), torch.no_grad() or an unused branch on their path; if their "
         "gradients are tiny rather than zero, see vanishing-gradient."

@@ -15,9 +15,11 @@ def check(records: Records) -> list[Finding]:
         The backpropagated signal (``out_grad_norm``, the gradient of the loss with respect to
         each layer's output) across depth, over the recent logged steps. It fires when the signal
         shrinks by 3 or more orders of magnitude from the output side to the input side, measured
-        as a robust trend over all layers (Theil–Sen slope of log10 signal, agreeing with the
-        medians of the input-side and output-side quarters), so a single pooling, normalisation
-        or embedding layer does not trigger it.
+        as a trend over all leaf layers in forward order: a robust (Theil–Sen) slope of log10
+        signal and the difference of the input-side and output-side quarter medians must both
+        show it, on the profile as measured and with the steps made by normalisation, pooling
+        and embedding layers taken out. A single such layer, however large its factor, does not
+        trigger it; a geometric decay spread over the depth does.
 
     Why it matters:
         The weight gradient of a layer is its input times the signal at its output. When the

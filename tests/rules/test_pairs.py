@@ -9,7 +9,7 @@ import torch
 
 import gradscope
 from gradscope.rules import RULES
-from tests.rules.pairs import PAIRS
+from gradscope.rules.pairs import PAIRS
 
 
 def test_every_rule_has_a_pair():

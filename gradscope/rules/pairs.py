@@ -1,6 +1,11 @@
-"""A tiny runnable bad/good model pair per rule. Each function returns the arguments of
-``gradscope.diagnose``: the bad model yields the rule's finding, the good one (the fix applied)
-does not. docs/rules/ shows this source next to each rule."""
+"""A tiny runnable bad/good model pair per rule. Each function returns the keyword arguments of
+``gradscope.diagnose``: with ``bad=True`` the rule's finding, with ``bad=False`` (the fix applied)
+not. tests/rules/test_pairs.py checks both; docs/rules/ and ``gradscope explain`` show the source.
+
+>>> import gradscope
+>>> [f.rule for f in gradscope.diagnose(**dead_units(bad=True)).findings]
+['dead-units']
+"""
 
 from __future__ import annotations
 
