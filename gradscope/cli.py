@@ -1,17 +1,271 @@
-"""The ``gradscope`` command line: a thin front over the same pieces as the Python API."""
+"""The ``gradscope`` command line: a thin front over the same pieces as the Python API.
+
+``diagnose FILE`` loads a model file (gradscope.loading), runs gradscope.diagnose and renders the
+report (gradscope.reporters); ``check FILE`` gates it against a baseline (gradscope.baseline);
+``rules`` and ``explain`` read the rule registry. Usage errors exit 2 with a short message.
+"""
 
 from __future__ import annotations
 
+import os
+import sys
+import traceback
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
 import typer
+from rich.console import Console
 
 import gradscope
+from gradscope.errors import UsageError
 
 app = typer.Typer(
     name="gradscope",
     help="gradscope: see, name and fix gradient-flow problems in PyTorch models.",
     no_args_is_help=True,
     add_completion=False,
+    pretty_exceptions_enable=False,
 )
+
+
+class FailOn(str, Enum):
+    never = "never"
+    info = "info"
+    warning = "warning"
+    error = "error"
+
+
+class OptimizerName(str, Enum):
+    sgd = "sgd"
+    adam = "adam"
+
+
+class DeviceName(str, Enum):
+    cpu = "cpu"
+    cuda = "cuda"
+    auto = "auto"
+
+
+File = Annotated[Path, typer.Argument(help="Python file that defines the model (build_model(), get_model(), create_model() or `model`).", show_default=False)]
+Factory = Annotated[Optional[str], typer.Option("--factory", help="Name of the function (or nn.Module) in FILE that gives the model.")]
+InputShape = Annotated[Optional[str], typer.Option("--input-shape", help="Shape of a random input, e.g. 32,3,64,64, when FILE has no example_input().")]
+InputDtype = Annotated[str, typer.Option("--input-dtype", help="dtype of --input-shape inputs: float, double, half, bfloat16, long, int.")]
+Steps = Annotated[int, typer.Option("--steps", min=1, help="Training steps to run (1: one forward/backward, no update).")]
+Optimizer = Annotated[OptimizerName, typer.Option("--optimizer", help="Optimizer for --steps > 1.")]
+LearningRate = Annotated[Optional[float], typer.Option("--lr", help="Learning rate (default: 0.01 for sgd, 0.001 for adam).")]
+Seed = Annotated[int, typer.Option("--seed", help="Seed for the model's init, the inputs and the default loss.")]
+Device = Annotated[DeviceName, typer.Option("--device", help="Where to run: cpu, cuda, or auto (cuda when available).")]
+JsonOut = Annotated[Optional[Path], typer.Option("--json", help="Write the JSON report here (format: docs/diagnose.md).")]
+HtmlOut = Annotated[Optional[Path], typer.Option("--html", help="Write the HTML report here.")]
+MarkdownOut = Annotated[Optional[Path], typer.Option("--markdown", help="Write a markdown report here.")]
+Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors in the model file.")]
+AllLayers = Annotated[bool, typer.Option("--all-layers", help="List container modules too, not only leaf layers.")]
+
+_out = Console(highlight=False)
+_err = Console(stderr=True, highlight=False)
+
+
+def _fail_usage(error: Exception, debug: bool) -> None:
+    if debug:
+        traceback.print_exception(error)
+    message = str(error)
+    if not isinstance(error, UsageError):
+        message = f"{type(error).__name__}: {error}"
+    _err.print(f"[bold red]error:[/] {message}", markup=True, highlight=False, soft_wrap=True)
+    if not debug:
+        _err.print("(run with --debug for the traceback)", style="dim")
+    raise typer.Exit(code=2)
+
+
+def _run_diagnose(file, factory, input_shape, input_dtype, steps, optimizer, lr, seed, device, debug):
+    import torch
+
+    from gradscope.loading import load
+
+    try:
+        if device == DeviceName.cuda and not torch.cuda.is_available():
+            raise UsageError("--device cuda was given but CUDA is not available here; use --device cpu or auto.")
+        torch.manual_seed(seed)
+        loaded = load(file, factory, input_shape, input_dtype)
+        target = "cuda" if device == DeviceName.cuda or (device == DeviceName.auto and torch.cuda.is_available()) else "cpu"
+        model = loaded.model.to(target)
+        opt = None
+        if steps > 1:
+            if optimizer == OptimizerName.adam:
+                opt = torch.optim.Adam(model.parameters(), lr=lr if lr is not None else 1e-3)
+            else:
+                opt = torch.optim.SGD(model.parameters(), lr=lr if lr is not None else 0.01, momentum=0.9)
+        if steps > 1 and _out.is_terminal:
+            from rich.progress import Progress
+
+            with Progress(transient=True, console=_err) as bar:
+                task = bar.add_task(f"{steps} steps", total=steps)
+                report = gradscope.diagnose(model, loaded.inputs, loaded.loss_fn, steps, opt, seed=seed,
+                                            progress=lambda done, total: bar.update(task, completed=done))
+        else:
+            report = gradscope.diagnose(model, loaded.inputs, loaded.loss_fn, steps, opt, seed=seed)
+    except UsageError as e:
+        _fail_usage(e, debug)
+    except Exception as e:  # noqa: BLE001 - anything the user's file does wrong is exit 2
+        _fail_usage(e, debug)
+    report.model.update({"file": str(file), "factory": loaded.factory, "inputs": loaded.inputs_from,
+                         "device": target})
+    return report
+
+
+def _title(report) -> str:
+    return f"{report.model['file']}: {report.model['class']} ({report.model['factory']}), inputs {report.model['inputs']}"
+
+
+def _write_outputs(report, json_path, markdown_path, html_path) -> None:
+    from gradscope.reporters.markdown import report_markdown
+
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(report.to_json() + "\n", encoding="utf-8")
+    if markdown_path is not None:
+        markdown_path.parent.mkdir(parents=True, exist_ok=True)
+        markdown_path.write_text(report_markdown(report, _title(report)), encoding="utf-8")
+    if html_path is not None:
+        _fail_usage(UsageError(
+            "--html: the HTML report is not available in this version of gradscope; use --json or "
+            "--markdown."), False)
+
+
+def _exit_code(report, fail_on: FailOn) -> int:
+    from gradscope.rules import SEVERITIES
+
+    if fail_on == FailOn.never or report.worst is None:
+        return 0
+    return int(SEVERITIES.index(report.worst) >= SEVERITIES.index(fail_on.value))
+
+
+@app.command()
+def diagnose(
+    file: File,
+    factory: Factory = None,
+    input_shape: InputShape = None,
+    input_dtype: InputDtype = "float",
+    steps: Steps = 1,
+    optimizer: Optimizer = OptimizerName.sgd,
+    lr: LearningRate = None,
+    seed: Seed = 0,
+    device: Device = DeviceName.cpu,
+    json: JsonOut = None,
+    html: HtmlOut = None,
+    markdown: MarkdownOut = None,
+    fail_on: Annotated[FailOn, typer.Option("--fail-on", help="Exit 1 when a finding at this severity or above is found.")] = FailOn.never,
+    all_layers: AllLayers = False,
+    debug: Debug = False,
+) -> None:
+    """Run a model file for a few steps and report its gradient flow and the problems found."""
+    from gradscope.reporters.terminal import TerminalReport
+
+    if html is not None:
+        _write_outputs(None, None, None, html)
+    report = _run_diagnose(file, factory, input_shape, input_dtype, steps, optimizer, lr, seed, device, debug)
+    TerminalReport(report, title=_title(report), all_layers=all_layers).print(_out)
+    _write_outputs(report, json, markdown, None)
+    raise typer.Exit(code=_exit_code(report, fail_on))
+
+
+@app.command()
+def check(
+    file: File,
+    baseline: Annotated[Optional[Path], typer.Option("--baseline", help="Baseline JSON to compare with; without it, only findings gate.")] = None,
+    update_baseline: Annotated[bool, typer.Option("--update-baseline", help="Write (or refresh) the baseline from this run and exit 0.")] = False,
+    tolerance: Annotated[float, typer.Option("--tolerance", min=0.0, help="Orders of magnitude a layer's signal may move against the baseline.")] = 1.0,
+    fail_on: Annotated[FailOn, typer.Option("--fail-on", help="Severity of new findings that fails the check.")] = FailOn.error,
+    junit: Annotated[Optional[Path], typer.Option("--junit", help="Write JUnit XML here.")] = None,
+    factory: Factory = None,
+    input_shape: InputShape = None,
+    input_dtype: InputDtype = "float",
+    steps: Steps = 1,
+    optimizer: Optimizer = OptimizerName.sgd,
+    lr: LearningRate = None,
+    seed: Seed = 0,
+    device: Device = DeviceName.cpu,
+    json: JsonOut = None,
+    debug: Debug = False,
+) -> None:
+    """CI gate: fail when a model change brings new findings or moves the gradient flow."""
+    from gradscope.baseline import compare, read_baseline, write_baseline
+    from gradscope.reporters.ci import append_step_summary, github_annotations, write_junit
+    from gradscope.reporters.terminal import TerminalReport
+
+    if update_baseline and baseline is None:
+        _fail_usage(UsageError("--update-baseline needs --baseline PATH: where to write the baseline."), debug)
+    known = None
+    if baseline is not None and not update_baseline:
+        try:
+            known = read_baseline(baseline)
+        except UsageError as e:
+            _fail_usage(e, debug)
+    report = _run_diagnose(file, factory, input_shape, input_dtype, steps, optimizer, lr, seed, device, debug)
+    _write_outputs(report, json, None, None)
+    if update_baseline:
+        write_baseline(report, baseline)
+        _out.print(f"Baseline written to {baseline} ({len(report.findings)} findings, "
+                   f"{len(report.layers)} layers).")
+        raise typer.Exit(code=0)
+    comparison = compare(report, known, fail_on.value, tolerance)
+    TerminalReport(report, title=_title(report)).print(_out)
+    for f in comparison.new_findings:
+        _out.print(f"FAIL new {f.severity} finding: {f.code} {f.rule} at {', '.join(f.layers[:6])}")
+    if comparison.moved:
+        _out.print(f"FAIL {len(comparison.moved)} layers' backpropagated signal moved by more than "
+                   f"{tolerance:g} orders of magnitude against {baseline}:")
+        for layer, (old, new) in comparison.moved.items():
+            _out.print(f"  {layer}: {old:.2e} -> {new:.2e}")
+    if comparison.missing_layers or comparison.added_layers:
+        _out.print(f"Layers since the baseline: {len(comparison.missing_layers)} gone, "
+                   f"{len(comparison.added_layers)} new (compared on the {len(known['signal']) - len(comparison.missing_layers)} in both).")
+    if os.environ.get("GITHUB_ACTIONS") == "true":
+        for line in github_annotations(report, comparison, str(file)):
+            print(line)
+        append_step_summary(report, comparison, _title(report))
+    if junit is not None:
+        write_junit(report, comparison, junit, Path(file).stem)
+    _out.print("Gradient-flow check " + ("FAILED." if comparison.failed else "passed."))
+    raise typer.Exit(code=1 if comparison.failed else 0)
+
+
+@app.command()
+def rules() -> None:
+    """List every rule: code, slug, severity and what it flags."""
+    from rich.table import Table
+
+    from gradscope.rules import RULES
+
+    table = Table(show_edge=False, pad_edge=False)
+    for column in ("code", "rule", "severity", "what it flags"):
+        table.add_column(column)
+    for rule in RULES:
+        table.add_row(rule.code, rule.slug, rule.severity, rule.summary)
+    _out.print(table)
+    _out.print("gradscope explain RULE_OR_CODE prints a rule's documentation.")
+
+
+@app.command()
+def explain(
+    rule: Annotated[str, typer.Argument(help="A rule's slug (vanishing-gradient) or code (GS101).", show_default=False)],
+) -> None:
+    """Print a rule's documentation: what it checks, why it matters, an example, the fix."""
+    from rich.markdown import Markdown
+
+    from gradscope.rules import find_rule
+    from gradscope.rules.docs import rule_markdown
+
+    try:
+        found = find_rule(rule)
+    except UsageError as e:
+        _fail_usage(e, False)
+    text = rule_markdown(found)
+    if _out.is_terminal:
+        _out.print(Markdown(text))
+    else:
+        _out.print(text, soft_wrap=True, markup=False)
 
 
 @app.command()
@@ -25,3 +279,7 @@ def version() -> None:
 @app.callback()
 def main() -> None:
     """gradscope: see, name and fix gradient-flow problems in PyTorch models."""
+
+
+if __name__ == "__main__":
+    sys.exit(app())

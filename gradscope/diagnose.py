@@ -10,6 +10,7 @@ import inspect
 import json
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from typing import Callable
 
 import pandas as pd
 import torch
@@ -76,6 +77,7 @@ def diagnose(
     optimizer: torch.optim.Optimizer | None = None,
     *,
     seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Report:
     """Run ``steps`` monitored forward/backward passes of ``model`` on ``inputs`` in training
     mode and apply the rules.
@@ -88,7 +90,8 @@ def diagnose(
     ``-r / B``: unit scale in every output element, whatever the output is, and unlike a plain
     projection it has a minimum, so ``steps > 1`` trains toward something. With ``steps > 1``
     the optimizer (default SGD, lr 0.01, momentum 0.9) steps between passes; with one step no
-    parameter changes. Everything is restored afterwards.
+    parameter changes. Everything is restored afterwards. ``progress(done, steps)`` is called
+    after each step.
 
     >>> import torch, torch.nn as nn, gradscope
     >>> deep = nn.Sequential(*[m for _ in range(12) for m in (nn.Linear(32, 32), nn.Sigmoid())])
@@ -120,7 +123,8 @@ def diagnose(
             opt = optimizer
             if opt is None and steps > 1:
                 opt = torch.optim.SGD(model.parameters(), lr=DEFAULT_LR, momentum=DEFAULT_MOMENTUM)
-            history, layers, structure, loss_kind = _run(model, args, kwargs, inputs, loss_fn, steps, opt, batch, seed)
+            history, layers, structure, loss_kind = _run(
+                model, args, kwargs, inputs, loss_fn, steps, opt, batch, seed, progress)
     finally:
         saved.restore()
     findings = run_rules(Records(history, layers, structure))
@@ -134,7 +138,8 @@ def diagnose(
     return Report(summary, findings, layer_summary(history, layers), history, structure, options)
 
 
-def _run(model, args, kwargs, inputs, loss_fn, steps, opt, batch, seed):
+def _run(
+                model, args, kwargs, inputs, loss_fn, steps, opt, batch, seed, progress):
     targets: dict[int, torch.Tensor] = {}
     structure = None
     loss_kind = "loss_fn" if loss_fn is not None else "default"
@@ -165,6 +170,8 @@ def _run(model, args, kwargs, inputs, loss_fn, steps, opt, batch, seed):
             else:
                 mon.step()
                 model.zero_grad(set_to_none=True)
+            if progress is not None:
+                progress(step + 1, steps)
         history = mon.to_dataframe()
         layers = mon.layers
     return history, layers, structure, loss_kind

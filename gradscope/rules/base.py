@@ -112,11 +112,7 @@ class Records:
     def leaves(self) -> list[str]:
         """Layers in forward order that contain no other module: the chain the signal runs
         through (functional activations are leaves; the root only when it is alone)."""
-        names = self.depth_order
-        parents = {n.rpartition(".")[0] for n in names if n and ":" not in n and "#" not in n}
-        parents |= {""}
-        leaves = [n for n in names if n not in parents]
-        return leaves or names
+        return leaf_layers(self.depth_order)
 
     def preceding_weight_layer(self, layer: str) -> str | None:
         """The last Linear/Conv layer that ran before ``layer`` in forward order."""
@@ -127,6 +123,15 @@ class Records:
             if _is_weight_type(self.types.get(name, "")):
                 return name
         return None
+
+
+def leaf_layers(names: list[str]) -> list[str]:
+    """The names among ``names`` (module and functional-activation layers) that are no other's
+    parent; the root only when it is alone."""
+    parents = {n.rpartition(".")[0] for n in names if n and ":" not in n and "#" not in n}
+    parents |= {""}
+    leaves = [n for n in names if n not in parents]
+    return leaves or list(names)
 
 
 def _is_weight_type(type_name: str) -> bool:

@@ -1,0 +1,102 @@
+"""Baselines for ``gradscope check``: what a model's gradient flow looked like when it was known
+good (its findings and per-layer backpropagated signal), as versioned JSON, and the comparison
+that gates a change."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from gradscope.diagnose import Report
+from gradscope.errors import UsageError
+from gradscope.rules import SEVERITIES, Finding
+
+FORMAT = "gradscope-baseline"
+VERSION = 1
+
+
+def baseline_dict(report: Report) -> dict:
+    signal = report.layers.set_index("layer")["out_grad_norm"]
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "model": report.model,
+        "options": report.options,
+        "findings": [{"code": f.code, "rule": f.rule, "severity": f.severity, "layers": f.layers}
+                     for f in report.findings],
+        "signal": {name: float(v) for name, v in signal.items() if v is not None and math.isfinite(v) and v > 0},
+    }
+
+
+def write_baseline(report: Report, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(baseline_dict(report), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def read_baseline(path: str | Path) -> dict:
+    """The baseline at ``path``, validated; a ``UsageError`` saying how to fix it otherwise."""
+    path = Path(path)
+    redo = "write a new one with --update-baseline"
+    if not path.exists():
+        raise UsageError(f"No baseline at {path}; create it with `gradscope check FILE --baseline {path} --update-baseline`.")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UsageError(f"The baseline {path} is not valid JSON ({e}); {redo}.") from e
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise UsageError(f"{path} is not a gradscope baseline (no \"format\": \"{FORMAT}\"); {redo}.")
+    if data.get("version") != VERSION:
+        raise UsageError(
+            f"The baseline {path} has version {data.get('version')!r}; this gradscope reads version "
+            f"{VERSION}. {redo[0].upper() + redo[1:]}."
+        )
+    findings, signal = data.get("findings"), data.get("signal")
+    if not isinstance(findings, list) or not all(isinstance(f, dict) and isinstance(f.get("rule"), str) for f in findings):
+        raise UsageError(f"The baseline {path} has a malformed \"findings\" list; {redo}.")
+    if not isinstance(signal, dict) or not all(isinstance(v, (int, float)) and v > 0 for v in signal.values()):
+        raise UsageError(f"The baseline {path} has a malformed \"signal\" table (layer → positive number); {redo}.")
+    return data
+
+
+@dataclass
+class Comparison:
+    new_findings: list[Finding]
+    """Findings at or above the fail level whose rule the baseline did not have."""
+    moved: dict[str, tuple[float, float]]
+    """Layers whose signal moved by more than the tolerance: layer → (baseline, now)."""
+    missing_layers: list[str]
+    added_layers: list[str]
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.new_findings or self.moved)
+
+
+def compare(report: Report, baseline: dict | None, fail_on: str, tolerance: float) -> Comparison:
+    """Gate ``report`` against ``baseline`` (or against nothing: findings alone).
+
+    A finding fails when its severity is at or above ``fail_on`` and the baseline had no finding of
+    the same rule. A layer fails when its backpropagated signal moved by more than ``tolerance``
+    orders of magnitude from the baseline's."""
+    known = {f["rule"] for f in baseline["findings"]} if baseline else set()
+    level = SEVERITIES.index(fail_on) if fail_on in SEVERITIES else len(SEVERITIES)
+    new = [f for f in report.findings if SEVERITIES.index(f.severity) >= level and f.rule not in known]
+    moved: dict[str, tuple[float, float]] = {}
+    missing: list[str] = []
+    added: list[str] = []
+    if baseline:
+        now = baseline_dict(report)["signal"]
+        measured = dict(zip(report.layers["layer"], report.layers["out_grad_norm"].astype(float)))
+        before = baseline["signal"]
+        for layer, old in before.items():
+            if layer not in measured:
+                missing.append(layer)
+            elif layer not in now:  # the signal became zero or non-finite
+                moved[layer] = (old, measured[layer])
+            elif abs(math.log10(now[layer]) - math.log10(old)) > tolerance:
+                moved[layer] = (old, now[layer])
+        added = [layer for layer in now if layer not in before]
+    return Comparison(new, moved, missing, added)

@@ -1,0 +1,77 @@
+"""CI output for ``gradscope check``: GitHub Actions workflow commands and step summary, and
+JUnit XML for other CI systems."""
+
+from __future__ import annotations
+
+import os
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from gradscope.baseline import Comparison
+from gradscope.diagnose import Report
+from gradscope.reporters.markdown import report_markdown
+from gradscope.rules import RULES
+
+
+def _escape_data(text: str) -> str:
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def _escape_property(text: str) -> str:
+    return _escape_data(text).replace(":", "%3A").replace(",", "%2C")
+
+
+def github_annotations(report: Report, comparison: Comparison, file: str) -> list[str]:
+    """``::error``/``::warning`` lines: failures as errors, other findings as warnings."""
+    lines = []
+    failing = {id(f) for f in comparison.new_findings}
+    for f in report.findings:
+        level = "error" if id(f) in failing else "warning"
+        if level == "warning" and f.severity == "info":
+            continue
+        title = _escape_property(f"{f.code} {f.rule}")
+        lines.append(f"::{level} file={_escape_property(file)},title={title}::{_escape_data(f.message)}")
+    if comparison.moved:
+        text = "; ".join(f"{layer}: {old:.2e} -> {new:.2e}" for layer, (old, new) in list(comparison.moved.items())[:10])
+        lines.append(f"::error file={_escape_property(file)},title=gradient-flow regression::"
+                     f"{_escape_data(f'{len(comparison.moved)} layers moved against the baseline: {text}')}")
+    return lines
+
+
+def append_step_summary(report: Report, comparison: Comparison, title: str) -> None:
+    path = os.environ.get("GITHUB_STEP_SUMMARY")
+    if not path:
+        return
+    verdict = "**failed**" if comparison.failed else "passed"
+    text = f"{report_markdown(report, title)}\nGradient-flow check {verdict}.\n"
+    if comparison.moved:
+        text += "\n| layer | baseline signal | now |\n| --- | --- | --- |\n" + "".join(
+            f"| `{layer}` | {old:.2e} | {new:.2e} |\n" for layer, (old, new) in comparison.moved.items())
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(text)
+
+
+def write_junit(report: Report, comparison: Comparison, path: str | Path, name: str) -> None:
+    """One test case per rule, plus one for the signal against the baseline."""
+    failing = {id(f) for f in comparison.new_findings}
+    suite = ET.Element("testsuite", name=f"gradscope {name}")
+    failures = 0
+    for rule in RULES:
+        case = ET.SubElement(suite, "testcase", classname=f"gradscope.{name}", name=f"{rule.code} {rule.slug}")
+        for f in report.findings:
+            if f.rule != rule.slug:
+                continue
+            if id(f) in failing:
+                failures += 1
+                ET.SubElement(case, "failure", message=f.message, type=f.severity).text = f.fix
+            else:
+                ET.SubElement(case, "system-out").text = f"{f.severity}: {f.message}"
+    case = ET.SubElement(suite, "testcase", classname=f"gradscope.{name}", name="signal against baseline")
+    if comparison.moved:
+        failures += 1
+        ET.SubElement(case, "failure", message=f"{len(comparison.moved)} layers moved").text = "\n".join(
+            f"{layer}: {old:.3e} -> {new:.3e}" for layer, (old, new) in comparison.moved.items())
+    suite.set("tests", str(len(RULES) + 1))
+    suite.set("failures", str(failures))
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    ET.ElementTree(suite).write(path, encoding="utf-8", xml_declaration=True)

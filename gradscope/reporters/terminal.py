@@ -1,0 +1,123 @@
+"""The terminal report: a depth-ordered layer table with an inline log10 bar of the
+backpropagated signal, then the findings with their fixes. Rendered by rich, so colour follows the
+terminal (none when piped, none with NO_COLOR)."""
+
+from __future__ import annotations
+
+import math
+
+from rich.console import Console, ConsoleOptions, Group, RenderResult
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+from gradscope.diagnose import Report
+from gradscope.rules import SEVERITIES
+from gradscope.rules.base import leaf_layers
+
+STYLES = {"error": "bold red", "warning": "yellow", "info": "cyan"}
+BAR_WIDTH = 20
+_EIGHTHS = " ▏▎▍▌▋▊▉"
+
+
+def log_bar(value: float, low: float, high: float, width: int = BAR_WIDTH) -> str:
+    """A bar whose length is log10(value) placed between log10 ``low`` and ``high``."""
+    if not (value > 0 and math.isfinite(value)) or not high > low:
+        return ""
+    span = math.log10(high) - math.log10(low)
+    fraction = 1.0 if span == 0 else (math.log10(value) - math.log10(low)) / span
+    eighths = round(min(max(fraction, 0.0), 1.0) * width * 8)
+    full, part = divmod(max(eighths, 1), 8)
+    return "█" * full + (_EIGHTHS[part] if part else "")
+
+
+def number(value: float, percent: bool = False) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if percent:
+        return f"{100 * value:.0f}%"
+    if not math.isfinite(value):
+        return str(value)
+    return f"{value:.2e}"
+
+
+class TerminalReport:
+    """``console.print(TerminalReport(report))`` prints the layer table and the findings."""
+
+    def __init__(self, report: Report, title: str | None = None, all_layers: bool = False,
+                 plain: bool = False) -> None:
+        self.report = report
+        self.plain = plain
+        self.title = title
+        self.all_layers = all_layers
+
+    def layer_table(self, width: int = 100) -> Table:
+        layers = self.report.layers
+        names = list(layers["layer"]) if self.all_layers else leaf_layers(list(layers["layer"]))
+        rows = layers.set_index("layer").loc[names]
+        signal = rows["out_grad_norm"].astype(float)
+        positive = signal[(signal > 0) & signal.map(math.isfinite)]
+        low, high = (float(positive.min()), float(positive.max())) if len(positive) else (0.0, 0.0)
+        flagged = {}
+        for f in sorted(self.report.findings, key=lambda f: SEVERITIES.index(f.severity)):
+            for layer in f.layers:
+                flagged[layer.rpartition(".")[0] if layer.endswith((".weight", ".bias")) else layer] = f.severity
+        bar_width = max(6, min(BAR_WIDTH, width - 66))
+        table = Table(title=self.title, title_justify="left", show_edge=False, pad_edge=False,
+                      caption=f"signal: backpropagated gradient norm at the layer's output; bar: its log10 {_range(low, high)}",
+                      caption_justify="left")
+        table.add_column("layer", overflow="fold", ratio=1)
+        table.add_column("type", overflow="fold", max_width=18)
+        table.add_column("signal", justify="right", no_wrap=True, min_width=8)
+        table.add_column("log10", no_wrap=True, min_width=bar_width)
+        table.add_column("weight grad", justify="right", no_wrap=True, min_width=8)
+        table.add_column("dead", justify="right", no_wrap=True)
+        table.add_column("sat", justify="right", no_wrap=True)
+        for name, row in rows.iterrows():
+            style = STYLES.get(flagged.get(name, ""), "")
+            table.add_row(
+                escape(name or "(model)"), escape(str(row["type"])), number(row["out_grad_norm"]),
+                Text(log_bar(row["out_grad_norm"], low, high, bar_width), style=style or "green"),
+                number(row["grad_norm"]), number(row["dead_fraction"], True),
+                number(row["saturation"], True), style=style,
+            )
+        return table
+
+    def finding_lines(self) -> list[tuple[Text, bool]]:
+        """The findings as (line, is_code); code lines are printed unwrapped, to copy and paste."""
+        lines: list[tuple[Text, bool]] = []
+        if not self.report.findings:
+            lines.append((Text("No findings: gradient flow looks healthy.", style="green"), False))
+        for f in self.report.findings:
+            lines += [
+                (Text(""), False),
+                (Text(f"{f.severity.upper()} {f.code} {f.rule}", style=STYLES[f.severity]), False),
+                (Text(f.message), False),
+                (Text("Fix:", style="bold"), False),
+            ]
+            for line in f.fix.splitlines():
+                code = line.startswith("    ")
+                lines.append((Text(line, style="dim" if code and not self.plain else ""), code))
+        counts = {s: sum(f.severity == s for f in self.report.findings) for s in reversed(SEVERITIES)}
+        summary = ", ".join(f"{n} {s}{'s' if n != 1 else ''}" for s, n in counts.items())
+        lines += [(Text(""), False), (Text(summary), False)]
+        return lines
+
+    def findings(self) -> Group:
+        return Group(*(line for line, _ in self.finding_lines()))
+
+    def print(self, console: Console) -> None:
+        """Print the table and the findings, with code lines never wrapped or cropped."""
+        console.print(self.layer_table(console.width))
+        for line, code in self.finding_lines():
+            console.print(line, soft_wrap=code)
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield self.layer_table(options.max_width)
+        yield self.findings()
+
+
+def _range(low: float, high: float) -> str:
+    if not high > 0:
+        return ""
+    return f"from {low:.0e} to {high:.0e}"
