@@ -90,7 +90,8 @@ def diagnose(
     ``-r / B``: unit scale in every output element, whatever the output is, and unlike a plain
     projection it has a minimum, so ``steps > 1`` trains toward something. With ``steps > 1``
     the optimizer (default SGD, lr 0.01, momentum 0.9) steps between passes; with one step no
-    parameter changes. Everything is restored afterwards. ``progress(done, steps)`` is called
+    parameter changes. Everything is restored afterwards, except that lazy modules
+    (``nn.LazyLinear``) are initialised by a first forward without gradients. ``progress(done, steps)`` is called
     after each step.
 
     >>> import torch, torch.nn as nn, gradscope
@@ -114,6 +115,7 @@ def diagnose(
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     args, kwargs = _split_inputs(inputs, device)
     batch = _batch_size(args, kwargs)
+    _materialize_lazy(model, args, kwargs, inputs)
     saved = _SavedState(model, optimizer)
     devices = [device.index or 0] if device.type == "cuda" else []
     try:
@@ -136,6 +138,21 @@ def diagnose(
     options = {"steps": steps, "seed": seed, "loss": loss_kind,
                "optimizer": type(opt).__name__ if opt is not None else None}
     return Report(summary, findings, layer_summary(history, layers), history, structure, options)
+
+
+def _materialize_lazy(model: nn.Module, args: tuple, kwargs: dict, inputs: object) -> None:
+    """Lazy modules (``nn.LazyLinear`` …) get their shapes from a first forward; run it (without
+    gradients) so that there are parameters to save, restore and watch."""
+    if not any(isinstance(p, nn.parameter.UninitializedParameter) for p in model.parameters()):
+        return
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            model(*args, **kwargs)
+    except Exception as e:
+        raise ModelError(
+            f"Initialising the model's lazy modules with a forward raised {type(e).__name__}: {e}. "
+            f"Inputs given: {_describe(inputs)}; check that they fit the model."
+        ) from e
 
 
 def _run(

@@ -51,7 +51,7 @@ class TerminalReport:
         self.title = title
         self.all_layers = all_layers
 
-    def layer_table(self, width: int = 100) -> Table:
+    def layer_table(self, width: int = 100, title: bool = True) -> Table:
         layers = self.report.layers
         names = list(layers["layer"]) if self.all_layers else leaf_layers(list(layers["layer"]))
         rows = layers.set_index("layer").loc[names]
@@ -63,7 +63,7 @@ class TerminalReport:
             for layer in f.layers:
                 flagged[layer.rpartition(".")[0] if layer.endswith((".weight", ".bias")) else layer] = f.severity
         bar_width = max(6, min(BAR_WIDTH, width - 66))
-        table = Table(title=self.title, title_justify="left", show_edge=False, pad_edge=False,
+        table = Table(title=self.title if title else None, title_justify="left", show_edge=False, pad_edge=False,
                       caption=f"signal: backpropagated gradient norm at the layer's output; bar: its log10 {_range(low, high)}",
                       caption_justify="left")
         table.add_column("layer", overflow="fold", ratio=1)
@@ -108,7 +108,9 @@ class TerminalReport:
 
     def print(self, console: Console) -> None:
         """Print the table and the findings, with code lines never wrapped or cropped."""
-        console.print(self.layer_table(console.width))
+        if self.title:
+            console.print(Text(self.title, style="bold"), soft_wrap=True)
+        console.print(self.layer_table(console.width, title=False))
         for line, code in self.finding_lines():
             console.print(line, soft_wrap=code)
 

@@ -49,9 +49,9 @@ def check(records: Records) -> list[Finding]:
     message = (
         f"The backpropagated signal shrinks by {profile.rise:.1f} orders of magnitude from the "
         f"output side ({fmt(profile.output_side)}) to the input side ({fmt(profile.input_side)}) "
-        f"across {len(profile.layers)} layers, about x{fmt(profile.per_layer_factor)} per layer; "
-        f"{len(weak)} layers receive less than 1e-3 of the output-side signal"
-        + (f": {advice.layer_text(weak)}." if weak else ".")
+        f"across {len(profile.layers)} layers, about x{fmt(profile.per_layer_factor)} per layer"
+        + (f"; {len(weak)} layers receive less than 1e-3 of the output-side signal: "
+           f"{advice.layer_text(weak)}." if weak else ".")
     )
     return [RULE.finding(weak or profile.layers[: profile.quarter], message, _fix(records), {
         "orders": profile.rise,
