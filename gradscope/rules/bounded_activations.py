@@ -26,8 +26,9 @@ def check(records: Records) -> list[Finding]:
 
     Fix:
         Use ReLU-family activations (with He init) for hidden layers; if the bounded activations
-        must stay, use Xavier init and residual connections, or pseudo-normalization every few
-        layers (``gradscope.fixes.insert_pseudo_norm``).
+        must stay, use Xavier init and residual connections. Pseudo-normalization every few
+        layers (``gradscope.fixes.insert_pseudo_norm``) keeps the backward signal at scale but
+        trained deep tanh MLPs on digits worse than Xavier init or residuals (docs/pseudo-norm.md).
     """
     structure = records.structure
     if structure is None or structure.effective_depth is None or structure.effective_depth < DEPTH:
@@ -45,8 +46,9 @@ def check(records: Records) -> list[Finding]:
     if modules:
         fix += ":\n" + advice.replace_modules(modules, "nn.ReLU()") + "\n" + advice.code(
             "gradscope.fixes.reinit(model)")
-    fix += ("\nor keep them with Xavier init plus residual connections, or rescale the backward "
-            "signal every few layers:\n" + advice.PSEUDO_NORM_SNIPPET)
+    fix += ("\nor keep them with Xavier init (tanh) and residual connections. Pseudo-normalization "
+            "also keeps the backward signal at scale, but on digits it trained worse than those "
+            "(docs/pseudo-norm.md):\n" + advice.PSEUDO_NORM_SNIPPET)
     return [RULE.finding(bounded, message, fix, {"bounded_activations": len(bounded),
                                                  "effective_depth": structure.effective_depth})]
 
