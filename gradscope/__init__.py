@@ -7,7 +7,8 @@ inputs); ``fixes`` holds the fixes that are code.
 """
 
 from gradscope import fixes
-from gradscope.diagnose import ModelError, Report, diagnose
+from gradscope.diagnose import ModelError, diagnose
+from gradscope.report import Report
 from gradscope.errors import GradscopeWarning, UsageError, UsageTypeError
 from gradscope.monitor import Monitor, monitor
 from gradscope.rules import RULES, Finding

@@ -9,7 +9,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from gradscope.diagnose import Report
+from gradscope.report import Report
 from gradscope.errors import UsageError
 from gradscope.rules import SEVERITIES, Finding
 

@@ -57,7 +57,7 @@ LearningRate = Annotated[Optional[float], typer.Option("--lr", help="Learning ra
 Seed = Annotated[int, typer.Option("--seed", help="Seed for the model's init, the inputs and the default loss.")]
 Device = Annotated[DeviceName, typer.Option("--device", help="Where to run: cpu, cuda, or auto (cuda when available).")]
 JsonOut = Annotated[Optional[Path], typer.Option("--json", help="Write the JSON report here (format: docs/diagnose.md).")]
-HtmlOut = Annotated[Optional[Path], typer.Option("--html", help="Write the HTML report here.")]
+HtmlOut = Annotated[Optional[Path], typer.Option("--html", help="Write the self-contained HTML report here.")]
 MarkdownOut = Annotated[Optional[Path], typer.Option("--markdown", help="Write a markdown report here.")]
 Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors in the model file.")]
 AllLayers = Annotated[bool, typer.Option("--all-layers", help="List container modules too, not only leaf layers.")]
@@ -128,9 +128,9 @@ def _write_outputs(report, json_path, markdown_path, html_path) -> None:
         markdown_path.parent.mkdir(parents=True, exist_ok=True)
         markdown_path.write_text(report_markdown(report, _title(report)), encoding="utf-8")
     if html_path is not None:
-        _fail_usage(UsageError(
-            "--html: the HTML report is not available in this version of gradscope; use --json or "
-            "--markdown."), False)
+        from gradscope.reporters.html import write_html
+
+        write_html(report, html_path, _title(report))
 
 
 def _exit_code(report, fail_on: FailOn) -> int:
@@ -162,11 +162,9 @@ def diagnose(
     """Run a model file for a few steps and report its gradient flow and the problems found."""
     from gradscope.reporters.terminal import TerminalReport
 
-    if html is not None:
-        _write_outputs(None, None, None, html)
     report = _run_diagnose(file, factory, input_shape, input_dtype, steps, optimizer, lr, seed, device, debug)
     TerminalReport(report, title=_title(report), all_layers=all_layers).print(_out)
-    _write_outputs(report, json, markdown, None)
+    _write_outputs(report, json, markdown, html)
     raise typer.Exit(code=_exit_code(report, fail_on))
 
 
@@ -229,6 +227,65 @@ def check(
         write_junit(report, comparison, junit, Path(file).stem)
     _out.print("Gradient-flow check " + ("FAILED." if comparison.failed else "passed."))
     raise typer.Exit(code=1 if comparison.failed else 0)
+
+
+RunDir = Annotated[Path, typer.Argument(help="A run directory written by gradscope.monitor(..., log_dir=RUN_DIR).", show_default=False)]
+
+
+def _load_run(run_dir: Path, debug: bool):
+    from gradscope.report import load_run_report
+
+    try:
+        report = load_run_report(run_dir)
+    except UsageError as e:
+        _fail_usage(e, debug)
+    if report.history.empty:
+        _fail_usage(UsageError(
+            f"{run_dir} holds no complete logged step yet (history parts are written every "
+            "flush_every logged steps and when the monitor stops)."), debug)
+    return report
+
+
+def _run_title(report) -> str:
+    status = report.options.get("status")
+    return (f"{report.model.get('run_dir')}: {report.model.get('class', 'model')}, "
+            f"{report.options['steps']} logged steps up to step {report.options['last_step']}"
+            + (f" (run {status})" if status else ""))
+
+
+@app.command()
+def summary(
+    run_dir: RunDir,
+    all_layers: AllLayers = False,
+    json: JsonOut = None,
+    markdown: MarkdownOut = None,
+    debug: Debug = False,
+) -> None:
+    """Print the terminal report of a past (or running) training run: the layers at its last
+    logged step and the rules over its history."""
+    from gradscope.reporters.markdown import report_markdown
+    from gradscope.reporters.terminal import TerminalReport
+
+    report = _load_run(run_dir, debug)
+    TerminalReport(report, title=_run_title(report), all_layers=all_layers).print(_out)
+    if json is not None:
+        json.write_text(report.to_json() + "\n", encoding="utf-8")
+    if markdown is not None:
+        markdown.write_text(report_markdown(report, _run_title(report)), encoding="utf-8")
+
+
+@app.command()
+def report(
+    run_dir: RunDir,
+    output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the HTML report.")] = Path("gradscope-report.html"),
+    debug: Debug = False,
+) -> None:
+    """Render a run directory as a self-contained HTML report (opens offline)."""
+    from gradscope.reporters.html import write_html
+
+    found = _load_run(run_dir, debug)
+    path = write_html(found, output, _run_title(found))
+    _out.print(f"Wrote {path} ({path.stat().st_size / 1e6:.1f} MB).")
 
 
 @app.command()

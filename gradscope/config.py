@@ -1,4 +1,4 @@
-"""Monitor options, as data. The Python API and (later) the CLI read these same definitions."""
+"""Monitor options, as data, validated once for the Python API and the integrations."""
 
 from __future__ import annotations
 
@@ -31,6 +31,18 @@ class MonitorConfig:
     strict: bool = False
     """Re-raise errors inside gradscope's hooks instead of warning once and skipping the statistic."""
 
+    tensorboard: object = None
+    """A TensorBoard log directory, or a ``torch.utils.tensorboard.SummaryWriter``, to write each
+    logged step's statistics to (``gradscope/<metric>/<layer>``)."""
+
+    histograms_every: int | None = None
+    """With ``tensorboard``: also write histograms of gradients and activations every this many
+    logged steps (None: never)."""
+
+    findings_every: int = 10
+    """With ``tensorboard``: apply the rules every this many logged steps and write the findings
+    as text when they change."""
+
     def __post_init__(self) -> None:
         for name in ("every", "window", "flush_every"):
             value = getattr(self, name)
@@ -46,6 +58,20 @@ class MonitorConfig:
                     if name == "every"
                     else f"Expected `{name}` to be a positive int but got {value}."
                 )
+        for name in ("findings_every", "histograms_every"):
+            value = getattr(self, name)
+            if value is None and name == "histograms_every":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UsageError(f"Expected `{name}` to be a positive int but got {value!r}.")
+        if self.tensorboard is not None and not isinstance(self.tensorboard, (str, os.PathLike)) \
+                and not hasattr(self.tensorboard, "add_scalar"):
+            raise UsageTypeError(
+                f"Expected `tensorboard` to be a log directory or a SummaryWriter but got "
+                f"{type(self.tensorboard).__name__}."
+            )
+        if self.histograms_every is not None and self.tensorboard is None:
+            raise UsageError("`histograms_every` writes to TensorBoard; pass tensorboard=DIR as well.")
         for name in ("functional", "strict"):
             if not isinstance(getattr(self, name), bool):
                 raise UsageTypeError(

@@ -7,24 +7,17 @@ from __future__ import annotations
 
 import copy
 import inspect
-import json
 from contextlib import nullcontext
-from dataclasses import dataclass, field
 from typing import Callable
 
-import pandas as pd
 import torch
 import torch.nn as nn
 
 from gradscope.errors import UsageError, UsageTypeError
 from gradscope.monitor import Monitor
-from gradscope.rules import SEVERITIES, Finding, Records, run_rules
-from gradscope.rules.base import json_safe
+from gradscope.report import Report, build_report
 from gradscope.stats.reductions import floating_tensors
-from gradscope.structure import ModelStructure, StructureProbe
-from gradscope.summary import layer_summary
-
-REPORT_VERSION = 1
+from gradscope.structure import StructureProbe
 
 DEFAULT_LR = 0.01
 DEFAULT_MOMENTUM = 0.9
@@ -32,41 +25,6 @@ DEFAULT_MOMENTUM = 0.9
 
 class ModelError(UsageError):
     """The user's model (or loss) raised while gradscope ran it; the message names the module."""
-
-
-@dataclass
-class Report:
-    """What :func:`diagnose` found: the findings, the per-layer statistics and the history."""
-
-    model: dict
-    findings: list[Finding]
-    layers: pd.DataFrame
-    history: pd.DataFrame
-    structure: ModelStructure | None = None
-    options: dict = field(default_factory=dict)
-
-    @property
-    def worst(self) -> str | None:
-        """The most severe finding's severity, or None."""
-        if not self.findings:
-            return None
-        return max((f.severity for f in self.findings), key=SEVERITIES.index)
-
-    def to_dict(self) -> dict:
-        return json_safe({
-            "version": REPORT_VERSION,
-            "model": self.model,
-            "options": self.options,
-            "findings": [f.to_dict() for f in self.findings],
-            "layers": [
-                {k: (None if isinstance(v, float) and v != v else v) for k, v in row.items()}
-                for row in self.layers.to_dict(orient="records")
-            ],
-        })
-
-    def to_json(self, indent: int | None = 2) -> str:
-        """The report as JSON (the format the CLI writes, documented in docs/report-json.md)."""
-        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
 
 
 def diagnose(
@@ -129,7 +87,6 @@ def diagnose(
                 model, args, kwargs, inputs, loss_fn, steps, opt, batch, seed, progress)
     finally:
         saved.restore()
-    findings = run_rules(Records(history, layers, structure))
     summary = {
         "class": type(model).__name__,
         "parameters": int(sum(p.numel() for p in model.parameters())),
@@ -137,7 +94,7 @@ def diagnose(
     }
     options = {"steps": steps, "seed": seed, "loss": loss_kind,
                "optimizer": type(opt).__name__ if opt is not None else None}
-    return Report(summary, findings, layer_summary(history, layers), history, structure, options)
+    return build_report(history, layers, structure, summary, options)
 
 
 def _materialize_lazy(model: nn.Module, args: tuple, kwargs: dict, inputs: object) -> None:

@@ -136,6 +136,9 @@ class HookManager:
         self.layer_types: dict[str, str] = {}
         self.layer_kinds: dict[str, str] = {}
         """"module", or "activation" for activation modules and functional activations."""
+        self.activation_observer: Callable[[str, torch.Tensor], None] | None = None
+        """Called with (layer, output) for each activation output of a recorded forward (the
+        monitor sets it on TensorBoard histogram steps)."""
 
     # -- installing ----------------------------------------------------------------------------
 
@@ -295,6 +298,8 @@ class HookManager:
     def _activation(
         self, name: str, kind: ActivationKind, t: torch.Tensor, producer: str | None, site: int
     ) -> None:
+        if self.activation_observer is not None:
+            self._guard(name, "activation histogram", self.activation_observer, name, t)
         if kind.dead_units:
             self._guard(name, "dead_fraction", self._dead_units, name, t, producer, site)
         else:

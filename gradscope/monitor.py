@@ -25,7 +25,7 @@ from gradscope.buffer import PRESENCE, Layout, PendingStep, StepBuffer
 from gradscope.config import MonitorConfig
 from gradscope.errors import GradscopeWarning, UsageError, UsageTypeError
 from gradscope.hooks import HookManager
-from gradscope.records import History, write_meta
+from gradscope.records import History, write_findings, write_meta
 from gradscope.stats import STATISTICS
 from gradscope.stats.reductions import (
     foreach_delta_norms,
@@ -71,6 +71,9 @@ class Monitor:
         window: int = 1000,
         flush_every: int = 100,
         strict: bool = False,
+        tensorboard: object = None,
+        histograms_every: int | None = None,
+        findings_every: int = 10,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise UsageTypeError(
@@ -79,7 +82,8 @@ class Monitor:
             )
         self.config = MonitorConfig(
             every=every, functional=functional, log_dir=log_dir, window=window,
-            flush_every=flush_every, strict=strict,
+            flush_every=flush_every, strict=strict, tensorboard=tensorboard,
+            histograms_every=histograms_every, findings_every=findings_every,
         )
         self.model = model
         self.optimizer = _check_optimizer(optimizer, model)
@@ -106,6 +110,8 @@ class Monitor:
         self._optimizer_handles: list = []
         self._snapshot: list | None = None
         self._warned: set[tuple[str, str]] = set()
+        self._reporter = None
+        self._histograms: list[tuple[tuple[str, str], torch.Tensor]] = []
         self._active = False
         self._was_training = model.training
 
@@ -146,9 +152,23 @@ class Monitor:
 
     def findings(self) -> list:
         """The rules (gradscope.rules) over the history so far: a list of ``Finding``."""
-        from gradscope.rules import Records, run_rules  # rules read records; records don't need rules
+        return self.report().findings
 
-        return run_rules(Records(self.to_dataframe(), self.layers))
+    def report(self):
+        """A ``gradscope.Report`` of the history so far: findings, per-layer statistics of the
+        last logged step, the history."""
+        from gradscope.report import build_report  # reports read records; records don't need them
+
+        return build_report(self.to_dataframe(), self.layers, None, self._model_summary(), {
+            "steps": self.history.steps_logged, "every": self.config.every, "loss": "training loop",
+            "last_step": self.history.last_step,
+        })
+
+    def save_html(self, path: str | os.PathLike, title: str | None = None) -> Path:
+        """Write the self-contained HTML report of the history so far (gradscope.reporters.html)."""
+        from gradscope.reporters.html import write_html
+
+        return write_html(self.report(), path, title or f"{type(self.model).__name__} training run")
 
     @property
     def layers(self) -> pd.DataFrame:
@@ -190,8 +210,12 @@ class Monitor:
                 self.optimizer.register_step_pre_hook(self._before_optimizer_step),
                 self.optimizer.register_step_post_hook(self._after_optimizer_step),
             ]
+        if self.config.tensorboard is not None and self._reporter is None:
+            from gradscope.reporters.tensorboard import TensorBoardReporter
+
+            self._reporter = TensorBoardReporter(self.config.tensorboard)
         if self.is_logged(self._step):
-            self.hooks.attach()
+            self._arm_step()
         if self.history.run_dir is not None:
             self._write_meta("running")
         return self
@@ -207,7 +231,10 @@ class Monitor:
             self.history.flush()
             if self.history.run_dir is not None:
                 self._write_meta("complete")
+                self._guard("(all layers)", "findings.json", self._write_findings)
         finally:
+            if self._reporter is not None:
+                self._guard("(all layers)", "tensorboard", self._close_reporter)
             self.hooks.detach()
             for handle in self._optimizer_handles:
                 handle.remove()
@@ -248,12 +275,38 @@ class Monitor:
             except Exception as e:  # noqa: BLE001 - the user's loop must go on
                 self._report("(all layers)", "step buffer", e)
                 self.buffer.discard()
+            if self._histograms:
+                self._guard("(all layers)", "histograms", self._write_histograms, self._step)
         self.hooks.end_step()
         self._step += 1
         if self.is_logged(self._step):
-            self.hooks.attach()
+            self._arm_step()
         else:
             self.hooks.detach()
+
+    def _histogram_step(self, step: int) -> bool:
+        every = self.config.histograms_every
+        return every is not None and self._reporter is not None and (step // self.config.every) % every == 0
+
+    def _arm_step(self) -> None:
+        """Install the hooks for the coming logged step (and the activation histograms if due)."""
+        self.hooks.activation_observer = self._observe_activation if self._histogram_step(self._step) else None
+        self.hooks.attach()
+
+    def _observe_activation(self, name: str, output: torch.Tensor) -> None:
+        from gradscope.stats.histograms import histogram_row
+
+        self._histograms.append((("activation", name), histogram_row(output)))
+
+    def _write_histograms(self, step: int) -> None:
+        """One host copy of the step's histogram rows per device (histogram steps only)."""
+        rows, self._histograms = self._histograms, []
+        by_device: dict[torch.device, list] = {}
+        for name, row in rows:
+            by_device.setdefault(row.device, []).append((name, row))
+        for items in by_device.values():
+            host = torch.stack([row for _, row in items]).cpu().numpy()
+            self._reporter.log_histograms(step, [name for name, _ in items], host)
 
     def _drain(self, wait: bool) -> None:
         """Move landed copies (all of them if ``wait``) into the history, oldest first."""
@@ -263,6 +316,31 @@ class Monitor:
             pending = self._in_flight.popleft()
             ids, values = self.layout.compute(pending.state(), pending.n_entries)
             self.history.append(pending.step, ids, values)
+            if self._reporter is not None:
+                self._guard("(all layers)", "tensorboard", self._to_tensorboard, pending.step, ids, values)
+
+    def _to_tensorboard(self, step: int, ids: np.ndarray, values: np.ndarray) -> None:
+        layers, metrics = self._names()
+        self._reporter.log(step, layers[ids], metrics[ids], values)
+        if self.history.steps_logged % self.config.findings_every == 1 or self.config.findings_every == 1:
+            self._reporter.log_findings(self._recent_findings(), step)
+
+    def _recent_findings(self) -> list:
+        """The rules over the last logged steps held in RAM (cheap enough to run while training)."""
+        from gradscope.report import build_report
+
+        recent = self.history.recent()
+        steps = sorted(recent["step"].unique())[-20:]
+        recent = recent[recent["step"].isin(steps)]
+        return build_report(recent, self.layers, None, self._model_summary(), {}).findings
+
+    def _close_reporter(self) -> None:
+        reporter, self._reporter = self._reporter, None
+        try:
+            if self.history.steps_logged and self.history.last_step is not None:
+                reporter.log_findings(self.findings(), self.history.last_step)
+        finally:
+            reporter.close()
 
     # -- parameter statistics ------------------------------------------------------------------
 
@@ -305,6 +383,10 @@ class Monitor:
                     updated = [(s, n) for s, n in zip(weights, weight_norms) if id(s.param) in self._updated]
                     if updated:
                         self._snapshot.append((updated, snapshot([s.param for s, _ in updated])))
+            if self._histogram_step(self._step):
+                from gradscope.stats.histograms import histogram_row
+
+                self._histograms.extend((("grad", s.name), histogram_row(s.param.grad)) for s in group)
             for s, norm, count in zip(group, grad_norms, counts):
                 self.buffer.add(s.grad_sq, norm, square=True)
                 self.buffer.count(s.grad_n)
@@ -352,14 +434,20 @@ class Monitor:
             np.array([e.metric for e in entries], dtype=object),
         )
 
+    def _model_summary(self) -> dict:
+        return {
+            "class": type(self.model).__name__,
+            "parameters": int(sum(p.numel() for p in self.model.parameters())),
+        }
+
+    def _write_findings(self) -> None:
+        write_findings(Path(self.history.run_dir), [f.to_dict() for f in self.findings()])
+
     def _write_meta(self, status: str) -> None:
         write_meta(Path(self.history.run_dir), {
             "status": status,
             "every": self.config.every,
-            "model": {
-                "class": type(self.model).__name__,
-                "parameters": int(sum(p.numel() for p in self.model.parameters())),
-            },
+            "model": self._model_summary(),
             "metrics": {name: {"scope": s.scope, "doc": s.doc} for name, s in STATISTICS.items()},
             "layers": self.layers.to_dict(orient="records"),
             "steps_logged": self.history.steps_logged,
@@ -402,7 +490,9 @@ def monitor(
     """Watch ``model``'s gradient flow, logging every ``every``-th optimizer step.
 
     Options: ``functional`` (capture ``F.relu``-style activations, default True), ``log_dir``
-    (stream the history to a run directory), ``window``, ``flush_every``, ``strict``.
+    (stream the history to a run directory), ``window``, ``flush_every``, ``strict``,
+    ``tensorboard`` (a log directory or a ``SummaryWriter``), ``histograms_every``,
+    ``findings_every``.
 
     >>> import torch, torch.nn as nn, gradscope
     >>> model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))

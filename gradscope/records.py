@@ -134,6 +134,16 @@ def write_meta(run_dir: Path, meta: dict) -> None:
     os.replace(temp, run_dir / META_FILE)
 
 
+FINDINGS_FILE = "findings.json"
+
+
+def write_findings(run_dir: Path, findings: list[dict]) -> None:
+    """Write ``findings.json`` (the rules over the whole run, at its end) atomically."""
+    temp = run_dir / (FINDINGS_FILE + ".tmp")
+    temp.write_text(json.dumps({"format": FORMAT, "format_version": FORMAT_VERSION, "findings": findings}, indent=2))
+    os.replace(temp, run_dir / FINDINGS_FILE)
+
+
 def read_meta(run_dir: str | os.PathLike) -> dict:
     """The run's ``meta.json``, checked for format and version."""
     path = Path(run_dir) / META_FILE

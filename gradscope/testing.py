@@ -16,7 +16,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from gradscope.diagnose import Report, diagnose
+from gradscope.diagnose import diagnose
+from gradscope.report import Report
 from gradscope.errors import UsageError
 from gradscope.rules import RULES, SEVERITIES
 

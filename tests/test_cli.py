@@ -199,7 +199,7 @@ def test_user_errors_exit_2_with_a_message_and_no_traceback(tmp_path, source, ex
     assert "Traceback" in run("diagnose", path, "--debug").output
 
 
-def test_missing_file_and_html(tmp_path):
+def test_missing_file(tmp_path):
     result = run("diagnose", tmp_path / "nope.py")
     assert result.exit_code == 2 and "No such file" in result.output
 
@@ -263,3 +263,59 @@ def test_rules_and_explain():
     assert "## Why it matters" in explained.output
     unknown = run("explain", "nope")
     assert unknown.exit_code == 2 and "No rule is called 'nope'" in unknown.output
+
+
+def train_run(run_dir: Path, steps: int = 40, stop: bool = True):
+    import torch
+    import torch.nn as nn
+
+    import gradscope
+
+    torch.manual_seed(0)
+    model = nn.Sequential(*[m for _ in range(12) for m in (nn.Linear(16, 16), nn.Sigmoid())], nn.Linear(16, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    mon = gradscope.monitor(model, every=2, optimizer=opt, log_dir=run_dir, flush_every=5).start()
+    for _ in range(steps):
+        model(torch.randn(8, 16)).pow(2).mean().backward()
+        opt.step()
+        opt.zero_grad()
+    if stop:
+        mon.stop()
+    return mon
+
+
+def test_summary_and_report_of_a_run_directory(tmp_path):
+    mon = train_run(tmp_path / "run")
+    assert json.loads((tmp_path / "run" / "findings.json").read_text())["findings"][0]["rule"] == "vanishing-gradient"
+    summary = run("summary", tmp_path / "run")
+    assert summary.exit_code == 0, summary.output
+    assert "20 logged steps up to step 38 (run complete)" in " ".join(summary.output.split())
+    assert "ERROR GS101 vanishing-gradient" in summary.output
+    assert [f.rule for f in mon.findings()][0] == "vanishing-gradient"
+    result = run("report", tmp_path / "run", "-o", tmp_path / "run.html")
+    assert result.exit_code == 0 and "Wrote" in result.output
+    page = (tmp_path / "run.html").read_text()
+    assert "vanishing-gradient" in page and "log10 backpropagated signal, layers" in page
+
+
+def test_a_killed_run_loads_up_to_its_last_complete_part(tmp_path):
+    train_run(tmp_path / "run", steps=25, stop=False)  # 13 logged steps, parts of 5: 10 on disk
+    summary = run("summary", tmp_path / "run", "--json", tmp_path / "s.json")
+    assert summary.exit_code == 0, summary.output
+    assert "10 logged steps up to step 18 (run running)" in " ".join(summary.output.split())
+    (tmp_path / "run" / "history" / "part-000001.parquet").write_bytes(b"garbage")
+    broken = run("summary", tmp_path / "run")
+    assert broken.exit_code == 2 and "cannot be read" in broken.output
+    assert run("summary", tmp_path).exit_code == 2  # not a run directory
+
+
+def test_diagnose_writes_html(tmp_path):
+    result = run("diagnose", write(tmp_path, SIGMOID), "--html", tmp_path / "out" / "r.html")
+    assert result.exit_code == 0, result.output
+    assert "Plotly.newPlot" in (tmp_path / "out" / "r.html").read_text()
+
+
+def test_monitor_save_html(tmp_path):
+    mon = train_run(tmp_path / "run", steps=6)
+    path = mon.save_html(tmp_path / "mon.html")
+    assert "GS101" in path.read_text()

@@ -42,7 +42,7 @@ def one_step(model, opt, x, y):
     opt.zero_grad()
 
 
-def counted_steps(device: str, every: int, steps: int, monitored: bool, monkeypatch=None):
+def counted_steps(device: str, every: int, steps: int, monitored: bool, monkeypatch=None, **options):
     torch.manual_seed(0)
     model = models.mlp().to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -53,7 +53,7 @@ def counted_steps(device: str, every: int, steps: int, monitored: bool, monkeypa
         original = gradscope.buffer._copy_to_host
         monkeypatch.setattr(gradscope.buffer, "_copy_to_host",
                             lambda b: copies.append(1) or original(b))
-    mon = gradscope.monitor(model, every=every, optimizer=opt) if monitored else None
+    mon = gradscope.monitor(model, every=every, optimizer=opt, **options) if monitored else None
     if mon:
         mon.start()
     try:
@@ -74,8 +74,10 @@ def counted_steps(device: str, every: int, steps: int, monitored: bool, monkeypa
     pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(
         not torch.cuda.is_available(), reason="needs a CUDA device")]),
 ])
-def test_at_most_one_host_copy_per_logged_step_and_no_sync(device, monkeypatch):
-    logs = counted_steps(device, every=3, steps=7, monitored=True, monkeypatch=monkeypatch)
+@pytest.mark.parametrize("tensorboard", [False, True])
+def test_at_most_one_host_copy_per_logged_step_and_no_sync(device, tensorboard, monkeypatch, tmp_path):
+    options = {"tensorboard": tmp_path / "tb", "findings_every": 1} if tensorboard else {}
+    logs = counted_steps(device, every=3, steps=7, monitored=True, monkeypatch=monkeypatch, **options)
     for step, (log, copies) in enumerate(logs):
         logged = step % 3 == 0
         assert log.syncs == [], f"step {step} made the host wait: {log.syncs}"

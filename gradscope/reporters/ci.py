@@ -8,7 +8,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from gradscope.baseline import Comparison
-from gradscope.diagnose import Report
+from gradscope.report import Report
 from gradscope.reporters.markdown import report_markdown
 from gradscope.rules import RULES
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from gradscope.diagnose import Report
+from gradscope.report import Report
 from gradscope.rules.base import leaf_layers
 
 
@@ -48,7 +48,7 @@ def report_markdown(report: Report, title: str) -> str:
     return "\n".join([
         f"## gradscope: {_escape(title)}", "",
         f"{report.model['class']}, {report.model['parameters']:,} parameters, "
-        f"{report.options['steps']} step(s), loss: {report.options['loss']}. Findings: {counts}.", "",
+        f"{report.options.get('steps')} step(s), loss: {report.options.get('loss')}. Findings: {counts}.", "",
         findings_markdown(report),
         "<details><summary>Per-layer statistics (input → output)</summary>", "",
         "| layer | type | signal | weight grad | dead | saturated |",

@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from gradscope.diagnose import Report
+from gradscope.report import Report
 from gradscope.rules import SEVERITIES
 from gradscope.rules.base import leaf_layers
 

@@ -1,0 +1,84 @@
+"""A report: the findings of the rules over a history, the per-layer statistics and what was run.
+``gradscope.diagnose`` returns one; a monitor (``mon.report()``) and a run directory
+(``load_run_report``) make one too. Reporters (terminal, markdown, HTML, CI) render reports.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from gradscope.records import read_history, read_meta
+from gradscope.rules import SEVERITIES, Finding, Records, run_rules
+from gradscope.rules.base import json_safe
+from gradscope.structure import ModelStructure
+from gradscope.summary import layer_summary
+
+REPORT_VERSION = 1
+
+
+@dataclass
+class Report:
+    """Findings, per-layer statistics (``layers``, forward order, last logged step) and the history,
+    from :func:`gradscope.diagnose`, ``mon.report()`` or :func:`load_run_report`."""
+
+    model: dict
+    findings: list[Finding]
+    layers: pd.DataFrame
+    history: pd.DataFrame
+    structure: ModelStructure | None = None
+    options: dict = field(default_factory=dict)
+
+    @property
+    def worst(self) -> str | None:
+        """The most severe finding's severity, or None."""
+        if not self.findings:
+            return None
+        return max((f.severity for f in self.findings), key=SEVERITIES.index)
+
+    def to_dict(self) -> dict:
+        return json_safe({
+            "version": REPORT_VERSION,
+            "model": self.model,
+            "options": self.options,
+            "findings": [f.to_dict() for f in self.findings],
+            "layers": [
+                {k: (None if isinstance(v, float) and v != v else v) for k, v in row.items()}
+                for row in self.layers.to_dict(orient="records")
+            ],
+        })
+
+    def to_json(self, indent: int | None = 2) -> str:
+        """The report as JSON (the format the CLI writes, documented in docs/diagnose.md)."""
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+
+
+def build_report(
+    history: pd.DataFrame,
+    layers: pd.DataFrame,
+    structure: ModelStructure | None,
+    model: dict,
+    options: dict,
+) -> Report:
+    """Apply the rules to ``history`` and summarise it per layer."""
+    findings = run_rules(Records(history, layers, structure))
+    return Report(model, findings, layer_summary(history, layers), history, structure, options)
+
+
+def load_run_report(run_dir: str | os.PathLike) -> Report:
+    """The report of a run directory written by ``gradscope.monitor(..., log_dir=...)``: the rules
+    over its stored history (complete parts only, for a run that was killed)."""
+    meta = read_meta(run_dir)
+    history = read_history(run_dir)
+    layers = pd.DataFrame(meta.get("layers", []), columns=["layer", "type", "kind", "trainable", "order"])
+    model = {**meta.get("model", {}), "run_dir": str(run_dir)}
+    steps = sorted(history["step"].unique().tolist())
+    options = {
+        "steps": len(steps), "every": meta.get("every"), "last_step": steps[-1] if steps else None,
+        "status": meta.get("status"), "loss": "training loop", "command": meta.get("command"),
+        "gradscope_version": meta.get("gradscope_version"), "torch_version": meta.get("torch_version"),
+    }
+    return build_report(history, layers, None, model, options)

@@ -1,0 +1,321 @@
+"""The HTML report: one self-contained file (plotly.js embedded, no network) with the findings
+and their fixes, the gradient-flow profile across depth, layers × steps heatmaps of the
+backpropagated signal, dead units and saturation, and the update ratios.
+
+Every name that comes from the model is escaped: in the page with ``html.escape``, in the figure
+data by escaping ``<`` inside the embedded JSON, so a module called ``</script>`` stays text.
+Large runs stay usable: at most ``MAX_STEPS`` step columns (evenly spaced, last step kept) and
+``MAX_LAYERS`` layer rows (every k-th leaf layer, noted on the figure); parameters are grouped by
+the module that owns them.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from gradscope.report import Report
+from gradscope.rules import SEVERITIES
+from gradscope.rules.base import leaf_layers
+
+MAX_STEPS = 200
+MAX_LAYERS = 400
+COLORS = {"error": "#c62828", "warning": "#b26a00", "info": "#1565c0"}
+
+_CSS = """
+body { font-family: -apple-system, "Segoe UI", Roboto, Helvetica, Arial, sans-serif; margin: 0;
+       color: #1f2328; background: #f6f8fa; }
+header { background: #1f2328; color: #fff; padding: 18px 32px; }
+header h1 { margin: 0 0 4px 0; font-size: 22px; font-weight: 600; }
+header .meta { color: #c9d1d9; font-size: 13px; }
+main { padding: 20px 32px 40px 32px; max-width: 1400px; }
+section { background: #fff; border: 1px solid #d0d7de; border-radius: 8px; padding: 16px 20px;
+          margin-bottom: 18px; }
+h2 { font-size: 17px; margin: 0 0 10px 0; }
+.counts span { display: inline-block; margin-right: 14px; font-weight: 600; }
+.finding { border-left: 4px solid; padding: 6px 12px; margin: 12px 0; }
+.finding .head { font-weight: 600; }
+.finding .layers { color: #57606a; font-size: 13px; margin: 2px 0 6px 0; }
+.finding p { margin: 4px 0; }
+.finding pre { background: #f6f8fa; border: 1px solid #d0d7de; border-radius: 6px; padding: 8px 10px;
+               overflow-x: auto; font-size: 12.5px; }
+.badge { color: #fff; border-radius: 10px; padding: 1px 8px; font-size: 12px; margin-right: 6px; }
+.note { color: #57606a; font-size: 13px; }
+.grid { display: grid; grid-template-columns: 1fr 1fr; gap: 18px; }
+@media (max-width: 1000px) { .grid { grid-template-columns: 1fr; } }
+"""
+
+
+def _json_for_script(obj: object) -> str:
+    """JSON safe inside a <script> element: no ``</``, ``<!--`` or line separators."""
+    text = json.dumps(obj, allow_nan=False, default=str)
+    return (text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+            .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029"))
+
+
+def _finite(values) -> list:
+    """Floats for plotly: NaN/inf become None (gaps)."""
+    return [float(v) if v is not None and math.isfinite(float(v)) else None for v in values]
+
+
+def _log10(values) -> list:
+    return [math.log10(v) if v is not None and v > 0 else None for v in _finite(values)]
+
+
+def _every_kth(items: list, limit: int) -> tuple[list, int]:
+    if len(items) <= limit:
+        return items, 1
+    k = math.ceil(len(items) / limit)
+    return items[::k], k
+
+
+def _steps_shown(steps: list[int]) -> list[int]:
+    if len(steps) <= MAX_STEPS:
+        return steps
+    picks = np.unique(np.linspace(0, len(steps) - 1, MAX_STEPS).round().astype(int))
+    return [steps[i] for i in picks]
+
+
+def _label(name: str) -> str:
+    return html.escape(name or "(model)")
+
+
+class _Figures:
+    """Plotly figure specs (plain dicts: data, layout) built from a report."""
+
+    def __init__(self, report: Report) -> None:
+        self.report = report
+        self.history = report.history
+        names = list(report.layers["layer"])
+        self.leaves = leaf_layers(names)
+        self.types = dict(zip(report.layers["layer"], report.layers["type"]))
+        self.steps = sorted(int(s) for s in self.history["step"].unique()) if len(self.history) else []
+        self.shown_steps = _steps_shown(self.steps)
+
+    def _wide(self, metric: str, layers: list[str]) -> pd.DataFrame:
+        rows = self.history[(self.history["metric"] == metric) & self.history["step"].isin(self.shown_steps)]
+        if rows.empty:
+            return pd.DataFrame()
+        table = rows.pivot_table(index="layer", columns="step", values="value", aggfunc="last", dropna=False)
+        return table.reindex(index=[n for n in layers if n in table.index], columns=self.shown_steps)
+
+    def profile(self) -> dict | None:
+        summary = self.report.layers.set_index("layer")
+        layers, k = _every_kth([n for n in self.leaves if n in summary.index], MAX_LAYERS)
+        if not layers:
+            return None
+        labels = [_label(n) for n in layers]
+        hover = [f"{_label(n)} ({html.escape(str(self.types.get(n, '')))})" for n in layers]
+        data = [
+            {"type": "scatter", "mode": "lines+markers", "name": "backpropagated signal (out_grad_norm)",
+             "x": list(range(len(layers))), "y": _finite(summary.loc[layers, "out_grad_norm"]),
+             "text": hover, "hovertemplate": "%{text}<br>signal %{y:.3e}<extra></extra>",
+             "line": {"color": "#1565c0", "width": 2}, "marker": {"size": 5}},
+            {"type": "scatter", "mode": "markers", "name": "weight-gradient norm (module's own parameters)",
+             "x": list(range(len(layers))), "y": _finite(summary.loc[layers, "grad_norm"]),
+             "text": hover, "hovertemplate": "%{text}<br>weight grad %{y:.3e}<extra></extra>",
+             "marker": {"color": "#ef6c00", "size": 7, "symbol": "diamond"}},
+        ]
+        if len(self.steps) > 1:
+            first = self._wide("out_grad_norm", layers)
+            if not first.empty:
+                data.insert(1, {
+                    "type": "scatter", "mode": "lines", "name": f"signal at step {self.steps[0]}",
+                    "x": list(range(len(layers))),
+                    "y": _finite(first.reindex(layers)[self.shown_steps[0]]),
+                    "text": hover, "hovertemplate": "%{text}<br>signal %{y:.3e}<extra></extra>",
+                    "line": {"color": "#90caf9", "width": 1.5, "dash": "dot"}})
+        step = self.steps[-1] if self.steps else 0
+        return {"data": data, "layout": {
+            "title": {"text": f"Gradient flow across depth (step {step})" + (f", every {k}th layer" if k > 1 else "")},
+            "xaxis": {"title": {"text": "layer, input → output"}, "tickmode": "array", "zeroline": False,
+                      "tickvals": list(range(len(layers))) if len(layers) <= 60 else None,
+                      "ticktext": labels if len(layers) <= 60 else None, "tickangle": -45, "automargin": True},
+            "yaxis": {"title": {"text": "L2 norm (log scale)"}, "type": "log", "exponentformat": "power"},
+            "legend": {"orientation": "h", "y": 1.08}, "height": 460, "margin": {"t": 80},
+        }}
+
+    def heatmap(self, metric: str, layers: list[str], title: str, log: bool, colorscale: str,
+                zrange: tuple[float, float] | None = None, colorbar: str = "") -> dict | None:
+        layers, k = _every_kth(layers, MAX_LAYERS)
+        table = self._wide(metric, layers)
+        if table.empty or table.shape[1] < 2:
+            return None
+        z = [(_log10(row) if log else _finite(row)) for row in table.to_numpy(dtype=float)]
+        names = [_label(n) for n in table.index]
+        trace = {"type": "heatmap", "z": z, "x": [str(s) for s in table.columns], "y": list(range(len(names))),
+                 "text": [[n] * len(table.columns) for n in names], "colorscale": colorscale,
+                 "hovertemplate": "%{text}<br>step %{x}<br>" + colorbar + " %{z:.3g}<extra></extra>",
+                 "colorbar": {"title": {"text": colorbar}}}
+        if zrange is not None:
+            trace.update(zmin=zrange[0], zmax=zrange[1])
+        note = []
+        if k > 1:
+            note.append(f"every {k}th layer")
+        if len(self.shown_steps) < len(self.steps):
+            note.append(f"{len(self.shown_steps)} of {len(self.steps)} logged steps")
+        return {"data": [trace], "layout": {
+            "title": {"text": title + (f" ({', '.join(note)})" if note else "")},
+            "xaxis": {"title": {"text": "step"}, "type": "category"},
+            "yaxis": {"title": {"text": "layer (input at top)"}, "autorange": "reversed",
+                      "tickvals": list(range(len(names))) if len(names) <= 50 else None,
+                      "ticktext": names if len(names) <= 50 else None, "automargin": True},
+            "height": max(320, min(900, 120 + 14 * len(names))), "margin": {"t": 60},
+        }}
+
+    def bars(self, metric: str, layers: list[str], title: str, percent: bool, log: bool) -> dict | None:
+        summary = self.report.layers.set_index("layer")
+        layers = [n for n in layers if n in summary.index and pd.notna(summary.loc[n, metric])]
+        if not layers:
+            return None
+        values = _finite(summary.loc[layers, metric])
+        return {"data": [{"type": "bar", "x": [_label(n) for n in layers],
+                          "y": [v * 100 if (percent and v is not None) else v for v in values],
+                          "marker": {"color": "#6a1b9a"}}],
+                "layout": {"title": {"text": title}, "height": 360,
+                           "yaxis": {"title": {"text": "%" if percent else metric}, "type": "log" if log else "linear"},
+                           "xaxis": {"tickangle": -45, "automargin": True}}}
+
+    def all(self) -> list[tuple[str, dict | None, str]]:
+        """(section title, figure or None, note when None)."""
+        activations = [n for n in self.leaves]
+        multi = len(self.steps) > 1
+        summary = self.report.layers
+        module_with_params = list(summary.loc[summary["update_ratio"].notna(), "layer"]) \
+            if "update_ratio" in summary else []
+        figures = [("Gradient flow", self.profile(), "No backpropagated signal was recorded.")]
+        if multi:
+            figures.append(("Backpropagated signal over training", self.heatmap(
+                "out_grad_norm", self.leaves, "log10 backpropagated signal, layers × steps", True, "Viridis",
+                colorbar="log10"), "Fewer than two logged steps."))
+            figures.append(("Dead units", self.heatmap(
+                "dead_fraction", activations, "Dead ReLU units (fraction), layers × steps", False, "Reds",
+                (0.0, 1.0), "dead"), "No ReLU layers were recorded."))
+            figures.append(("Saturation", self.heatmap(
+                "saturation", activations, "Saturated tanh/sigmoid outputs (fraction), layers × steps", False,
+                "Oranges", (0.0, 1.0), "saturated"), "No bounded activations were recorded."))
+            figures.append(("Update ratios", self._update_ratio_heatmap(),
+                            "No update ratios: they are recorded when the monitor has optimizer=."))
+        else:
+            figures.append(("Dead units", self.bars("dead_fraction", activations, "Dead ReLU units (%)", True, False),
+                            "No ReLU layers were recorded."))
+            figures.append(("Saturation", self.bars("saturation", activations, "Saturated outputs (%)", True, False),
+                            "No bounded activations were recorded."))
+            figures.append(("Update ratios", self.bars("update_ratio", module_with_params,
+                                                       "Update ratio ||Δw|| / ||w||", False, True),
+                            "No update ratios: a single forward/backward updates nothing (use --steps 2 or more)."))
+        return figures
+
+    def _update_ratio_heatmap(self) -> dict | None:
+        ratios = self.history[self.history["metric"] == "update_ratio"]
+        if ratios.empty:
+            return None
+        frame = ratios.assign(module=ratios["layer"].str.rpartition(".")[0])
+        weights = self.history[self.history["metric"] == "weight_norm"].set_index(["step", "layer"])["value"]
+        frame = frame.join(weights.rename("weight"), on=["step", "layer"])
+        frame["delta_sq"] = (frame["value"] * frame["weight"]) ** 2
+        frame["weight_sq"] = frame["weight"] ** 2
+        grouped = frame.groupby(["module", "step"])[["delta_sq", "weight_sq"]].sum(min_count=1)
+        combined = np.sqrt(grouped["delta_sq"]) / np.sqrt(grouped["weight_sq"])
+        present = set(frame["module"])
+        modules = [n for n in self.report.layers["layer"] if n in present]
+        history = combined.rename("value").reset_index().rename(columns={"module": "layer"})
+        history["metric"] = "update_ratio_module"
+        saved, self.history = self.history, history
+        try:
+            return self.heatmap("update_ratio_module", modules, "log10 update ratio ||Δw|| / ||w|| per module, modules × steps",
+                                True, "Cividis", colorbar="log10")
+        finally:
+            self.history = saved
+
+
+def _fix_html(fix: str) -> str:
+    """Prose lines as paragraphs and indented code lines as code blocks, in their order."""
+    out, block, code = [], [], None
+    for line in fix.splitlines() + [""]:
+        is_code = line.startswith("    ")
+        if block and (is_code != code or line == ""):
+            text = "\n".join(block)
+            out.append(f"<pre><code>{html.escape(text)}</code></pre>" if code else f"<p>{html.escape(text)}</p>")
+            block = []
+        if line:
+            block.append(line[4:] if is_code else line)
+            code = is_code
+    return "".join(out)
+
+
+def render_html(report: Report, title: str) -> str:
+    """The whole page as a string."""
+    from plotly.offline import get_plotlyjs
+
+    counts = {s: sum(f.severity == s for f in report.findings) for s in reversed(SEVERITIES)}
+    meta_bits = [
+        f"{html.escape(str(report.model.get('class', 'model')))}",
+        f"{int(report.model.get('parameters', 0)):,} parameters",
+        f"{report.options.get('steps', 0)} logged step(s)",
+    ]
+    if report.options.get("loss"):
+        meta_bits.append(f"loss: {html.escape(str(report.options['loss']))}")
+    from gradscope import __version__
+
+    meta_bits.append(f"gradscope {__version__}")
+    findings_html = []
+    for f in report.findings:
+        layers = ", ".join(_label(n) for n in f.layers[:20]) + (f" and {len(f.layers) - 20} more" if len(f.layers) > 20 else "")
+        findings_html.append(
+            f'<div class="finding" style="border-color:{COLORS[f.severity]}">'
+            f'<div class="head"><span class="badge" style="background:{COLORS[f.severity]}">{f.severity}</span>'
+            f'{html.escape(f.code)} {html.escape(f.rule)}</div>'
+            f'<div class="layers">layers: {layers}</div>'
+            f"<div>{html.escape(f.message)}</div>"
+            + f"<div><b>Fix:</b></div>{_fix_html(f.fix)}</div>"
+        )
+    if not report.findings:
+        findings_html.append('<p class="note">No findings: gradient flow looks healthy.</p>')
+    sections, scripts = [], []
+    figures = _Figures(report).all()
+    for i, (name, figure, empty_note) in enumerate(figures):
+        if figure is None:
+            sections.append(f'<section><h2>{html.escape(name)}</h2><p class="note">{html.escape(empty_note)}</p></section>')
+            continue
+        div = f"gs-figure-{i}"
+        sections.append(f'<section><h2>{html.escape(name)}</h2><div id="{div}" class="figure"></div></section>')
+        scripts.append(
+            f'Plotly.newPlot("{div}", {_json_for_script(figure["data"])}, {_json_for_script(figure["layout"])}, '
+            '{"responsive": true, "displaylogo": false});'
+        )
+    counts_html = "".join(
+        f'<span style="color:{COLORS[s]}">{n} {s}{"s" if n != 1 else ""}</span>' for s, n in counts.items())
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>gradscope: {html.escape(title)}</title>
+<style>{_CSS}</style>
+<script>{get_plotlyjs()}</script>
+</head>
+<body>
+<header><h1>gradscope: {html.escape(title)}</h1><div class="meta">{" · ".join(meta_bits)}</div></header>
+<main>
+<section><h2>Findings</h2><div class="counts">{counts_html}</div>{"".join(findings_html)}</section>
+{"".join(sections[:1])}
+<div class="grid">{"".join(sections[1:])}</div>
+</main>
+<script>{"".join(scripts)}</script>
+</body>
+</html>
+"""
+
+
+def write_html(report: Report, path: str | os.PathLike, title: str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render_html(report, title), encoding="utf-8")
+    return path

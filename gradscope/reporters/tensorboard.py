@@ -1,0 +1,97 @@
+"""TensorBoard: each logged step's statistics as scalars under ``gradscope/<metric>/<layer>``,
+a custom-scalars layout with one multiline chart per metric across all layers, the findings as a
+markdown table when they change, and optional histograms.
+
+Everything is written from host values the monitor already copied: no device synchronisation.
+``add_scalar`` only (``add_scalars`` would open a writer per tag).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+
+from gradscope.errors import UsageError
+from gradscope.stats import STATISTICS
+from gradscope.stats.histograms import HEADER, bucket_limits
+
+ROOT_LAYER = "(model)"
+"""Tag name of the root module, whose layer name is the empty string."""
+
+
+def tag(metric: str, layer: str) -> str:
+    return f"gradscope/{metric}/{layer or ROOT_LAYER}"
+
+
+def layout() -> dict:
+    """Custom-scalars layout: per metric, one multiline chart of all layers (tag regex)."""
+    charts = {metric: ["Multiline", [f"^gradscope/{metric}/"]] for metric in STATISTICS}
+    return {"gradscope: gradient flow across layers": charts}
+
+
+class TensorBoardReporter:
+    """Writes to a ``SummaryWriter`` it opens on a directory, or to one the user passes (which it
+    flushes but does not close)."""
+
+    def __init__(self, target: object) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as e:  # tensorboard is a dependency; a broken install still gets a hint
+            raise UsageError("tensorboard= needs the tensorboard package: pip install tensorboard") from e
+        if isinstance(target, (str, os.PathLike)):
+            self.writer = SummaryWriter(log_dir=str(target))
+            self._owned = True
+        else:
+            self.writer = target
+            self._owned = False
+        self._layout_written = False
+        self._last_findings: tuple | None = None
+
+    def log(self, step: int, layers: np.ndarray, metrics: np.ndarray, values: np.ndarray) -> None:
+        """One logged step: a scalar per (layer, metric) value (NaN and Inf included, as recorded)."""
+        if not self._layout_written:
+            self.writer.add_custom_scalars(layout())
+            self._layout_written = True
+        for layer, metric, value in zip(layers, metrics, values):
+            self.writer.add_scalar(tag(metric, layer), float(value), global_step=step)
+
+    def log_findings(self, findings: list, step: int) -> None:
+        """The findings as a markdown table, written only when they differ from the last ones."""
+        key = tuple((f.code, tuple(f.layers)) for f in findings)
+        if key == self._last_findings:
+            return
+        self._last_findings = key
+        if not findings:
+            text = "No findings: gradient flow looks healthy."
+        else:
+            rows = [
+                f"| {f.severity} | {f.code} | {f.rule} | {_cell(', '.join(f.layers[:8]))} | {_cell(f.message)} |"
+                for f in findings
+            ]
+            text = "\n".join(["| severity | code | rule | layers | message |", "| --- | --- | --- | --- | --- |", *rows])
+        self.writer.add_text("gradscope/findings", text, global_step=step)
+
+    def log_histograms(self, step: int, names: list[tuple[str, str]], rows: np.ndarray) -> None:
+        """Histograms from :func:`gradscope.stats.histograms.histogram_row` rows, copied to the
+        host together; ``names`` gives (kind, layer) per row, kind "grad" or "activation"."""
+        bins = rows.shape[1] - HEADER
+        for (kind, layer), row in zip(names, rows):
+            lo, hi, count, total, total_sq = (float(v) for v in row[:HEADER])
+            if count == 0 or not (math.isfinite(lo) and math.isfinite(hi)):
+                continue
+            self.writer.add_histogram_raw(
+                f"gradscope/{kind}/{layer or ROOT_LAYER}", min=lo, max=hi, num=int(count), sum=total,
+                sum_squares=total_sq, bucket_limits=bucket_limits(lo, hi, bins),
+                bucket_counts=row[HEADER:].tolist(), global_step=step,
+            )
+
+    def close(self) -> None:
+        self.writer.flush()
+        if self._owned:
+            self.writer.close()
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")

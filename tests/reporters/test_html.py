@@ -1,0 +1,72 @@
+"""The HTML report: self-contained, escaped, bounded for large runs."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn as nn
+
+import gradscope
+from gradscope.report import build_report
+from gradscope.reporters.html import MAX_STEPS, render_html
+from gradscope.rules.pairs import vanishing_gradient
+
+
+def test_page_is_self_contained():
+    page = render_html(gradscope.diagnose(**vanishing_gradient(True)), "deep sigmoid")
+    assert "Plotly.newPlot(" in page and "plotly.js v" in page.lower() or "plotly" in page
+    assert not re.search(r"<(script|link|img|iframe)[^>]+(src|href)=", page)  # nothing loaded from elsewhere
+    assert "GS101" in page and "vanishing-gradient" in page
+
+
+class Named(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_module("</script><script>alert(1)</script>", nn.Linear(4, 4))
+        self.add_module("<b>bold</b>", nn.Sigmoid())
+
+    def forward(self, x):
+        for module in self.children():
+            x = module(x)
+        return x
+
+
+def test_layer_names_are_escaped():
+    page = render_html(gradscope.diagnose(Named(), torch.randn(8, 4)), "<i>title</i>")
+    assert "<script>alert(1)" not in page and "</script><script>" not in page
+    assert "<b>bold</b>" not in page and "<i>title</i>" not in page
+    assert "&lt;i&gt;title&lt;/i&gt;" in page
+
+
+def synthetic_report(layers: int, steps: int, params_per_layer: int = 2):
+    """A run of ``layers`` modules (each with its parameters) over ``steps`` logged steps."""
+    rng = np.random.default_rng(0)
+    modules = [f"blocks.{i}.fc" for i in range(layers)]
+    params = [f"{m}.{p}" for m in modules for p in ("weight", "bias")[:params_per_layer]]
+    rows = []
+    step_ids = np.arange(steps)
+    for depth, name in enumerate(modules):
+        signal = 10 ** (-depth / layers * 2 + rng.normal(0, 0.1, steps))
+        rows.append(pd.DataFrame({"step": step_ids, "layer": name, "metric": "out_grad_norm", "value": signal}))
+    for name in params:
+        rows.append(pd.DataFrame({"step": step_ids, "layer": name, "metric": "grad_norm", "value": rng.random(steps)}))
+        rows.append(pd.DataFrame({"step": step_ids, "layer": name, "metric": "weight_norm", "value": 1 + rng.random(steps)}))
+        rows.append(pd.DataFrame({"step": step_ids, "layer": name, "metric": "update_ratio", "value": 1e-3 * rng.random(steps)}))
+    history = pd.concat(rows, ignore_index=True)
+    layer_table = pd.DataFrame(
+        [{"layer": p, "type": "Linear", "kind": "parameter", "trainable": True} for p in params]
+        + [{"layer": m, "type": "Linear", "kind": "module", "trainable": False} for m in modules])
+    layer_table["order"] = range(len(layer_table))
+    return build_report(history, layer_table, None, {"class": "Big", "parameters": 1}, {"steps": steps})
+
+
+def test_large_run_is_downsampled_and_stays_small():
+    report = synthetic_report(layers=600, steps=2000)  # 1200 parameter tensors
+    page = render_html(report, "big")
+    assert f"{MAX_STEPS} of 2000 logged steps" in page
+    assert "every 2th layer" in page
+    size_mb = len(page.encode()) / 1e6
+    assert size_mb < 12, size_mb  # plotly.js is about 4.6 MB of it
