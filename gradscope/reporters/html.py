@@ -97,6 +97,8 @@ class _Figures:
         self.types = dict(zip(report.layers["layer"], report.layers["type"]))
         self.steps = sorted(int(s) for s in self.history["step"].unique()) if len(self.history) else []
         self.shown_steps = _steps_shown(self.steps)
+        if len(self.shown_steps) < len(self.steps):  # everything below reads the shown steps only
+            self.history = self.history[self.history["step"].isin(self.shown_steps)]
 
     def _wide(self, metric: str, layers: list[str]) -> pd.DataFrame:
         rows = self.history[(self.history["metric"] == metric) & self.history["step"].isin(self.shown_steps)]

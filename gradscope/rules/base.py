@@ -89,14 +89,18 @@ class Records:
     def recent_steps(self) -> list[int]:
         return self.steps[-RECENT_STEPS:]
 
-    def wide(self, metric: str) -> pd.DataFrame:
-        """One row per logged step, one column per layer, for ``metric`` (NaN where absent)."""
+    def wide(self, metric: str, recent: bool = False) -> pd.DataFrame:
+        """One row per logged step (only the recent ones if ``recent``), one column per layer,
+        for ``metric`` (NaN where absent)."""
+        steps = self.recent_steps if recent else self.steps
         rows = self.history[self.history["metric"] == metric]
+        if recent and len(steps) < len(self.steps):
+            rows = rows[rows["step"] >= steps[0]]
         if rows.empty:
-            return pd.DataFrame(index=pd.Index(self.steps, name="step"))
+            return pd.DataFrame(index=pd.Index(steps, name="step"))
         table = rows.pivot_table(index="step", columns="layer", values="value", aggfunc="last",
                                  dropna=False)
-        return table.reindex(self.steps)
+        return table.reindex(steps)
 
     @cached_property
     def types(self) -> dict[str, str]:

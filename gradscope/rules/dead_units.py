@@ -44,7 +44,7 @@ def check(records: Records) -> list[Finding]:
         Use LeakyReLU (or GELU), initialise the preceding layer with He init and a small positive
         bias, lower the learning rate, or add normalisation before the activation.
     """
-    wide = records.wide("dead_fraction")
+    wide = records.wide("dead_fraction", recent=True)
     if wide.empty or wide.shape[1] == 0:
         return []
     steps = [s for s in records.steps if s in wide.index][-CONSECUTIVE:]

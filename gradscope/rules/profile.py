@@ -85,7 +85,7 @@ def theil_sen_change(y: np.ndarray) -> float:
 def signal_profile(records: Records) -> SignalProfile | None:
     """The profile over the recent logged steps, or None when fewer than ``MIN_LAYERS`` leaf
     layers carry a finite signal."""
-    wide = records.wide("out_grad_norm")
+    wide = records.wide("out_grad_norm", recent=True)
     steps = [s for s in records.recent_steps if s in wide.index]
     layers = [name for name in records.leaves if name in wide.columns]
     if not steps or not layers:

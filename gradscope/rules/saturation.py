@@ -34,7 +34,7 @@ def check(records: Records) -> list[Finding]:
         Xavier init for the layers feeding the activation, normalisation (LayerNorm/BatchNorm)
         before it, standardised inputs, and a lower learning rate if saturation grows in training.
     """
-    wide = records.wide("saturation")
+    wide = records.wide("saturation", recent=True)
     if wide.empty or wide.shape[1] == 0:
         return []
     steps = [s for s in records.recent_steps if s in wide.index]

@@ -46,8 +46,8 @@ def check(records: Records) -> list[Finding]:
     stalled: dict[str, str] = {}
     evidence: dict = {}
     steps = records.recent_steps
-    ratios = records.wide("update_ratio")
-    weights = records.wide("weight_norm")
+    ratios = records.wide("update_ratio", recent=True)
+    weights = records.wide("weight_norm", recent=True)
     if not ratios.empty and ratios.shape[1] > 1:
         usable = ratios.loc[[s for s in steps if s in ratios.index]]
         median_ratio = usable.median(axis=0, skipna=True)
@@ -60,7 +60,7 @@ def check(records: Records) -> list[Finding]:
                 if r < limit and not _exempt(records, name):
                     stalled[name] = f"update ratio {fmt(float(r))} (model median {fmt(typical)})"
             evidence["median_update_ratio"] = typical
-    grads = records.wide("grad_norm")
+    grads = records.wide("grad_norm", recent=True)
     grad_steps = [s for s in steps if s in grads.index]
     if len(grad_steps) >= 2:
         recent = grads.loc[grad_steps]

@@ -75,38 +75,50 @@ def _fix(records: Records) -> str:
         tanh = [w.name for w in structure.weight_layers if w.activation == "tanh" and w.gain < 1.2]
         sigmoid = [w.name for w in structure.weight_layers if w.activation == "sigmoid"]
         relu = [w.name for w in structure.weight_layers if w.activation == "relu" and w.gain < 1.2]
-        if tanh:
-            parts.append(
-                "Initialise the layers before tanh with Xavier (gain 5/3); on digits this took a "
-                "20-layer tanh MLP from chance to 93% (docs/pseudo-norm.md):\n"
-                + advice.init_code(tanh, "xavier", "tanh")
-            )
-        if sigmoid:
-            parts.append(
-                "Sigmoid's derivative is at most 0.25, so even Xavier init leaves a deep sigmoid "
-                "stack with a vanishing signal; use ReLU-family hidden activations with He init:\n"
-                + advice.replace_modules(_activations_after(records, sigmoid), "nn.ReLU()") + "\n"
-                + advice.code("gradscope.fixes.reinit(model)")
-            )
-        if relu:
-            parts.append(
-                "The layers before ReLU keep PyTorch's default init (std 1/sqrt(3 fan_in)), "
-                "which loses more than half the signal's power at every layer; use He init:\n"
-                + advice.init_code(relu, "kaiming", "relu")
-            )
-        if structure.effective_depth is not None and structure.effective_depth >= 8:
-            parts.append(
-                f"The shortest gradient path crosses {structure.effective_depth} weight layers: "
-                "add residual connections around blocks of 1-3 layers (the most robust fix in the "
-                "digits measurements at depth 20 and 40):\n" + advice.RESIDUAL_SNIPPET
-            )
-        if tanh or sigmoid:
-            parts.append(
-                "If the architecture and init must stay, pseudo-normalization rescales the backward "
-                "signal every few bounded activations. It flattens the profile, but on digits it "
-                "trained worse than Xavier init or residuals from depth 20 on, and with SGD the "
-                "learning rate must drop about 1000x (docs/pseudo-norm.md):\n" + advice.PSEUDO_NORM_SNIPPET
-            )
+        depth = structure.effective_depth
+    else:  # a monitor's history: the activation after each weight layer, from the forward order
+        families = _families_from_records(records)
+        tanh, sigmoid, relu = families["tanh"], families["sigmoid"], families["relu"]
+        depth = None
+    if tanh:
+        parts.append(
+            "Initialise the layers before tanh with Xavier (gain 5/3); on digits this took a "
+            "20-layer tanh MLP from chance to 93% (docs/pseudo-norm.md):\n"
+            + advice.init_code(tanh, "xavier", "tanh")
+        )
+    if sigmoid:
+        parts.append(
+            "Sigmoid's derivative is at most 0.25, so even Xavier init leaves a deep sigmoid "
+            "stack with a vanishing signal; use ReLU-family hidden activations with He init:\n"
+            + advice.replace_modules(_activations_after(records, sigmoid), "nn.ReLU()") + "\n"
+            + advice.code("gradscope.fixes.reinit(model)")
+        )
+    if relu:
+        parts.append(
+            ("The layers before ReLU keep PyTorch's default init (std 1/sqrt(3 fan_in)), "
+             "which loses more than half the signal's power at every layer; use He init:\n"
+             if structure is not None else "Use He init for the layers before ReLU:\n")
+            + advice.init_code(relu, "kaiming", "relu")
+        )
+    if depth is not None and depth >= 8:
+        parts.append(
+            f"The shortest gradient path crosses {depth} weight layers: "
+            "add residual connections around blocks of 1-3 layers (the most robust fix in the "
+            "digits measurements at depth 20 and 40):\n" + advice.RESIDUAL_SNIPPET
+        )
+    elif depth is None and len(tanh) + len(sigmoid) + len(relu) >= 8:
+        parts.append(
+            "If these layers have no skip connections around them, add residual connections "
+            "around blocks of 1-3 layers (the most robust fix in the digits measurements at "
+            "depth 20 and 40):\n" + advice.RESIDUAL_SNIPPET
+        )
+    if tanh or sigmoid:
+        parts.append(
+            "If the architecture and init must stay, pseudo-normalization rescales the backward "
+            "signal every few bounded activations. It flattens the profile, but on digits it "
+            "trained worse than Xavier init or residuals from depth 20 on, and with SGD the "
+            "learning rate must drop about 1000x (docs/pseudo-norm.md):\n" + advice.PSEUDO_NORM_SNIPPET
+        )
     if not parts:
         parts.append(
             "Initialise for the activation (gradscope.fixes.reinit(model)), add normalisation "
@@ -114,6 +126,22 @@ def _fix(records: Records) -> str:
             + advice.RESIDUAL_SNIPPET
         )
     return "\n".join(parts)
+
+
+_FAMILY = {"Tanh": "tanh", "Hardtanh": "tanh", "Softsign": "tanh", "functional tanh": "tanh",
+           "functional hardtanh": "tanh", "Sigmoid": "sigmoid", "Hardsigmoid": "sigmoid",
+           "functional sigmoid": "sigmoid", "ReLU": "relu", "ReLU6": "relu", "functional relu": "relu"}
+
+
+def _families_from_records(records: Records) -> dict[str, list[str]]:
+    """Weight layers grouped by the family of the activation that follows them in forward order."""
+    found: dict[str, list[str]] = {"tanh": [], "sigmoid": [], "relu": []}
+    for name in records.depth_order:
+        family = _FAMILY.get(records.types.get(name, ""))
+        before = records.preceding_weight_layer(name) if family else None
+        if before is not None and before not in found[family]:
+            found[family].append(before)
+    return found
 
 
 def _activations_after(records: Records, weight_layers: list[str]) -> list[str]:
