@@ -1,77 +1,225 @@
-"""Per-step overhead of gradscope.monitor against a plain training loop.
+"""Per-step overhead of gradscope.monitor against a plain training loop and against the tools
+users have: a naive per-parameter hook, wandb.watch (offline) and Cockpit's economy
+configuration (where it installs).
 
-Interleaved blocks (plain, every=1, plain, every=10, …) in one process; the figure is the median
-block time per step, reported as a ratio to the median plain step. Prints a markdown table with
-the machine, torch version and command.
+One process, interleaved blocks (every configuration once per round, rounds repeated), median
+block time per step, reported as a ratio to the median plain step and as added milliseconds.
+Each configuration trains its own copy of the model from the same initial weights. Prints
+markdown tables with the machine, torch version and command.
 
-Run: python benchmarks/overhead.py [--blocks 7] [--steps 30]
+Run: python benchmarks/overhead.py [--models mlp,cnn,gpt] [--rounds 7] [--steps 20] [--no-peers]
+On a GPU: python benchmarks/overhead.py --device cuda --models gpt2-small,resnet50
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
+import warnings
+from pathlib import Path
+from typing import Callable
 
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 
-import gradscope
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import gradscope  # noqa: E402
+from models import setup  # noqa: E402
+
+Step = Callable[[], None]
 
 
-def mlp() -> nn.Module:
-    """784-512x6-10 with ReLU, batch 128."""
-    layers: list[nn.Module] = [nn.Linear(784, 512), nn.ReLU()]
-    for _ in range(5):
-        layers += [nn.Linear(512, 512), nn.ReLU()]
-    layers.append(nn.Linear(512, 10))
-    return nn.Sequential(*layers)
+class Config:
+    """A way of training: ``start(model, opt, x, y, loss)`` returns a step function; ``stop()``
+    detaches whatever it attached."""
+
+    def __init__(self, name: str, start, stop=lambda: None) -> None:
+        self.name, self._start, self.stop = name, start, stop
+
+    def start(self, *args) -> Step:
+        return self._start(*args)
+
+
+def plain_step(model, opt, x, y, loss) -> Step:
+    def step():
+        loss(model(x), y).backward()
+        opt.step()
+        opt.zero_grad()
+    return step
+
+
+def gradscope_config(every: int) -> Config:
+    holder = {}
+
+    def start(model, opt, x, y, loss):
+        holder["mon"] = gradscope.monitor(model, every=every, optimizer=opt).start()
+        return plain_step(model, opt, x, y, loss)
+
+    return Config(f"gradscope every={every}", start, lambda: holder.pop("mon").stop())
+
+
+def naive_config() -> Config:
+    """What many training loops do: read each parameter's gradient norm after backward."""
+    def start(model, opt, x, y, loss):
+        params = [p for p in model.parameters() if p.requires_grad]
+
+        def step():
+            loss(model(x), y).backward()
+            norms = [p.grad.norm().item() for p in params if p.grad is not None]  # noqa: F841
+            opt.step()
+            opt.zero_grad()
+        return step
+    return Config("naive p.grad.norm().item()", start)
+
+
+def wandb_configs() -> list[Config]:
+    try:
+        import wandb
+    except ImportError:
+        return []
+    state = {}
+
+    def make(log: str, freq: int) -> Config:
+        def start(model, opt, x, y, loss):
+            if "run" not in state:
+                os.environ.setdefault("WANDB_SILENT", "true")
+                state["run"] = wandb.init(mode="offline", dir=tempfile.mkdtemp(), project="gradscope-bench")
+            wandb.watch(model, log=log, log_freq=freq)
+            state["model"] = model
+
+            def step():
+                value = loss(model(x), y)
+                value.backward()
+                opt.step()
+                opt.zero_grad()
+                wandb.log({"loss": value.item()})  # watch logs with the run's log calls
+            return step
+
+        return Config(f"wandb.watch log={log!r} log_freq={freq}", start, lambda: wandb.unwatch(state["model"]))
+
+    return [make("gradients", 1), make("all", 1), make("gradients", 100), make("all", 100)]
+
+
+def cockpit_config() -> Config | None:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from backpack import extend
+            from cockpit import Cockpit
+            from cockpit.utils.configuration import configuration
+    except Exception as e:  # noqa: BLE001 - reported in the table
+        return Config(f"Cockpit economy (does not import: {type(e).__name__}: {e})", None)
+    holder = {}
+
+    def start(model, opt, x, y, loss):
+        extend(model)
+        mean_loss = extend(torch.nn.CrossEntropyLoss())
+        individual = torch.nn.CrossEntropyLoss(reduction="none")
+        cockpit = Cockpit(model.parameters(), quantities=configuration("economy"))
+        holder["step"] = 0
+
+        def step():
+            opt.zero_grad()
+            out = model(x)
+            value = mean_loss(out.reshape(-1, out.shape[-1]), y.reshape(-1))
+            losses = individual(out.reshape(-1, out.shape[-1]), y.reshape(-1))
+            with cockpit(holder["step"], info={"batch_size": x.shape[0], "individual_losses": losses,
+                                               "loss": value, "optimizer": opt}):
+                value.backward(create_graph=cockpit.create_graph(holder["step"]))
+            opt.step()
+            holder["step"] += 1
+        return step
+
+    return Config("Cockpit economy", start)
+
+
+def measure(model_name: str, device: str, rounds: int, steps: int, peers: bool) -> list[tuple[str, str, float | None]]:
+    torch.manual_seed(0)
+    base, x, y, loss = setup(model_name, device)
+    configs = [Config("plain", plain_step), gradscope_config(1), gradscope_config(10), gradscope_config(100)]
+    if peers:
+        configs.append(naive_config())
+        configs += wandb_configs()
+        cockpit = cockpit_config()
+        if cockpit is not None:
+            configs.append(cockpit)
+    models = {c.name: copy.deepcopy(base) for c in configs}
+    optimizers = {c.name: torch.optim.SGD(models[c.name].parameters(), lr=0.01) for c in configs}
+    times: dict[str, list[float]] = {c.name: [] for c in configs}
+    failed: dict[str, str] = {}
+
+    def sync():
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    for r in range(rounds + 1):  # round 0 warms up and is not counted
+        for config in configs:
+            if config.name in failed or config._start is None:
+                failed.setdefault(config.name, "")
+                continue
+            model, opt = models[config.name], optimizers[config.name]
+            try:
+                step = config.start(model, opt, x, y, loss)
+                try:
+                    start = time.perf_counter()
+                    step()
+                    sync()
+                    first = time.perf_counter() - start
+                    count = steps if first < 0.2 else max(2, steps // 10)  # keep very slow peers bounded
+                    start = time.perf_counter()
+                    for _ in range(count):
+                        step()
+                    sync()
+                    elapsed = (time.perf_counter() - start) / count
+                finally:
+                    config.stop()
+            except Exception as e:  # noqa: BLE001 - a peer that cannot run this model is reported
+                failed[config.name] = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
+                continue
+            if r > 0:
+                times[config.name].append(elapsed)
+    plain = statistics.median(times["plain"])
+    rows = []
+    for config in configs:
+        if config.name in failed:
+            rows.append((config.name, failed[config.name], None))
+        else:
+            median = statistics.median(times[config.name])
+            rows.append((config.name, f"{median * 1e3:.2f} ms", median / plain))
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="gradscope per-step overhead")
-    parser.add_argument("--blocks", type=int, default=7)
-    parser.add_argument("--steps", type=int, default=30, help="steps per block")
+    parser.add_argument("--models", default="mlp,cnn,gpt")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--steps", type=int, default=20, help="steps per block")
+    parser.add_argument("--no-peers", action="store_true", help="gradscope and plain only")
     args = parser.parse_args()
-
-    torch.manual_seed(0)
-    model = mlp()
-    opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    x, y = torch.randn(128, 784), torch.randint(0, 10, (128,))
-
-    def block() -> float:
-        start = time.perf_counter()
-        for _ in range(args.steps):
-            F.cross_entropy(model(x), y).backward()
-            opt.step()
-            opt.zero_grad()
-        return (time.perf_counter() - start) / args.steps
-
-    configs = {"plain": None, "gradscope every=1": 1, "gradscope every=10": 10,
-               "gradscope every=100": 100}
-    times: dict[str, list[float]] = {name: [] for name in configs}
-    block()  # warm-up
-    for _ in range(args.blocks):
-        for name, every in configs.items():
-            if every is None:
-                times[name].append(block())
+    where = (torch.cuda.get_device_name() if args.device == "cuda"
+             else f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads")
+    print(f"torch {torch.__version__}, gradscope {gradscope.__version__}, {args.device}: {where}")
+    print(f"command: python {' '.join(sys.argv)}")
+    for name in args.models.split(","):
+        rows = measure(name, args.device, args.rounds, args.steps, not args.no_peers)
+        plain = next(r for r in rows if r[0] == "plain")
+        plain_ms = float(plain[1].split()[0])
+        print(f"\n### {name}\n")
+        print("| configuration | median step | ratio to plain | added per step |")
+        print("| --- | --- | --- | --- |")
+        for config, value, ratio in rows:
+            if ratio is None:
+                print(f"| {config} | did not run: {value} | | |")
             else:
-                with gradscope.monitor(model, every=every, optimizer=opt):
-                    times[name].append(block())
-    plain = statistics.median(times["plain"])
-    print(f"MLP 784-512x6-10, batch 128, SGD, CPU threads {torch.get_num_threads()}; "
-          f"torch {torch.__version__}, gradscope {gradscope.__version__}, "
-          f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores")
-    print(f"command: python {' '.join(sys.argv)}\n")
-    print("| configuration | median step | ratio to plain |")
-    print("| --- | --- | --- |")
-    for name, values in times.items():
-        median = statistics.median(values)
-        print(f"| {name} | {median * 1e3:.2f} ms | {median / plain:.3f}x |")
+                added = float(value.split()[0]) - plain_ms
+                print(f"| {config} | {value} | {ratio:.3f}x | {added:+.2f} ms |")
 
 
 if __name__ == "__main__":

@@ -31,6 +31,12 @@ class MonitorConfig:
     strict: bool = False
     """Re-raise errors inside gradscope's hooks instead of warning once and skipping the statistic."""
 
+    weights_every: int = 10
+    """``weight_norm`` and ``update_ratio`` (a pass over the weights and a copy of them kept across
+    ``optimizer.step()``) are recorded on one logged step in ``ceil(weights_every / every)``: every
+    10th step by default, every logged step when ``every >= weights_every``. Weights move slowly;
+    pass 1 to record them at every logged step."""
+
     tensorboard: object = None
     """A TensorBoard log directory, or a ``torch.utils.tensorboard.SummaryWriter``, to write each
     logged step's statistics to (``gradscope/<metric>/<layer>``)."""
@@ -44,7 +50,7 @@ class MonitorConfig:
     as text when they change."""
 
     def __post_init__(self) -> None:
-        for name in ("every", "window", "flush_every"):
+        for name in ("every", "window", "flush_every", "weights_every"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise UsageTypeError(

@@ -121,6 +121,8 @@ class HookManager:
         self._names = {m: name for name, m in model.named_modules()}
         self._kinds = {m: module_activation(m) for m in self._names}
         self._capture = _ActivationCapture(self._on_functional) if functional else None
+        self._functional_checked = False
+        self._functional_seen = False
         self._handles: list = []
         self._stack: list[_Frame] = []
         self._root_depth = 0
@@ -129,6 +131,7 @@ class HookManager:
         self._site_counts: dict[str, int] = defaultdict(int)
         self._reduced: dict[int, _Reduced] = {}
         self._slots: dict[tuple[str, str, str], int] = {}
+        self._site_slots: dict[tuple[str, int, int], tuple[int, int, int]] = {}
         self.token = 0
         """Changes at every step end; a gradient hook from an earlier step then does nothing."""
         self.module_order: list[str] = []
@@ -206,6 +209,12 @@ class HookManager:
                 self._root_depth = max(0, self._root_depth - 1)
                 if self._root_depth == 0:
                     self._stop_capture()
+                    if frame is not None and frame.mode == FULL and not self._functional_checked:
+                        # a model whose first recorded forward calls no activation function pays
+                        # nothing for the TorchFunctionMode afterwards (it sees every torch call)
+                        self._functional_checked = True
+                        if not self._functional_seen:
+                            self._capture = None
 
     def _pop(self, module: nn.Module) -> _Frame | None:
         # frames above ours belong to forwards that raised before their hook could run
@@ -251,18 +260,19 @@ class HookManager:
         if frame.mode == FULL:
             kind = self._kinds[frame.module]
             self._seen(name, type(frame.module).__name__, "module" if kind is None else "activation")
-            with torch.no_grad():
-                self._guard(name, "act_rms", self._act_rms, name, tensors)
-                if kind is not None:
-                    site = self._site_counts[name]
-                    self._site_counts[name] += 1
-                    self._activation(name, kind, tensors[0], frame.producer, site)
+            # every reduction works on detached tensors, so no autograd context is needed
+            self._guard(name, "act_rms", self._act_rms, name, tensors)
+            if kind is not None:
+                site = self._site_counts[name]
+                self._site_counts[name] += 1
+                self._activation(name, kind, tensors[0], frame.producer, site)
         self._guard(name, "out_grad_norm", self._hook_gradients, name, tensors)
 
     def _on_functional(self, kind: ActivationKind, out: object, producer: str | None) -> None:
         frame = self._stack[-1] if self._stack else None
         if frame is None or frame.mode != FULL or self._kinds[frame.module] is not None:
             return  # outside a recorded forward, or an activation module's own call
+        self._functional_seen = True
         index = frame.function_calls[kind.name]
         frame.function_calls[kind.name] += 1
         name = functional_layer_name(frame.name, kind.name, index)
@@ -271,8 +281,7 @@ class HookManager:
         self._seen(name, f"functional {kind.name}", "activation")
         site = self._site_counts[name]
         self._site_counts[name] += 1
-        with torch.no_grad():
-            self._activation(name, kind, out, producer, site)
+        self._activation(name, kind, out, producer, site)
 
     def _act_rms(self, name: str, tensors: list[torch.Tensor]) -> None:
         sq, numel = self._slot(name, "act_rms", "sq"), self._slot(name, "act_rms", "numel")
@@ -307,11 +316,17 @@ class HookManager:
 
     def _dead_units(self, name: str, t: torch.Tensor, producer: str | None, site: int) -> None:
         alive = alive_units(t, unit_dim(t, producer))
-        entry = self.layout.entry(name, "dead_fraction")
-        alive_name, calls_name = site_components(site, alive.numel())
-        self.buffer.add(self.layout.slot(entry, alive_name, alive.numel()), alive)
-        self.buffer.count(self.layout.slot(entry, calls_name))
-        self.buffer.count(self._slot(name, "dead_fraction", PRESENCE))
+        key = (name, site, alive.numel())
+        slots = self._site_slots.get(key)
+        if slots is None:
+            entry = self.layout.entry(name, "dead_fraction")
+            alive_name, calls_name = site_components(site, alive.numel())
+            slots = (self.layout.slot(entry, alive_name, alive.numel()), self.layout.slot(entry, calls_name),
+                     self._slot(name, "dead_fraction", PRESENCE))
+            self._site_slots[key] = slots
+        self.buffer.add(slots[0], alive)
+        self.buffer.count(slots[1])
+        self.buffer.count(slots[2])
 
     def _saturation(self, name: str, kind: ActivationKind, t: torch.Tensor) -> None:
         self.buffer.add(self._slot(name, "saturation", "flat"), flat_count(t, kind.bounds))

@@ -71,6 +71,7 @@ class Monitor:
         window: int = 1000,
         flush_every: int = 100,
         strict: bool = False,
+        weights_every: int = 10,
         tensorboard: object = None,
         histograms_every: int | None = None,
         findings_every: int = 10,
@@ -82,7 +83,7 @@ class Monitor:
             )
         self.config = MonitorConfig(
             every=every, functional=functional, log_dir=log_dir, window=window,
-            flush_every=flush_every, strict=strict, tensorboard=tensorboard,
+            flush_every=flush_every, strict=strict, weights_every=weights_every, tensorboard=tensorboard,
             histograms_every=histograms_every, findings_every=findings_every,
         )
         self.model = model
@@ -124,6 +125,11 @@ class Monitor:
 
     def is_logged(self, step: int) -> bool:
         return step % self.config.every == 0
+
+    def weights_logged(self, step: int) -> bool:
+        """Whether ``weight_norm`` and ``update_ratio`` are recorded at (logged) step ``step``."""
+        every = self.config.every
+        return self.is_logged(step) and (step // every) % -(-self.config.weights_every // every) == 0
 
     def step(self) -> None:
         """End the current step when no ``optimizer=`` was given: call it once per optimizer step,
@@ -369,12 +375,14 @@ class Monitor:
             )
             return
         grads = [s.param.grad for s in slots]
-        self._snapshot = [] if keep_weights and self._updated else None
+        with_weights = self.weights_logged(self._step)
+        self._snapshot = [] if keep_weights and with_weights and self._updated else None
         for positions in group_by_device_and_dtype(grads).values():
             group = [slots[i] for i in positions]
-            grad_norms = foreach_norms([grads[i] for i in positions])
-            counts = foreach_nonfinite_counts([grads[i] for i in positions])
-            for weights in _same_dtype_runs(group):
+            group_grads = [grads[i] for i in positions]
+            grad_norms = foreach_norms(group_grads)
+            counts = _nonfinite_counts(group_grads, grad_norms)
+            for weights in _same_dtype_runs(group) if with_weights else ():
                 weight_norms = foreach_norms([s.param.detach() for s in weights])
                 for s, norm in zip(weights, weight_norms):
                     self.buffer.add(s.weight_sq, norm, square=True)
@@ -390,7 +398,8 @@ class Monitor:
             for s, norm, count in zip(group, grad_norms, counts):
                 self.buffer.add(s.grad_sq, norm, square=True)
                 self.buffer.count(s.grad_n)
-                self.buffer.add(s.nonfinite, count)
+                if count is not None:
+                    self.buffer.add(s.nonfinite, count)
                 self.buffer.count(s.nonfinite_n)
 
     def _update_ratios(self) -> None:
@@ -455,6 +464,21 @@ class Monitor:
         })
 
 
+def _nonfinite_counts(grads: list[torch.Tensor], norms: list[torch.Tensor]) -> list:
+    """NaN/Inf counts per gradient; None stands for a count of 0.
+
+    On the CPU reading a value is not a device synchronisation, so the norms (already computed)
+    tell which gradients can hold a NaN or Inf, and only those are counted: a finite norm means
+    every element is finite. On a GPU one foreach kernel counts the whole group on the device.
+    """
+    if grads[0].device.type != "cpu":
+        return foreach_nonfinite_counts(grads)
+    finite = torch.isfinite(torch.stack(norms)).tolist()
+    suspects = [g for g, ok in zip(grads, finite) if not ok]
+    counted = iter(foreach_nonfinite_counts(suspects) if suspects else ())
+    return [None if ok else next(counted) for ok in finite]
+
+
 def _same_dtype_runs(group: list[_ParamSlots]) -> list[list[_ParamSlots]]:
     """Split a gradient group by the weights' dtype (normally one run: weights match gradients)."""
     runs: dict[tuple, list[_ParamSlots]] = {}
@@ -491,6 +515,7 @@ def monitor(
 
     Options: ``functional`` (capture ``F.relu``-style activations, default True), ``log_dir``
     (stream the history to a run directory), ``window``, ``flush_every``, ``strict``,
+    ``weights_every`` (record ``weight_norm``/``update_ratio`` every this many steps, default 10),
     ``tensorboard`` (a log directory or a ``SummaryWriter``), ``histograms_every``,
     ``findings_every``.
 

@@ -13,7 +13,8 @@ SUMMARY_COLUMNS = [
 
 
 def layer_summary(history: pd.DataFrame, layers: pd.DataFrame, step: int | None = None) -> pd.DataFrame:
-    """The statistics of ``step`` (default: the last logged step) per layer.
+    """The statistics of ``step`` per layer (default: each metric at the last logged step that
+    recorded it).
 
     ``grad_norm`` is √Σ of the squared gradient norms of the module's own parameters (not its
     children's), ``update_ratio`` is √Σ‖Δw‖² / √Σ‖w‖² over them, ``grad_nonfinite`` their sum.
@@ -21,8 +22,12 @@ def layer_summary(history: pd.DataFrame, layers: pd.DataFrame, step: int | None 
     modules = layers[layers["kind"] != "parameter"].sort_values("order")
     if history.empty:
         return modules.reindex(columns=SUMMARY_COLUMNS).reset_index(drop=True)
-    step = int(history["step"].max()) if step is None else step
-    at = history[history["step"] == step]
+    if step is None:
+        # each metric at the last step that recorded it (weights are recorded less often)
+        last = history.groupby("metric")["step"].transform("max")
+        at = history[history["step"] == last]
+    else:
+        at = history[history["step"] == step]
     values = at.pivot_table(index="layer", columns="metric", values="value", aggfunc="last", dropna=False)
 
     def column(metric: str) -> pd.Series:

@@ -27,17 +27,20 @@ def mse(out, y):
 
 
 def train_and_compare(model, make_batch, loss_fn=mse, steps=2, every=1, micro=1,
-                      functional=None, unit_dims=None):
+                      functional=None, unit_dims=None, weights_every=1):
     """Train ``steps`` SGD steps under the monitor; compare each logged step with the reference."""
     torch.manual_seed(1)
     opt = torch.optim.SGD(model.parameters(), lr=LR)
     expected = {}
-    with gradscope.monitor(model, every=every, optimizer=opt) as mon:
+    with gradscope.monitor(model, every=every, optimizer=opt, weights_every=weights_every) as mon:
         for step in range(steps):
             batches = [make_batch() for _ in range(micro)]
             if step % every == 0:
                 expected[step] = reference(model, batches, loss_fn, lr=LR,
                                            functional=functional, unit_dims=unit_dims)
+                if not mon.weights_logged(step):
+                    expected[step] = {k: v for k, v in expected[step].items()
+                                      if k[1] not in ("weight_norm", "update_ratio")}
             for x, y in batches:
                 loss_fn(call(model, x), y).backward()
             opt.step()
@@ -86,6 +89,13 @@ def test_every_n_logs_steps_0_n_2n():
     torch.manual_seed(0)
     df = train_and_compare(models.mlp(), batch(16, 6), steps=7, every=3)
     assert sorted(df.step.unique().tolist()) == [0, 3, 6]
+
+
+def test_weights_are_recorded_every_weights_every_steps():
+    df = train_and_compare(models.mlp(), batch(32, 6), steps=7, every=1, weights_every=3)
+    assert sorted(df[df.metric == "update_ratio"].step.unique()) == [0, 3, 6]
+    assert sorted(df[df.metric == "weight_norm"].step.unique()) == [0, 3, 6]
+    assert sorted(df[df.metric == "grad_norm"].step.unique()) == list(range(7))
 
 
 def test_conv_net_with_batchnorm():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from gradscope.rules import advice
-from gradscope.rules.base import WARNING, Finding, Records, Rule, fmt
+from gradscope.rules.base import RECENT_STEPS, WARNING, Finding, Records, Rule, fmt
 
 ORDERS_BELOW = 3.0
 """A parameter's update ratio this many orders below the model's median …"""
@@ -18,7 +18,7 @@ def check(records: Records) -> list[Finding]:
     """What it checks:
         Trainable parameters that do not learn: (a) weights whose update ratio
         ``||Δw|| / ||w||`` (recorded when the monitor has the optimizer) is both 1000x below the
-        model's median and below 1e-3, as the median of the recent logged steps; (b) their
+        model's median and below 1e-3, as the median of the latest 5 steps that recorded it; (b) their
         gradient is exactly zero on every recent logged step (two or more); (c) parameters that no
         gradient reaches at all on any logged step. Biases, normalisation scales and embeddings are exempt
         from (a) and (b): a bias just before a normalisation legitimately gets a zero gradient, a
@@ -46,10 +46,11 @@ def check(records: Records) -> list[Finding]:
     stalled: dict[str, str] = {}
     evidence: dict = {}
     steps = records.recent_steps
-    ratios = records.wide("update_ratio", recent=True)
-    weights = records.wide("weight_norm", recent=True)
+    # update ratios are recorded on one logged step in several (weights_every): the latest ones
+    ratios = records.wide("update_ratio").dropna(how="all")
+    weights = records.wide("weight_norm")
     if not ratios.empty and ratios.shape[1] > 1:
-        usable = ratios.loc[[s for s in steps if s in ratios.index]]
+        usable = ratios.iloc[-RECENT_STEPS:]
         median_ratio = usable.median(axis=0, skipna=True)
         nonzero_weight = weights.reindex(usable.index).min(axis=0) > 0
         median_ratio = median_ratio[np.isfinite(median_ratio) & nonzero_weight.reindex(median_ratio.index, fill_value=False)]
