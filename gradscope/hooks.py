@@ -28,7 +28,7 @@ from gradscope.stats.reductions import (
     alive_units,
     flat_count,
     floating_tensors,
-    l2_norm,
+    sum_of_squares,
     module_activation,
     unit_dim,
 )
@@ -62,7 +62,7 @@ class _Reduced:
 
     ref: weakref.ref
     version: int
-    norm: torch.Tensor | None = None
+    sum_sq: torch.Tensor | None = None
     grad_targets: list[tuple[int, int]] | None = None
 
 
@@ -286,7 +286,7 @@ class HookManager:
     def _act_rms(self, name: str, tensors: list[torch.Tensor]) -> None:
         sq, numel = self._slot(name, "act_rms", "sq"), self._slot(name, "act_rms", "numel")
         for t in tensors:
-            self.buffer.add(sq, self._norm(t), square=True)
+            self.buffer.add(sq, self._sum_sq(t))
             self.buffer.count(numel, t.numel())
         self.buffer.count(self._slot(name, "act_rms", PRESENCE))
 
@@ -298,11 +298,11 @@ class HookManager:
             self._reduced[id(t)] = seen
         return seen
 
-    def _norm(self, t: torch.Tensor) -> torch.Tensor:
+    def _sum_sq(self, t: torch.Tensor) -> torch.Tensor:
         seen = self._reduced_record(t)
-        if seen.norm is None:
-            seen.norm = l2_norm(t)
-        return seen.norm
+        if seen.sum_sq is None:
+            seen.sum_sq = sum_of_squares(t)
+        return seen.sum_sq
 
     def _activation(
         self, name: str, kind: ActivationKind, t: torch.Tensor, producer: str | None, site: int
@@ -358,7 +358,7 @@ class HookManager:
         return reduce_gradient
 
     def _add_gradient(self, grad: torch.Tensor, targets: list[tuple[int, int]]) -> None:
-        norm = l2_norm(grad)
+        sum_sq = sum_of_squares(grad)
         for sq, presence in targets:
-            self.buffer.add(sq, norm, square=True)
+            self.buffer.add(sq, sum_sq)
             self.buffer.count(presence)

@@ -29,6 +29,22 @@ def l2_norm(t: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(t.detach(), dtype=norm_dtype(t.dtype))
 
 
+_DOT_LIMIT = 1 << 24
+"""Above this many elements, sums of squares use the norm kernel's more careful accumulation."""
+
+
+def sum_of_squares(t: torch.Tensor) -> torch.Tensor:
+    """Σ t² as a 0-dim tensor on ``t``'s device. For contiguous float32/float64 CPU tensors a BLAS
+    dot of the tensor with itself, about 1.5x faster than the norm kernel there; otherwise the
+    squared L2 norm (half precision reduced in float32)."""
+    t = t.detach()
+    if (t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) and t.is_contiguous()
+            and 0 < t.numel() <= _DOT_LIMIT):
+        flat = t.view(-1)
+        return torch.dot(flat, flat)
+    return torch.linalg.vector_norm(t, dtype=norm_dtype(t.dtype)).square()
+
+
 def group_by_device_and_dtype(
     tensors: Sequence[torch.Tensor],
 ) -> dict[tuple[torch.device, torch.dtype], list[int]]:
