@@ -131,13 +131,33 @@ class PendingStep:
         return total
 
 
+class _DeviceParts:
+    """One device's queued partials: 0-dim values (most of them) and vectors, kept as parallel
+    lists so that a step with thousands of partials allocates no tuple per partial."""
+
+    __slots__ = ("scalar_offsets", "scalar_squares", "scalars", "vector_offsets", "vector_sizes",
+                 "vector_squares", "vectors", "scatter_offsets", "scatter_squares", "scattered")
+
+    def __init__(self) -> None:
+        self.scalar_offsets: list[int] = []
+        self.scalar_squares: list[bool] = []
+        self.scalars: list[torch.Tensor] = []
+        self.vector_offsets: list[int] = []
+        self.vector_sizes: list[int] = []
+        self.vector_squares: list[bool] = []
+        self.vectors: list[torch.Tensor] = []
+        self.scatter_offsets: list[tuple[int, ...]] = []
+        self.scatter_squares: list[bool] = []
+        self.scattered: list[torch.Tensor] = []
+
+
 class StepBuffer:
     """Collects a logged step's partial results and ships them to the host in one copy per device."""
 
     def __init__(self, layout: Layout, primary_device: torch.device) -> None:
         self.layout = layout
         self.primary_device = primary_device
-        self._partials: list[tuple[int, int, bool, torch.Tensor]] = []
+        self._parts: dict[torch.device, _DeviceParts] = {}
         self._counts: dict[int, float] = {}
         self._device_buffers: dict[torch.device, torch.Tensor] = {}
         self._index_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -146,7 +166,33 @@ class StepBuffer:
 
     def add(self, offset: int, value: torch.Tensor, square: bool = False) -> None:
         """Queue ``value`` (squared at the step end if ``square``) to be summed at ``offset``."""
-        self._partials.append((offset, value.numel(), square, value))
+        parts = self._parts.get(value.device)
+        if parts is None:
+            parts = self._parts[value.device] = _DeviceParts()
+        if value.dim() == 0:
+            parts.scalar_offsets.append(offset)
+            parts.scalar_squares.append(square)
+            parts.scalars.append(value)
+        else:
+            parts.vector_offsets.append(offset)
+            parts.vector_sizes.append(value.numel())
+            parts.vector_squares.append(square)
+            parts.vectors.append(value)
+
+    def add_many(self, offsets: tuple[int, ...], values: torch.Tensor, square: bool = False) -> None:
+        """Queue a 1-D ``values`` whose i-th element is summed at ``offsets[i]`` (one partial for a
+        whole group of parameters, instead of one per parameter)."""
+        parts = self._parts.get(values.device)
+        if parts is None:
+            parts = self._parts[values.device] = _DeviceParts()
+        parts.scatter_offsets.append(offsets)
+        parts.scatter_squares.append(square)
+        parts.scattered.append(values)
+
+    def counts(self, offsets: tuple[int, ...]) -> None:
+        """``count(offset)`` for each of ``offsets``."""
+        for offset in offsets:
+            self._counts[offset] = self._counts.get(offset, 0.0) + 1.0
 
     def count(self, offset: int, amount: float = 1.0) -> None:
         """Add a number known on the host (an element or call count) at ``offset``."""
@@ -154,7 +200,7 @@ class StepBuffer:
 
     def discard(self) -> None:
         """Drop what the current step queued (the step did not complete)."""
-        self._partials.clear()
+        self._parts.clear()
         self._counts.clear()
 
     # -- called at the step end ----------------------------------------------------------------
@@ -162,17 +208,22 @@ class StepBuffer:
     def finish(self, step: int) -> PendingStep:
         """Sum the step's partials into the device buffers and start their copy to the host."""
         size = self.layout.size
-        by_device: dict[torch.device, list[tuple[int, int, bool, torch.Tensor]]] = {}
-        for partial in self._partials:
-            by_device.setdefault(partial[3].device, []).append(partial)
-        by_device.setdefault(self.primary_device, [])
+        devices = list(self._parts)
+        if self.primary_device not in self._parts:
+            devices.append(self.primary_device)
         hosts, events = [], []
-        for device, partials in by_device.items():
+        for device in devices:
             buffer = self._buffer(device, size)
             buffer.zero_()
-            if partials:
-                index, square = self._index(device, partials)
-                values = torch.cat([p[3].reshape(-1) for p in partials]).to(torch.float64)
+            parts = self._parts.get(device)
+            if parts is not None and (parts.scalars or parts.vectors or parts.scattered):
+                index, square = self._index(device, parts)
+                pieces = []
+                if parts.scalars:
+                    pieces.append(torch.stack(parts.scalars).to(torch.float64))
+                pieces += [v.reshape(-1).to(torch.float64) for v in parts.vectors]
+                pieces += [v.to(torch.float64) for v in parts.scattered]
+                values = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
                 values = torch.where(square, values * values, values)
                 buffer.index_add_(0, index, values)
             if device == self.primary_device and self._counts:
@@ -195,15 +246,26 @@ class StepBuffer:
             self._device_buffers[device] = buffer
         return buffer
 
-    def _index(self, device: torch.device, partials: list) -> tuple[torch.Tensor, torch.Tensor]:
-        signature = tuple((p[0], p[1], p[2]) for p in partials)
-        key = (device, signature)
+    def _index(self, device: torch.device, parts: _DeviceParts) -> tuple[torch.Tensor, torch.Tensor]:
+        """Buffer offsets and square flags per element of the step's values, cached by layout of
+        the partials (the same from one logged step to the next)."""
+        key = (device, tuple(parts.scalar_offsets), tuple(parts.scalar_squares),
+               tuple(parts.vector_offsets), tuple(parts.vector_sizes), tuple(parts.vector_squares),
+               tuple(parts.scatter_offsets), tuple(parts.scatter_squares))
         cached = self._index_cache.get(key)
         if cached is None:
-            index = np.concatenate([np.arange(o, o + n) for o, n, _ in signature])
-            square = np.concatenate([np.full(n, s) for _, n, s in signature])
+            index = np.concatenate([
+                np.asarray(parts.scalar_offsets, dtype=np.int64),
+                *[np.arange(o, o + n) for o, n in zip(parts.vector_offsets, parts.vector_sizes)],
+                *[np.asarray(o, dtype=np.int64) for o in parts.scatter_offsets],
+            ])
+            square = np.concatenate([
+                np.asarray(parts.scalar_squares, dtype=bool),
+                *[np.full(n, q) for n, q in zip(parts.vector_sizes, parts.vector_squares)],
+                *[np.full(len(o), q) for o, q in zip(parts.scatter_offsets, parts.scatter_squares)],
+            ])
             cached = (
-                _to_device(torch.from_numpy(index), device),
+                _to_device(torch.from_numpy(index.astype(np.int64)), device),
                 _to_device(torch.from_numpy(square), device),
             )
             if len(self._index_cache) > 16:

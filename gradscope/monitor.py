@@ -384,9 +384,8 @@ class Monitor:
             counts = _nonfinite_counts(group_grads, grad_norms)
             for weights in _same_dtype_runs(group) if with_weights else ():
                 weight_norms = foreach_norms([s.param.detach() for s in weights])
-                for s, norm in zip(weights, weight_norms):
-                    self.buffer.add(s.weight_sq, norm, square=True)
-                    self.buffer.count(s.weight_n)
+                self.buffer.add_many(tuple(s.weight_sq for s in weights), torch.stack(weight_norms), square=True)
+                self.buffer.counts(tuple(s.weight_n for s in weights))
                 if self._snapshot is not None:
                     updated = [(s, n) for s, n in zip(weights, weight_norms) if id(s.param) in self._updated]
                     if updated:
@@ -395,12 +394,13 @@ class Monitor:
                 from gradscope.stats.histograms import histogram_row
 
                 self._histograms.extend((("grad", s.name), histogram_row(s.param.grad)) for s in group)
-            for s, norm, count in zip(group, grad_norms, counts):
-                self.buffer.add(s.grad_sq, norm, square=True)
-                self.buffer.count(s.grad_n)
+            # one partial per group, not one per parameter: big models allocate far fewer objects
+            self.buffer.add_many(tuple(s.grad_sq for s in group), torch.stack(grad_norms), square=True)
+            self.buffer.counts(tuple(s.grad_n for s in group))
+            self.buffer.counts(tuple(s.nonfinite_n for s in group))
+            for s, count in zip(group, counts):
                 if count is not None:
                     self.buffer.add(s.nonfinite, count)
-                self.buffer.count(s.nonfinite_n)
 
     def _update_ratios(self) -> None:
         for updated, before in self._snapshot:
