@@ -4,7 +4,9 @@ configuration (where it installs).
 
 One process, interleaved blocks (every configuration once per round, rounds repeated), median
 block time per step, reported as a ratio to the median plain step and as added milliseconds.
-Each configuration trains its own copy of the model from the same initial weights. Prints
+Each configuration trains its own copy of the model from the same initial weights, attached once
+(a monitor, a watch) for the whole run as in training; the first round warms up and is not
+counted. Prints
 markdown tables with the machine, torch version and command.
 
 Run: python benchmarks/overhead.py [--models mlp,cnn,gpt] [--rounds 7] [--steps 20] [--no-peers]
@@ -82,7 +84,7 @@ def wandb_configs() -> list[Config]:
     try:
         import wandb
     except ImportError:
-        return []
+        return [Config("wandb.watch (not installed: pip install wandb)", None)]
     state = {}
 
     def make(log: str, freq: int) -> Config:
@@ -158,14 +160,21 @@ def measure(model_name: str, device: str, rounds: int, steps: int, peers: bool) 
         if device == "cuda":
             torch.cuda.synchronize()
 
-    for r in range(rounds + 1):  # round 0 warms up and is not counted
-        for config in configs:
-            if config.name in failed or config._start is None:
-                failed.setdefault(config.name, "")
-                continue
-            model, opt = models[config.name], optimizers[config.name]
-            try:
-                step = config.start(model, opt, x, y, loss)
+    steps_of: dict[str, Step] = {}
+    for config in configs:  # attached once for the whole run, as in training
+        if config._start is None:
+            failed[config.name] = "not available"
+            continue
+        try:
+            steps_of[config.name] = config.start(models[config.name], optimizers[config.name], x, y, loss)
+        except Exception as e:  # noqa: BLE001 - a peer that cannot run this model is reported
+            failed[config.name] = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
+    try:
+        for r in range(rounds + 1):  # round 0 warms up (layouts, caches) and is not counted
+            for config in configs:
+                if config.name in failed:
+                    continue
+                step = steps_of[config.name]
                 try:
                     start = time.perf_counter()
                     step()
@@ -177,13 +186,15 @@ def measure(model_name: str, device: str, rounds: int, steps: int, peers: bool) 
                         step()
                     sync()
                     elapsed = (time.perf_counter() - start) / count
-                finally:
-                    config.stop()
-            except Exception as e:  # noqa: BLE001 - a peer that cannot run this model is reported
-                failed[config.name] = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
-                continue
-            if r > 0:
-                times[config.name].append(elapsed)
+                except Exception as e:  # noqa: BLE001 - a peer that cannot run this model is reported
+                    failed[config.name] = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
+                    continue
+                if r > 0:
+                    times[config.name].append(elapsed)
+    finally:
+        for config in configs:
+            if config.name in steps_of:
+                config.stop()
     plain = statistics.median(times["plain"])
     rows = []
     for config in configs:

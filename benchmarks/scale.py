@@ -8,6 +8,7 @@ Run: python benchmarks/scale.py [--blocks 12,48,96] [--rounds 5] [--steps 5]
 from __future__ import annotations
 
 import argparse
+import gc
 import statistics
 import sys
 import time
@@ -27,6 +28,8 @@ def main() -> None:
     parser.add_argument("--blocks", default="12,48,96")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--gc-freeze", action="store_true",
+                        help="gc.freeze() after building each model (keeps the cyclic GC off its objects)")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, gradscope {gradscope.__version__}, CPU threads {torch.get_num_threads()}")
     print(f"command: python {' '.join(sys.argv)}\n")
@@ -37,6 +40,8 @@ def main() -> None:
         model = GPT(vocab=256, d=32, layers=blocks, heads=2, context=16)
         opt = torch.optim.SGD(model.parameters(), lr=0.01)
         ids = torch.randint(0, 256, (4, 16))
+        if args.gc_freeze:
+            gc.freeze()
 
         def step():
             F.cross_entropy(model(ids).reshape(-1, 256), ids.reshape(-1)).backward()
