@@ -205,8 +205,12 @@ class StepBuffer:
 
     # -- called at the step end ----------------------------------------------------------------
 
-    def finish(self, step: int) -> PendingStep:
-        """Sum the step's partials into the device buffers and start their copy to the host."""
+    def finish(self, step: int, rescale: tuple[list[int], torch.Tensor] | None = None) -> PendingStep:
+        """Sum the step's partials into the device buffers and start their copy to the host.
+
+        ``rescale`` = (offsets, factor): multiply those slots of the primary device's buffer by
+        ``factor`` (a device tensor, so no host read) before the copy; how a loss scale comes out.
+        """
         size = self.layout.size
         devices = list(self._parts)
         if self.primary_device not in self._parts:
@@ -226,6 +230,12 @@ class StepBuffer:
                 values = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
                 values = torch.where(square, values * values, values)
                 buffer.index_add_(0, index, values)
+            if device == self.primary_device and rescale is not None and rescale[0]:
+                key = (device, "rescale", tuple(rescale[0]))
+                index = self._index_cache.get(key)
+                if index is None:
+                    index = self._index_cache[key] = _to_device(torch.tensor(rescale[0]), device)
+                buffer.index_copy_(0, index, buffer.index_select(0, index) * rescale[1].to(buffer))
             if device == self.primary_device and self._counts:
                 counts = np.zeros(size)
                 for offset, amount in self._counts.items():

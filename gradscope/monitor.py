@@ -75,6 +75,7 @@ class Monitor:
         tensorboard: object = None,
         histograms_every: int | None = None,
         findings_every: int = 10,
+        scaler: object = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise UsageTypeError(
@@ -88,6 +89,8 @@ class Monitor:
         )
         self.model = model
         self.optimizer = _check_optimizer(optimizer, model)
+        self.scaler = _check_scaler(scaler, self.optimizer)
+        self._scaler_step = None
         parameters = list(model.named_parameters())
         primary = parameters[0][1].device if parameters else torch.device("cpu")
         self.layout = Layout()
@@ -216,6 +219,11 @@ class Monitor:
                 self.optimizer.register_step_pre_hook(self._before_optimizer_step),
                 self.optimizer.register_step_post_hook(self._after_optimizer_step),
             ]
+        if self.scaler is not None:
+            # the scaler may skip optimizer.step() (Inf/NaN gradients): the step ends when
+            # scaler.step() returns, taken or skipped
+            self._scaler_step = self.scaler.step
+            self.scaler.step = self._scaled_step
         if self.config.tensorboard is not None and self._reporter is None:
             from gradscope.reporters.tensorboard import TensorBoardReporter
 
@@ -245,6 +253,9 @@ class Monitor:
             for handle in self._optimizer_handles:
                 handle.remove()
             self._optimizer_handles.clear()
+            if self._scaler_step is not None:
+                del self.scaler.step  # back to the class's method
+                self._scaler_step = None
             self._snapshot = None
             for module in self.model.modules():
                 if _MONITORED.get(module) is self:
@@ -270,13 +281,43 @@ class Monitor:
             if self._snapshot is not None:
                 self._guard("(all parameters)", "update_ratio", self._update_ratios)
         finally:
-            self._end_step()
+            if self.scaler is None:
+                self._end_step()
 
-    def _end_step(self) -> None:
+    def _scaled_step(self, optimizer, *args, **kwargs):
+        """``scaler.step`` while monitored: the step (taken or skipped) ends when it returns."""
+        scale = getattr(self.scaler, "_scale", None)
+        try:
+            return self._scaler_step(optimizer, *args, **kwargs)
+        finally:
+            if self._active and optimizer is self.optimizer:
+                if self.is_logged(self._step):
+                    self._guard("", "amp_skipped", self._record_skip, optimizer)
+                self._end_step(scale)
+
+    def _record_skip(self, optimizer) -> None:
+        state = self.scaler._per_optimizer_states[id(optimizer)]
+        found = [f.reshape(()) for f in state.get("found_inf_per_device", {}).values()]
+        entry = self.layout.entry("", "amp_skipped")
+        if found:
+            self.buffer.add(self.layout.slot(entry, "found_inf"), torch.stack([f.to(found[0].device) for f in found]).sum())
+        self.buffer.count(self.layout.slot(entry, PRESENCE))
+
+    def _loss_scale_rescale(self, scale) -> tuple[list[int], torch.Tensor] | None:
+        """The backpropagated signal was computed from the scaled loss: divide its squares by the
+        scale squared, on the device (parameter gradients are read after unscaling)."""
+        if scale is None or not isinstance(scale, torch.Tensor):
+            return None
+        offsets = [e.slots["sq"][0] for e in self.layout.entries
+                   if e.metric == "out_grad_norm" and "sq" in e.slots]
+        return offsets, scale.detach().double().reciprocal().square()
+
+    def _end_step(self, scale=None) -> None:
         self._snapshot = None
         if self.is_logged(self._step):
             try:
-                self._in_flight.append(self.buffer.finish(self._step))
+                self._in_flight.append(self.buffer.finish(
+                    self._step, self._loss_scale_rescale(scale) if self.scaler is not None else None))
                 self._drain(wait=False)
             except Exception as e:  # noqa: BLE001 - the user's loop must go on
                 self._report("(all layers)", "step buffer", e)
@@ -487,6 +528,21 @@ def _same_dtype_runs(group: list[_ParamSlots]) -> list[list[_ParamSlots]]:
     return list(runs.values())
 
 
+def _check_scaler(scaler: object, optimizer: torch.optim.Optimizer | None) -> object:
+    if scaler is None:
+        return None
+    if not all(hasattr(scaler, name) for name in ("step", "update", "scale", "_per_optimizer_states")):
+        raise UsageTypeError(
+            f"Expected `scaler` to be a torch.amp.GradScaler but got {type(scaler).__name__}."
+        )
+    if optimizer is None:
+        raise UsageError(
+            "scaler= needs optimizer= as well: the monitor reads the gradients once the scaler has "
+            "unscaled them, at the optimizer's step; pass the optimizer you give to scaler.step()."
+        )
+    return scaler
+
+
 def _check_optimizer(optimizer: object, model: nn.Module) -> torch.optim.Optimizer | None:
     if optimizer is None:
         return None
@@ -516,6 +572,7 @@ def monitor(
     Options: ``functional`` (capture ``F.relu``-style activations, default True), ``log_dir``
     (stream the history to a run directory), ``window``, ``flush_every``, ``strict``,
     ``weights_every`` (record ``weight_norm``/``update_ratio`` every this many steps, default 10),
+    ``scaler`` (a ``torch.amp.GradScaler``: statistics unscaled, skipped steps recorded),
     ``tensorboard`` (a log directory or a ``SummaryWriter``), ``histograms_every``,
     ``findings_every``.
 

@@ -63,9 +63,17 @@ def build_report(
     model: dict,
     options: dict,
 ) -> Report:
-    """Apply the rules to ``history`` and summarise it per layer."""
-    findings = run_rules(Records(history, layers, structure))
+    """Apply the rules to ``history`` and summarise it per layer. Steps a GradScaler skipped
+    (``amp_skipped``) are left out of the rules: their Inf/NaN gradients were discarded by design."""
+    findings = run_rules(Records(without_skipped_steps(history), layers, structure))
     return Report(model, findings, layer_summary(history, layers), history, structure, options)
+
+
+def without_skipped_steps(history: pd.DataFrame) -> pd.DataFrame:
+    skipped = history[(history["metric"] == "amp_skipped") & (history["value"] >= 1)]["step"].unique()
+    if len(skipped) == 0:
+        return history
+    return history[~history["step"].isin(skipped)]
 
 
 def load_run_report(run_dir: str | os.PathLike) -> Report:

@@ -17,6 +17,7 @@ import numpy as np
 PARAMETER = "parameter"
 MODULE = "module"
 ACTIVATION = "activation"
+MODEL = "model"
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,11 @@ STATISTICS: dict[str, Statistic] = {
         Statistic(
             "saturation", ACTIVATION, ("flat",), ("numel",), (), _fraction,
             "Fraction of a bounded activation's outputs at or within 1% of its bounds.",
+        ),
+        Statistic(
+            "amp_skipped", MODEL, ("found_inf",), (), (), lambda s: np.minimum(s["found_inf"], 1.0),
+            "1 when the GradScaler (monitor(..., scaler=)) skipped the step for Inf/NaN gradients, "
+            "else 0; recorded on the model (layer \"\") only with a scaler.",
         ),
         Statistic(
             "dead_fraction", ACTIVATION, (), (), (), None,

@@ -1,0 +1,89 @@
+"""Mixed precision: with a GradScaler, the monitor reports unscaled statistics and records the
+steps the scaler skips instead of calling them exploding or non-finite."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import gradscope
+from tests import models
+
+
+def run(scaler_mode: str, steps: int = 3, inf_at: int | None = None, clip: bool = False):
+    """Train the test MLP; scaler_mode: "none", "scaler" (monitored with scaler=) or "unwatched"
+    (a scaler the monitor is not told about)."""
+    torch.manual_seed(0)
+    model = models.mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 12) if scaler_mode != "none" else None
+    data = [(torch.randn(16, 6, generator=torch.Generator().manual_seed(i)), torch.randn(16, 3)) for i in range(steps)]
+    if inf_at is not None:
+        data[inf_at][0][0, 0] = float("inf")
+    options = {"scaler": scaler} if scaler_mode == "scaler" else {}
+    with gradscope.monitor(model, optimizer=opt, weights_every=1, **options) as mon:
+        for x, y in data:
+            loss = F.mse_loss(model(x), y)
+            if scaler is None:
+                loss.backward()
+                opt.step()
+            else:
+                scaler.scale(loss).backward()
+                if clip:
+                    scaler.unscale_(opt)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), 1e6)
+                scaler.step(opt)
+                scaler.update()
+            opt.zero_grad()
+    return mon
+
+
+def values(mon, metric):
+    df = mon.to_dataframe()
+    return df[df.metric == metric].set_index(["step", "layer"]).value.sort_index()
+
+
+@pytest.mark.parametrize("clip", [False, True])
+def test_statistics_are_unscaled_whether_or_not_the_user_unscales(clip):
+    plain, scaled = run("none"), run("scaler", clip=clip)
+    for metric in ("grad_norm", "out_grad_norm", "act_rms", "update_ratio", "weight_norm"):
+        assert values(scaled, metric).to_numpy() == pytest.approx(values(plain, metric).to_numpy(), rel=1e-5), metric
+    assert (values(scaled, "amp_skipped") == 0).all()
+
+
+def test_the_comparison_can_fail_without_scaler():
+    plain, unwatched = run("none"), run("unwatched")
+    ratio = (values(unwatched, "out_grad_norm") / values(plain, "out_grad_norm")).to_numpy()
+    assert ratio == pytest.approx(2.0 ** 12, rel=1e-5)  # the loss scale is still in there
+
+
+def test_a_skipped_step_is_recorded_not_reported_as_a_problem():
+    mon = run("scaler", steps=5, inf_at=2)
+    skipped = values(mon, "amp_skipped")
+    assert skipped.to_dict() == {(s, ""): (1.0 if s == 2 else 0.0) for s in range(5)}
+    assert 2 not in values(mon, "grad_norm").index.get_level_values(0)  # no optimizer step ran
+    assert sorted(mon.to_dataframe().step.unique()) == [0, 1, 2, 3, 4]
+    rules = {f.rule for f in mon.findings()}
+    assert not rules & {"nonfinite-gradient", "exploding-gradient"}, rules
+
+
+def test_scaler_needs_the_optimizer():
+    with pytest.raises(gradscope.UsageError, match="scaler= needs optimizer="):
+        gradscope.monitor(nn.Linear(2, 2), scaler=torch.amp.GradScaler("cpu"))
+    layer = nn.Linear(2, 2)
+    with pytest.raises(gradscope.UsageTypeError, match="Expected `scaler` to be a torch.amp.GradScaler"):
+        gradscope.monitor(layer, optimizer=torch.optim.SGD(layer.parameters(), 0.1), scaler=3)
+
+
+def test_half_precision_gradients_are_reduced_in_float32():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 1)).to(torch.bfloat16)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with gradscope.monitor(model, optimizer=opt) as mon:
+        model(torch.randn(4, 8, dtype=torch.bfloat16)).float().pow(2).mean().backward()
+        grads = {n: p.grad.float().norm().item() for n, p in model.named_parameters()}
+        opt.step()
+    got = values(mon, "grad_norm").droplevel(0).to_dict()
+    assert got == pytest.approx(grads, rel=1e-6)
