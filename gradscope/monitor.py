@@ -134,10 +134,13 @@ class Monitor:
         every = self.config.every
         return self.is_logged(step) and (step // every) % -(-self.config.weights_every // every) == 0
 
-    def step(self) -> None:
+    def step(self, loss_scale: "torch.Tensor | float | None" = None) -> None:
         """End the current step when no ``optimizer=`` was given: call it once per optimizer step,
         right before ``optimizer.step()``, while the gradients are there. (Called after the step
-        and before ``zero_grad()`` it works too, with ``weight_norm`` read after the update.)"""
+        and before ``zero_grad()`` it works too, with ``weight_norm`` read after the update.)
+
+        ``loss_scale``: the factor the loss was multiplied by before ``backward()`` (a GradScaler's
+        scale), divided out of the backpropagated signal; the gradients must already be unscaled."""
         if self.optimizer is not None:
             raise UsageError(
                 "mon.step() was called, but the monitor was given optimizer= and already ends "
@@ -149,7 +152,9 @@ class Monitor:
             if self.is_logged(self._step):
                 self._guard("(all parameters)", "grad_norm", self._parameter_statistics, False)
         finally:
-            self._end_step()
+            if loss_scale is not None and not isinstance(loss_scale, torch.Tensor):
+                loss_scale = torch.tensor(float(loss_scale))
+            self._end_step(loss_scale)
 
     def to_dataframe(self) -> pd.DataFrame:
         """The history as a long table: columns step, layer, metric, value (float64).
@@ -316,8 +321,7 @@ class Monitor:
         self._snapshot = None
         if self.is_logged(self._step):
             try:
-                self._in_flight.append(self.buffer.finish(
-                    self._step, self._loss_scale_rescale(scale) if self.scaler is not None else None))
+                self._in_flight.append(self.buffer.finish(self._step, self._loss_scale_rescale(scale)))
                 self._drain(wait=False)
             except Exception as e:  # noqa: BLE001 - the user's loop must go on
                 self._report("(all layers)", "step buffer", e)

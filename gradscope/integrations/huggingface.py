@@ -1,0 +1,43 @@
+"""Hugging Face transformers: ``Trainer(..., callbacks=[GradscopeTrainerCallback(every=10)])``.
+
+Statistics are taken at ``on_pre_optimizer_step``, after the Trainer has accumulated, unscaled
+and clipped the gradients and right before ``optimizer.step()``.
+"""
+
+from __future__ import annotations
+
+from gradscope.errors import UsageError
+from gradscope.monitor import Monitor
+
+try:
+    from transformers import TrainerCallback
+except ImportError as e:
+    raise UsageError("gradscope.integrations.huggingface needs transformers: pip install transformers") from e
+
+
+class GradscopeTrainerCallback(TrainerCallback):
+    """Watch the Trainer's model's gradient flow during ``trainer.train()``.
+
+    ``every`` and ``options`` are those of :func:`gradscope.monitor`; only the main process
+    writes files. ``update_ratio`` is not recorded (the Trainer's optimizer may be wrapped).
+    """
+
+    def __init__(self, every: int = 1, **options) -> None:
+        self.every = every
+        self.options = options
+        self.monitor: Monitor | None = None
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        options = dict(self.options)
+        if not state.is_world_process_zero:
+            options.pop("log_dir", None)
+            options.pop("tensorboard", None)
+        self.monitor = Monitor(model, self.every, **options).start()
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        if self.monitor is not None and self.monitor._active:
+            self.monitor.step()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.monitor is not None:
+            self.monitor.stop()

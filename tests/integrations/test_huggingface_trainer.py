@@ -1,0 +1,59 @@
+"""The transformers TrainerCallback, end to end with the real Trainer on a tiny model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("accelerate")
+
+from gradscope.integrations.huggingface import GradscopeTrainerCallback  # noqa: E402
+
+
+class GradNorms(transformers.TrainerCallback):
+    """Independent record: each parameter's gradient norm in float64, right before the step."""
+
+    def __init__(self) -> None:
+        self.norms = []
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        self.norms.append({n: p.grad.double().norm().item() for n, p in model.named_parameters()
+                           if p.grad is not None})
+
+
+class Rows(torch.utils.data.Dataset):
+    def __init__(self, n: int) -> None:
+        g = torch.Generator().manual_seed(0)
+        self.ids = torch.randint(0, 50, (n, 8), generator=g)
+        self.labels = torch.randint(0, 2, (n,), generator=g)
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        return {"input_ids": self.ids[i], "labels": self.labels[i]}
+
+
+def test_trainer_callback_records_each_optimizer_step(tmp_path):
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                     intermediate_size=32, max_position_embeddings=16, num_labels=2)
+    model = transformers.BertForSequenceClassification(config)
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path), max_steps=4, per_device_train_batch_size=4, gradient_accumulation_steps=2,
+        learning_rate=1e-3, report_to=[], save_strategy="no", logging_strategy="no", use_cpu=True,
+        dataloader_num_workers=0, max_grad_norm=1.0,
+    )
+    gradscope_cb, reference = GradscopeTrainerCallback(every=1), GradNorms()
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=Rows(64),
+                                   callbacks=[gradscope_cb, reference])
+    trainer.train()
+    df = gradscope_cb.monitor.to_dataframe()
+    assert sorted(df.step.unique()) == [0, 1, 2, 3]
+    assert len(reference.norms) == 4
+    for step in range(4):
+        got = df[(df.step == step) & (df.metric == "grad_norm")].set_index("layer").value.to_dict()
+        assert got == pytest.approx(reference.norms[step], rel=1e-5)
+    assert "bert.encoder.layer.1.output.dense" in set(df[df.metric == "out_grad_norm"].layer)
+    assert not gradscope_cb.monitor._active

@@ -1,0 +1,57 @@
+"""The Lightning callback, end to end with the real package on a tiny model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+pl = pytest.importorskip("pytorch_lightning")
+
+from gradscope.integrations.lightning import GradscopeCallback  # noqa: E402
+
+
+class Tiny(pl.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 1))
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return F.mse_loss(self.net(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.05)
+
+
+class GradNorms(pl.Callback):
+    """Independent record: each parameter's gradient norm in float64, right before the step."""
+
+    def __init__(self) -> None:
+        self.norms = []
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        self.norms.append({n: p.grad.double().norm().item() for n, p in pl_module.named_parameters()})
+
+
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_callback_records_each_optimizer_step(tmp_path, accumulate):
+    torch.manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randn(64, 6), torch.randn(64, 1))
+    loader = torch.utils.data.DataLoader(data, batch_size=8)
+    gradscope_cb, reference = GradscopeCallback(every=2, log_dir=tmp_path / "run"), GradNorms()
+    trainer = pl.Trainer(max_steps=5, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False,
+                         accumulate_grad_batches=accumulate, callbacks=[gradscope_cb, reference],
+                         default_root_dir=tmp_path)
+    trainer.fit(Tiny(), loader)
+    df = gradscope_cb.monitor.to_dataframe()
+    assert sorted(df.step.unique()) == [0, 2, 4]  # optimizer steps, whatever the accumulation
+    assert len(reference.norms) == 5
+    for step in (0, 2, 4):
+        got = df[(df.step == step) & (df.metric == "grad_norm")].set_index("layer").value
+        expected = {f"net.{k}" if not k.startswith("net.") else k: v for k, v in reference.norms[step].items()}
+        assert got.to_dict() == pytest.approx(expected, rel=1e-5)
+    assert (tmp_path / "run" / "findings.json").exists()
+    assert not gradscope_cb.monitor._active
