@@ -91,13 +91,17 @@ class Monitor:
         self.optimizer = _check_optimizer(optimizer, model)
         self.scaler = _check_scaler(scaler, self.optimizer)
         self._scaler_step = None
-        parameters = list(model.named_parameters())
+        # a torch.compile'd model: statistics use the original module's names; module hooks
+        # would run inside the compiled forward, so only parameter statistics are recorded
+        self.compiled = _is_compiled(model)
+        watched = model._orig_mod if self.compiled else model
+        parameters = list(watched.named_parameters())
         primary = parameters[0][1].device if parameters else torch.device("cpu")
         self.layout = Layout()
         self.buffer = StepBuffer(self.layout, primary)
-        self.hooks = HookManager(model, self.layout, self.buffer, self._guard, functional)
+        self.hooks = HookManager(watched, self.layout, self.buffer, self._guard, functional)
         self._param_slots = [self._slots_for(name, p) for name, p in parameters]
-        modules = dict(model.named_modules())
+        modules = dict(watched.named_modules())
         self._owner_types = {
             name: type(modules[name.rpartition(".")[0]]).__name__ for name, _ in parameters
         }
@@ -341,6 +345,15 @@ class Monitor:
 
     def _arm_step(self) -> None:
         """Install the hooks for the coming logged step (and the activation histograms if due)."""
+        if self.compiled:
+            self._warn_once(
+                "(all layers)", "torch.compile",
+                "the model is compiled with torch.compile, so only parameter statistics "
+                "(grad_norm, grad_nonfinite, weight_norm, update_ratio) are recorded; the module "
+                "statistics (out_grad_norm, act_rms, dead_fraction, saturation) need hooks inside "
+                "the forward: monitor the uncompiled model (model._orig_mod) to get them.",
+            )
+            return
         self.hooks.activation_observer = self._observe_activation if self._histogram_step(self._step) else None
         self.hooks.attach()
 
@@ -530,6 +543,14 @@ def _same_dtype_runs(group: list[_ParamSlots]) -> list[list[_ParamSlots]]:
     for s in group:
         runs.setdefault((s.param.device, s.param.dtype), []).append(s)
     return list(runs.values())
+
+
+def _is_compiled(model: nn.Module) -> bool:
+    try:
+        from torch._dynamo.eval_frame import OptimizedModule
+    except ImportError:  # a torch without dynamo
+        return False
+    return isinstance(model, OptimizedModule)
 
 
 def _check_scaler(scaler: object, optimizer: torch.optim.Optimizer | None) -> object:

@@ -1,0 +1,52 @@
+"""torch.compile: parameter statistics on a compiled model, no graph break in its forward, and a
+warning that the module statistics need eager mode."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import gradscope
+from gradscope import GradscopeWarning
+from tests import models
+
+
+def train(model, params, steps=3):
+    opt = torch.optim.SGD(params, lr=0.05)
+    with gradscope.monitor(model, optimizer=opt, weights_every=1) as mon:
+        for i in range(steps):
+            g = torch.Generator().manual_seed(i)
+            F.mse_loss(model(torch.randn(16, 6, generator=g)), torch.randn(16, 3, generator=g)).backward()
+            opt.step()
+            opt.zero_grad()
+    return mon.to_dataframe()
+
+
+def test_compiled_model_gets_parameter_statistics_without_graph_breaks():
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    eager = models.mlp()
+    twin = models.mlp()
+    twin.load_state_dict(eager.state_dict())
+    # fullgraph=True raises on any graph break, our hooks' included
+    compiled = torch.compile(twin, backend="aot_eager", fullgraph=True)
+    with pytest.warns(GradscopeWarning, match="compiled with torch.compile, so only parameter statistics"):
+        got = train(compiled, twin.parameters())
+    expected = train(eager, eager.parameters())
+    assert set(got.metric) == {"grad_norm", "grad_nonfinite", "weight_norm", "update_ratio"}
+    params = expected[expected.metric.isin(set(got.metric))].set_index(["step", "layer", "metric"]).value
+    assert sorted(got.layer.unique()) == sorted(n for n, _ in eager.named_parameters())  # no "_orig_mod."
+    assert got.set_index(["step", "layer", "metric"]).value.sort_index().to_numpy() == pytest.approx(
+        params.sort_index().to_numpy(), rel=1e-5)
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in twin.modules())
+
+
+def test_uncompiled_original_still_gets_everything():
+    torch._dynamo.reset()
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    compiled = torch.compile(model, backend="aot_eager")
+    df = train(model, model.parameters())  # monitoring model._orig_mod, the eager module
+    assert {"out_grad_norm", "dead_fraction", "act_rms"} <= set(df.metric)
+    compiled(torch.randn(2, 6))  # the compiled wrapper still runs
