@@ -58,6 +58,11 @@ class Layout:
             self.slot(entry_id, PRESENCE)
         return entry_id
 
+    def find(self, layer: str, metric: str) -> Entry | None:
+        """The entry of (layer, metric) if it exists; never allocates."""
+        entry_id = self._entry_ids.get((layer, metric))
+        return None if entry_id is None else self.entries[entry_id]
+
     def slot(self, entry_id: int, component: str, size: int = 1) -> int:
         """Offset of ``component`` of entry ``entry_id``, allocating it on first use."""
         key = (entry_id, component)
@@ -205,11 +210,14 @@ class StepBuffer:
 
     # -- called at the step end ----------------------------------------------------------------
 
-    def finish(self, step: int, rescale: tuple[list[int], torch.Tensor] | None = None) -> PendingStep:
+    def finish(self, step: int, rescales: list[tuple[list[int], torch.Tensor]] | None = None,
+               reduce=None) -> PendingStep:
         """Sum the step's partials into the device buffers and start their copy to the host.
 
-        ``rescale`` = (offsets, factor): multiply those slots of the primary device's buffer by
-        ``factor`` (a device tensor, so no host read) before the copy; how a loss scale comes out.
+        ``rescales``: (offsets, factor) pairs; those slots of the primary device's buffer are
+        multiplied by ``factor`` (a device tensor, so no host read): how a loss scale or duplicate
+        data-parallel copies come out. ``reduce(buffer)`` then combines the primary buffer across
+        processes (an all-reduce) before the copy.
         """
         size = self.layout.size
         devices = list(self._parts)
@@ -230,17 +238,22 @@ class StepBuffer:
                 values = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
                 values = torch.where(square, values * values, values)
                 buffer.index_add_(0, index, values)
-            if device == self.primary_device and rescale is not None and rescale[0]:
-                key = (device, "rescale", tuple(rescale[0]))
-                index = self._index_cache.get(key)
-                if index is None:
-                    index = self._index_cache[key] = _to_device(torch.tensor(rescale[0]), device)
-                buffer.index_copy_(0, index, buffer.index_select(0, index) * rescale[1].to(buffer))
+            if device == self.primary_device:
+                for offsets, factor in rescales or ():
+                    if not offsets:
+                        continue
+                    key = (device, "rescale", tuple(offsets))
+                    index = self._index_cache.get(key)
+                    if index is None:
+                        index = self._index_cache[key] = _to_device(torch.tensor(offsets), device)
+                    buffer.index_copy_(0, index, buffer.index_select(0, index) * factor.to(buffer))
             if device == self.primary_device and self._counts:
                 counts = np.zeros(size)
                 for offset, amount in self._counts.items():
                     counts[offset] += amount
                 buffer.add_(_to_device(torch.from_numpy(counts), device))
+            if device == self.primary_device and reduce is not None:
+                reduce(buffer)
             host, event = _copy_to_host(buffer)
             hosts.append(host)
             if event is not None:

@@ -46,6 +46,7 @@ _MAX_IN_FLIGHT = 2
 class _ParamSlots:
     name: str
     param: nn.Parameter
+    sharded: bool
     grad_sq: int
     grad_n: int
     weight_sq: int
@@ -95,6 +96,14 @@ class Monitor:
         # would run inside the compiled forward, so only parameter statistics are recorded
         self.compiled = _is_compiled(model)
         watched = model._orig_mod if self.compiled else model
+        if _is_ddp(watched):
+            watched = watched.module  # names without DDP's "module." prefix
+        self.rank, self.world_size = _distributed()
+        if self.rank != 0:  # rank 0 writes the records, dashboards and findings
+            self.config.log_dir = None
+            self.config.tensorboard = None
+            log_dir = None
+        self._reduced_size = -1
         parameters = list(watched.named_parameters())
         primary = parameters[0][1].device if parameters else torch.device("cpu")
         self.layout = Layout()
@@ -321,11 +330,64 @@ class Monitor:
                    if e.metric == "out_grad_norm" and "sq" in e.slots]
         return offsets, scale.detach().double().reciprocal().square()
 
+    def _rescales(self, scale) -> list[tuple[list[int], torch.Tensor]]:
+        """Factors applied on the device before the step's copy: the loss scale out of the
+        backpropagated signal, and, across data-parallel ranks, the duplicate copies of replicated
+        parameters (each rank holds the whole averaged gradient) and the 1/world of the global
+        loss (the mean of the ranks' losses) in the signal."""
+        rescales = []
+        loss_scaled = self._loss_scale_rescale(scale)
+        if self.world_size > 1:
+            signal, replicated = self._parallel_offsets()
+            w = torch.tensor(float(self.world_size), dtype=torch.float64, device=self.buffer.primary_device)
+            if loss_scaled is not None:
+                loss_scaled = (loss_scaled[0], loss_scaled[1].to(w) / (w * w))
+            else:
+                loss_scaled = (signal, 1.0 / (w * w))
+            rescales.append((replicated, 1.0 / w))
+        if loss_scaled is not None:
+            rescales.append(loss_scaled)
+        return rescales
+
+    def _parallel_offsets(self) -> tuple[list[int], list[int]]:
+        """Slots of the backpropagated signal and of replicated parameters' statistics, cached
+        while the layout does not grow."""
+        cached = getattr(self, "_offsets_cache", None)
+        if cached is not None and cached[0] == self.layout.size:
+            return cached[1], cached[2]
+        signal = [e.slots["sq"][0] for e in self.layout.entries if e.metric == "out_grad_norm" and "sq" in e.slots]
+        replicated = [offset for s in self._param_slots if not s.sharded
+                      for offset in (s.grad_sq, s.weight_sq, s.nonfinite)]
+        for s in self._param_slots:
+            entry = self.layout.find(s.name, "update_ratio")
+            if entry is not None and not s.sharded:
+                replicated += [entry.slots[c][0] for c in ("delta_sq", "weight_sq") if c in entry.slots]
+        self._offsets_cache = (self.layout.size, signal, replicated)
+        return signal, replicated
+
+    def _all_reduce(self, buffer: torch.Tensor) -> None:
+        """Sum the step's buffer over the ranks: one all-reduce per logged step (plus a size check
+        whenever the layout has grown)."""
+        import torch.distributed as dist
+
+        if buffer.numel() != self._reduced_size:
+            sizes = [torch.zeros(1, dtype=torch.long, device=buffer.device) for _ in range(self.world_size)]
+            dist.all_gather(sizes, torch.tensor([buffer.numel()], device=buffer.device))
+            if len({int(t.item()) for t in sizes}) != 1:
+                raise RuntimeError(
+                    f"the ranks recorded different statistics ({[int(t.item()) for t in sizes]} slots); "
+                    "they must run the same model the same way"
+                )
+            self._reduced_size = buffer.numel()
+        dist.all_reduce(buffer)
+
     def _end_step(self, scale=None) -> None:
         self._snapshot = None
         if self.is_logged(self._step):
             try:
-                self._in_flight.append(self.buffer.finish(self._step, self._loss_scale_rescale(scale)))
+                self._in_flight.append(self.buffer.finish(
+                    self._step, self._rescales(scale),
+                    reduce=self._all_reduce if self.world_size > 1 else None))
                 self._drain(wait=False)
             except Exception as e:  # noqa: BLE001 - the user's loop must go on
                 self._report("(all layers)", "step buffer", e)
@@ -413,7 +475,7 @@ class Monitor:
             return self.layout.slot(self.layout.entry(name, metric), component)
 
         return _ParamSlots(
-            name, param,
+            name, param, _is_dtensor(param),
             slot("grad_norm", "sq"), slot("grad_norm", PRESENCE),
             slot("weight_norm", "sq"), slot("weight_norm", PRESENCE),
             slot("grad_nonfinite", "count"), slot("grad_nonfinite", PRESENCE),
@@ -432,7 +494,7 @@ class Monitor:
                 "and optimizer.zero_grad().",
             )
             return
-        grads = [s.param.grad for s in slots]
+        grads = [_local(s.param.grad) for s in slots]
         with_weights = self.weights_logged(self._step)
         self._snapshot = [] if keep_weights and with_weights and self._updated else None
         for positions in group_by_device_and_dtype(grads).values():
@@ -441,17 +503,17 @@ class Monitor:
             grad_norms = foreach_norms(group_grads)
             counts = _nonfinite_counts(group_grads, grad_norms)
             for weights in _same_dtype_runs(group) if with_weights else ():
-                weight_norms = foreach_norms([s.param.detach() for s in weights])
+                weight_norms = foreach_norms([_local(s.param.detach()) for s in weights])
                 self.buffer.add_many(tuple(s.weight_sq for s in weights), torch.stack(weight_norms), square=True)
                 self.buffer.counts(tuple(s.weight_n for s in weights))
                 if self._snapshot is not None:
                     updated = [(s, n) for s, n in zip(weights, weight_norms) if id(s.param) in self._updated]
                     if updated:
-                        self._snapshot.append((updated, snapshot([s.param for s, _ in updated])))
+                        self._snapshot.append((updated, snapshot([_local(s.param) for s, _ in updated])))
             if self._histogram_step(self._step):
                 from gradscope.stats.histograms import histogram_row
 
-                self._histograms.extend((("grad", s.name), histogram_row(s.param.grad)) for s in group)
+                self._histograms.extend((("grad", s.name), histogram_row(_local(s.param.grad))) for s in group)
             # one partial per group, not one per parameter: big models allocate far fewer objects
             self.buffer.add_many(tuple(s.grad_sq for s in group), torch.stack(grad_norms), square=True)
             self.buffer.counts(tuple(s.grad_n for s in group))
@@ -462,7 +524,7 @@ class Monitor:
 
     def _update_ratios(self) -> None:
         for updated, before in self._snapshot:
-            deltas = foreach_delta_norms(before, [s.param.detach().reshape(-1) for s, _ in updated])
+            deltas = foreach_delta_norms(before, [_local(s.param.detach()).reshape(-1) for s, _ in updated])
             for (s, weight_norm), delta in zip(updated, deltas):
                 entry = self.layout.entry(s.name, "update_ratio")
                 self.buffer.add(self.layout.slot(entry, "delta_sq"), delta, square=True)
@@ -543,6 +605,28 @@ def _same_dtype_runs(group: list[_ParamSlots]) -> list[list[_ParamSlots]]:
     for s in group:
         runs.setdefault((s.param.device, s.param.dtype), []).append(s)
     return list(runs.values())
+
+
+def _is_dtensor(t: torch.Tensor) -> bool:
+    """A sharded parameter (FSDP2's DTensor): its local shard is what this rank reduces."""
+    return type(t).__name__ == "DTensor" and hasattr(t, "to_local")
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    return t.to_local() if _is_dtensor(t) else t
+
+
+def _is_ddp(model: nn.Module) -> bool:
+    return isinstance(model, torch.nn.parallel.DistributedDataParallel)
+
+
+def _distributed() -> tuple[int, int]:
+    """(rank, world size) of the default process group, (0, 1) without one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def _is_compiled(model: nn.Module) -> bool:

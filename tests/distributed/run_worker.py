@@ -1,0 +1,67 @@
+"""One rank of the distributed tests, started by torchrun (tests/distributed/test_distributed.py).
+
+Trains the test MLP for two steps on this rank's half of a batch, DDP or FSDP2 over gloo, under
+gradscope.monitor; rank 0 also computes the single-process float64 reference of step 0 on the
+whole batch and writes both to OUT/result.json.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def main(mode: str, out: Path) -> None:
+    sys.path.insert(0, str(ROOT))
+    import torch
+    import torch.distributed as dist
+    import torch.nn.functional as F
+
+    import gradscope
+    from tests import models
+    from tests.reference import reference
+
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    torch.manual_seed(0)
+    model = models.mlp()
+    original = copy.deepcopy(model)
+    batches = [(torch.randn(8 * world, 6, generator=torch.Generator().manual_seed(s)),
+                torch.randn(8 * world, 3, generator=torch.Generator().manual_seed(100 + s))) for s in range(2)]
+    if mode == "ddp":
+        from torch.nn.parallel import DistributedDataParallel
+
+        wrapped = DistributedDataParallel(model)
+    else:
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        wrapped = fully_shard(model, mesh=init_device_mesh("cpu", (world,)))
+    lr = 0.05
+    opt = torch.optim.SGD(wrapped.parameters(), lr=lr)
+    mine = slice(8 * rank, 8 * (rank + 1))
+    with gradscope.monitor(wrapped, optimizer=opt, weights_every=1, log_dir=out / f"run-{mode}") as mon:
+        for x, y in batches:
+            F.mse_loss(wrapped(x[mine]), y[mine]).backward()
+            opt.step()
+            opt.zero_grad()
+    df = mon.to_dataframe()
+    got = {f"{r.layer}|{r.metric}": r.value for r in df[df.step == 0].itertuples()}
+    if rank == 0:
+        expected = reference(original, [batches[0]], F.mse_loss, lr=lr)
+        (out / f"result-{mode}.json").write_text(json.dumps({
+            "got": got, "expected": {f"{k[0]}|{k[1]}": v for k, v in expected.items()},
+            "steps": sorted(int(s) for s in df.step.unique()), "world": world,
+        }))
+    else:
+        (out / f"rank{rank}-{mode}.json").write_text(json.dumps({
+            "got": got, "run_dir": None if mon.history.run_dir is None else str(mon.history.run_dir)}))
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], Path(sys.argv[2]))

@@ -1,0 +1,48 @@
+"""DDP and FSDP2 on the CPU with torchrun and gloo: on every rank, the statistics equal a
+single-process float64 reference on the concatenated batch; only rank 0 writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch.distributed as dist
+
+from tests.test_monitor import assert_close
+
+WORKER = Path(__file__).with_name("run_worker.py")
+pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
+                                reason="needs torch.distributed with gloo")
+
+
+def torchrun(mode: str, out: Path) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         str(WORKER), mode, str(out)],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return json.loads((out / f"result-{mode}.json").read_text())
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp2"])
+def test_statistics_equal_the_single_process_reference(tmp_path, mode):
+    result = torchrun(mode, tmp_path)
+    assert result["world"] == 2 and result["steps"] == [0, 1]
+    expected = {tuple(k.split("|")): v for k, v in result["expected"].items()}
+    got = {tuple(k.split("|")): v for k, v in result["got"].items()}
+    assert set(got) == set(expected)
+    assert_close(got, expected)
+    # every rank holds the same (combined) statistics
+    other = json.loads((tmp_path / f"rank1-{mode}.json").read_text())
+    assert other["got"] == pytest.approx(result["got"], rel=1e-12)
+    assert other["run_dir"] is None  # rank 1 writes nothing
+    # rank 0 wrote the run directory; names are those of the unwrapped model
+    run = tmp_path / f"run-{mode}"
+    assert (run / "meta.json").exists() and (run / "findings.json").exists()
+    assert ("0.weight", "grad_norm") in got
