@@ -214,52 +214,67 @@ class StepBuffer:
                reduce=None) -> PendingStep:
         """Sum the step's partials into the device buffers and start their copy to the host.
 
-        ``rescales``: (offsets, factor) pairs; those slots of the primary device's buffer are
-        multiplied by ``factor`` (a device tensor, so no host read): how a loss scale or duplicate
-        data-parallel copies come out. ``reduce(buffer)`` then combines the primary buffer across
-        processes (an all-reduce) before the copy.
+        ``rescales``: (offsets, factor) pairs; those slots of every device's buffer are multiplied
+        by ``factor`` (a device tensor, so no host read): how a loss scale or duplicate
+        data-parallel copies come out. ``reduce(buffer)`` then combines the buffer across
+        processes (an all-reduce) before the copy; with it, the buffers of several devices are
+        first summed into the primary device's, so that all of the step is reduced.
         """
         size = self.layout.size
-        devices = list(self._parts)
-        if self.primary_device not in self._parts:
-            devices.append(self.primary_device)
-        hosts, events = [], []
-        for device in devices:
-            buffer = self._buffer(device, size)
-            buffer.zero_()
-            parts = self._parts.get(device)
-            if parts is not None and (parts.scalars or parts.vectors or parts.scattered):
-                index, square = self._index(device, parts)
-                pieces = []
-                if parts.scalars:
-                    pieces.append(torch.stack(parts.scalars).to(torch.float64))
-                pieces += [v.reshape(-1).to(torch.float64) for v in parts.vectors]
-                pieces += [v.to(torch.float64) for v in parts.scattered]
-                values = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
-                values = torch.where(square, values * values, values)
-                buffer.index_add_(0, index, values)
-            if device == self.primary_device:
+        devices = [d for d in self._parts if d != self.primary_device] + [self.primary_device]
+        buffers = []
+        try:
+            for device in devices:
+                buffer = self._buffer(device, size)
+                buffer.zero_()
+                self._accumulate(device, buffer)
                 for offsets, factor in rescales or ():
-                    if not offsets:
-                        continue
-                    key = (device, "rescale", tuple(offsets))
-                    index = self._index_cache.get(key)
-                    if index is None:
-                        index = self._index_cache[key] = _to_device(torch.tensor(offsets), device)
-                    buffer.index_copy_(0, index, buffer.index_select(0, index) * factor.to(buffer))
-            if device == self.primary_device and self._counts:
+                    if offsets:
+                        index = self._offsets_tensor(device, offsets)
+                        buffer.index_copy_(0, index, buffer.index_select(0, index) * factor.to(buffer))
+                buffers.append(buffer)
+            primary = buffers[-1]
+            if self._counts:
                 counts = np.zeros(size)
                 for offset, amount in self._counts.items():
                     counts[offset] += amount
-                buffer.add_(_to_device(torch.from_numpy(counts), device))
-            if device == self.primary_device and reduce is not None:
-                reduce(buffer)
+                primary.add_(_to_device(torch.from_numpy(counts), self.primary_device))
+            if reduce is not None:
+                for other in buffers[:-1]:
+                    primary.add_(other.to(self.primary_device))
+                buffers = [primary]
+        finally:
+            self.discard()
+        if reduce is not None:
+            reduce(buffers[0])
+        hosts, events = [], []
+        for buffer in buffers:
             host, event = _copy_to_host(buffer)
             hosts.append(host)
             if event is not None:
                 events.append(event)
-        self.discard()
         return PendingStep(step, len(self.layout.entries), hosts, events)
+
+    def _accumulate(self, device: torch.device, buffer: torch.Tensor) -> None:
+        parts = self._parts.get(device)
+        if parts is None or not (parts.scalars or parts.vectors or parts.scattered):
+            return
+        index, square = self._index(device, parts)
+        pieces = []
+        if parts.scalars:
+            pieces.append(torch.stack(parts.scalars).to(torch.float64))
+        pieces += [v.reshape(-1).to(torch.float64) for v in parts.vectors]
+        pieces += [v.to(torch.float64) for v in parts.scattered]
+        values = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+        values = torch.where(square, values * values, values)
+        buffer.index_add_(0, index, values)
+
+    def _offsets_tensor(self, device: torch.device, offsets: list[int]) -> torch.Tensor:
+        key = (device, "rescale", tuple(offsets))
+        index = self._index_cache.get(key)
+        if index is None:
+            index = self._index_cache[key] = _to_device(torch.tensor(offsets), device)
+        return index
 
     def _buffer(self, device: torch.device, size: int) -> torch.Tensor:
         buffer = self._device_buffers.get(device)

@@ -87,7 +87,7 @@ def _run_diagnose(file, factory, input_shape, input_dtype, steps, optimizer, lr,
         if device == DeviceName.cuda and not torch.cuda.is_available():
             raise UsageError("--device cuda was given but CUDA is not available here; use --device cpu or auto.")
         torch.manual_seed(seed)
-        loaded = load(file, factory, input_shape, input_dtype)
+        loaded = load(file, factory, input_shape, input_dtype, seed)
         target = "cuda" if device == DeviceName.cuda or (device == DeviceName.auto and torch.cuda.is_available()) else "cpu"
         model = loaded.model.to(target)
         opt = None

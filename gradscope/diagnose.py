@@ -75,6 +75,8 @@ def diagnose(
     batch = _batch_size(args, kwargs)
     _materialize_lazy(model, args, kwargs, inputs)
     saved = _SavedState(model, optimizer)
+    for p in model.parameters():
+        p.grad = None  # gradients already there would add to the first backward's; restored after
     devices = [device.index or 0] if device.type == "cuda" else []
     try:
         with torch.random.fork_rng(devices=devices):

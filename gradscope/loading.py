@@ -77,6 +77,7 @@ def load(
     factory: str | None = None,
     input_shape: str | None = None,
     input_dtype: str = "float",
+    seed: int = 0,
 ) -> LoadedModel:
     path = Path(path)
     module = load_module(path)
@@ -84,7 +85,7 @@ def load(
     loss_fn = getattr(module, "loss_fn", None)
     if loss_fn is not None and not callable(loss_fn):
         raise UsageError(f"{path}: `loss_fn` must be a function loss_fn(output, inputs), got {type(loss_fn).__name__}.")
-    inputs, inputs_from = _find_inputs(module, path, model, input_shape, input_dtype)
+    inputs, inputs_from = _find_inputs(module, path, model, input_shape, input_dtype, seed)
     return LoadedModel(path, model, inputs, loss_fn, source, inputs_from)
 
 
@@ -117,9 +118,9 @@ def _find_model(module, path: Path, factory: str | None) -> tuple[nn.Module, str
     )
 
 
-def _find_inputs(module, path: Path, model: nn.Module, shape: str | None, dtype: str):
+def _find_inputs(module, path: Path, model: nn.Module, shape: str | None, dtype: str, seed: int = 0):
     if shape is not None:
-        return _from_shape(shape, dtype, model), "--input-shape"
+        return _from_shape(shape, dtype, model, seed), "--input-shape"
     for name in INPUTS:
         obj = getattr(module, name, None)
         if obj is None:
@@ -134,7 +135,7 @@ def _find_inputs(module, path: Path, model: nn.Module, shape: str | None, dtype:
                 "positional arguments or a dict of keyword arguments."
             )
         return (tuple(inputs) if isinstance(inputs, list) else inputs), f"{name}()"
-    inferred = infer_inputs(model)
+    inferred = infer_inputs(model, seed)
     if inferred is None:
         first = _first_layer(model)
         what = f"its first layer is {type(first).__name__}" if first is not None else "it has no layers"
@@ -147,7 +148,7 @@ def _find_inputs(module, path: Path, model: nn.Module, shape: str | None, dtype:
     return inferred
 
 
-def _from_shape(shape: str, dtype: str, model: nn.Module):
+def _from_shape(shape: str, dtype: str, model: nn.Module, seed: int = 0):
     try:
         dims = tuple(int(d) for d in shape.replace("x", ",").split(",") if d.strip())
     except ValueError:
@@ -157,7 +158,7 @@ def _from_shape(shape: str, dtype: str, model: nn.Module):
     if dtype not in DTYPES:
         raise UsageError(f"--input-dtype {dtype!r} is not one of {', '.join(DTYPES)}.")
     torch_dtype = DTYPES[dtype]
-    generator = torch.Generator().manual_seed(0)
+    generator = torch.Generator().manual_seed(seed)
     if torch_dtype.is_floating_point:
         return torch.randn(dims, generator=generator).to(torch_dtype)
     embedding = next((m for m in model.modules() if isinstance(m, nn.Embedding)), None)
@@ -172,10 +173,10 @@ def _first_layer(model: nn.Module) -> nn.Module | None:
     return None
 
 
-def infer_inputs(model: nn.Module) -> tuple[torch.Tensor, str] | None:
+def infer_inputs(model: nn.Module, seed: int = 0) -> tuple[torch.Tensor, str] | None:
     """Inputs for a model whose first parameterised layer fixes the input's shape, or None."""
     first = _first_layer(model)
-    generator = torch.Generator().manual_seed(0)
+    generator = torch.Generator().manual_seed(seed)
     b, n = INFERRED_BATCH, INFERRED_LENGTH
     shapes = {nn.Linear: lambda m: (b, m.in_features), nn.Bilinear: None,
               nn.Conv1d: lambda m: (b, m.in_channels, n), nn.Conv2d: lambda m: (b, m.in_channels, n, n),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import warnings
+import zlib
 import weakref
 from collections import deque
 from dataclasses import dataclass
@@ -103,7 +104,7 @@ class Monitor:
             self.config.log_dir = None
             self.config.tensorboard = None
             log_dir = None
-        self._reduced_size = -1
+        self._agreed_step: int | None = None
         parameters = list(watched.named_parameters())
         primary = parameters[0][1].device if parameters else torch.device("cpu")
         self.layout = Layout()
@@ -240,6 +241,7 @@ class Monitor:
         if self.scaler is not None:
             # the scaler may skip optimizer.step() (Inf/NaN gradients): the step ends when
             # scaler.step() returns, taken or skipped
+            self._scaler_had_step = "step" in vars(self.scaler)
             self._scaler_step = self.scaler.step
             self.scaler.step = self._scaled_step
         if self.config.tensorboard is not None and self._reporter is None:
@@ -253,32 +255,57 @@ class Monitor:
         return self
 
     def stop(self) -> None:
-        """Remove every hook, bring the pending copies home and close the run directory."""
+        """Remove every hook, bring the pending copies home and close the run directory.
+
+        Each clean-up runs whatever the others did: a failure in one (a full disk, a broken
+        writer) is reported as a warning and the hooks, the scaler, the model's mode and its
+        registration are restored all the same; with ``strict=True`` the first failure is raised
+        at the end."""
         if not self._active:
             return
         self._active = False
-        try:
-            self.buffer.discard()  # a step that never reached its optimizer step
-            self._drain(wait=True)
-            self.history.flush()
-            if self.history.run_dir is not None:
-                self._write_meta("complete")
-                self._guard("(all layers)", "findings.json", self._write_findings)
-        finally:
-            if self._reporter is not None:
-                self._guard("(all layers)", "tensorboard", self._close_reporter)
-            self.hooks.detach()
-            for handle in self._optimizer_handles:
-                handle.remove()
-            self._optimizer_handles.clear()
-            if self._scaler_step is not None:
+        errors: list[Exception] = []
+
+        def attempt(what: str, fn, *args) -> None:
+            try:
+                fn(*args)
+            except Exception as e:  # noqa: BLE001 - every clean-up must run
+                errors.append(e)
+                self._report("(all layers)", what, e)
+
+        attempt("step buffer", self.buffer.discard)  # a step that never reached its optimizer step
+        attempt("history", self._drain, True)
+        attempt("history", self.history.flush)
+        if self.history.run_dir is not None:
+            attempt("meta.json", self._write_meta, "complete")
+            attempt("findings.json", self._write_findings)
+        if self._reporter is not None:
+            attempt("tensorboard", self._close_reporter)
+        attempt("hooks", self.hooks.detach)
+        for handle in self._optimizer_handles:
+            attempt("optimizer hooks", handle.remove)
+        self._optimizer_handles.clear()
+        attempt("scaler", self._restore_scaler)
+        self._snapshot = None
+        for module in self.model.modules():
+            if _MONITORED.get(module) is self:
+                del _MONITORED[module]
+        attempt("model mode", self.model.train, self._was_training)
+        if errors and self.config.strict:
+            raise errors[0]
+
+    def _restore_scaler(self) -> None:
+        """Undo the ``scaler.step`` patch, exactly: only if it is still ours (a second monitor
+        may share the scaler), putting back what was there before."""
+        if self._scaler_step is None:
+            return
+        current = vars(self.scaler).get("step")
+        if getattr(current, "__func__", None) is Monitor._scaled_step and current.__self__ is self:
+            if self._scaler_had_step:
+                self.scaler.step = self._scaler_step
+            else:
                 del self.scaler.step  # back to the class's method
-                self._scaler_step = None
-            self._snapshot = None
-            for module in self.model.modules():
-                if _MONITORED.get(module) is self:
-                    del _MONITORED[module]
-            self.model.train(self._was_training)
+        self._scaler_step = None
 
     def __enter__(self) -> "Monitor":
         return self.start()
@@ -365,20 +392,41 @@ class Monitor:
         self._offsets_cache = (self.layout.size, signal, replicated)
         return signal, replicated
 
-    def _all_reduce(self, buffer: torch.Tensor) -> None:
-        """Sum the step's buffer over the ranks: one all-reduce per logged step (plus a size check
-        whenever the layout has grown)."""
+    def _layout_key(self) -> int:
+        """A hash of the layout that is the same in every process (not Python's salted hash)."""
+        cached = getattr(self, "_layout_key_cache", None)
+        if cached is not None and cached[0] == self.layout.size:
+            return cached[1]
+        text = "|".join(f"{e.layer}/{e.metric}/{sorted(e.slots.items())}" for e in self.layout.entries)
+        key = zlib.crc32(text.encode())
+        self._layout_key_cache = (self.layout.size, key)
+        return key
+
+    def _agree(self, ok: bool) -> None:
+        """Every rank, every logged step: gather (size, layout hash, ok) and refuse to sum
+        buffers that do not line up slot by slot, or when a rank failed to build its buffer;
+        all ranks see the same answer, so none is left waiting in the all-reduce."""
         import torch.distributed as dist
 
-        if buffer.numel() != self._reduced_size:
-            sizes = [torch.zeros(1, dtype=torch.long, device=buffer.device) for _ in range(self.world_size)]
-            dist.all_gather(sizes, torch.tensor([buffer.numel()], device=buffer.device))
-            if len({int(t.item()) for t in sizes}) != 1:
-                raise RuntimeError(
-                    f"the ranks recorded different statistics ({[int(t.item()) for t in sizes]} slots); "
-                    "they must run the same model the same way"
-                )
-            self._reduced_size = buffer.numel()
+        device = self.buffer.primary_device
+        mine = torch.tensor([self.layout.size if ok else -1, self._layout_key() if ok else -1, int(ok)],
+                            dtype=torch.long, device=device)
+        everyone = [torch.zeros_like(mine) for _ in range(self.world_size)]
+        self._agreed_step = self._step
+        dist.all_gather(everyone, mine)
+        headers = [tuple(t.tolist()) for t in everyone]  # 3 numbers a rank: the one host read
+        if len(set(headers)) != 1:
+            raise RuntimeError(
+                f"the ranks' statistics do not line up (size, layout hash, ok per rank: {headers}); "
+                "the step is skipped on every rank. All ranks must run the same modules each step."
+            )
+
+    def _all_reduce(self, buffer: torch.Tensor) -> None:
+        """Sum the step's buffer over the ranks: one all-reduce per logged step, after the check
+        that the buffers line up."""
+        import torch.distributed as dist
+
+        self._agree(True)
         dist.all_reduce(buffer)
 
     def _end_step(self, scale=None) -> None:
@@ -390,6 +438,9 @@ class Monitor:
                     reduce=self._all_reduce if self.world_size > 1 else None))
                 self._drain(wait=False)
             except Exception as e:  # noqa: BLE001 - the user's loop must go on
+                if self.world_size > 1 and getattr(self, "_agreed_step", None) != self._step:
+                    # failed before the ranks' check: join it, saying so, so nobody waits
+                    self._guard("(all layers)", "step buffer", self._agree, False)
                 self._report("(all layers)", "step buffer", e)
                 self.buffer.discard()
             if self._histograms:

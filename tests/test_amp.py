@@ -87,3 +87,20 @@ def test_half_precision_gradients_are_reduced_in_float32():
         opt.step()
     got = values(mon, "grad_norm").droplevel(0).to_dict()
     assert got == pytest.approx(grads, rel=1e-6)
+
+
+def test_a_scaler_shared_by_two_monitors_is_restored():
+    g, d = nn.Linear(4, 4), nn.Linear(4, 1)
+    og, od = torch.optim.SGD(g.parameters(), lr=0.1), torch.optim.SGD(d.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu")
+    with gradscope.monitor(g, optimizer=og, scaler=scaler) as mg:
+        with gradscope.monitor(d, optimizer=od, scaler=scaler) as md:
+            for model, opt in ((d, od), (g, og)):
+                scaler.scale(model(torch.randn(8, 4)).pow(2).mean()).backward()
+                scaler.step(opt)
+                opt.zero_grad()
+            scaler.update()
+        assert "step" in vars(scaler)  # the outer monitor's patch is still in place
+    assert "step" not in vars(scaler)  # and gone with it
+    assert mg.current_step == 1 and md.current_step == 1
+    gradscope.monitor(g, optimizer=og, scaler=scaler).start().stop()  # not left registered

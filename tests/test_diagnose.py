@@ -186,3 +186,15 @@ def test_monitor_findings_over_a_training_loop():
     assert live[0].evidence["steps"] == [0, 2, 4]
     assert "0.weight" in live[1].layers and "24.weight" not in live[1].layers
     assert [f.rule for f in mon.findings()] == [f.rule for f in live]
+
+
+def test_gradients_already_on_the_model_do_not_leak_into_the_run():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
+    x = torch.randn(16, 4)
+    clean = gradscope.diagnose(model, x).history
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 100.0)
+    stale = gradscope.diagnose(model, x).history
+    assert stale.value.to_numpy() == pytest.approx(clean.value.to_numpy())
+    assert all((p.grad == 100).all() for p in model.parameters())  # and they are put back

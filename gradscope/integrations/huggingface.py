@@ -1,7 +1,9 @@
 """Hugging Face transformers: ``Trainer(..., callbacks=[GradscopeTrainerCallback(every=10)])``.
 
-Statistics are taken at ``on_pre_optimizer_step``, after the Trainer has accumulated, unscaled
-and clipped the gradients and right before ``optimizer.step()``.
+Statistics are taken at ``on_pre_optimizer_step``, right before ``optimizer.step()``, after the
+Trainer has accumulated the gradients and, when ``max_grad_norm > 0``, clipped them (which also
+unscales fp16 gradients). Under ``fp16=True`` the backpropagated signal keeps the loss scale and
+steps the scaler skips are not told apart; bf16 and fp32 are unaffected.
 """
 
 from __future__ import annotations
@@ -41,3 +43,11 @@ class GradscopeTrainerCallback(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         if self.monitor is not None:
             self.monitor.stop()
+
+    def __del__(self) -> None:
+        # the Trainer has no exception callback: a run that raised leaves the monitor started
+        try:
+            if getattr(self, "monitor", None) is not None:
+                self.monitor.stop()
+        except Exception:  # noqa: BLE001, S110 - nothing can be reported from a finalizer
+            pass

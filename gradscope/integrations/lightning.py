@@ -1,7 +1,10 @@
 """PyTorch Lightning: ``Trainer(callbacks=[GradscopeCallback(every=10)])``.
 
 Statistics are taken at ``on_before_optimizer_step``, where Lightning has accumulated the
-gradients of ``accumulate_grad_batches`` batches and unscaled them under mixed precision.
+gradients of ``accumulate_grad_batches`` batches and unscaled them under mixed precision (the
+backpropagated signal is divided by the precision plugin's loss scale). Lightning calls this hook
+for the steps its scaler then skips as well, so under ``16-mixed`` an overflow step shows up as
+non-finite gradients rather than as a skipped step.
 """
 
 from __future__ import annotations

@@ -27,6 +27,8 @@ def main(mode: str, out: Path) -> None:
 
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
+    if mode == "mismatch":
+        return mismatch(rank, out)
     torch.manual_seed(0)
     model = models.mlp()
     original = copy.deepcopy(model)
@@ -60,6 +62,46 @@ def main(mode: str, out: Path) -> None:
     else:
         (out / f"rank{rank}-{mode}.json").write_text(json.dumps({
             "got": got, "run_dir": None if mon.history.run_dir is None else str(mon.history.run_dir)}))
+    dist.destroy_process_group()
+
+
+def mismatch(rank: int, out: Path) -> None:
+    """Rank 1 runs an extra module at step 1: from then on the ranks' statistics differ, and the
+    steps must be skipped on both ranks with a warning, without hanging."""
+    import warnings
+
+    import torch
+    import torch.distributed as dist
+    import torch.nn as nn
+
+    import gradscope
+
+    class Branchy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Linear(4, 4)
+            self.extra = nn.Linear(4, 4)
+            self.use_extra = False
+
+        def forward(self, x):
+            h = self.a(x)
+            return self.extra(h) if self.use_extra else h
+
+    torch.manual_seed(0)
+    model = Branchy()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with gradscope.monitor(model, optimizer=opt) as mon:
+            for step in range(3):
+                model.use_extra = rank == 1 and step == 1
+                model(torch.randn(8, 4)).pow(2).mean().backward()
+                opt.step()
+                opt.zero_grad()
+    (out / f"mismatch-rank{rank}.json").write_text(json.dumps({
+        "steps": sorted(int(s) for s in mon.to_dataframe().step.unique()),
+        "warnings": [str(w.message) for w in caught],
+    }))
     dist.destroy_process_group()
 
 

@@ -27,6 +27,8 @@ def torchrun(mode: str, out: Path) -> dict:
         capture_output=True, text=True, timeout=300, env=env,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    if mode == "mismatch":
+        return {}
     return json.loads((out / f"result-{mode}.json").read_text())
 
 
@@ -46,3 +48,12 @@ def test_statistics_equal_the_single_process_reference(tmp_path, mode):
     run = tmp_path / f"run-{mode}"
     assert (run / "meta.json").exists() and (run / "findings.json").exists()
     assert ("0.weight", "grad_norm") in got
+
+
+def test_ranks_that_record_different_statistics_skip_steps_without_hanging(tmp_path):
+    torchrun("mismatch", tmp_path)  # would time out if a rank were left in a collective
+    for rank in (0, 1):
+        result = json.loads((tmp_path / f"mismatch-rank{rank}.json").read_text())
+        # the layouts diverged at step 1 and stay apart: later steps are skipped too, on both ranks
+        assert result["steps"] == [0], rank
+        assert any("do not line up" in w for w in result["warnings"]), result["warnings"]
