@@ -271,7 +271,8 @@ class Monitor:
                 fn(*args)
             except Exception as e:  # noqa: BLE001 - every clean-up must run
                 errors.append(e)
-                self._report("(all layers)", what, e)
+                if not self.config.strict:
+                    self._report("(all layers)", what, e)
 
         attempt("step buffer", self.buffer.discard)  # a step that never reached its optimizer step
         attempt("history", self._drain, True)

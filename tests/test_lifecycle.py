@@ -172,3 +172,37 @@ def test_mon_step_with_an_optimizer_is_refused():
     with gradscope.monitor(model, optimizer=opt) as mon:
         with pytest.raises(ValueError, match="remove the mon.step"):
             mon.step()
+
+
+class BrokenWriter:
+    """A SummaryWriter stand-in whose flush fails (a full disk, a closed file)."""
+
+    def add_scalar(self, *args, **kwargs):
+        pass
+
+    def add_custom_scalars(self, *args, **kwargs):
+        pass
+
+    def add_text(self, *args, **kwargs):
+        pass
+
+    def flush(self):
+        raise OSError("disk full")
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_a_failing_clean_up_still_removes_everything(strict):
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    mon = gradscope.monitor(model, optimizer=opt, tensorboard=BrokenWriter(), strict=strict).start()
+    model(torch.randn(2, 3)).sum().backward()
+    opt.step()
+    if strict:
+        with pytest.raises(OSError, match="disk full"):
+            mon.stop()
+    else:
+        with pytest.warns(gradscope.GradscopeWarning, match="disk full"):
+            mon.stop()
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+    assert not opt._optimizer_step_pre_hooks and not opt._optimizer_step_post_hooks
+    gradscope.monitor(model, optimizer=opt).start().stop()  # not left registered
