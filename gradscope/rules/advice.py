@@ -26,7 +26,7 @@ SNIPPET_NAMES = 16
 """Snippets list layer names up to this many; longer lists become a loop over the model."""
 
 
-def names_list(names: list[str], limit: int = SNIPPET_NAMES) -> str:
+def names_list(names: list[str]) -> str:
     """A Python list literal of ``names`` (all of them: snippets must run as printed)."""
     return "[" + ", ".join(repr(n) for n in names) + "]"
 
@@ -68,14 +68,15 @@ def init_code(layers: list[str], scheme: str, nonlinearity: str) -> str:
     )
 
 
-def norm_choice(structure: ModelStructure | None, conv: bool) -> str:
-    """Normalisation to recommend: BatchNorm needs a batch of 8 or more to estimate statistics."""
-    batch = structure.batch_size if structure is not None else None
-    if conv:
-        if batch is not None and batch < 8:
-            return f"nn.GroupNorm(num_groups=8, num_channels=C) (BatchNorm needs batches of 8+, yours is {batch})"
-        return "nn.BatchNorm2d(C) (or nn.GroupNorm(8, C) for batches under 8)"
-    return "nn.LayerNorm(width)"
+def norm_choice(structure: ModelStructure | None) -> str:
+    """Normalisation to recommend: LayerNorm for features; for a convolutional model BatchNorm,
+    or GroupNorm when its batches are under 8 (BatchNorm's statistics need more samples)."""
+    conv = structure is not None and any(w.type.startswith("Conv") for w in structure.weight_layers)
+    if not conv:
+        return "nn.LayerNorm(width)"
+    if structure.batch_size is not None and structure.batch_size < 8:
+        return f"nn.GroupNorm(8, C) after each convolution (BatchNorm needs batches of 8+, yours is {structure.batch_size})"
+    return "nn.BatchNorm2d(C) after each convolution (nn.GroupNorm(8, C) for batches under 8)"
 
 
 RESIDUAL_SNIPPET = code(

@@ -127,7 +127,7 @@ def _fix(records: Records, typical_norm: float) -> str:
                 + advice.init_code(large, "xavier", "linear")
             )
     parts.append("Lower the learning rate, and add normalisation "
-                 f"({advice.norm_choice(structure, conv=False)}) between the layers.")
+                 f"({advice.norm_choice(structure)}) between the layers.")
     return "\n".join(parts)
 
 

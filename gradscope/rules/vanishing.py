@@ -122,7 +122,7 @@ def _fix(records: Records) -> str:
     if not parts:
         parts.append(
             "Initialise for the activation (gradscope.fixes.reinit(model)), add normalisation "
-            f"({advice.norm_choice(structure, conv=False)}) or residual connections:\n"
+            f"({advice.norm_choice(structure)}) or residual connections:\n"
             + advice.RESIDUAL_SNIPPET
         )
     return "\n".join(parts)

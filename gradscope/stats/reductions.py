@@ -24,11 +24,6 @@ def norm_dtype(dtype: torch.dtype) -> torch.dtype:
     return dtype if dtype in (torch.float32, torch.float64) else torch.float32
 
 
-def l2_norm(t: torch.Tensor) -> torch.Tensor:
-    """L2 norm of all elements of ``t`` as a 0-dim tensor on ``t``'s device."""
-    return torch.linalg.vector_norm(t.detach(), dtype=norm_dtype(t.dtype))
-
-
 _DOT_LIMIT = 1 << 24
 """Above this many elements, sums of squares use the norm kernel's more careful accumulation."""
 
