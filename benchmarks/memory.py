@@ -15,7 +15,8 @@ import time
 
 import numpy as np
 
-from gradscope.records import History, read_history
+from gradscope.history import History
+from gradscope.rundir import read_history
 
 
 def rss_mb() -> float:

@@ -10,7 +10,7 @@ from gradscope import fixes
 from gradscope.diagnose import ModelError, diagnose
 from gradscope.report import Report
 from gradscope.errors import GradscopeWarning, UsageError, UsageTypeError
-from gradscope.monitor import Monitor, monitor
+from gradscope.api import Monitor, monitor
 from gradscope.rules import RULES, Finding
 from gradscope.stats import STATISTICS
 

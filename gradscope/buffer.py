@@ -7,8 +7,8 @@ each device are concatenated and added into that device's preallocated float64 b
 ``index_add_``, the host counts are added with one (non-blocking) host-to-device copy, and the
 buffer goes to the host in one copy: non-blocking into pinned memory with an event on CUDA, read
 when the event has completed (normally at the next step), and a plain copy on the CPU. Because
-every component is a sum, one ``all_reduce(SUM)`` of the buffer combines ranks, and dividing the
-``loss_scaled`` components by a loss scale squared removes a GradScaler's scale.
+every component is a sum, one ``all_reduce(SUM)`` of the buffer combines ranks; the factors that
+take out a loss scale or duplicate replicated copies come from gradscope.stats.rescale.
 """
 
 from __future__ import annotations
@@ -19,10 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from gradscope.stats import STATISTICS
-
-PRESENCE = "n"
-"""Every entry has this host component: how many contributions it got; 0 means not recorded."""
+from gradscope.stats import PRESENCE, STATISTICS
 
 
 @dataclass

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from gradscope.errors import UsageError, UsageTypeError
-from gradscope.monitor import Monitor
+from gradscope.monitor import Recorder
 from gradscope.report import Report, build_report
 from gradscope.stats.reductions import floating_tensors
 from gradscope.structure import StructureProbe
@@ -119,7 +119,7 @@ def _run(
     targets: dict[int, torch.Tensor] = {}
     structure = None
     loss_kind = "loss_fn" if loss_fn is not None else "default"
-    with Monitor(model, every=1, optimizer=opt) as mon:
+    with Recorder(model, every=1, optimizer=opt) as mon:
         for step in range(steps):
             probe = StructureProbe(model) if step == 0 else None
             with probe if probe is not None else nullcontext():

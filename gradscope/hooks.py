@@ -20,8 +20,8 @@ import torch
 import torch.nn as nn
 from torch.overrides import TorchFunctionMode
 
-from gradscope.buffer import PRESENCE, Layout, StepBuffer
-from gradscope.stats import site_components
+from gradscope.buffer import Layout, StepBuffer
+from gradscope.stats import FLAT, NUMEL, PRESENCE, SQ, site_components
 from gradscope.stats.reductions import (
     FUNCTIONAL_ACTIVATIONS,
     ActivationKind,
@@ -284,7 +284,7 @@ class HookManager:
         self._activation(name, kind, out, producer, site)
 
     def _act_rms(self, name: str, tensors: list[torch.Tensor]) -> None:
-        sq, numel = self._slot(name, "act_rms", "sq"), self._slot(name, "act_rms", "numel")
+        sq, numel = self._slot(name, "act_rms", SQ), self._slot(name, "act_rms", NUMEL)
         for t in tensors:
             self.buffer.add(sq, self._sum_sq(t))
             self.buffer.count(numel, t.numel())
@@ -329,14 +329,14 @@ class HookManager:
         self.buffer.count(slots[2])
 
     def _saturation(self, name: str, kind: ActivationKind, t: torch.Tensor) -> None:
-        self.buffer.add(self._slot(name, "saturation", "flat"), flat_count(t, kind.bounds))
-        self.buffer.count(self._slot(name, "saturation", "numel"), t.numel())
+        self.buffer.add(self._slot(name, "saturation", FLAT), flat_count(t, kind.bounds))
+        self.buffer.count(self._slot(name, "saturation", NUMEL), t.numel())
         self.buffer.count(self._slot(name, "saturation", PRESENCE))
 
     # -- backward: the gradient arriving at each output ----------------------------------------
 
     def _hook_gradients(self, name: str, tensors: list[torch.Tensor]) -> None:
-        target = (self._slot(name, "out_grad_norm", "sq"), self._slot(name, "out_grad_norm", PRESENCE))
+        target = (self._slot(name, "out_grad_norm", SQ), self._slot(name, "out_grad_norm", PRESENCE))
         for t in tensors:
             if not t.requires_grad:
                 continue

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from gradscope.records import read_history, read_meta
+from gradscope.rundir import read_history, read_meta
 from gradscope.rules import SEVERITIES, Finding, Records, run_rules
 from gradscope.rules.base import json_safe
 from gradscope.structure import ModelStructure

@@ -78,11 +78,23 @@ def test_model_raising_inside_forward_leaves_no_hooks_or_modes():
     assert sum(hook_counts(model)) == 0
 
 
-def test_eval_mode_is_restored():
-    model = models.mlp().eval()
+def test_train_and_eval_modes_are_the_users_per_module():
+    """The monitor changes no module's mode, so leaving the block changes none either: a
+    BatchNorm frozen with .eval() stays frozen, and a mode set inside the block stays set."""
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2))
+    model[1].eval()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gradscope.monitor(model, optimizer=opt):
+        model(torch.randn(16, 4)).pow(2).mean().backward()
+        opt.step()
+    assert model.training and not model[1].training
+    running_mean = model[1].running_mean.clone()
+    model(torch.randn(16, 4))
+    assert torch.equal(model[1].running_mean, running_mean)  # still frozen
+
     with gradscope.monitor(model):
-        model.train()
-    assert not model.training
+        model.eval()
+    assert not any(m.training for m in model.modules())
 
 
 def test_failure_inside_a_hook_warns_once_and_training_goes_on(monkeypatch):
@@ -206,3 +218,44 @@ def test_a_failing_clean_up_still_removes_everything(strict):
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
     assert not opt._optimizer_step_pre_hooks and not opt._optimizer_step_post_hooks
     gradscope.monitor(model, optimizer=opt).start().stop()  # not left registered
+
+
+@pytest.mark.parametrize("fail_in", ["tensorboard", "run directory"])
+def test_a_start_that_fails_halfway_leaves_nothing_installed(tmp_path, monkeypatch, fail_in):
+    """A sink that cannot open (a read-only TensorBoard directory, a full disk) makes start()
+    raise with every hook, optimizer hook and registration already removed: the model trains
+    unmonitored as before and a later monitor can watch it."""
+    import gradscope.sinks.run_directory as run_directory
+    import gradscope.sinks.tensorboard as tensorboard
+
+    def refuse(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    if fail_in == "tensorboard":
+        monkeypatch.setattr(tensorboard.TensorBoardSink, "__init__", refuse)
+        options = {"tensorboard": str(tmp_path / "tb")}
+    else:
+        monkeypatch.setattr(run_directory, "write_meta", refuse)
+        options = {"log_dir": tmp_path / "run"}
+    model = models.mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    mon = gradscope.monitor(model, optimizer=opt, **options)
+    with pytest.raises(OSError, match="No space left"):
+        mon.start()
+    assert sum(hook_counts(model)) == 0
+    assert not opt._optimizer_step_pre_hooks and not opt._optimizer_step_post_hooks
+    model(torch.randn(4, 6)).sum().backward()  # an unmonitored step records nothing
+    opt.step()
+    assert mon.to_dataframe().empty
+    monkeypatch.undo()
+    with gradscope.monitor(model, optimizer=opt) as again:  # no "already watched"
+        model(torch.randn(4, 6)).sum().backward()
+        opt.step()
+    assert not again.to_dataframe().empty
+
+
+def test_a_log_dir_that_cannot_be_created_is_a_usage_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(gradscope.UsageError, match="cannot be used as a run directory"):
+        gradscope.monitor(models.mlp(), log_dir=blocker / "run")

@@ -9,7 +9,7 @@ steps the scaler skips are not told apart; bf16 and fp32 are unaffected.
 from __future__ import annotations
 
 from gradscope.errors import UsageError
-from gradscope.monitor import Monitor
+from gradscope.api import Monitor
 
 try:
     from transformers import TrainerCallback

@@ -10,7 +10,7 @@ non-finite gradients rather than as a skipped step.
 from __future__ import annotations
 
 from gradscope.errors import UsageError
-from gradscope.monitor import Monitor
+from gradscope.api import Monitor
 
 try:
     import pytorch_lightning as _pl

@@ -19,6 +19,32 @@ MODULE = "module"
 ACTIVATION = "activation"
 MODEL = "model"
 
+# State components, named once: what a statistic sums into the step buffer.
+PRESENCE = "n"
+"""Every entry has this host component: how many contributions it got; 0 means not recorded."""
+SQ = "sq"
+"""A sum of squares."""
+NUMEL = "numel"
+"""An element count, known on the host from shapes."""
+FLAT = "flat"
+"""A count of saturated elements."""
+COUNT = "count"
+"""A count of NaN/Inf elements."""
+DELTA_SQ = "delta_sq"
+"""Sum of squares of a parameter's change across the optimizer step."""
+WEIGHT_SQ = "weight_sq"
+"""Sum of squares of a parameter before the optimizer step."""
+FOUND_INF = "found_inf"
+"""A GradScaler's found-Inf flags, summed over devices."""
+
+# How a statistic's device state combines across data-parallel ranks (torchmetrics'
+# ``dist_reduce_fx``): the buffer is always all-reduced with SUM, then rescaled by what these say.
+SUM = "sum"
+"""Each rank holds its own part of the step (its micro-batch): the parts add up."""
+REPLICATED = "replicated"
+"""Each rank holds the same value for a replicated parameter (DDP's averaged gradient): the sum
+over ranks is divided by the world size. A sharded parameter's shards (FSDP2) add up as SUM."""
+
 
 @dataclass(frozen=True)
 class Statistic:
@@ -26,7 +52,11 @@ class Statistic:
 
     ``state`` names the scalar components summed on the device; ``host_state`` names those counted
     on the host from shapes alone (element counts), also summed. ``loss_scaled`` names the
-    components that carry the square of a loss scale (a GradScaler's), to be divided out by it.
+    components that carry the square of the factor the loss was multiplied by before
+    ``backward()`` as they are captured: a GradScaler's scale, and under data parallelism the
+    1/world of the global (mean) loss; the step end divides it out. Parameter gradients are read
+    after the scaler unscaled them and after DDP averaged them, so theirs carry none.
+    ``dist_reduce`` says how the device state combines across ranks (``SUM`` or ``REPLICATED``).
     ``compute`` maps arrays of component sums (one entry per layer) to the values. A statistic
     whose state is not a fixed set of scalars (one flag per unit and call site) sets
     ``compute_entry`` instead: from the step's buffer and one entry's slots to its value.
@@ -40,6 +70,7 @@ class Statistic:
     compute: Callable[[dict[str, np.ndarray]], np.ndarray] | None
     doc: str
     compute_entry: Callable[[np.ndarray, dict[str, tuple[int, int]]], float] | None = None
+    dist_reduce: str = SUM
 
 
 def _sqrt_of(component: str) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
@@ -48,19 +79,19 @@ def _sqrt_of(component: str) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
 
 def _ratio_of_norms(s: dict[str, np.ndarray]) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.sqrt(s["delta_sq"]) / np.sqrt(s["weight_sq"])
+        ratio = np.sqrt(s[DELTA_SQ]) / np.sqrt(s[WEIGHT_SQ])
     # a parameter at exactly zero that did not move has ratio 0, not NaN
-    return np.where((s["delta_sq"] == 0) & (s["weight_sq"] == 0), 0.0, ratio)
+    return np.where((s[DELTA_SQ] == 0) & (s[WEIGHT_SQ] == 0), 0.0, ratio)
 
 
 def _rms(s: dict[str, np.ndarray]) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.sqrt(s["sq"] / s["numel"])
+        return np.sqrt(s[SQ] / s[NUMEL])
 
 
 def _fraction(s: dict[str, np.ndarray]) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
-        return s["flat"] / s["numel"]
+        return s[FLAT] / s[NUMEL]
 
 
 def site_components(site: int, units: int) -> tuple[str, str]:
@@ -84,36 +115,40 @@ STATISTICS: dict[str, Statistic] = {
     s.name: s
     for s in (
         Statistic(
-            "grad_norm", PARAMETER, ("sq",), (), ("sq",), _sqrt_of("sq"),
+            "grad_norm", PARAMETER, (SQ,), (), (), _sqrt_of(SQ),
             "L2 norm of the parameter's accumulated gradient at the optimizer step.",
+            dist_reduce=REPLICATED,
         ),
         Statistic(
-            "weight_norm", PARAMETER, ("sq",), (), (), _sqrt_of("sq"),
+            "weight_norm", PARAMETER, (SQ,), (), (), _sqrt_of(SQ),
             "L2 norm of the parameter before the optimizer step.",
+            dist_reduce=REPLICATED,
         ),
         Statistic(
-            "update_ratio", PARAMETER, ("delta_sq", "weight_sq"), (), (), _ratio_of_norms,
+            "update_ratio", PARAMETER, (DELTA_SQ, WEIGHT_SQ), (), (), _ratio_of_norms,
             "||w_after - w_before|| / ||w_before|| across the optimizer step (needs optimizer=).",
+            dist_reduce=REPLICATED,
         ),
         Statistic(
-            "grad_nonfinite", PARAMETER, ("count",), (), (), lambda s: s["count"],
+            "grad_nonfinite", PARAMETER, (COUNT,), (), (), lambda s: s[COUNT],
             "Number of NaN or Inf elements in the parameter's gradient.",
+            dist_reduce=REPLICATED,
         ),
         Statistic(
-            "out_grad_norm", MODULE, ("sq",), (), ("sq",), _sqrt_of("sq"),
+            "out_grad_norm", MODULE, (SQ,), (), (SQ,), _sqrt_of(SQ),
             "L2 norm of the loss gradient with respect to the module's output: the "
             "backpropagated signal. Several outputs or calls add up as squares.",
         ),
         Statistic(
-            "act_rms", MODULE, ("sq",), ("numel",), (), _rms,
+            "act_rms", MODULE, (SQ,), (NUMEL,), (), _rms,
             "Root mean square of the module's floating-point outputs (the forward signal).",
         ),
         Statistic(
-            "saturation", ACTIVATION, ("flat",), ("numel",), (), _fraction,
+            "saturation", ACTIVATION, (FLAT,), (NUMEL,), (), _fraction,
             "Fraction of a bounded activation's outputs at or within 1% of its bounds.",
         ),
         Statistic(
-            "amp_skipped", MODEL, ("found_inf",), (), (), lambda s: np.minimum(s["found_inf"], 1.0),
+            "amp_skipped", MODEL, (FOUND_INF,), (), (), lambda s: np.minimum(s[FOUND_INF], 1.0),
             "1 when the GradScaler (monitor(..., scaler=)) skipped the step for Inf/NaN gradients, "
             "else 0; recorded on the model (layer \"\") only with a scaler.",
         ),

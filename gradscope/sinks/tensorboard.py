@@ -3,7 +3,9 @@ a custom-scalars layout with one multiline chart per metric across all layers, t
 markdown table when they change, and optional histograms.
 
 Everything is written from host values the monitor already copied: no device synchronisation.
-``add_scalar`` only (``add_scalars`` would open a writer per tag).
+``add_scalar`` only (``add_scalars`` would open a writer per tag). The findings are the rules over
+the last logged steps held in RAM, every ``findings_every`` logged steps, and over the whole run
+when it ends.
 """
 
 from __future__ import annotations
@@ -14,8 +16,12 @@ import os
 import numpy as np
 
 from gradscope.errors import UsageError
+from gradscope.sinks import RunView, StepRecord
 from gradscope.stats import STATISTICS
 from gradscope.stats.histograms import HEADER, bucket_limits
+
+FINDINGS_WINDOW = 20
+"""Logged steps the periodic findings look at (the rules are cheap enough on these mid-run)."""
 
 ROOT_LAYER = "(model)"
 """Tag name of the root module, whose layer name is the empty string."""
@@ -31,11 +37,16 @@ def layout() -> dict:
     return {"gradscope: gradient flow across layers": charts}
 
 
-class TensorBoardReporter:
+class TensorBoardSink:
     """Writes to a ``SummaryWriter`` it opens on a directory, or to one the user passes (which it
     flushes but does not close)."""
 
-    def __init__(self, target: object) -> None:
+    name = "tensorboard"
+
+    def __init__(self, target: object, run: RunView, findings_every: int = 10) -> None:
+        self._run = run
+        self._findings_every = findings_every
+        self._steps = 0
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as e:  # tensorboard is a dependency; a broken install still gets a hint
@@ -49,13 +60,25 @@ class TensorBoardReporter:
         self._layout_written = False
         self._last_findings: tuple | None = None
 
-    def log(self, step: int, layers: np.ndarray, metrics: np.ndarray, values: np.ndarray) -> None:
-        """One logged step: a scalar per (layer, metric) value (NaN and Inf included, as recorded)."""
+    def log(self, record: StepRecord) -> None:
+        """One logged step: a scalar per (layer, metric) value (NaN and Inf included, as recorded),
+        and the findings on the first and every ``findings_every``-th logged step."""
         if not self._layout_written:
             self.writer.add_custom_scalars(layout())
             self._layout_written = True
-        for layer, metric, value in zip(layers, metrics, values):
-            self.writer.add_scalar(tag(metric, layer), float(value), global_step=step)
+        for layer, metric, value in zip(record.layers, record.metrics, record.values):
+            self.writer.add_scalar(tag(metric, layer), float(value), global_step=record.step)
+        self._steps += 1
+        if self._steps % self._findings_every == 1 or self._findings_every == 1:
+            self.log_findings(self._recent_findings(), record.step)
+
+    def _recent_findings(self) -> list:
+        from gradscope.report import build_report
+
+        recent = self._run.recent_history()
+        steps = sorted(recent["step"].unique())[-FINDINGS_WINDOW:]
+        recent = recent[recent["step"].isin(steps)]
+        return build_report(recent, self._run.layers, None, self._run.model_summary(), {}).findings
 
     def log_findings(self, findings: list, step: int) -> None:
         """The findings as a markdown table, written only when they differ from the last ones."""
@@ -88,9 +111,18 @@ class TensorBoardReporter:
             )
 
     def close(self) -> None:
-        self.writer.flush()
-        if self._owned:
-            self.writer.close()
+        """The findings over the whole run, then flush (and close a writer opened here)."""
+        try:
+            if self._steps:
+                from gradscope.report import build_report
+
+                history = self._run.to_dataframe()
+                findings = build_report(history, self._run.layers, None, self._run.model_summary(), {}).findings
+                self.log_findings(findings, int(history["step"].max()))
+        finally:
+            self.writer.flush()
+            if self._owned:
+                self.writer.close()
 
 
 def _cell(text: str) -> str:

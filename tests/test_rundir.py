@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import gradscope
-from gradscope.records import read_history, read_meta
+from gradscope.rundir import read_history, read_meta
 from tests import models
 
 

@@ -1,0 +1,80 @@
+"""Mixed precision with a ``torch.amp.GradScaler``: the scaler may skip ``optimizer.step()`` (Inf or
+NaN gradients), so a monitored step ends when ``scaler.step()`` returns, taken or skipped. The
+scaler's ``step`` is wrapped for the monitor's lifetime and put back exactly afterwards; a skip is
+recorded as ``amp_skipped`` on the model (layer "").
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from gradscope.buffer import Layout, StepBuffer
+from gradscope.errors import UsageError, UsageTypeError
+from gradscope.stats import FOUND_INF, PRESENCE
+
+
+def check_scaler(scaler: object, optimizer: torch.optim.Optimizer | None) -> object:
+    """``scaler`` if it is a GradScaler the monitor can follow (None passes)."""
+    if scaler is None:
+        return None
+    if not all(hasattr(scaler, name) for name in ("step", "update", "scale", "_per_optimizer_states")):
+        raise UsageTypeError(
+            f"Expected `scaler` to be a torch.amp.GradScaler but got {type(scaler).__name__}."
+        )
+    if optimizer is None:
+        raise UsageError(
+            "scaler= needs optimizer= as well: the monitor reads the gradients once the scaler has "
+            "unscaled them, at the optimizer's step; pass the optimizer you give to scaler.step()."
+        )
+    return scaler
+
+
+class ScalerPatch:
+    """Wraps ``scaler.step`` so that ``on_step_end(optimizer, loss_scale)`` runs when it returns.
+
+    ``loss_scale`` is the scale the loss was multiplied by in this step (a device tensor, or None
+    before the scaler's first use)."""
+
+    def __init__(self, scaler: object, on_step_end: Callable[[object, object], None]) -> None:
+        self.scaler = scaler
+        self._on_step_end = on_step_end
+        self._original: Callable | None = None
+        self._had_own_step = False
+
+    def install(self) -> None:
+        self._had_own_step = "step" in vars(self.scaler)
+        self._original = self.scaler.step
+        self.scaler.step = self._step
+
+    def restore(self) -> None:
+        """Undo the patch, exactly: only if it is still ours (a second monitor may share the
+        scaler), putting back what was there before."""
+        if self._original is None:
+            return
+        current = vars(self.scaler).get("step")
+        if getattr(current, "__func__", None) is ScalerPatch._step and current.__self__ is self:
+            if self._had_own_step:
+                self.scaler.step = self._original
+            else:
+                del self.scaler.step  # back to the class's method
+        self._original = None
+
+    def _step(self, optimizer, *args, **kwargs):
+        scale = getattr(self.scaler, "_scale", None)
+        try:
+            return self._original(optimizer, *args, **kwargs)
+        finally:
+            self._on_step_end(optimizer, scale)
+
+
+def record_skip(scaler: object, optimizer: object, layout: Layout, buffer: StepBuffer) -> None:
+    """Queue ``amp_skipped`` for the step: the scaler's found-Inf flags of ``optimizer``, summed
+    over devices on the device."""
+    state = scaler._per_optimizer_states[id(optimizer)]
+    found = [f.reshape(()) for f in state.get("found_inf_per_device", {}).values()]
+    entry = layout.entry("", "amp_skipped")
+    if found:
+        buffer.add(layout.slot(entry, FOUND_INF), torch.stack([f.to(found[0].device) for f in found]).sum())
+    buffer.count(layout.slot(entry, PRESENCE))

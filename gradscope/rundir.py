@@ -1,0 +1,106 @@
+"""The run directory on disk: ``meta.json``, ``findings.json`` and the history's Parquet parts
+(``history/part-NNNNNN.parquet``), each written atomically (temporary file, then rename). The format
+is documented in docs/run-directory.md; ``History`` writes the parts, the run-directory sink the
+JSON files, and reports read them back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from gradscope.errors import UsageError
+
+COLUMNS = ["step", "layer", "metric", "value"]
+FORMAT = "gradscope-run"
+FORMAT_VERSION = 1
+META_FILE = "meta.json"
+HISTORY_DIR = "history"
+
+
+def empty_history() -> pd.DataFrame:
+    return typed_history(pd.DataFrame({
+        "step": pd.Series(dtype=np.int64),
+        "layer": pd.Series(dtype=object),
+        "metric": pd.Series(dtype=object),
+        "value": pd.Series(dtype=np.float64),
+    }))
+
+
+def typed_history(frame: pd.DataFrame) -> pd.DataFrame:
+    """One set of column types, whichever way the table was made: int64, str, str, float64."""
+    return frame.astype({"step": np.int64, "layer": "str", "metric": "str", "value": np.float64})
+
+
+def write_meta(run_dir: Path, meta: dict) -> None:
+    """Write ``meta.json`` atomically, with the format header and the environment filled in."""
+    import torch
+
+    from gradscope import __version__
+
+    full = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "gradscope_version": __version__,
+        "torch_version": torch.__version__,
+        "command": sys.argv,
+        "written": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **meta,
+    }
+    run_dir.mkdir(parents=True, exist_ok=True)
+    temp = run_dir / (META_FILE + ".tmp")
+    temp.write_text(json.dumps(full, indent=2))
+    os.replace(temp, run_dir / META_FILE)
+
+
+FINDINGS_FILE = "findings.json"
+
+
+def write_findings(run_dir: Path, findings: list[dict]) -> None:
+    """Write ``findings.json`` (the rules over the whole run, at its end) atomically."""
+    temp = run_dir / (FINDINGS_FILE + ".tmp")
+    temp.write_text(json.dumps({"format": FORMAT, "format_version": FORMAT_VERSION, "findings": findings}, indent=2))
+    os.replace(temp, run_dir / FINDINGS_FILE)
+
+
+def read_meta(run_dir: str | os.PathLike) -> dict:
+    """The run's ``meta.json``, checked for format and version."""
+    path = Path(run_dir) / META_FILE
+    if not path.is_file():
+        raise UsageError(
+            f"{str(run_dir)!r} is not a gradscope run directory: it has no {META_FILE}. "
+            "Pass the directory given as log_dir= to gradscope.monitor."
+        )
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise UsageError(f"{str(path)!r} is not valid JSON ({e}); the run directory is corrupt.") from e
+    if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
+        raise UsageError(
+            f"{str(path)!r} has format {meta.get('format')!r} version {meta.get('format_version')!r}; "
+            f"this gradscope reads {FORMAT!r} version {FORMAT_VERSION}."
+        )
+    return meta
+
+
+def read_history(run_dir: str | os.PathLike) -> pd.DataFrame:
+    """The long table stored in a run directory's Parquet parts (complete parts only)."""
+    parts = sorted((Path(run_dir) / HISTORY_DIR).glob("part-*.parquet"))
+    if not parts:
+        return empty_history()
+    frames = []
+    for part in parts:
+        try:
+            frames.append(pd.read_parquet(part))
+        except Exception as e:  # noqa: BLE001 - any reader error means a damaged part
+            raise UsageError(
+                f"History part {str(part)!r} cannot be read ({type(e).__name__}: {e}); "
+                "delete it to load the rest of the run."
+            ) from e
+    return typed_history(pd.concat(frames, ignore_index=True)[COLUMNS])
