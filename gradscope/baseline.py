@@ -56,7 +56,10 @@ def read_baseline(path: str | Path) -> dict:
     findings, signal = data.get("findings"), data.get("signal")
     if not isinstance(findings, list) or not all(isinstance(f, dict) and isinstance(f.get("rule"), str) for f in findings):
         raise UsageError(f"The baseline {path} has a malformed \"findings\" list; {redo}.")
-    if not isinstance(signal, dict) or not all(isinstance(v, (int, float)) and v > 0 for v in signal.values()):
+    if not isinstance(signal, dict) or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+        for v in signal.values()
+    ):
         raise UsageError(f"The baseline {path} has a malformed \"signal\" table (layer → positive number); {redo}.")
     return data
 

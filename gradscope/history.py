@@ -13,7 +13,11 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from gradscope.rundir import HISTORY_DIR, empty_history, read_history, typed_history
+from gradscope.errors import UsageError
+from gradscope.rundir import HISTORY_DIR, META_FILE, empty_history, read_history, typed_history
+
+MAX_BACKOFF = 64
+"""After failed writes, the next attempt waits up to this many ``flush_every`` batches."""
 
 Names = Callable[[], tuple[np.ndarray, np.ndarray]]
 """Returns (layer, metric) arrays indexed by entry id; entries only ever get appended."""
@@ -24,6 +28,11 @@ class History:
 
     Without a run directory everything stays in RAM (about 12 bytes a value). With one, every
     ``flush_every`` logged steps become a Parquet part and RAM keeps the last ``window`` steps.
+
+    A write that fails (a full or read-only disk) never stops training: ``on_write_error`` is
+    called with the error, the next attempt backs off (2, 4, … up to ``MAX_BACKOFF`` batches
+    later), at most ``max(window, flush_every)`` unwritten steps are kept, and the steps dropped
+    from that bound are listed in ``lost_steps`` as ``[first, last]`` ranges.
     """
 
     def __init__(
@@ -41,9 +50,15 @@ class History:
         self._parts = 0
         self.steps_logged = 0
         self.last_step: int | None = None
+        self._max_unflushed = max(window, flush_every)
+        self._backoff = 1
+        self._next_attempt = flush_every
+        self.lost_steps: list[list[int]] = []
+        self._losing = False
+        self.on_write_error: Callable[[OSError], None] | None = None
         if self.run_dir is not None:
+            _refuse_previous_run(self.run_dir)
             (self.run_dir / HISTORY_DIR).mkdir(parents=True, exist_ok=True)
-            self._parts = len(list((self.run_dir / HISTORY_DIR).glob("part-*.parquet")))
 
     def append(self, step: int, entry_ids: np.ndarray, values: np.ndarray) -> None:
         chunk = (step, entry_ids, values)
@@ -52,20 +67,52 @@ class History:
         self.last_step = step
         if self.run_dir is not None:
             self._unflushed.append(chunk)
-            if len(self._unflushed) >= self._flush_every:
+            if len(self._unflushed) > self._max_unflushed:
+                self._drop_oldest()
+            if len(self._unflushed) >= self._next_attempt:
                 self.flush()
 
-    def flush(self) -> None:
-        """Write the steps not yet on disk as one Parquet part (atomically: temp file, rename)."""
+    def flush(self) -> bool:
+        """Write the steps not yet on disk as one Parquet part (atomically: temp file, rename).
+        Returns False when the write failed (reported through ``on_write_error``)."""
         if self.run_dir is None or not self._unflushed:
-            return
-        frame = self._frame(self._unflushed)
+            return True
         path = self.run_dir / HISTORY_DIR / f"part-{self._parts:06d}.parquet"
         temp = path.with_suffix(".parquet.tmp")
-        frame.to_parquet(temp, index=False)
-        os.replace(temp, path)
+        try:
+            self._frame(self._unflushed).to_parquet(temp, index=False)
+            os.replace(temp, path)
+        except OSError as e:
+            _remove(temp)
+            self._backoff = min(self._backoff * 2, MAX_BACKOFF)
+            self._next_attempt = len(self._unflushed) + self._flush_every * self._backoff
+            if self.on_write_error is not None:
+                self.on_write_error(e)
+            return False
         self._parts += 1
         self._unflushed.clear()
+        self._losing = False
+        self._backoff = 1
+        self._next_attempt = self._flush_every
+        return True
+
+    @property
+    def unwritten(self) -> int:
+        """Logged steps not yet on disk."""
+        return len(self._unflushed)
+
+    def mark_unwritten_lost(self) -> None:
+        """The run ends with steps that could not be written: list them as lost on disk."""
+        while self._unflushed:
+            self._drop_oldest()
+
+    def _drop_oldest(self) -> None:
+        step = self._unflushed.pop(0)[0]
+        if self._losing:  # the logged steps since the last loss were all dropped too
+            self.lost_steps[-1][1] = step
+        else:
+            self.lost_steps.append([step, step])
+            self._losing = True
 
     def to_dataframe(self) -> pd.DataFrame:
         """The whole history as a long table with columns step, layer, metric, value."""
@@ -89,3 +136,23 @@ class History:
             "metric": metrics[ids],
             "value": np.concatenate([c[2] for c in chunks]).astype(np.float64),
         }))
+
+
+def _refuse_previous_run(run_dir: Path) -> None:
+    """A second run into a directory that holds one would mix two histories (steps from 0 again,
+    one meta.json): refuse before anything is written."""
+    if (run_dir / META_FILE).exists() or any((run_dir / HISTORY_DIR).glob("part-*.parquet")):
+        raise UsageError(
+            f"`log_dir` {str(run_dir)!r} already holds a gradscope run; pass a new directory for "
+            "each run (e.g. runs/<name>-<date>), or delete the old one. To monitor one run in "
+            "several blocks (one per epoch), create the monitor once and enter it each time: "
+            "`with mon: ...`."
+        )
+
+
+def _remove(path: Path) -> None:
+    """Best-effort removal of a partly written temporary file."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass

@@ -104,6 +104,7 @@ class Recorder:
         self._ranks = RankAgreement(self.layout, self.world_size)
         self._rescale = RescalePlan(self.layout, self.params.is_sharded)
         self.history = _open_history(self._names, self.config)
+        self.history.on_write_error = self._history_write_failed
         self._step = 0
         self._in_flight: deque[PendingStep] = deque()
         self._optimizer_handles: list = []
@@ -324,7 +325,7 @@ class Recorder:
 
         attempt("step buffer", self.buffer.discard)  # a step that never reached its optimizer step
         attempt("history", self._drain, True)
-        attempt("history", self.history.flush)
+        attempt("history", self._final_flush)
         sinks, self._sinks = self._sinks, []
         for sink in sinks:
             attempt(_sink_name(sink), sink.close)
@@ -414,6 +415,7 @@ class Recorder:
             "metrics": {name: {"scope": s.scope, "doc": s.doc} for name, s in STATISTICS.items()},
             "steps_logged": self.history.steps_logged,
             "last_step": self.history.last_step,
+            "lost_steps": self.history.lost_steps,
         }
 
     def _names(self) -> tuple[np.ndarray, np.ndarray]:
@@ -428,6 +430,25 @@ class Recorder:
         return self._names_cache[1], self._names_cache[2]
 
     # -- errors inside gradscope never stop training -------------------------------------------
+
+    def _final_flush(self) -> None:
+        """Write what is left; what cannot be written is listed as lost in meta.json."""
+        try:
+            self.history.flush()
+        finally:
+            if self.history.unwritten:
+                self.history.mark_unwritten_lost()
+
+    def _history_write_failed(self, error: OSError) -> None:
+        if self.config.strict:
+            raise error
+        self._warn_once(
+            ALL_LAYERS, "run directory",
+            f"writing the history to {str(self.history.run_dir)!r} failed ({error}); training goes "
+            f"on, the steps are kept in RAM (at most {max(self.config.window, self.config.flush_every)}) "
+            "and the write is retried with a growing interval. Steps that do not fit are listed "
+            "as lost_steps in meta.json.",
+        )
 
     def _guard(self, layer: str, statistic: str, fn, *args) -> None:
         try:

@@ -45,11 +45,19 @@ class Report:
             "model": self.model,
             "options": self.options,
             "findings": [f.to_dict() for f in self.findings],
-            "layers": [
-                {k: (None if isinstance(v, float) and v != v else v) for k, v in row.items()}
-                for row in self.layers.to_dict(orient="records")
-            ],
+            "layers": self._layer_rows(),
         })
+
+    def _layer_rows(self) -> list[dict]:
+        """Per-layer rows: a statistic that does not apply to a layer is null, a measured NaN
+        stays "nan" (json_safe), since it is the most important value a report carries."""
+        measured = self.layers.attrs.get("measured", {})
+        rows = self.layers.to_dict(orient="records")
+        for i, row in enumerate(rows):
+            for key, value in row.items():
+                if isinstance(value, float) and value != value and not measured.get(key, [False] * len(rows))[i]:
+                    row[key] = None
+        return rows
 
     def to_json(self, indent: int | None = 2) -> str:
         """The report as JSON (the format the CLI writes, documented in docs/diagnose.md)."""

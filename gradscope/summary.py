@@ -54,4 +54,13 @@ def layer_summary(history: pd.DataFrame, layers: pd.DataFrame, step: int | None 
     for metric in ("grad_norm", "update_ratio", "grad_nonfinite"):
         frame[metric] = frame["layer"].map(combined[metric]) if not combined.empty else np.nan
     frame["order"] = np.arange(len(frame))
-    return frame[SUMMARY_COLUMNS].reset_index(drop=True)
+    frame = frame[SUMMARY_COLUMNS].reset_index(drop=True)
+    # which cells were measured: a NaN there is a measured NaN, elsewhere "does not apply"
+    recorded = at.groupby("metric")["layer"].agg(set).to_dict()
+    measured = {m: frame["layer"].isin(recorded.get(m, set())).tolist()
+                for m in ("out_grad_norm", "dead_fraction", "saturation", "act_rms")}
+    for metric in ("grad_norm", "update_ratio", "grad_nonfinite"):
+        owners = set(owner[owner.index.isin(recorded.get(metric, set()))])
+        measured[metric] = frame["layer"].isin(owners).tolist()
+    frame.attrs["measured"] = measured
+    return frame
