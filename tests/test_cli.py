@@ -13,7 +13,6 @@ from typer.testing import CliRunner
 
 from gradscope.cli import app
 
-GOLDEN = Path(__file__).parent / "golden"
 ENV = {"COLUMNS": "100", "NO_COLOR": "1", "GITHUB_ACTIONS": "", "GITHUB_STEP_SUMMARY": ""}
 
 SIGMOID = """
@@ -59,13 +58,21 @@ def test_diagnose_prints_the_layer_table_and_findings_without_colour_codes(tmp_p
     assert "insert_pseudo_norm(model, every=2)  # divide the backward signal by its RMS every 2 activations" in result.output
 
 
-def test_diagnose_terminal_output_matches_the_golden_file(tmp_path, update_golden):
-    result = run("diagnose", write(tmp_path, SIGMOID, "deep_sigmoid.py"))
-    text = result.output.replace(str(tmp_path), "<tmp>")
-    golden = GOLDEN / "diagnose_deep_sigmoid.txt"
-    if update_golden:
-        golden.write_text(text, encoding="utf-8")
-    assert text == golden.read_text(encoding="utf-8")
+def test_diagnose_outputs_match_the_golden_files(tmp_path, golden):
+    """Terminal, JSON and markdown reports of one run, normalised (tests/golden.py)."""
+    result = run("diagnose", write(tmp_path, SIGMOID, "deep_sigmoid.py"),
+                 "--json", tmp_path / "report.json", "--markdown", tmp_path / "report.md")
+    assert result.exit_code == 0, result.output
+    golden.text("diagnose_deep_sigmoid.txt", result.output)
+    golden.json("diagnose_deep_sigmoid.json", json.loads((tmp_path / "report.json").read_text(encoding="utf-8")))
+    golden.text("diagnose_deep_sigmoid.md", (tmp_path / "report.md").read_text(encoding="utf-8"))
+
+
+def test_explain_output_matches_the_golden_file(golden):
+    result = run("explain", "vanishing-gradient")
+    assert result.exit_code == 0, result.output
+    assert result.output == run("explain", "GS101").output  # the slug and the code name one rule
+    golden.text("explain_vanishing_gradient.md", result.output)
 
 
 def test_fail_on_and_reports(tmp_path):

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 import gradscope
 from gradscope import GradscopeWarning
 from tests import models
+from tests.reference import reference
 
 
 def train(model, params, steps=3):
@@ -45,8 +46,18 @@ def test_compiled_model_gets_parameter_statistics_without_graph_breaks():
 
 def test_uncompiled_original_still_gets_everything():
     torch._dynamo.reset()
+    torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
     compiled = torch.compile(model, backend="aot_eager")
-    df = train(model, model.parameters())  # monitoring model._orig_mod, the eager module
+    g = torch.Generator().manual_seed(0)  # the batch train() draws for step 0
+    x, y = torch.randn(16, 6, generator=g), torch.randn(16, 3, generator=g)
+    expected = reference(model, [(x, y)], F.mse_loss, lr=0.05)
+    df = train(model, model.parameters(), steps=1)  # monitoring model._orig_mod, the eager module
+    got = df.set_index(["layer", "metric"]).value.to_dict()
     assert {"out_grad_norm", "dead_fraction", "act_rms"} <= set(df.metric)
-    compiled(torch.randn(2, 6))  # the compiled wrapper still runs
+    assert set(got) == set(expected)
+    assert got == pytest.approx(expected, rel=1e-4, abs=1e-7)
+    # the compiled wrapper still runs, through the trained weights and without the monitor's hooks
+    assert not any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks for m in model.modules())
+    probe = torch.randn(4, 6)
+    torch.testing.assert_close(compiled(probe), model(probe))

@@ -3,6 +3,7 @@ that it leaves the model as it found it."""
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -107,11 +108,26 @@ def test_model_mode_parameters_buffers_grads_optimizer_and_rng_are_restored():
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
 
 
-def test_runs_are_deterministic():
-    first = gradscope.diagnose(stack(6, nn.Tanh), x64(), steps=3).to_json()
-    assert gradscope.diagnose(stack(6, nn.Tanh), x64(), steps=3).to_json() != first  # new weights
-    model = stack(6, nn.Tanh)
-    assert gradscope.diagnose(model, x64(), steps=3).to_json() == gradscope.diagnose(model, x64(), steps=3).to_json()
+def test_a_diagnosed_model_equals_its_untouched_deep_copy_and_gives_the_same_report():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Tanh(), nn.Linear(8, 1))
+    model[1].eval()  # a frozen BatchNorm must stay frozen
+    twin = copy.deepcopy(model)
+    x = torch.randn(32, 4)
+    params = [id(p) for p in model.parameters()]
+    rng = torch.get_rng_state()
+    first = gradscope.diagnose(model, x, steps=3, optimizer=torch.optim.Adam(model.parameters(), lr=0.1)).to_json()
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert [id(p) for p in model.parameters()] == params  # restored in place, not replaced
+    for (name, p), (_, q) in zip(model.named_parameters(), twin.named_parameters(), strict=True):
+        assert torch.equal(p, q) and p.grad is None and p.requires_grad == q.requires_grad, name
+    for (name, b), (_, c) in zip(model.named_buffers(), twin.named_buffers(), strict=True):
+        assert torch.equal(b, c), name
+    assert [m.training for m in model.modules()] == [m.training for m in twin.modules()]
+    # the report depends on the weights and the inputs only: the copy, and the model again, agree
+    again = gradscope.diagnose(twin, x, steps=3, optimizer=torch.optim.Adam(twin.parameters(), lr=0.1)).to_json()
+    assert again == first
+    assert gradscope.diagnose(model, x, steps=3, optimizer=torch.optim.Adam(model.parameters(), lr=0.1)).to_json() == first
 
 
 class KeywordModel(nn.Module):
