@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from gradscope.rundir import read_history, read_meta
+from gradscope.rundir import meta_layers, read_history, read_meta
 from gradscope.rules import SEVERITIES, Finding, Records, run_rules
 from gradscope.rules.base import json_safe
 from gradscope.structure import ModelStructure
@@ -89,8 +89,8 @@ def load_run_report(run_dir: str | os.PathLike) -> Report:
     over its stored history (complete parts only, for a run that was killed)."""
     meta = read_meta(run_dir)
     history = read_history(run_dir)
-    layers = pd.DataFrame(meta.get("layers", []), columns=["layer", "type", "kind", "trainable", "order"])
-    model = {**meta.get("model", {}), "run_dir": str(run_dir)}
+    layers = meta_layers(meta, run_dir)
+    model = {**(meta.get("model") if isinstance(meta.get("model"), dict) else {}), "run_dir": str(run_dir)}
     steps = sorted(history["step"].unique().tolist())
     options = {
         "steps": len(steps), "every": meta.get("every"), "last_step": steps[-1] if steps else None,

@@ -81,6 +81,11 @@ def read_meta(run_dir: str | os.PathLike) -> dict:
         meta = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise UsageError(f"{str(path)!r} is not valid JSON ({e}); the run directory is corrupt.") from e
+    if not isinstance(meta, dict):
+        raise UsageError(
+            f"{str(path)!r} holds a JSON {type(meta).__name__}, not the object gradscope writes; "
+            "the run directory is damaged."
+        )
     if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
         raise UsageError(
             f"{str(path)!r} has format {meta.get('format')!r} version {meta.get('format_version')!r}; "
@@ -103,4 +108,31 @@ def read_history(run_dir: str | os.PathLike) -> pd.DataFrame:
                 f"History part {str(part)!r} cannot be read ({type(e).__name__}: {e}); "
                 "delete it to load the rest of the run."
             ) from e
-    return typed_history(pd.concat(frames, ignore_index=True)[COLUMNS])
+        try:
+            frames[-1] = typed_history(frames[-1][COLUMNS])
+        except (KeyError, ValueError, TypeError) as e:
+            raise UsageError(
+                f"History part {str(part)!r} is not a gradscope history part (expected columns "
+                f"{', '.join(COLUMNS)} of types int, str, str, float; it has "
+                f"{', '.join(map(str, frames[-1].columns))}); delete it to load the rest of the run."
+            ) from e
+    return typed_history(pd.concat(frames, ignore_index=True))
+
+
+LAYER_COLUMNS = ["layer", "type", "kind", "trainable", "order"]
+
+
+def meta_layers(meta: dict, run_dir: str | os.PathLike) -> pd.DataFrame:
+    """The layer table of ``meta.json``, checked for shape."""
+    rows = meta.get("layers", [])
+    if not isinstance(rows, list) or not all(
+        isinstance(r, dict) and isinstance(r.get("layer"), str) and isinstance(r.get("kind"), str) for r in rows
+    ):
+        raise UsageError(
+            f"{str(Path(run_dir) / META_FILE)!r} has a malformed \"layers\" list (expected objects "
+            "with \"layer\" and \"kind\" strings); the run directory is damaged."
+        )
+    frame = pd.DataFrame(rows, columns=LAYER_COLUMNS)
+    if frame["order"].isna().any():
+        frame["order"] = range(len(frame))
+    return frame

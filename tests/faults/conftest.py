@@ -1,0 +1,89 @@
+"""Fixtures that break the world around gradscope: a tiny or read-only filesystem (a real tmpfs
+where the test may mount one, else a patched writer raising the same OSError), and helpers that
+check the user's model and files are untouched."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import subprocess
+import uuid
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+
+def _mount(path: Path, options: str) -> bool:
+    path.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0:
+        return False
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
+                          capture_output=True)
+    return done.returncode == 0
+
+
+def _unmount(path: Path) -> None:
+    subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+class Disk:
+    """A filesystem at ``path`` that can run full: a real 512 KiB tmpfs, or (without mount
+    rights) the Parquet writer patched to raise ENOSPC while ``full``."""
+
+    def __init__(self, path: Path, real: bool, monkeypatch) -> None:
+        self.path = path
+        self.real = real
+        self._monkeypatch = monkeypatch
+        self._filler: Path | None = None
+        self._full = False
+        if not real:
+            original = pd.DataFrame.to_parquet
+
+            def to_parquet(frame, target, *args, **kwargs):
+                if self._full and str(target).startswith(str(path)):
+                    raise OSError(errno.ENOSPC, "No space left on device", str(target))
+                return original(frame, target, *args, **kwargs)
+
+            monkeypatch.setattr(pd.DataFrame, "to_parquet", to_parquet)
+
+    def fill(self) -> None:
+        self._full = True
+        if self.real:
+            self._filler = self.path / f"filler-{uuid.uuid4().hex}"
+            with contextlib.suppress(OSError), open(self._filler, "wb") as f:
+                while True:
+                    f.write(b"\0" * 4096)
+                    f.flush()
+
+    def free(self) -> None:
+        self._full = False
+        if self._filler is not None:
+            self._filler.unlink()
+            self._filler = None
+
+
+@pytest.fixture
+def disk(tmp_path, monkeypatch):
+    mount_point = tmp_path / "disk"
+    real = _mount(mount_point, "size=512k")
+    try:
+        yield Disk(mount_point, real, monkeypatch)
+    finally:
+        if real:
+            _unmount(mount_point)
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """A read-only directory: a read-only tmpfs, or None where none can be mounted (root ignores
+    permission bits, so chmod cannot make one)."""
+    mount_point = tmp_path / "ro"
+    if not _mount(mount_point, "ro,size=64k"):
+        yield None
+        return
+    try:
+        yield mount_point
+    finally:
+        _unmount(mount_point)
