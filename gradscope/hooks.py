@@ -135,6 +135,7 @@ class HookManager:
         self.token = 0
         """Changes at every step end; a gradient hook from an earlier step then does nothing."""
         self.module_order: list[str] = []
+        self._ordered: set[str] = set()
         """Module and functional-activation names in the order their forwards first ran."""
         self.layer_types: dict[str, str] = {}
         self.layer_kinds: dict[str, str] = {}
@@ -165,6 +166,20 @@ class HookManager:
         self._stop_capture()
         self._stack.clear()
         self._root_depth = 0
+
+    def watches(self, module: nn.Module) -> bool:
+        return module in self._names
+
+    def sync_modules(self) -> None:
+        """Follow the model's modules as they are now: modules added or replaced since the hooks
+        were made get hooks at the next attach (call it while detached)."""
+        kinds, old = self._kinds, self._names
+        self._names = {m: name for name, m in self.model.named_modules()}
+        self._kinds = {m: kinds[m] if m in kinds else module_activation(m) for m in self._names}
+        for module, name in self._names.items():
+            if module not in old:  # new or replaced: its type is read again when it next runs
+                self.layer_types.pop(name, None)
+                self.layer_kinds.pop(name, None)
 
     def end_step(self) -> None:
         """Forget per-step state; gradient hooks still pending from this step become no-ops."""
@@ -250,7 +265,9 @@ class HookManager:
         if layer not in self.layer_types:
             self.layer_types[layer] = type_name
             self.layer_kinds[layer] = kind
-            self.module_order.append(layer)
+            if layer not in self._ordered:  # a replaced module keeps its place
+                self._ordered.add(layer)
+                self.module_order.append(layer)
 
     def _record_module(self, frame: _Frame, output: object) -> None:
         tensors = list(floating_tensors(output))

@@ -23,6 +23,10 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn as nn
+from torch.nn.modules.module import (
+    register_module_module_registration_hook,
+    register_module_parameter_registration_hook,
+)
 
 from gradscope.amp import ScalerPatch, check_scaler, record_skip
 from gradscope.buffer import Layout, PendingStep, StepBuffer
@@ -100,6 +104,7 @@ class Recorder:
             {id(p) for group in self.optimizer.param_groups for p in group["params"]}
             if self.optimizer is not None else set()
         )
+        self._watched = watched
         self.params = ParameterStatistics(watched, self.layout, self.buffer, owned)
         self._ranks = RankAgreement(self.layout, self.world_size)
         self._rescale = RescalePlan(self.layout, self.params.is_sharded)
@@ -112,6 +117,8 @@ class Recorder:
         self._histograms: list[tuple[tuple[str, str], torch.Tensor]] = []
         self._warned: set[tuple[str, str]] = set()
         self._names_cache: tuple[int, np.ndarray, np.ndarray] | None = None
+        self._registration_handles: list = []
+        self._structure_changed = False
         self._active = False
 
     # -- the step clock ------------------------------------------------------------------------
@@ -201,6 +208,8 @@ class Recorder:
                 self._guard(ALL_LAYERS, "histograms", self._send_histograms, step)
         self.hooks.end_step()
         self._step += 1
+        if self._structure_changed:
+            self._follow_new_structure()
         if self.is_logged(self._step):
             self._arm_step()
         else:
@@ -221,6 +230,23 @@ class Recorder:
             return
         self.hooks.activation_observer = None if observe is None else (lambda name, t: observe("activation", name, t))
         self.hooks.attach()
+
+    def _on_registration(self, module: nn.Module, name: str, value: object) -> None:
+        """A module or parameter was set on a module: if it is one of ours, the model changed."""
+        if value is not None and self.hooks.watches(module):
+            self._structure_changed = True
+
+    def _follow_new_structure(self) -> None:
+        """Modules and parameters added or replaced mid-run are recorded from the next logged
+        step on (documented in docs/monitor.md)."""
+        self._structure_changed = False
+        self.hooks.detach()
+        self.hooks.sync_modules()
+        owned = (
+            {id(p) for group in self.optimizer.param_groups for p in group["params"]}
+            if self.optimizer is not None else set()
+        )
+        self.params.sync(self._watched, owned)
 
     # -- histograms (TensorBoard) --------------------------------------------------------------
 
@@ -283,6 +309,11 @@ class Recorder:
             if self._scaler_patch is not None:
                 self._scaler_patch.install()
                 undo.append(self._scaler_patch.restore)
+            self._registration_handles = [
+                register_module_module_registration_hook(self._on_registration),
+                register_module_parameter_registration_hook(self._on_registration),
+            ]
+            undo.append(self._remove_registration_hooks)
             self._sinks = self._open_sinks()
             undo.append(self._sinks.clear)
             if self.is_logged(self._step):
@@ -331,6 +362,7 @@ class Recorder:
             attempt(_sink_name(sink), sink.close)
         attempt("hooks", self.hooks.detach)
         attempt("optimizer hooks", self._remove_optimizer_hooks)
+        attempt("registration hooks", self._remove_registration_hooks)
         if self._scaler_patch is not None:
             attempt("scaler", self._scaler_patch.restore)
         self.params.drop()
@@ -362,6 +394,11 @@ class Recorder:
         for module in self.model.modules():
             if _MONITORED.get(module) is self:
                 del _MONITORED[module]
+
+    def _remove_registration_hooks(self) -> None:
+        handles, self._registration_handles = self._registration_handles, []
+        for handle in handles:
+            handle.remove()
 
     def _remove_optimizer_hooks(self) -> None:
         handles, self._optimizer_handles = self._optimizer_handles, []

@@ -52,17 +52,27 @@ class ParameterStatistics:
     ) -> None:
         self.layout = layout
         self.buffer = buffer
-        parameters = list(model.named_parameters())
-        self._slots = [self._slots_for(name, p) for name, p in parameters]
-        modules = dict(model.named_modules())
-        self.owner_types = {name: type(modules[name.rpartition(".")[0]]).__name__ for name, _ in parameters}
+        self._slots: list[_ParamSlots] = []
+        self.owner_types: dict[str, str] = {}
         """The type name of the module that owns each parameter."""
-        self._updated = {id(p) for _, p in parameters if id(p) in updated}
-        self._sharded = {s.name for s in self._slots if s.sharded}
+        self._updated: set[int] = set()
+        self._sharded: set[str] = set()
+        self.sync(model, updated)
         self._snapshot: list | None = None
         self.observer: Callable[[str, torch.Tensor], None] | None = None
         """Called with (name, gradient) for each gradient of a recorded step (the monitor sets it
         on histogram steps)."""
+
+    def sync(self, model: nn.Module, updated: set[int]) -> None:
+        """Follow the model's parameters as they are now (parameters added or replaced since the
+        last call get slots; removed ones are no longer read)."""
+        known = {(s.name, id(s.param)): s for s in self._slots}
+        parameters = list(model.named_parameters())
+        self._slots = [known.get((name, id(p))) or self._slots_for(name, p) for name, p in parameters]
+        modules = dict(model.named_modules())
+        self.owner_types = {name: type(modules[name.rpartition(".")[0]]).__name__ for name, _ in parameters}
+        self._updated = {id(p) for _, p in parameters if id(p) in updated}
+        self._sharded = {s.name for s in self._slots if s.sharded}
 
     @property
     def names(self) -> list[str]:

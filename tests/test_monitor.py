@@ -267,3 +267,31 @@ def test_dead_fraction_counts_units_dead_for_every_sample():
         mon.step()
     df = mon.to_dataframe().set_index(["layer", "metric"]).value
     assert df[("1", "dead_fraction")] == 0.5
+
+
+def test_layers_added_or_replaced_mid_run_are_recorded_from_the_next_logged_step():
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+
+    def step():
+        model(torch.randn(16, 4)).pow(2).mean().backward()
+        opt.step()
+        opt.zero_grad()
+
+    with gradscope.monitor(model, optimizer=opt) as mon:
+        step()
+        model[1] = nn.Tanh()  # replaced
+        model.append(nn.Linear(2, 2))  # added, with new parameters
+        opt.add_param_group({"params": model[3].parameters()})
+        step()
+        step()
+    df = mon.to_dataframe()
+    at = {s: set(zip(g.layer, g.metric)) for s, g in df.groupby("step")}
+    assert ("1", "dead_fraction") in at[0] and ("3", "act_rms") not in at[0]
+    # step 1 was armed before the change; from step 2 on the new layers are recorded
+    assert ("1", "saturation") in at[2] and ("3", "act_rms") in at[2]
+    grad = df[(df.step == 2) & (df.layer == "3.weight") & (df.metric == "grad_norm")].value
+    assert len(grad) == 1 and grad.iloc[0] > 0
+    types = dict(zip(mon.layers.layer, mon.layers.type))
+    assert types["1"] == "Tanh" and types["3"] == "Linear" and types["3.weight"] == "Linear"
+    assert not torch.nn.modules.module._global_module_registration_hooks  # removed at stop
