@@ -17,7 +17,6 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-import gradscope
 from gradscope.errors import UsageError
 
 app = typer.Typer(
@@ -81,6 +80,7 @@ def _fail_usage(error: Exception, debug: bool) -> None:
 def _run_diagnose(file, factory, input_shape, input_dtype, steps, optimizer, lr, seed, device, debug):
     import torch
 
+    from gradscope.diagnose import diagnose as diagnose_model
     from gradscope.loading import load
 
     try:
@@ -101,10 +101,10 @@ def _run_diagnose(file, factory, input_shape, input_dtype, steps, optimizer, lr,
 
             with Progress(transient=True, console=_err) as bar:
                 task = bar.add_task(f"{steps} steps", total=steps)
-                report = gradscope.diagnose(model, loaded.inputs, loaded.loss_fn, steps, opt, seed=seed,
-                                            progress=lambda done, total: bar.update(task, completed=done))
+                report = diagnose_model(model, loaded.inputs, loaded.loss_fn, steps, opt, seed=seed,
+                                        progress=lambda done, total: bar.update(task, completed=done))
         else:
-            report = gradscope.diagnose(model, loaded.inputs, loaded.loss_fn, steps, opt, seed=seed)
+            report = diagnose_model(model, loaded.inputs, loaded.loss_fn, steps, opt, seed=seed)
     except UsageError as e:
         _fail_usage(e, debug)
     except Exception as e:  # noqa: BLE001 - anything the user's file does wrong is exit 2
@@ -330,7 +330,9 @@ def version() -> None:
     """Print the versions of gradscope and torch."""
     import torch
 
-    typer.echo(f"gradscope {gradscope.__version__} (torch {torch.__version__})")
+    from gradscope.version import __version__
+
+    typer.echo(f"gradscope {__version__} (torch {torch.__version__})")
 
 
 @app.callback()

@@ -42,7 +42,7 @@ def write_meta(run_dir: Path, meta: dict) -> None:
     """Write ``meta.json`` atomically, with the format header and the environment filled in."""
     import torch
 
-    from gradscope import __version__
+    from gradscope.version import __version__
 
     full = {
         "format": FORMAT,

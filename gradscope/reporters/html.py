@@ -2,8 +2,11 @@
 and their fixes, the gradient-flow profile across depth, layers × steps heatmaps of the
 backpropagated signal, dead units and saturation, and the update ratios.
 
-Every name that comes from the model is escaped: in the page with ``html.escape``, in the figure
-data by escaping ``<`` inside the embedded JSON, so a module called ``</script>`` stays text.
+Figures are ``plotly.graph_objects`` figures embedded with ``plotly.io.to_html`` (one div and
+script each); plotly.js itself is inlined once, in the page's head, so the page fetches nothing.
+Every name that comes from the model is escaped: in the page and in plotly's labels (which read
+HTML) with ``html.escape``, and in the figure data by plotly's JSON encoder, which escapes ``<``,
+``>`` and ``/``, so a module called ``</script>`` stays text.
 Large runs stay usable: at most ``MAX_STEPS`` step columns (evenly spaced, last step kept) and
 ``MAX_LAYERS`` layer rows (every k-th leaf layer, noted on the figure); parameters are grouped by
 the module that owns them.
@@ -12,17 +15,20 @@ the module that owns them.
 from __future__ import annotations
 
 import html
-import json
 import math
 import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import plotly.graph_objects as go
+import plotly.io as pio
+from plotly.offline import get_plotlyjs
 
 from gradscope.report import Report
 from gradscope.rules import SEVERITIES
 from gradscope.rules.base import leaf_layers
+from gradscope.version import __version__
 
 MAX_STEPS = 200
 MAX_LAYERS = 400
@@ -52,20 +58,9 @@ h2 { font-size: 17px; margin: 0 0 10px 0; }
 """
 
 
-def _json_for_script(obj: object) -> str:
-    """JSON safe inside a <script> element: no ``</``, ``<!--`` or line separators."""
-    text = json.dumps(obj, allow_nan=False, default=str)
-    return (text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-            .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029"))
-
-
 def _finite(values) -> list:
     """Floats for plotly: NaN/inf become None (gaps)."""
     return [float(v) if v is not None and math.isfinite(float(v)) else None for v in values]
-
-
-def _log10(values) -> list:
-    return [math.log10(v) if v is not None and v > 0 else None for v in _finite(values)]
 
 
 def _every_kth(items: list, limit: int) -> tuple[list, int]:
@@ -86,8 +81,14 @@ def _label(name: str) -> str:
     return html.escape(name or "(model)")
 
 
+def _figure(*traces: go.BaseTraceType) -> go.Figure:
+    """A figure on plotly.js's own defaults (the ``none`` template): plain white plots, and no
+    template copied into every figure's JSON."""
+    return go.Figure(list(traces), layout={"template": "none"})
+
+
 class _Figures:
-    """Plotly figure specs (plain dicts: data, layout) built from a report."""
+    """Plotly figures (``plotly.graph_objects``) built from a report."""
 
     def __init__(self, report: Report) -> None:
         self.report = report
@@ -107,84 +108,93 @@ class _Figures:
         table = rows.pivot_table(index="layer", columns="step", values="value", aggfunc="last", dropna=False)
         return table.reindex(index=[n for n in layers if n in table.index], columns=self.shown_steps)
 
-    def profile(self) -> dict | None:
+    def profile(self) -> go.Figure | None:
         summary = self.report.layers.set_index("layer")
         layers, k = _every_kth([n for n in self.leaves if n in summary.index], MAX_LAYERS)
         if not layers:
             return None
-        labels = [_label(n) for n in layers]
+        depth = list(range(len(layers)))
         hover = [f"{_label(n)} ({html.escape(str(self.types.get(n, '')))})" for n in layers]
-        data = [
-            {"type": "scatter", "mode": "lines+markers", "name": "backpropagated signal (out_grad_norm)",
-             "x": list(range(len(layers))), "y": _finite(summary.loc[layers, "out_grad_norm"]),
-             "text": hover, "hovertemplate": "%{text}<br>signal %{y:.3e}<extra></extra>",
-             "line": {"color": "#1565c0", "width": 2}, "marker": {"size": 5}},
-            {"type": "scatter", "mode": "markers", "name": "weight-gradient norm (module's own parameters)",
-             "x": list(range(len(layers))), "y": _finite(summary.loc[layers, "grad_norm"]),
-             "text": hover, "hovertemplate": "%{text}<br>weight grad %{y:.3e}<extra></extra>",
-             "marker": {"color": "#ef6c00", "size": 7, "symbol": "diamond"}},
-        ]
+        figure = _figure()
+        figure.add_scatter(
+            name="backpropagated signal (out_grad_norm)", mode="lines+markers",
+            x=depth, y=_finite(summary.loc[layers, "out_grad_norm"]), text=hover,
+            hovertemplate="%{text}<br>signal %{y:.3e}<extra></extra>",
+            line={"color": "#1565c0", "width": 2}, marker={"size": 5})
         if len(self.steps) > 1:
             first = self._wide("out_grad_norm", layers)
             if not first.empty:
-                data.insert(1, {
-                    "type": "scatter", "mode": "lines", "name": f"signal at step {self.steps[0]}",
-                    "x": list(range(len(layers))),
-                    "y": _finite(first.reindex(layers)[self.shown_steps[0]]),
-                    "text": hover, "hovertemplate": "%{text}<br>signal %{y:.3e}<extra></extra>",
-                    "line": {"color": "#90caf9", "width": 1.5, "dash": "dot"}})
+                figure.add_scatter(
+                    name=f"signal at step {self.steps[0]}", mode="lines",
+                    x=depth, y=_finite(first.reindex(layers)[self.shown_steps[0]]), text=hover,
+                    hovertemplate="%{text}<br>signal %{y:.3e}<extra></extra>",
+                    line={"color": "#90caf9", "width": 1.5, "dash": "dot"})
+        figure.add_scatter(
+            name="weight-gradient norm (module's own parameters)", mode="markers",
+            x=depth, y=_finite(summary.loc[layers, "grad_norm"]), text=hover,
+            hovertemplate="%{text}<br>weight grad %{y:.3e}<extra></extra>",
+            marker={"color": "#ef6c00", "size": 7, "symbol": "diamond"})
+        labelled = len(layers) <= 60
         step = self.steps[-1] if self.steps else 0
-        return {"data": data, "layout": {
-            "title": {"text": f"Gradient flow across depth (step {step})" + (f", every {k}th layer" if k > 1 else "")},
-            "xaxis": {"title": {"text": "layer, input → output"}, "tickmode": "array", "zeroline": False,
-                      "tickvals": list(range(len(layers))) if len(layers) <= 60 else None,
-                      "ticktext": labels if len(layers) <= 60 else None, "tickangle": -45, "automargin": True},
-            "yaxis": {"title": {"text": "L2 norm (log scale)"}, "type": "log", "exponentformat": "power"},
-            "legend": {"orientation": "h", "y": 1.08}, "height": 460, "margin": {"t": 80},
-        }}
+        figure.update_layout(
+            title_text=f"Gradient flow across depth (step {step})" + (f", every {k}th layer" if k > 1 else ""),
+            legend={"orientation": "h", "y": 1.08}, height=460, margin={"t": 80})
+        figure.update_xaxes(title_text="layer, input → output", tickmode="array", zeroline=False,
+                            tickvals=depth if labelled else None,
+                            ticktext=[_label(n) for n in layers] if labelled else None,
+                            tickangle=-45, automargin=True)
+        figure.update_yaxes(title_text="L2 norm (log scale)", type="log", exponentformat="power")
+        return figure
 
     def heatmap(self, metric: str, layers: list[str], title: str, log: bool, colorscale: str,
-                zrange: tuple[float, float] | None = None, colorbar: str = "") -> dict | None:
+                zrange: tuple[float, float] | None = None, colorbar: str = "") -> go.Figure | None:
         layers, k = _every_kth(layers, MAX_LAYERS)
         table = self._wide(metric, layers)
         if table.empty or table.shape[1] < 2:
             return None
-        z = [(_log10(row) if log else _finite(row)) for row in table.to_numpy(dtype=float)]
+        # numpy arrays, not nested lists: plotly validates them in one pass and embeds numbers as
+        # base64 typed arrays; NaN (no value, or log of a non-positive one) is a gap in the heatmap
+        z = table.to_numpy(dtype=float, copy=True)
+        z[~np.isfinite(z)] = np.nan
+        if log:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                z = np.where(z > 0, np.log10(z), np.nan)
         names = [_label(n) for n in table.index]
-        trace = {"type": "heatmap", "z": z, "x": [str(s) for s in table.columns], "y": list(range(len(names))),
-                 "text": [[n] * len(table.columns) for n in names], "colorscale": colorscale,
-                 "hovertemplate": "%{text}<br>step %{x}<br>" + colorbar + " %{z:.3g}<extra></extra>",
-                 "colorbar": {"title": {"text": colorbar}}}
-        if zrange is not None:
-            trace.update(zmin=zrange[0], zmax=zrange[1])
+        rows = list(range(len(names)))
+        text = np.repeat(np.array(names, dtype=object)[:, None], table.shape[1], axis=1)
+        zmin, zmax = zrange if zrange is not None else (None, None)
+        figure = _figure(go.Heatmap(
+            z=z, x=[str(s) for s in table.columns], y=rows, text=text,
+            colorscale=colorscale, zmin=zmin, zmax=zmax, colorbar={"title": {"text": colorbar}},
+            hovertemplate="%{text}<br>step %{x}<br>" + colorbar + " %{z:.3g}<extra></extra>"))
         note = []
         if k > 1:
             note.append(f"every {k}th layer")
         if len(self.shown_steps) < len(self.steps):
             note.append(f"{len(self.shown_steps)} of {len(self.steps)} logged steps")
-        return {"data": [trace], "layout": {
-            "title": {"text": title + (f" ({', '.join(note)})" if note else "")},
-            "xaxis": {"title": {"text": "step"}, "type": "category"},
-            "yaxis": {"title": {"text": "layer (input at top)"}, "autorange": "reversed",
-                      "tickvals": list(range(len(names))) if len(names) <= 50 else None,
-                      "ticktext": names if len(names) <= 50 else None, "automargin": True},
-            "height": max(320, min(900, 120 + 14 * len(names))), "margin": {"t": 60},
-        }}
+        labelled = len(names) <= 50
+        figure.update_layout(title_text=title + (f" ({', '.join(note)})" if note else ""),
+                             height=max(320, min(900, 120 + 14 * len(names))), margin={"t": 60})
+        figure.update_xaxes(title_text="step", type="category")
+        figure.update_yaxes(title_text="layer (input at top)", autorange="reversed", automargin=True,
+                            tickvals=rows if labelled else None, ticktext=names if labelled else None)
+        return figure
 
-    def bars(self, metric: str, layers: list[str], title: str, percent: bool, log: bool) -> dict | None:
+    def bars(self, metric: str, layers: list[str], title: str, percent: bool, log: bool) -> go.Figure | None:
         summary = self.report.layers.set_index("layer")
         layers = [n for n in layers if n in summary.index and pd.notna(summary.loc[n, metric])]
         if not layers:
             return None
         values = _finite(summary.loc[layers, metric])
-        return {"data": [{"type": "bar", "x": [_label(n) for n in layers],
-                          "y": [v * 100 if (percent and v is not None) else v for v in values],
-                          "marker": {"color": "#6a1b9a"}}],
-                "layout": {"title": {"text": title}, "height": 360,
-                           "yaxis": {"title": {"text": "%" if percent else metric}, "type": "log" if log else "linear"},
-                           "xaxis": {"tickangle": -45, "automargin": True}}}
+        figure = _figure(go.Bar(x=[_label(n) for n in layers],
+                                  y=[v * 100 if (percent and v is not None) else v for v in values],
+                                  marker_color="#6a1b9a"))
+        figure.update_layout(title_text=title, height=360)
+        figure.update_yaxes(title_text="%" if percent else metric, type="log" if log else "linear")
+        figure.update_xaxes(tickangle=-45, automargin=True)
+        return figure
 
-    def all(self) -> list[tuple[str, dict | None, str]]:
+    def all(self) -> list[tuple[str, go.Figure | None, str]]:
         """(section title, figure or None, note when None)."""
         activations = [n for n in self.leaves]
         multi = len(self.steps) > 1
@@ -214,7 +224,7 @@ class _Figures:
                             "No update ratios: a single forward/backward updates nothing (use --steps 2 or more)."))
         return figures
 
-    def _update_ratio_heatmap(self) -> dict | None:
+    def _update_ratio_heatmap(self) -> go.Figure | None:
         ratios = self.history[self.history["metric"] == "update_ratio"]
         if ratios.empty:
             return None
@@ -254,8 +264,6 @@ def _fix_html(fix: str) -> str:
 
 def render_html(report: Report, title: str) -> str:
     """The whole page as a string."""
-    from plotly.offline import get_plotlyjs
-
     counts = {s: sum(f.severity == s for f in report.findings) for s in reversed(SEVERITIES)}
     meta_bits = [
         f"{html.escape(str(report.model.get('class', 'model')))}",
@@ -264,8 +272,6 @@ def render_html(report: Report, title: str) -> str:
     ]
     if report.options.get("loss"):
         meta_bits.append(f"loss: {html.escape(str(report.options['loss']))}")
-    from gradscope import __version__
-
     meta_bits.append(f"gradscope {__version__}")
     findings_html = []
     for f in report.findings:
@@ -280,18 +286,14 @@ def render_html(report: Report, title: str) -> str:
         )
     if not report.findings:
         findings_html.append('<p class="note">No findings: gradient flow looks healthy.</p>')
-    sections, scripts = [], []
-    figures = _Figures(report).all()
-    for i, (name, figure, empty_note) in enumerate(figures):
+    sections = []
+    for i, (name, figure, empty_note) in enumerate(_Figures(report).all()):
         if figure is None:
             sections.append(f'<section><h2>{html.escape(name)}</h2><p class="note">{html.escape(empty_note)}</p></section>')
             continue
-        div = f"gs-figure-{i}"
-        sections.append(f'<section><h2>{html.escape(name)}</h2><div id="{div}" class="figure"></div></section>')
-        scripts.append(
-            f'Plotly.newPlot("{div}", {_json_for_script(figure["data"])}, {_json_for_script(figure["layout"])}, '
-            '{"responsive": true, "displaylogo": false});'
-        )
+        div = pio.to_html(figure, full_html=False, include_plotlyjs=False, div_id=f"gs-figure-{i}",
+                          config={"responsive": True, "displaylogo": False})
+        sections.append(f"<section><h2>{html.escape(name)}</h2>{div}</section>")
     counts_html = "".join(
         f'<span style="color:{COLORS[s]}">{n} {s}{"s" if n != 1 else ""}</span>' for s, n in counts.items())
     return f"""<!DOCTYPE html>
@@ -310,7 +312,6 @@ def render_html(report: Report, title: str) -> str:
 {"".join(sections[:1])}
 <div class="grid">{"".join(sections[1:])}</div>
 </main>
-<script>{"".join(scripts)}</script>
 </body>
 </html>
 """
