@@ -22,28 +22,14 @@ from torch.overrides import TorchFunctionMode
 
 from gradscope.buffer import PRESENCE, Layout, StepBuffer
 from gradscope.stats import site_components
-from gradscope.stats.reductions import (
-    FUNCTIONAL_ACTIVATIONS,
-    ActivationKind,
-    alive_units,
-    flat_count,
-    floating_tensors,
-    sum_of_squares,
-    module_activation,
-    unit_dim,
-)
+from gradscope.layers import FUNCTIONAL_ACTIVATIONS, ActivationKind, functional_layer_name, module_activation
+from gradscope.stats.reductions import alive_units, flat_count, floating_tensors, sum_of_squares, unit_dim
 
 OFF, GRAD_ONLY, FULL = 0, 1, 2
 """Frame modes: record nothing (eval, no-grad); only gradients (a checkpoint's recomputation
 inside backward, whose forward statistics were taken in the original forward); everything."""
 
 Guard = Callable[..., None]
-
-
-def functional_layer_name(module_name: str, function: str, index: int) -> str:
-    """Name of the ``index``-th call of activation ``function`` inside ``module_name``'s forward:
-    ``"encoder.0:relu#0"``, or ``"tanh#1"`` inside the root module."""
-    return f"{module_name}:{function}#{index}" if module_name else f"{function}#{index}"
 
 
 @dataclass

@@ -22,7 +22,7 @@ import pandas as pd
 
 from gradscope.report import Report
 from gradscope.rules import SEVERITIES
-from gradscope.rules.base import leaf_layers
+from gradscope.layers import leaf_layers
 
 MAX_STEPS = 200
 MAX_LAYERS = 400

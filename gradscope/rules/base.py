@@ -1,5 +1,6 @@
-"""What every rule works with: the records it reads (:class:`Records`), what it emits
-(:class:`Finding`), and the rule itself as data (:class:`Rule`)."""
+"""What every rule works with: the records it reads (:class:`Records`), what its check detects
+(:class:`Violation`), what a finding reports (:class:`Finding`), and the rule itself as data
+(:class:`Rule`)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
+from gradscope.layers import family_of_type, is_weight_type, leaf_layers, weight_spans
 from gradscope.structure import ModelStructure
 
 ERROR, WARNING, INFO = "error", "warning", "info"
@@ -46,10 +48,24 @@ class Finding:
 
 
 @dataclass(frozen=True)
-class Rule:
-    """A rule as data: its code, slug and default severity, and one pure ``check``.
+class Violation:
+    """What a rule's ``detect`` found, before the registry names it: where (``layers``, in depth
+    order), the message, the fix, the numbers, and a severity where it differs from the rule's."""
 
-    The check's docstring (What it checks / Why it matters / Example / Fix) is the rule's
+    layers: list[str]
+    message: str
+    fix: str
+    evidence: dict = field(default_factory=dict)
+    severity: str | None = None
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A row of the registry: code, slug, default severity and summary, the rule module's pure
+    ``detect(records) -> list[Violation]`` and its bad/good model ``pair(bad) -> dict`` (the
+    keyword arguments of ``gradscope.diagnose``).
+
+    The docstring of ``detect`` (What it checks / Why it matters / Example / Fix) is the rule's
     documentation: ``gradscope explain`` and docs/rules/ are generated from it.
     """
 
@@ -57,15 +73,25 @@ class Rule:
     slug: str
     severity: str
     summary: str
-    check: Callable[["Records"], list[Finding]]
+    detect: Callable[["Records"], list[Violation]]
+    pair: Callable[[bool], dict]
 
     @property
     def doc(self) -> str:
-        return inspect.getdoc(self.check) or ""
+        return inspect.getdoc(self.detect) or ""
 
-    def finding(self, layers: list[str], message: str, fix: str, evidence: dict,
-                severity: str | None = None) -> Finding:
-        return Finding(self.code, self.slug, severity or self.severity, list(layers), message, fix, evidence)
+    @property
+    def module(self) -> str:
+        """The module that holds the rule, named after its slug: ``gradscope.rules.dead_units``."""
+        return self.detect.__module__
+
+    def check(self, records: "Records") -> list[Finding]:
+        """The rule's findings on ``records``; no side effects."""
+        return [
+            Finding(self.code, self.slug, v.severity or self.severity, list(v.layers), v.message, v.fix,
+                    v.evidence)
+            for v in self.detect(records)
+        ]
 
 
 @dataclass(frozen=True)
@@ -124,22 +150,17 @@ class Records:
         if layer not in names:
             return None
         for name in reversed(names[:names.index(layer)]):
-            if _is_weight_type(self.types.get(name, "")):
+            if is_weight_type(self.types.get(name, "")):
                 return name
         return None
 
-
-def leaf_layers(names: list[str]) -> list[str]:
-    """The names among ``names`` (module and functional-activation layers) that are no other's
-    parent; the root only when it is alone."""
-    parents = {n.rpartition(".")[0] for n in names if n and ":" not in n and "#" not in n}
-    parents |= {""}
-    leaves = [n for n in names if n not in parents]
-    return leaves or list(names)
-
-
-def _is_weight_type(type_name: str) -> bool:
-    return type_name in ("Linear", "Bilinear", "Conv1d", "Conv2d", "Conv3d", "LazyLinear")
+    @cached_property
+    def activations_after(self) -> dict[str, str | None]:
+        """Each weight layer and the activation layer that follows it in forward order (None where
+        the next weight layer comes first), classified by recorded type (``gradscope.layers``)."""
+        spans = weight_spans(self.depth_order, lambda n: is_weight_type(self.types.get(n, "")),
+                             lambda n: family_of_type(self.types.get(n, "")))
+        return {s.weight: s.activation for s in spans}
 
 
 def log10(values: np.ndarray | float) -> np.ndarray:
