@@ -74,7 +74,8 @@ def test_fix_code_runs_on_its_model(name, make):
     for finding in gradscope.diagnose(**args).findings:
         if finding.rule == "nonfinite-gradient" and finding.evidence["phase"] == "forward":
             # anomaly detection's job: stop at the backward op that makes the NaN, naming it
-            with pytest.raises(RuntimeError, match=r"Function '\w+Backward\d*' returned nan values"):
+            with pytest.raises(RuntimeError, match=r"Function '\w+Backward\d*' returned nan values"), \
+                    pytest.warns(UserWarning, match="Error detected in"):  # the forward traceback
                 run_fix(finding, args["model"], args["inputs"], args.get("optimizer"))
         else:
             run_fix(finding, args["model"], args["inputs"], args.get("optimizer"))
@@ -100,7 +101,8 @@ def test_anomaly_snippet_names_the_op_that_makes_the_nan():
     model, inputs = BROKEN["nan-born-in-forward"][0]()
     [finding] = [f for f in gradscope.diagnose(model, inputs).findings if f.rule == "nonfinite-gradient"]
     assert any("set_detect_anomaly" in b for b in snippets(finding.fix))
-    with pytest.raises(RuntimeError, match=r"Function '\w+Backward\d*' returned nan values"):
+    with pytest.raises(RuntimeError, match=r"Function '\w+Backward\d*' returned nan values"), \
+            pytest.warns(UserWarning, match="Error detected in"):  # the forward traceback
         run_fix(finding, model, inputs)
 
 
