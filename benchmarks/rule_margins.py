@@ -18,7 +18,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import gradscope  # noqa: E402
-from gradscope.rules import Records  # noqa: E402
+from gradscope.layers import parent_layer  # noqa: E402
+from gradscope.records import Records  # noqa: E402
 from gradscope.rules.profile import signal_profile  # noqa: E402
 from tests.zoo import BROKEN, HEALTHY  # noqa: E402
 
@@ -43,7 +44,7 @@ def _layers(report):
     # the rules read the monitor's layer table; rebuild it from the summary plus parameters
     import pandas as pd
     params = report.history[report.history.metric == "grad_norm"].layer.unique()
-    rows = [{"layer": p, "type": report.layers.set_index("layer").type.get(p.rpartition(".")[0], ""),
+    rows = [{"layer": p, "type": report.layers.set_index("layer").type.get(parent_layer(p), ""),
              "kind": "parameter", "trainable": True} for p in params]
     frame = pd.concat([pd.DataFrame(rows), report.layers[["layer", "type", "kind"]]], ignore_index=True)
     frame["order"] = range(len(frame))

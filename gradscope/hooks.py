@@ -21,29 +21,21 @@ import torch.nn as nn
 from torch.overrides import TorchFunctionMode
 
 from gradscope.buffer import Layout, StepBuffer
-from gradscope.stats import FLAT, NUMEL, PRESENCE, SQ, site_components
-from gradscope.stats.reductions import (
+from gradscope.layers import (
     FUNCTIONAL_ACTIVATIONS,
     ActivationKind,
-    alive_units,
-    flat_count,
-    floating_tensors,
-    sum_of_squares,
+    functional_layer_name,
+    functional_type,
     module_activation,
-    unit_dim,
 )
+from gradscope.stats import FLAT, NUMEL, PRESENCE, SQ, site_components
+from gradscope.stats.reductions import alive_units, flat_count, floating_tensors, sum_of_squares, unit_dim
 
 OFF, GRAD_ONLY, FULL = 0, 1, 2
 """Frame modes: record nothing (eval, no-grad); only gradients (a checkpoint's recomputation
 inside backward, whose forward statistics were taken in the original forward); everything."""
 
 Guard = Callable[..., None]
-
-
-def functional_layer_name(module_name: str, function: str, index: int) -> str:
-    """Name of the ``index``-th call of activation ``function`` inside ``module_name``'s forward:
-    ``"encoder.0:relu#0"``, or ``"tanh#1"`` inside the root module."""
-    return f"{module_name}:{function}#{index}" if module_name else f"{function}#{index}"
 
 
 @dataclass
@@ -295,7 +287,7 @@ class HookManager:
         name = functional_layer_name(frame.name, kind.name, index)
         if not isinstance(out, torch.Tensor) or not out.is_floating_point():
             return
-        self._seen(name, f"functional {kind.name}", "activation")
+        self._seen(name, functional_type(kind.name), "activation")
         site = self._site_counts[name]
         self._site_counts[name] += 1
         self._activation(name, kind, out, producer, site)

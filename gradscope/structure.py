@@ -10,19 +10,16 @@ A :class:`StructureProbe` watches one forward with its own hooks (removed on exi
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn as nn
 
-from gradscope.fixes.init import RELU_LIKE, SIGMOID_LIKE, TANH_LIKE, WEIGHT_LAYERS, init_gain
-
-NORM_TYPES = (
-    nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm,
-    *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()),
+from gradscope.layers import (
+    BATCH_NORMS, NORMS, SIGMOID, TANH, WEIGHT_LAYERS, activation_family, family_of_type, weight_spans,
 )
-BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
 @dataclass(frozen=True)
@@ -55,26 +52,6 @@ class ModelStructure:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def activation_family(module: nn.Module | None = None, type_name: str = "") -> str | None:
-    """"relu", "tanh", "sigmoid" or None for an activation module or a functional layer type."""
-    if module is not None:
-        if isinstance(module, (nn.LeakyReLU, *RELU_LIKE)):
-            return "relu"
-        if isinstance(module, SIGMOID_LIKE):
-            return "sigmoid"
-        if isinstance(module, TANH_LIKE):
-            return "tanh"
-        return None
-    kind = type_name.removeprefix("functional ")
-    if kind in ("relu", "relu6"):
-        return "relu"
-    if kind in ("sigmoid", "hardsigmoid"):
-        return "sigmoid"
-    if kind in ("tanh", "hardtanh", "softsign"):
-        return "tanh"
-    return None
 
 
 class StructureProbe:
@@ -134,29 +111,15 @@ class StructureProbe:
         modules = dict(self.model.named_modules())
         order = forward_order or self.order
         types = layer_types or {}
-        found: list[dict] = []
-        bounded: list[str] = []
-        current: list[dict] = []  # the weight layer still waiting for its activation
-        for name in order:
+
+        def family(name: str) -> str | None:
             module = modules.get(name)
-            if module is not None and isinstance(module, WEIGHT_LAYERS):
-                current = [{"name": name, "module": module, "activation": None, "normalized": False}]
-                found.extend(current)
-                continue
-            family = (
-                activation_family(module) if module is not None
-                else activation_family(type_name=types.get(name, ""))
-            )
-            if family in ("tanh", "sigmoid"):
-                bounded.append(name)
-            for pending in current:
-                if module is not None and isinstance(module, NORM_TYPES):
-                    pending["normalized"] = True
-                elif family is not None and pending["activation"] is None:
-                    pending["activation"] = family
-            if family is not None:
-                current = []
-        layers = [_weight_layer(p) for p in found]
+            return activation_family(module) if module is not None else family_of_type(types.get(name, ""))
+
+        spans = weight_spans(order, lambda n: isinstance(modules.get(n), WEIGHT_LAYERS), family)
+        layers = [_weight_layer(modules[s.weight], s.weight, family(s.activation) if s.activation is not None else None,
+                                any(isinstance(modules.get(n), NORMS) for n in s.between))
+                  for s in spans]
         graph = _GraphFacts(loss.grad_fn if loss is not None else None, self._node_owner)
         return ModelStructure(
             model_class=type(self.model).__name__,
@@ -164,20 +127,27 @@ class StructureProbe:
             batch_size=batch_size,
             weight_layers=layers,
             batch_norms=[n for n in order if isinstance(modules.get(n), BATCH_NORMS)],
-            bounded_activations=bounded,
+            bounded_activations=[n for n in order if family(n) in (TANH, SIGMOID)],
             effective_depth=graph.effective_depth,
             post_ln=graph.post_ln,
         )
 
 
-def _weight_layer(p: dict) -> WeightLayer:
-    module = p["module"]
+def _weight_layer(module: nn.Module, name: str, activation: str | None, normalized: bool) -> WeightLayer:
     weight = module.weight
     fan_in = weight[0].numel() if weight.dim() > 1 else weight.numel()
     return WeightLayer(
-        name=p["name"], type=type(module).__name__, fan_in=int(fan_in), fan_out=int(weight.shape[0]),
-        gain=init_gain(module), activation=p["activation"], normalized=p["normalized"],
+        name=name, type=type(module).__name__, fan_in=int(fan_in), fan_out=int(weight.shape[0]),
+        gain=init_gain(module), activation=activation, normalized=normalized,
     )
+
+
+def init_gain(layer: nn.Module) -> float:
+    """std(weight) * sqrt(fan_in): about 0.58 for PyTorch's default Linear/Conv init, 1.41 for He
+    (ReLU), 1 for Xavier on a square layer, sqrt(fan_in) for N(0, 1) weights."""
+    weight = layer.weight.detach()
+    fan_in = weight[0].numel() if weight.dim() > 1 else weight.numel()
+    return float(weight.double().std()) * math.sqrt(fan_in)
 
 
 class _GraphFacts:

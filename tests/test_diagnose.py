@@ -15,7 +15,7 @@ import gradscope
 from gradscope.fixes import insert_pseudo_norm
 from gradscope.rules.base import ERROR, WARNING
 from tests.reference import reference
-from gradscope.rules.pairs import stack, x64
+from gradscope.rules.example_models import stack, x64
 from tests.zoo import BROKEN, HEALTHY
 
 SIGNAL_RULES = {"vanishing-gradient", "exploding-gradient", "nonfinite-gradient", "dead-units",

@@ -48,7 +48,7 @@ def test_cli_help_imports_nothing_heavy(args):
 
 def test_public_names_resolve_to_the_api():
     from gradscope.diagnose import diagnose
-    from gradscope.monitor import monitor
+    from gradscope.api import monitor
 
     import gradscope.diagnose as diagnose_module  # binds the submodule, which must not hide the function
     import gradscope.monitor as monitor_module  # noqa: F401

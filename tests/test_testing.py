@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from gradscope import UsageError
-from gradscope.rules.pairs import stack, x64
+from gradscope.rules.example_models import stack, x64
 
 
 def test_fixture_passes_a_healthy_model(gradient_health):

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from tests.models import LSTMRegressor, conv_bn
-from gradscope.rules.pairs import Sqrt, he, stack, x64, xavier_tanh
+from gradscope.rules.example_models import Sqrt, he, stack, x64, xavier_tanh
 
 
 class Log(nn.Module):

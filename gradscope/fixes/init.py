@@ -3,51 +3,25 @@ family, Xavier (Glorot) for tanh, sigmoid and linear outputs."""
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn as nn
 
 from gradscope.errors import UsageError, UsageTypeError
-
-WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Bilinear)
-"""Layers whose weights ``reinit`` sets (transposed convolutions are left alone)."""
+from gradscope.layers import RELU, SIGMOID, TANH, activation_family, following_activations
 
 SCHEMES = ("auto", "kaiming", "xavier")
-
-RELU_LIKE = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Mish, nn.ELU, nn.SELU, nn.CELU, nn.PReLU)
-TANH_LIKE = (nn.Tanh, nn.Hardtanh, nn.Softsign)
-SIGMOID_LIKE = (nn.Sigmoid, nn.Hardsigmoid)
-
-
-def following_activations(model: nn.Module) -> dict[str, nn.Module | None]:
-    """For each weight layer, the first activation module registered after it and before the next
-    weight layer (None for the last layer or where no activation module follows)."""
-    result: dict[str, nn.Module | None] = {}
-    pending: list[str] = []
-    for name, module in model.named_modules():
-        if isinstance(module, WEIGHT_LAYERS):
-            for waiting in pending:
-                result[waiting] = None
-            pending = [name]
-        elif pending and isinstance(module, (nn.LeakyReLU, *RELU_LIKE, *TANH_LIKE, *SIGMOID_LIKE)):
-            for waiting in pending:
-                result[waiting] = module
-            pending = []
-    for waiting in pending:
-        result[waiting] = None
-    return result
 
 
 def init_for(activation: nn.Module | None) -> tuple[str, str, float | None]:
     """(scheme, nonlinearity, gain) that suits a layer followed by ``activation``."""
     if isinstance(activation, nn.LeakyReLU):
         return "kaiming", "leaky_relu", activation.negative_slope
-    if isinstance(activation, RELU_LIKE):
+    family = activation_family(activation)
+    if family == RELU:
         return "kaiming", "relu", None
-    if isinstance(activation, TANH_LIKE):
+    if family == TANH:
         return "xavier", "tanh", nn.init.calculate_gain("tanh")
-    return "xavier", "sigmoid" if isinstance(activation, SIGMOID_LIKE) else "linear", 1.0
+    return "xavier", "sigmoid" if family == SIGMOID else "linear", 1.0
 
 
 @torch.no_grad()
@@ -90,10 +64,3 @@ def reinit(model: nn.Module, scheme: str = "auto", generator: torch.Generator | 
         chosen[name] = f"{use}({nonlinearity})"
     return chosen
 
-
-def init_gain(layer: nn.Module) -> float:
-    """std(weight) * sqrt(fan_in): about 0.58 for PyTorch's default Linear/Conv init, 1.41 for He
-    (ReLU), 1 for Xavier on a square layer, sqrt(fan_in) for N(0, 1) weights."""
-    weight = layer.weight.detach()
-    fan_in = weight[0].numel() if weight.dim() > 1 else weight.numel()
-    return float(weight.double().std()) * math.sqrt(fan_in)

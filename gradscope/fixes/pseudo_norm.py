@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from gradscope.errors import UsageError, UsageTypeError
-from gradscope.stats.reductions import ActivationKind, module_activation
+from gradscope.layers import ActivationKind, module_activation
 
 
 class _PseudoNormFunction(torch.autograd.Function):

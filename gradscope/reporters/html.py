@@ -27,7 +27,7 @@ from plotly.offline import get_plotlyjs
 
 from gradscope.report import Report
 from gradscope.rules import SEVERITIES
-from gradscope.rules.base import leaf_layers
+from gradscope.layers import leaf_layers
 from gradscope.version import __version__
 
 MAX_STEPS = 200

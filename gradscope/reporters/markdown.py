@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 
+from gradscope.layers import leaf_layers
 from gradscope.report import Report
-from gradscope.rules.base import leaf_layers
 
 
 def _cell(value, percent: bool = False) -> str:

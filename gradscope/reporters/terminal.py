@@ -11,9 +11,9 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from gradscope.layers import leaf_layers
 from gradscope.report import Report
 from gradscope.rules import SEVERITIES
-from gradscope.rules.base import leaf_layers
 
 STYLES = {"error": "bold red", "warning": "yellow", "info": "cyan"}
 BAR_WIDTH = 20

@@ -1,40 +1,64 @@
 """The rules engine: records in, findings out.
 
-``RULES`` is the one registry: every rule, in the order findings are reported. Each rule lives in
-its own module with its data (code, slug, severity) and one pure ``check(records)``; its docstring
-is its documentation (``gradscope explain``, docs/rules/).
+``RULES`` is the one registry: a row per rule with its code, slug, default severity and summary,
+the ``detect`` and the bad/good model ``pair`` of the module named after the slug, in the order
+findings are reported. The printed ``GS204 deep-bounded-activations`` lives in
+``gradscope/rules/deep_bounded_activations.py``; its ``detect`` docstring is its documentation
+(``gradscope explain``, docs/rules/).
+
+>>> import gradscope
+>>> rule = find_rule("dead-units")
+>>> [f.rule for f in gradscope.diagnose(**rule.pair(bad=True)).findings]
+['dead-units']
 """
 
 from __future__ import annotations
 
 from gradscope.errors import UsageError
 from gradscope.rules import (
-    batchnorm_batch,
-    bounded_activations,
+    batchnorm_small_batch,
     dead_units,
-    exploding,
+    deep_bounded_activations,
+    exploding_gradient,
     init_mismatch,
-    nonfinite,
-    post_ln,
-    saturation,
-    skip_connections,
-    stalled,
-    vanishing,
+    no_skip_connections,
+    nonfinite_gradient,
+    post_ln_transformer,
+    saturated_activations,
+    stalled_updates,
+    vanishing_gradient,
 )
-from gradscope.rules.base import ERROR, INFO, SEVERITIES, WARNING, Finding, Records, Rule
+from gradscope.records import Records
+from gradscope.rules.base import ERROR, INFO, SEVERITIES, WARNING, Finding, Rule, Violation
+
+
+def _rule(code: str, slug: str, severity: str, summary: str, module) -> Rule:
+    return Rule(code, slug, severity, summary, module.detect, module.pair)
+
 
 RULES: tuple[Rule, ...] = (
-    vanishing.RULE,
-    exploding.RULE,
-    nonfinite.RULE,
-    dead_units.RULE,
-    saturation.RULE,
-    stalled.RULE,
-    skip_connections.RULE,
-    init_mismatch.RULE,
-    batchnorm_batch.RULE,
-    bounded_activations.RULE,
-    post_ln.RULE,
+    _rule("GS101", "vanishing-gradient", ERROR,
+          "The backpropagated signal shrinks by 3+ orders of magnitude toward the input.", vanishing_gradient),
+    _rule("GS102", "exploding-gradient", ERROR,
+          "The signal grows by 3+ orders toward the input, or the gradient norm jumps 100x.", exploding_gradient),
+    _rule("GS103", "nonfinite-gradient", ERROR,
+          "NaN/Inf gradients or activations, named by the module where they are born.", nonfinite_gradient),
+    _rule("GS104", "dead-units", WARNING,
+          "More than half of a ReLU layer's units never fire (90%+: error).", dead_units),
+    _rule("GS105", "saturated-activations", WARNING,
+          "Over 30% of a tanh/sigmoid layer's outputs sit at the bounds.", saturated_activations),
+    _rule("GS106", "stalled-updates", WARNING,
+          "Parameters whose updates are 1000x below the rest, or that get no gradient.", stalled_updates),
+    _rule("GS201", "no-skip-connections", INFO,
+          "A stack of 10+ weight layers with no skip connection around them.", no_skip_connections),
+    _rule("GS202", "init-mismatch", INFO,
+          "Init scale that does not match the activation (default init under deep ReLU, N(0, 1)).", init_mismatch),
+    _rule("GS203", "batchnorm-small-batch", WARNING,
+          "BatchNorm with fewer than 8 samples per batch.", batchnorm_small_batch),
+    _rule("GS204", "deep-bounded-activations", INFO,
+          "8+ tanh/sigmoid hidden layers in a deep stack without skips.", deep_bounded_activations),
+    _rule("GS205", "post-ln-transformer", INFO,
+          "LayerNorm after the residual sum (post-LN): needs warm-up; pre-LN is more stable.", post_ln_transformer),
 )
 
 
@@ -53,4 +77,7 @@ def find_rule(key: str) -> Rule:
     raise UsageError(f"No rule is called {key!r}; the rules are: {known}.")
 
 
-__all__ = ["ERROR", "INFO", "RULES", "WARNING", "Finding", "Records", "Rule", "find_rule", "run_rules"]
+__all__ = [
+    "ERROR", "INFO", "RULES", "SEVERITIES", "WARNING", "Finding", "Records", "Rule", "Violation", "find_rule",
+    "run_rules",
+]

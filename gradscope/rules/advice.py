@@ -3,6 +3,7 @@ rules call; nothing here touches a model."""
 
 from __future__ import annotations
 
+from gradscope.layers import is_functional
 from gradscope.structure import ModelStructure
 
 
@@ -10,7 +11,7 @@ def module_ref(name: str, root: str = "model") -> str:
     """Python expression for a submodule: ``"blocks.0.fc"`` → ``model.blocks[0].fc``."""
     if not name:
         return root
-    if ":" in name or "#" in name:
+    if is_functional(name):
         return f"{root}  # {name} is a functional call inside a forward"
     expr = root
     for part in name.split("."):

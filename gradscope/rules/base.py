@@ -1,25 +1,21 @@
-"""What every rule works with: the records it reads (:class:`Records`), what it emits
-(:class:`Finding`), and the rule itself as data (:class:`Rule`)."""
+"""What every rule works with besides the records it reads (gradscope/records.py): what its check
+detects (:class:`Violation`), what a finding reports (:class:`Finding`), and the rule itself as
+data (:class:`Rule`)."""
 
 from __future__ import annotations
 
 import inspect
 import math
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import Callable
 
 import numpy as np
-import pandas as pd
 
-from gradscope.structure import ModelStructure
+from gradscope.records import Records
 
 ERROR, WARNING, INFO = "error", "warning", "info"
 SEVERITIES = (INFO, WARNING, ERROR)
 """In increasing order; ``SEVERITIES.index`` compares them."""
-
-RECENT_STEPS = 5
-"""Rules that judge a run's current state look at this many of its latest logged steps."""
 
 TINY = 1e-30
 """Signals at or below this (exact zeros included) count as this value on log scales."""
@@ -46,10 +42,24 @@ class Finding:
 
 
 @dataclass(frozen=True)
-class Rule:
-    """A rule as data: its code, slug and default severity, and one pure ``check``.
+class Violation:
+    """What a rule's ``detect`` found, before the registry names it: where (``layers``, in depth
+    order), the message, the fix, the numbers, and a severity where it differs from the rule's."""
 
-    The check's docstring (What it checks / Why it matters / Example / Fix) is the rule's
+    layers: list[str]
+    message: str
+    fix: str
+    evidence: dict = field(default_factory=dict)
+    severity: str | None = None
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A row of the registry: code, slug, default severity and summary, the rule module's pure
+    ``detect(records) -> list[Violation]`` and its bad/good model ``pair(bad) -> dict`` (the
+    keyword arguments of ``gradscope.diagnose``).
+
+    The docstring of ``detect`` (What it checks / Why it matters / Example / Fix) is the rule's
     documentation: ``gradscope explain`` and docs/rules/ are generated from it.
     """
 
@@ -57,89 +67,25 @@ class Rule:
     slug: str
     severity: str
     summary: str
-    check: Callable[["Records"], list[Finding]]
+    detect: Callable[["Records"], list[Violation]]
+    pair: Callable[[bool], dict]
 
     @property
     def doc(self) -> str:
-        return inspect.getdoc(self.check) or ""
+        return inspect.getdoc(self.detect) or ""
 
-    def finding(self, layers: list[str], message: str, fix: str, evidence: dict,
-                severity: str | None = None) -> Finding:
-        return Finding(self.code, self.slug, severity or self.severity, list(layers), message, fix, evidence)
+    @property
+    def module(self) -> str:
+        """The module that holds the rule, named after its slug: ``gradscope.rules.dead_units``."""
+        return self.detect.__module__
 
-
-@dataclass(frozen=True)
-class Records:
-    """The records rules read: the long history table, the layer table and, from
-    ``gradscope.diagnose``, the model's structure (None for a monitor's history).
-
-    ``history`` has columns step, layer, metric, value; ``layers`` has layer, type, kind
-    (parameter, module, activation), order (forward order) and, for parameters, trainable.
-    """
-
-    history: pd.DataFrame
-    layers: pd.DataFrame
-    structure: ModelStructure | None = None
-
-    @cached_property
-    def steps(self) -> list[int]:
-        return sorted(int(s) for s in self.history["step"].unique())
-
-    @cached_property
-    def recent_steps(self) -> list[int]:
-        return self.steps[-RECENT_STEPS:]
-
-    def wide(self, metric: str, recent: bool = False) -> pd.DataFrame:
-        """One row per logged step (only the recent ones if ``recent``), one column per layer,
-        for ``metric`` (NaN where absent)."""
-        steps = self.recent_steps if recent else self.steps
-        rows = self.history[self.history["metric"] == metric]
-        if recent and len(steps) < len(self.steps):
-            rows = rows[rows["step"] >= steps[0]]
-        if rows.empty:
-            return pd.DataFrame(index=pd.Index(steps, name="step"))
-        table = rows.pivot_table(index="step", columns="layer", values="value", aggfunc="last",
-                                 dropna=False)
-        return table.reindex(steps)
-
-    @cached_property
-    def types(self) -> dict[str, str]:
-        return dict(zip(self.layers["layer"], self.layers["type"]))
-
-    @cached_property
-    def depth_order(self) -> list[str]:
-        """Module and activation layers in forward order."""
-        frame = self.layers[self.layers["kind"] != "parameter"].sort_values("order")
-        return list(frame["layer"])
-
-    @cached_property
-    def leaves(self) -> list[str]:
-        """Layers in forward order that contain no other module: the chain the signal runs
-        through (functional activations are leaves; the root only when it is alone)."""
-        return leaf_layers(self.depth_order)
-
-    def preceding_weight_layer(self, layer: str) -> str | None:
-        """The last Linear/Conv layer that ran before ``layer`` in forward order."""
-        names = self.depth_order
-        if layer not in names:
-            return None
-        for name in reversed(names[:names.index(layer)]):
-            if _is_weight_type(self.types.get(name, "")):
-                return name
-        return None
-
-
-def leaf_layers(names: list[str]) -> list[str]:
-    """The names among ``names`` (module and functional-activation layers) that are no other's
-    parent; the root only when it is alone."""
-    parents = {n.rpartition(".")[0] for n in names if n and ":" not in n and "#" not in n}
-    parents |= {""}
-    leaves = [n for n in names if n not in parents]
-    return leaves or list(names)
-
-
-def _is_weight_type(type_name: str) -> bool:
-    return type_name in ("Linear", "Bilinear", "Conv1d", "Conv2d", "Conv3d", "LazyLinear")
+    def check(self, records: "Records") -> list[Finding]:
+        """The rule's findings on ``records``; no side effects."""
+        return [
+            Finding(self.code, self.slug, v.severity or self.severity, list(v.layers), v.message, v.fix,
+                    v.evidence)
+            for v in self.detect(records)
+        ]
 
 
 def log10(values: np.ndarray | float) -> np.ndarray:

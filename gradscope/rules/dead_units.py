@@ -1,11 +1,17 @@
-"""GS104 dead-units."""
+"""The dead-units rule: what it detects, its fix, and its bad/good model pair.
+
+Its code and severity are in the registry, ``gradscope.rules.RULES``."""
 
 from __future__ import annotations
 
 import numpy as np
+import torch.nn as nn
 
+from gradscope.layers import is_functional
 from gradscope.rules import advice
-from gradscope.rules.base import ERROR, WARNING, Finding, Records, Rule, pct
+from gradscope.records import Records
+from gradscope.rules.base import ERROR, WARNING, Violation, pct
+from gradscope.rules.example_models import he, x64
 
 WARN_FRACTION = 0.5
 """More than this fraction of a layer's units dead is a warning."""
@@ -21,7 +27,7 @@ SMALL_BATCH = 4
 only the error threshold applies."""
 
 
-def check(records: Records) -> list[Finding]:
+def detect(records: Records) -> list[Violation]:
     """What it checks:
         ReLU-family layers (``dead_fraction``: units that were never above zero for any sample
         and position of a logged step). It fires when more than half of a layer's units are dead;
@@ -67,14 +73,14 @@ def check(records: Records) -> list[Finding]:
         f"zero for any sample" + (f" on each of the last {len(steps)} logged steps" if len(steps) > 1 else "")
         + f"): {listed}{' …' if len(dead) > 8 else ''}."
     )
-    return [RULE.finding(names, message, _fix(records, names), {
+    return [Violation(names, message, _fix(records, names), {
         "dead_fraction": {n: f for n, f in dead}, "threshold": threshold, "steps": steps,
         "batch_size": batch,
     }, severity)]
 
 
 def _fix(records: Records, names: list[str]) -> str:
-    modules = [n for n in names if ":" not in n and "#" not in n]
+    modules = [n for n in names if not is_functional(n)]
     lines = []
     if modules:
         lines.append("Swap the dead ReLUs for LeakyReLU, which keeps a gradient below zero:\n" + advice.replace_modules(
@@ -94,5 +100,8 @@ def _fix(records: Records, names: list[str]) -> str:
     return "\n".join(lines)
 
 
-RULE = Rule("GS104", "dead-units", WARNING,
-            "More than half of a ReLU layer's units never fire (90%+: error).", check)
+def pair(bad: bool) -> dict:
+    model = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 1))
+    he(model[0].weight)
+    nn.init.constant_(model[0].bias, -6.0 if bad else 0.0)
+    return {"model": model, "inputs": x64(16)}

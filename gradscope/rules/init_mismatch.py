@@ -1,9 +1,15 @@
-"""GS202 init-mismatch."""
+"""The init-mismatch rule: what it detects, its fix, and its bad/good model pair.
+
+Its code and severity are in the registry, ``gradscope.rules.RULES``."""
 
 from __future__ import annotations
 
+import torch.nn as nn
+
 from gradscope.rules import advice
-from gradscope.rules.base import INFO, WARNING, Finding, Records, Rule, fmt
+from gradscope.records import Records
+from gradscope.rules.base import WARNING, Violation, fmt
+from gradscope.rules.example_models import he, stack, x64
 
 DEEP_RELU = 6
 """ReLU layers with PyTorch's default init from which the shrinking signal is worth a note."""
@@ -15,7 +21,7 @@ LARGE_GAIN = 3.0
 """Gains above this are larger than any standard init: N(0, 1) weights give sqrt(fan_in)."""
 
 
-def check(records: Records) -> list[Finding]:
+def detect(records: Records) -> list[Violation]:
     """What it checks:
         Each Linear/Conv layer's init scale, the gain ``std(weight) * sqrt(fan_in)`` measured
         when ``gradscope.diagnose`` starts, against the activation that follows it (when no
@@ -55,7 +61,7 @@ def check(records: Records) -> list[Finding]:
             f"sqrt(fan_in) = {fmt(max(w.gain for w in large))} (N(0, 1) weights give sqrt(fan_in); "
             f"He gives 1.41, Xavier about 1): {advice.layer_text([w.name for w in large])}."
         )
-        findings.append(RULE.finding([w.name for w in large], "" + message, fix,
+        findings.append(Violation([w.name for w in large], "" + message, fix,
                                      {"gain": {w.name: w.gain for w in large}}, WARNING))
     default_relu = [w for w in structure.weight_layers
                     if w.activation == "relu" and not w.normalized and w.gain < DEFAULT_GAIN]
@@ -67,10 +73,10 @@ def check(records: Records) -> list[Finding]:
             f"(gain {fmt(min(w.gain for w in default_relu))}-{fmt(max(w.gain for w in default_relu))}; "
             "He init is 1.41), which halves the signal's power at every layer."
         )
-        findings.append(RULE.finding(names, message, advice.init_code(names, "kaiming", "relu"),
+        findings.append(Violation(names, message, advice.init_code(names, "kaiming", "relu"),
                                      {"gain": {w.name: w.gain for w in default_relu}}))
     return findings
 
 
-RULE = Rule("GS202", "init-mismatch", INFO,
-            "Init scale that does not match the activation (default init under deep ReLU, N(0, 1)).", check)
+def pair(bad: bool) -> dict:
+    return {"model": stack(8, nn.ReLU, init=None if bad else he), "inputs": x64()}

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gradscope.rules.base import TINY, Records, log10
+from gradscope.records import Records
+from gradscope.rules.base import TINY, log10
 
 MIN_LAYERS = 4
 """Fewer layers than this in the profile make no depth trend."""

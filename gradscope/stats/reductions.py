@@ -2,18 +2,17 @@
 
 Nothing here reads a value back to the host; every function returns tensors that stay where their
 inputs live, so hooks can queue them and the step end can move a whole step in one copy. Tests call
-these same functions' results through the monitor and compare them with float64 autograd.
+these same functions' results through the monitor and compare them with float64 autograd. Which
+activations are tracked, and how each is judged, is the layer vocabulary's (``gradscope.layers``);
+the reductions here take plain tensors and bounds.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 
 SATURATION_MARGIN = 0.01
 """A bounded activation's output counts as saturated within this fraction of its largest bound."""
@@ -85,73 +84,6 @@ def foreach_delta_norms(before: list[torch.Tensor], after: list[torch.Tensor]) -
     torch._foreach_sub_(before, after)
     return foreach_norms(before)
 
-
-# ---------------------------------------------------------------------------------------------
-# Activations: which modules and functions are tracked, and their reductions.
-
-
-@dataclass(frozen=True)
-class ActivationKind:
-    """How an activation's output is judged: dead units (ReLU family) or saturation (bounded)."""
-
-    name: str
-    dead_units: bool
-    bounds: tuple[float, float] | None = None
-
-
-RELU = ActivationKind("relu", dead_units=True)
-RELU6 = ActivationKind("relu6", dead_units=True)
-TANH = ActivationKind("tanh", dead_units=False, bounds=(-1.0, 1.0))
-SIGMOID = ActivationKind("sigmoid", dead_units=False, bounds=(0.0, 1.0))
-HARDSIGMOID = ActivationKind("hardsigmoid", dead_units=False, bounds=(0.0, 1.0))
-SOFTSIGN = ActivationKind("softsign", dead_units=False, bounds=(-1.0, 1.0))
-
-
-def _hardtanh(min_val: float = -1.0, max_val: float = 1.0) -> ActivationKind:
-    return ActivationKind("hardtanh", dead_units=False, bounds=(float(min_val), float(max_val)))
-
-
-def module_activation(module: nn.Module) -> ActivationKind | None:
-    """The activation kind of a module, or None. ReLU6 is tested before its base class Hardtanh."""
-    if isinstance(module, nn.ReLU):
-        return RELU
-    if isinstance(module, nn.ReLU6):
-        return RELU6
-    if isinstance(module, nn.Hardtanh):
-        return _hardtanh(module.min_val, module.max_val)
-    if isinstance(module, nn.Tanh):
-        return TANH
-    if isinstance(module, nn.Sigmoid):
-        return SIGMOID
-    if isinstance(module, nn.Hardsigmoid):
-        return HARDSIGMOID
-    if isinstance(module, nn.Softsign):
-        return SOFTSIGN
-    return None
-
-
-def _fixed(kind: ActivationKind) -> Callable[..., ActivationKind]:
-    return lambda *args, **kwargs: kind
-
-
-def _hardtanh_call(input=None, min_val=-1.0, max_val=1.0, *rest, **kwargs) -> ActivationKind:
-    return _hardtanh(min_val, max_val)
-
-
-FUNCTIONAL_ACTIVATIONS: dict[Callable, Callable[..., ActivationKind]] = {
-    **{f: _fixed(RELU) for f in (F.relu, F.relu_, torch.relu, torch.relu_,
-                                 torch.Tensor.relu, torch.Tensor.relu_)},
-    F.relu6: _fixed(RELU6),
-    **{f: _fixed(TANH) for f in (F.tanh, torch.tanh, torch.tanh_,
-                                 torch.Tensor.tanh, torch.Tensor.tanh_)},
-    **{f: _fixed(SIGMOID) for f in (F.sigmoid, torch.sigmoid, torch.sigmoid_,
-                                    torch.Tensor.sigmoid, torch.Tensor.sigmoid_)},
-    F.hardtanh: _hardtanh_call,
-    F.hardtanh_: _hardtanh_call,
-    F.hardsigmoid: _fixed(HARDSIGMOID),
-    F.softsign: _fixed(SOFTSIGN),
-}
-"""Functions whose calls inside a module's forward are captured, and the kind of each call."""
 
 _CHANNEL_PRODUCERS = ("Convolution", "BatchNorm", "GroupNorm", "InstanceNorm", "Pool")
 

@@ -13,7 +13,7 @@ import torch
 
 import gradscope
 from gradscope.reporters.html import write_html
-from gradscope.rules.pairs import vanishing_gradient
+from gradscope.rules import find_rule
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (.ci/run installs it)")
@@ -45,7 +45,7 @@ def chromium(tmp_path, *args: str) -> str:
 def page(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("html")
     torch.manual_seed(0)
-    report = gradscope.diagnose(**vanishing_gradient(True), steps=5)
+    report = gradscope.diagnose(**find_rule("vanishing-gradient").pair(True), steps=5)
     path = write_html(report, tmp_path / "report.html", "deep sigmoid, 5 steps")
     return tmp_path, path
 

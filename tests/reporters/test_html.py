@@ -12,11 +12,11 @@ import torch.nn as nn
 import gradscope
 from gradscope.report import build_report
 from gradscope.reporters.html import MAX_STEPS, render_html
-from gradscope.rules.pairs import vanishing_gradient
+from gradscope.rules import find_rule
 
 
 def test_page_is_self_contained():
-    page = render_html(gradscope.diagnose(**vanishing_gradient(True)), "deep sigmoid")
+    page = render_html(gradscope.diagnose(**find_rule("vanishing-gradient").pair(True)), "deep sigmoid")
     assert "Plotly.newPlot(" in page and "plotly.js v" in page.lower()
     assert not re.search(r"<(script|link|img|iframe)[^>]+(src|href)=", page)  # nothing loaded from elsewhere
     assert "GS101" in page and "vanishing-gradient" in page

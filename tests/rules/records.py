@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from gradscope.rules import Records
+from gradscope.records import Records
 
 
 def make_records(values: dict[tuple[int, str, str], float], types: dict[str, str], structure=None) -> Records:

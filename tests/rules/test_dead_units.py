@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from gradscope.rules.dead_units import check
+from gradscope.rules import find_rule
 from gradscope.structure import ModelStructure
 from tests.rules.records import make_records
+
+check = find_rule("dead-units").check
 
 TYPES = {"fc": "Linear", "act": "ReLU", "out": "Linear"}
 

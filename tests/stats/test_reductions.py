@@ -59,13 +59,3 @@ def test_alive_units_over_samples_and_positions():
     y[0, 0, 3] = 0.0  # exactly zero is not alive
     assert r.alive_units(y, 2).tolist() == [True, False, False, False]
 
-
-def test_module_and_functional_kinds():
-    import torch.nn as nn
-    import torch.nn.functional as F
-
-    assert r.module_activation(nn.ReLU6()).name == "relu6"  # not its base class Hardtanh
-    assert r.module_activation(nn.Hardtanh(-2, 3)).bounds == (-2.0, 3.0)
-    assert r.module_activation(nn.GELU()) is None
-    assert r.FUNCTIONAL_ACTIVATIONS[F.hardtanh](torch.zeros(1), -3.0, 3.0).bounds == (-3.0, 3.0)
-    assert r.FUNCTIONAL_ACTIVATIONS[torch.Tensor.sigmoid](torch.zeros(1)).name == "sigmoid"

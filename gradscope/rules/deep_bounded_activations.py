@@ -1,15 +1,22 @@
-"""GS204 deep-bounded-activations."""
+"""The deep-bounded-activations rule: what it detects, its fix, and its bad/good model pair.
+
+Its code and severity are in the registry, ``gradscope.rules.RULES``."""
 
 from __future__ import annotations
 
+import torch.nn as nn
+
+from gradscope.layers import is_functional
 from gradscope.rules import advice
-from gradscope.rules.base import INFO, Finding, Records, Rule
+from gradscope.records import Records
+from gradscope.rules.base import Violation
+from gradscope.rules.example_models import he, stack, x64, xavier_tanh
 
 DEPTH = 8
 """Bounded hidden activations on an effective depth of this many layers or more."""
 
 
-def check(records: Records) -> list[Finding]:
+def detect(records: Records) -> list[Violation]:
     """What it checks:
         Eight or more tanh/sigmoid-family hidden activation layers in a model whose effective depth
         (weight layers on the shortest gradient path, see no-skip-connections) is eight or more.
@@ -36,7 +43,7 @@ def check(records: Records) -> list[Finding]:
     bounded = structure.bounded_activations
     if len(bounded) < DEPTH:
         return []
-    modules = [n for n in bounded if ":" not in n and "#" not in n]
+    modules = [n for n in bounded if not is_functional(n)]
     message = (
         f"{len(bounded)} tanh/sigmoid hidden activations on a gradient path through "
         f"{structure.effective_depth} weight layers: their derivatives (at most 1 for tanh, 0.25 "
@@ -49,9 +56,10 @@ def check(records: Records) -> list[Finding]:
     fix += ("\nor keep them with Xavier init (tanh) and residual connections. Pseudo-normalization "
             "also keeps the backward signal at scale, but on digits it trained worse than those "
             "(docs/pseudo-norm.md):\n" + advice.PSEUDO_NORM_SNIPPET)
-    return [RULE.finding(bounded, message, fix, {"bounded_activations": len(bounded),
+    return [Violation(bounded, message, fix, {"bounded_activations": len(bounded),
                                                  "effective_depth": structure.effective_depth})]
 
 
-RULE = Rule("GS204", "deep-bounded-activations", INFO,
-            "8+ tanh/sigmoid hidden layers in a deep stack without skips.", check)
+def pair(bad: bool) -> dict:
+    model = stack(8, nn.Tanh, init=xavier_tanh) if bad else stack(8, nn.ReLU, init=he)
+    return {"model": model, "inputs": x64()}

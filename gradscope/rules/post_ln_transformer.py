@@ -1,12 +1,18 @@
-"""GS205 post-ln-transformer."""
+"""The post-ln-transformer rule: what it detects, its fix, and its bad/good model pair.
+
+Its code and severity are in the registry, ``gradscope.rules.RULES``."""
 
 from __future__ import annotations
 
-from gradscope.rules.base import INFO, Finding, Records, Rule
+import torch
+import torch.nn as nn
+
 from gradscope.rules import advice
+from gradscope.records import Records
+from gradscope.rules.base import Violation
 
 
-def check(records: Records) -> list[Finding]:
+def detect(records: Records) -> list[Violation]:
     """What it checks:
         LayerNorms applied to the sum of a residual connection (``norm(x + f(x))``, the
         original "post-LN" transformer, as in BERT and ``nn.TransformerEncoderLayer`` with
@@ -41,8 +47,10 @@ def check(records: Records) -> list[Finding]:
             "    optimizer, lambda step: min(1.0, (step + 1) / 4000))  # call scheduler.step() each step")
     )
     names = sorted(structure.post_ln, key=lambda n: records.depth_order.index(n) if n in records.depth_order else 0)
-    return [RULE.finding(names, message, fix, {"post_ln_norms": len(structure.post_ln)})]
+    return [Violation(names, message, fix, {"post_ln_norms": len(structure.post_ln)})]
 
 
-RULE = Rule("GS205", "post-ln-transformer", INFO,
-            "LayerNorm after the residual sum (post-LN): needs warm-up; pre-LN is more stable.", check)
+def pair(bad: bool) -> dict:
+    layer = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True, norm_first=not bad)
+    model = nn.TransformerEncoder(layer, num_layers=4, enable_nested_tensor=False)
+    return {"model": model, "inputs": torch.randn(4, 10, 32, generator=torch.Generator().manual_seed(0))}

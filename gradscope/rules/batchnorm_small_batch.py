@@ -1,15 +1,21 @@
-"""GS203 batchnorm-small-batch."""
+"""The batchnorm-small-batch rule: what it detects, its fix, and its bad/good model pair.
+
+Its code and severity are in the registry, ``gradscope.rules.RULES``."""
 
 from __future__ import annotations
 
+import torch
+import torch.nn as nn
+
 from gradscope.rules import advice
-from gradscope.rules.base import WARNING, Finding, Records, Rule
+from gradscope.records import Records
+from gradscope.rules.base import Violation
 
 MIN_BATCH = 8
 """BatchNorm's batch statistics are too noisy below this many samples."""
 
 
-def check(records: Records) -> list[Finding]:
+def detect(records: Records) -> list[Violation]:
     """What it checks:
         BatchNorm layers used with a batch of fewer than 8 samples (``gradscope.diagnose``
         knows the batch from the inputs it was given).
@@ -40,9 +46,12 @@ def check(records: Records) -> list[Finding]:
     fix = ("Normalise per sample instead (GroupNorm for convolutions, LayerNorm otherwise):\n"
            + advice.replace_modules(
                structure.batch_norms, "nn.GroupNorm(math.gcd(8, old.num_features), old.num_features)"))
-    return [RULE.finding(structure.batch_norms, message, fix,
+    return [Violation(structure.batch_norms, message, fix,
                          {"batch_size": structure.batch_size, "batch_norms": len(structure.batch_norms)})]
 
 
-RULE = Rule("GS203", "batchnorm-small-batch", WARNING,
-            "BatchNorm with fewer than 8 samples per batch.", check)
+def pair(bad: bool) -> dict:
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2))
+    images = torch.randn(2 if bad else 16, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    return {"model": model, "inputs": images}

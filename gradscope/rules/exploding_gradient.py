@@ -1,11 +1,16 @@
-"""GS102 exploding-gradient."""
+"""The exploding-gradient rule: what it detects, its fix, and its bad/good model pair.
+
+Its code and severity are in the registry, ``gradscope.rules.RULES``."""
 
 from __future__ import annotations
 
 import numpy as np
+import torch.nn as nn
 
 from gradscope.rules import advice
-from gradscope.rules.base import ERROR, Finding, Records, Rule, fmt, log10
+from gradscope.records import Records
+from gradscope.rules.base import Violation, fmt, log10
+from gradscope.rules.example_models import stack, x64
 from gradscope.rules.profile import signal_profile
 
 ORDERS = 3.0
@@ -19,7 +24,7 @@ JUMP_WINDOW = 5
 """Earlier logged steps whose median is the reference for a jump."""
 
 
-def check(records: Records) -> list[Finding]:
+def detect(records: Records) -> list[Violation]:
     """What it checks:
         Two patterns. Across depth: the backpropagated signal (``out_grad_norm``) grows by 3 or
         more orders of magnitude from the output side to the input side (the same robust trend
@@ -59,7 +64,7 @@ def check(records: Records) -> list[Finding]:
             f"x{fmt(profile.per_layer_factor)} per layer"
             + (f"; above 1e3 times the output side at {advice.layer_text(strong)}." if strong else ".")
         )
-        findings.append(RULE.finding(strong or profile.layers[: profile.quarter], message,
+        findings.append(Violation(strong or profile.layers[: profile.quarter], message,
                                      _fix(records, typical), {
             "orders": -profile.rise,
             "trend_orders": -profile.trend,
@@ -81,7 +86,7 @@ def check(records: Records) -> list[Finding]:
             f"{fmt(norm / before)} times the median of the logged steps before it ({fmt(before)}); "
             f"largest at {advice.layer_text(top)}."
         )
-        findings.append(RULE.finding(top, message, _fix(records, before), {
+        findings.append(Violation(top, message, _fix(records, before), {
             "step": step, "total_grad_norm": norm, "median_before": before,
             "ratio": norm / before,
         }))
@@ -131,5 +136,7 @@ def _fix(records: Records, typical_norm: float) -> str:
     return "\n".join(parts)
 
 
-RULE = Rule("GS102", "exploding-gradient", ERROR,
-            "The signal grows by 3+ orders toward the input, or the gradient norm jumps 100x.", check)
+def pair(bad: bool) -> dict:
+    # a linear stack with N(0, 1) weights multiplies the signal by ~sqrt(64) per layer
+    model = stack(10, None, init=nn.init.normal_ if bad else nn.init.orthogonal_)
+    return {"model": model, "inputs": x64()}

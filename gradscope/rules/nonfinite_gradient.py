@@ -1,14 +1,20 @@
-"""GS103 nonfinite-gradient."""
+"""The nonfinite-gradient rule: what it detects, its fix, and its bad/good model pair.
+
+Its code and severity are in the registry, ``gradscope.rules.RULES``."""
 
 from __future__ import annotations
 
 import numpy as np
+import torch.nn as nn
 
+from gradscope.layers import parent_layer
 from gradscope.rules import advice
-from gradscope.rules.base import ERROR, Finding, Records, Rule, fmt
+from gradscope.records import Records
+from gradscope.rules.base import Violation, fmt
+from gradscope.rules.example_models import Sqrt, x64
 
 
-def check(records: Records) -> list[Finding]:
+def detect(records: Records) -> list[Violation]:
     """What it checks:
         NaN or Inf anywhere in a logged step: parameter gradients (``grad_nonfinite``), the
         backpropagated signal or the activations. It names the module where the non-finite value
@@ -69,7 +75,7 @@ def check(records: Records) -> list[Finding]:
         walk = [n for n in reversed(order) if n in signal]
         first_bad = next((i for i, n in enumerate(walk) if not np.isfinite(signal[n])), None)
         if first_bad is None:
-            born, phase = (poisoned_params[0].rpartition(".")[0] if poisoned_params else ""), "parameters"
+            born, phase = (parent_layer(poisoned_params[0]) if poisoned_params else ""), "parameters"
             message = (
                 f"At step {step}, {len(poisoned_params)} parameter gradients hold NaN/Inf while every "
                 "backpropagated signal is finite: the value is born in a parameter's own gradient "
@@ -98,7 +104,7 @@ def check(records: Records) -> list[Finding]:
          else "; no parameter gradient is non-finite yet")
         + (f", and {later} later logged steps are non-finite too." if later else ".")
     )
-    return [RULE.finding([born], message, _fix(born, phase), evidence)]
+    return [Violation([born], message, _fix(born, phase), evidence)]
 
 
 def _by_layer(frame, metric: str) -> dict[str, float]:
@@ -125,7 +131,8 @@ def _fix(born: str, phase: str) -> str:
     return (
         f"Look {where} for a sqrt, log, pow, division or normalisation that meets 0 or a huge "
         "value, and add an epsilon (torch.sqrt(x + 1e-12), torch.log(x.clamp_min(1e-12)), "
-        "x / (norm + 1e-6)). To get the op's traceback, run one step with:\n"
+        "x / (norm + 1e-6)). To get the traceback of the op that makes a NaN (anomaly mode stops at "
+        "NaN, not Inf), run one step with:\n"
         + advice.code("with torch.autograd.set_detect_anomaly(True):",
                       "    loss = loss_fn(model(inputs))",
                       "    loss.backward()")
@@ -134,5 +141,7 @@ def _fix(born: str, phase: str) -> str:
     )
 
 
-RULE = Rule("GS103", "nonfinite-gradient", ERROR,
-            "NaN/Inf gradients or activations, named by the module where they are born.", check)
+def pair(bad: bool) -> dict:
+    # sqrt of a ReLU output: infinite derivative at 0; fixed with an epsilon
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), Sqrt(0.0 if bad else 1e-6), nn.Linear(16, 1))
+    return {"model": model, "inputs": x64(8)}

@@ -1,16 +1,23 @@
-"""GS101 vanishing-gradient."""
+"""The vanishing-gradient rule: what it detects, its fix, and its bad/good model pair.
+
+Its code and severity are in the registry, ``gradscope.rules.RULES``."""
 
 from __future__ import annotations
 
+import torch.nn as nn
+
+from gradscope.layers import RELU, SIGMOID, TANH, family_of_type, is_functional
 from gradscope.rules import advice
-from gradscope.rules.base import ERROR, Finding, Records, Rule, fmt
+from gradscope.records import Records
+from gradscope.rules.base import Violation, fmt
+from gradscope.rules.example_models import he, stack, x64
 from gradscope.rules.profile import signal_profile
 
 ORDERS = 3.0
 """Orders of magnitude the signal must lose across depth (trend and quarter medians agreeing)."""
 
 
-def check(records: Records) -> list[Finding]:
+def detect(records: Records) -> list[Violation]:
     """What it checks:
         The backpropagated signal (``out_grad_norm``, the gradient of the loss with respect to
         each layer's output) across depth, over the recent logged steps. It fires when the signal
@@ -55,7 +62,7 @@ def check(records: Records) -> list[Finding]:
         + (f"; {len(weak)} layers receive less than 1e-3 of the output-side signal: "
            f"{advice.layer_text(weak)}." if weak else ".")
     )
-    return [RULE.finding(weak or profile.layers[: profile.quarter], message, _fix(records), {
+    return [Violation(weak or profile.layers[: profile.quarter], message, _fix(records), {
         "orders": profile.rise,
         "trend_orders": profile.trend,
         "quarter_orders": profile.quarters,
@@ -71,15 +78,14 @@ def check(records: Records) -> list[Finding]:
 def _fix(records: Records) -> str:
     structure = records.structure
     parts: list[str] = []
-    if structure is not None:
-        tanh = [w.name for w in structure.weight_layers if w.activation == "tanh" and w.gain < 1.2]
-        sigmoid = [w.name for w in structure.weight_layers if w.activation == "sigmoid"]
-        relu = [w.name for w in structure.weight_layers if w.activation == "relu" and w.gain < 1.2]
-        depth = structure.effective_depth
-    else:  # a monitor's history: the activation after each weight layer, from the forward order
-        families = _families_from_records(records)
-        tanh, sigmoid, relu = families["tanh"], families["sigmoid"], families["relu"]
-        depth = None
+    families = _families(records)
+    # diagnose measured each layer's init (a monitor's history did not): layers whose init already
+    # suits their activation (gain 1.2 or more) need no re-initialisation
+    gains = {w.name: w.gain for w in structure.weight_layers} if structure is not None else {}
+    tanh = [n for n, f in families.items() if f == TANH and gains.get(n, 0.0) < 1.2]
+    sigmoid = [n for n, f in families.items() if f == SIGMOID]
+    relu = [n for n, f in families.items() if f == RELU and gains.get(n, 0.0) < 1.2]
+    depth = structure.effective_depth if structure is not None else None
     if tanh:
         parts.append(
             "Initialise the layers before tanh with Xavier (gain 5/3); on digits this took a "
@@ -128,34 +134,24 @@ def _fix(records: Records) -> str:
     return "\n".join(parts)
 
 
-_FAMILY = {"Tanh": "tanh", "Hardtanh": "tanh", "Softsign": "tanh", "functional tanh": "tanh",
-           "functional hardtanh": "tanh", "Sigmoid": "sigmoid", "Hardsigmoid": "sigmoid",
-           "functional sigmoid": "sigmoid", "ReLU": "relu", "ReLU6": "relu", "functional relu": "relu"}
-
-
-def _families_from_records(records: Records) -> dict[str, list[str]]:
-    """Weight layers grouped by the family of the activation that follows them in forward order."""
-    found: dict[str, list[str]] = {"tanh": [], "sigmoid": [], "relu": []}
-    for name in records.depth_order:
-        family = _FAMILY.get(records.types.get(name, ""))
-        before = records.preceding_weight_layer(name) if family else None
-        if before is not None and before not in found[family]:
-            found[family].append(before)
-    return found
+def _families(records: Records) -> dict[str, str | None]:
+    """Each weight layer and the family of the activation that follows it, in forward order, both
+    through the layer vocabulary (``gradscope.layers``): from diagnose's structure, which
+    classifies the modules themselves, or from a monitor's history, which classifies their
+    recorded types; for PyTorch's own layers the two agree."""
+    if records.structure is not None:
+        return {w.name: w.activation for w in records.structure.weight_layers}
+    return {weight: family_of_type(records.types.get(activation, "")) if activation is not None else None
+            for weight, activation in records.activations_after.items()}
 
 
 def _activations_after(records: Records, weight_layers: list[str]) -> list[str]:
-    """Activation modules that follow the given weight layers in forward order."""
-    order = records.depth_order
-    found = []
-    for name in order:
-        if ":" in name or "#" in name:
-            continue
-        before = records.preceding_weight_layer(name)
-        if before in weight_layers and records.types.get(name) in ("Sigmoid", "Hardsigmoid", "Tanh"):
-            found.append(name)
-    return found
+    """The activation modules that follow the given weight layers in forward order."""
+    return [activation for weight, activation in records.activations_after.items()
+            if weight in weight_layers and activation is not None and not is_functional(activation)]
 
 
-RULE = Rule("GS101", "vanishing-gradient", ERROR,
-            "The backpropagated signal shrinks by 3+ orders of magnitude toward the input.", check)
+def pair(bad: bool) -> dict:
+    # 12 sigmoid layers with PyTorch's default init; fixed: ReLU with He init
+    model = stack(12, nn.Sigmoid) if bad else stack(12, nn.ReLU, init=he)
+    return {"model": model, "inputs": x64()}

@@ -1,11 +1,17 @@
-"""GS106 stalled-updates."""
+"""The stalled-updates rule: what it detects, its fix, and its bad/good model pair.
+
+Its code and severity are in the registry, ``gradscope.rules.RULES``."""
 
 from __future__ import annotations
 
 import numpy as np
+import torch
+import torch.nn as nn
 
 from gradscope.rules import advice
-from gradscope.rules.base import RECENT_STEPS, WARNING, Finding, Records, Rule, fmt
+from gradscope.records import RECENT_STEPS, Records
+from gradscope.rules.base import Violation, fmt
+from gradscope.rules.example_models import x64
 
 ORDERS_BELOW = 3.0
 """A parameter's update ratio this many orders below the model's median …"""
@@ -14,7 +20,7 @@ ABSOLUTE = 1e-3
 """… and below this absolute value is stalled."""
 
 
-def check(records: Records) -> list[Finding]:
+def detect(records: Records) -> list[Violation]:
     """What it checks:
         Trainable parameters that do not learn: (a) weights whose update ratio
         ``||Δw|| / ||w||`` (recorded when the monitor has the optimizer) is both 1000x below the
@@ -90,7 +96,7 @@ def check(records: Records) -> list[Finding]:
         + "\nLook for .detach(), torch.no_grad() or an unused branch on their path; if their "
         "gradients are tiny rather than zero, see vanishing-gradient."
     )
-    return [RULE.finding(names, message, fix, evidence)]
+    return [Violation(names, message, fix, evidence)]
 
 
 def _exempt(records: Records, name: str) -> bool:
@@ -101,5 +107,9 @@ def _exempt(records: Records, name: str) -> bool:
     return name.rpartition(".")[2] == "bias" or "Norm" in owner_type or "Embedding" in owner_type
 
 
-RULE = Rule("GS106", "stalled-updates", WARNING,
-            "Parameters whose updates are 1000x below the rest, or that get no gradient.", check)
+def pair(bad: bool) -> dict:
+    model = nn.Sequential(nn.Linear(16, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, 1))
+    groups = [{"params": model[0].parameters(), "lr": 0.0 if bad else 0.05},
+              {"params": list(model[2].parameters()) + list(model[4].parameters())}]
+    return {"model": model, "inputs": x64(16), "steps": 3,
+            "optimizer": torch.optim.SGD(groups, lr=0.05)}

@@ -1,15 +1,21 @@
-"""GS201 no-skip-connections."""
+"""The no-skip-connections rule: what it detects, its fix, and its bad/good model pair.
+
+Its code and severity are in the registry, ``gradscope.rules.RULES``."""
 
 from __future__ import annotations
 
+import torch.nn as nn
+
 from gradscope.rules import advice
-from gradscope.rules.base import INFO, Finding, Records, Rule
+from gradscope.records import Records
+from gradscope.rules.base import Violation
+from gradscope.rules.example_models import Residual, he, stack, x64
 
 DEPTH = 10
 """Weight layers on the shortest gradient path from which a plain stack counts as deep."""
 
 
-def check(records: Records) -> list[Finding]:
+def detect(records: Records) -> list[Violation]:
     """What it checks:
         The *effective depth* of the model, read from the autograd graph of one forward pass
         (``gradscope.diagnose`` only): the number of weight layers (Linear, Conv, RNN weights) on
@@ -40,9 +46,14 @@ def check(records: Records) -> list[Finding]:
     )
     fix = ("Add residual connections around blocks of 2-3 layers, e.g.:\n" + advice.RESIDUAL_SNIPPET
            + "\n" + advice.code("# blocks = nn.Sequential(*[Residual(nn.Sequential(nn.Linear(w, w), nn.ReLU(), nn.Linear(w, w))) for _ in range(n)])"))
-    return [RULE.finding(layers, message, fix, {"effective_depth": structure.effective_depth,
+    return [Violation(layers, message, fix, {"effective_depth": structure.effective_depth,
                                                 "weight_layers": len(layers)})]
 
 
-RULE = Rule("GS201", "no-skip-connections", INFO,
-            "A stack of 10+ weight layers with no skip connection around them.", check)
+def pair(bad: bool) -> dict:
+    if bad:
+        model = stack(12, nn.ReLU, init=he)
+    else:
+        blocks = [Residual(nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64))) for _ in range(6)]
+        model = nn.Sequential(*blocks, nn.Linear(64, 10))
+    return {"model": model, "inputs": x64()}

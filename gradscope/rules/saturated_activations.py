@@ -1,17 +1,22 @@
-"""GS105 saturated-activations."""
+"""The saturated-activations rule: what it detects, its fix, and its bad/good model pair.
+
+Its code and severity are in the registry, ``gradscope.rules.RULES``."""
 
 from __future__ import annotations
 
 import numpy as np
+import torch.nn as nn
 
 from gradscope.rules import advice
-from gradscope.rules.base import WARNING, Finding, Records, Rule, pct
+from gradscope.records import Records
+from gradscope.rules.base import Violation, pct
+from gradscope.rules.example_models import x64, xavier_tanh
 
 FRACTION = 0.3
 """A bounded activation with more than this fraction of outputs within 1% of its bounds."""
 
 
-def check(records: Records) -> list[Finding]:
+def detect(records: Records) -> list[Violation]:
     """What it checks:
         Bounded activations (tanh, sigmoid, hardtanh, softsign, hardsigmoid; modules or
         functional calls) whose ``saturation`` (fraction of outputs within 1% of a bound, i.e.
@@ -62,7 +67,7 @@ def check(records: Records) -> list[Finding]:
         fix.append("The first activation saturates: standardise the inputs (zero mean, unit variance per feature).")
     fix.append("Put nn.LayerNorm (or BatchNorm for batches of 8+) before the activations, and lower "
                "the learning rate if saturation grows during training.")
-    return [RULE.finding(names, message, "\n".join(fix), {
+    return [Violation(names, message, "\n".join(fix), {
         "saturation": {n: f for n, f in saturated}, "threshold": FRACTION, "steps": steps,
     })]
 
@@ -74,5 +79,7 @@ def _first_weight(records: Records) -> str | None:
     return None
 
 
-RULE = Rule("GS105", "saturated-activations", WARNING,
-            "Over 30% of a tanh/sigmoid layer's outputs sit at the bounds.", check)
+def pair(bad: bool) -> dict:
+    model = nn.Sequential(nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 1))
+    (nn.init.normal_ if bad else xavier_tanh)(model[0].weight)
+    return {"model": model, "inputs": x64()}

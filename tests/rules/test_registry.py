@@ -1,0 +1,42 @@
+"""The registry: every rule is found from what its findings print, and fires on its bad model and
+not on its good one (the fix applied)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import gradscope
+from gradscope.rules import RULES
+
+RULES_DIR = Path(gradscope.__file__).parent / "rules"
+
+
+@pytest.mark.parametrize("rule", RULES, ids=[r.slug for r in RULES])
+def test_rule_lives_in_the_file_named_after_its_slug(rule):
+    stem = rule.slug.replace("-", "_")
+    assert rule.module == f"gradscope.rules.{stem}"
+    assert rule.pair.__module__ == rule.module
+    assert (RULES_DIR / f"{stem}.py").exists()
+
+
+def test_no_rule_module_carries_its_own_code():
+    for rule in RULES:
+        source = (RULES_DIR / f"{rule.slug.replace('-', '_')}.py").read_text(encoding="utf-8")
+        assert rule.code not in source, f"{rule.code} belongs in the registry, not in {rule.module}"
+
+
+@pytest.mark.parametrize("rule", RULES, ids=[r.slug for r in RULES])
+def test_bad_model_yields_the_finding_and_good_model_does_not(rule):
+    torch.manual_seed(0)
+    bad = gradscope.diagnose(**rule.pair(bad=True))
+    good = gradscope.diagnose(**rule.pair(bad=False))
+    found = [f for f in bad.findings if f.rule == rule.slug]
+    assert found, f"{rule.slug} not found; got {[f.rule for f in bad.findings]}"
+    assert all(f.code == rule.code for f in found)
+    assert found[0].layers and found[0].message and found[0].fix
+    assert rule.slug not in [f.rule for f in good.findings]
+    json.loads(bad.to_json())  # serialisable, strict JSON (no bare NaN)
