@@ -293,6 +293,9 @@ class HookManager:
         self._activation(name, kind, out, producer, site)
 
     def _act_rms(self, name: str, tensors: list[torch.Tensor]) -> None:
+        tensors = [t for t in tensors if t.numel()]  # an empty batch has no RMS, not a NaN one
+        if not tensors:
+            return
         sq, numel = self._slot(name, "act_rms", SQ), self._slot(name, "act_rms", NUMEL)
         for t in tensors:
             self.buffer.add(sq, self._sum_sq(t))
@@ -316,6 +319,8 @@ class HookManager:
     def _activation(
         self, name: str, kind: ActivationKind, t: torch.Tensor, producer: str | None, site: int
     ) -> None:
+        if t.numel() == 0:
+            return  # an empty batch: no unit fired or saturated, nothing to judge
         if self.activation_observer is not None:
             self._guard(name, "activation histogram", self.activation_observer, name, t)
         if kind.dead_units:

@@ -9,6 +9,7 @@ the reductions here take plain tensors and bounds.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from typing import Iterable, Sequence
 
@@ -30,13 +31,22 @@ _DOT_LIMIT = 1 << 24
 def sum_of_squares(t: torch.Tensor) -> torch.Tensor:
     """Σ t² as a 0-dim tensor on ``t``'s device. For contiguous float32/float64 CPU tensors a BLAS
     dot of the tensor with itself, about 1.5x faster than the norm kernel there; otherwise the
-    squared L2 norm (half precision reduced in float32)."""
+    squared L2 norm (half precision reduced in float32).
+
+    A float32 sum overflows once elements pass ~1e19 although every element is finite; on the CPU
+    (where reading a value is no device synchronisation) such a sum is redone in float64, so a
+    finite tensor is never reported as non-finite there."""
     t = t.detach()
-    if (t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) and t.is_contiguous()
-            and 0 < t.numel() <= _DOT_LIMIT):
+    if t.device.type != "cpu":
+        return torch.linalg.vector_norm(t, dtype=norm_dtype(t.dtype)).square()
+    if t.dtype in (torch.float32, torch.float64) and t.is_contiguous() and 0 < t.numel() <= _DOT_LIMIT:
         flat = t.view(-1)
-        return torch.dot(flat, flat)
-    return torch.linalg.vector_norm(t, dtype=norm_dtype(t.dtype)).square()
+        result = torch.dot(flat, flat)
+    else:
+        result = torch.linalg.vector_norm(t, dtype=norm_dtype(t.dtype)).square()
+    if t.dtype != torch.float64 and not math.isfinite(result.tolist()):
+        result = torch.linalg.vector_norm(t, dtype=torch.float64).square()
+    return result
 
 
 def group_by_device_and_dtype(
@@ -50,9 +60,16 @@ def group_by_device_and_dtype(
 
 
 def foreach_norms(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-    """L2 norms of same-device, same-dtype tensors in batched foreach kernels."""
+    """L2 norms of same-device, same-dtype tensors in batched foreach kernels (on the CPU, a norm
+    that overflowed float32 is redone in float64, as in :func:`sum_of_squares`)."""
     dense = [t.coalesce().values() if t.is_sparse else t for t in tensors]
-    return list(torch._foreach_norm(dense, 2, dtype=norm_dtype(dense[0].dtype)))
+    norms = list(torch._foreach_norm(dense, 2, dtype=norm_dtype(dense[0].dtype)))
+    if dense[0].device.type == "cpu" and dense[0].dtype != torch.float64:
+        finite = torch.isfinite(torch.stack(norms)).tolist()
+        if not all(finite):
+            norms = [n.double() if ok else torch.linalg.vector_norm(t, dtype=torch.float64)
+                     for n, t, ok in zip(norms, dense, finite)]
+    return norms
 
 
 def foreach_nonfinite_counts(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
