@@ -14,7 +14,6 @@ step adds the parameter statistics (params.py) and ends the step, and the step's
 from __future__ import annotations
 
 import os
-import warnings
 import weakref
 from collections import deque
 from pathlib import Path
@@ -32,13 +31,14 @@ from gradscope.amp import ScalerPatch, check_scaler, record_skip
 from gradscope.buffer import Layout, PendingStep, StepBuffer
 from gradscope.config import MonitorConfig
 from gradscope.distributed import RankAgreement, rank_and_world, unwrap
-from gradscope.errors import GradscopeWarning, UsageError, UsageTypeError
+from gradscope.errors import UsageError, UsageTypeError
+from gradscope.failures import FailurePolicy
 from gradscope.hooks import HookManager
 from gradscope.params import ParameterStatistics
 from gradscope.history import History
 from gradscope.sinks import Sink, StepRecord
 from gradscope.stats import STATISTICS
-from gradscope.stats.histograms import histogram_row
+from gradscope.stats.histograms import HistogramCollector
 from gradscope.stats.rescale import RescalePlan
 
 _MONITORED: "weakref.WeakKeyDictionary[nn.Module, Recorder]" = weakref.WeakKeyDictionary()
@@ -84,6 +84,9 @@ class Recorder:
             flush_every=flush_every, strict=strict, weights_every=weights_every, tensorboard=tensorboard,
             histograms_every=histograms_every, findings_every=findings_every,
         )
+        self.failures = FailurePolicy(self.config.strict)
+        self._guard, self._report, self._warn_once = (
+            self.failures.guard, self.failures.report, self.failures.warn_once)
         self.model = model
         self.optimizer = _check_optimizer(optimizer, model)
         self.scaler = check_scaler(scaler, self.optimizer)
@@ -114,8 +117,7 @@ class Recorder:
         self._in_flight: deque[PendingStep] = deque()
         self._optimizer_handles: list = []
         self._sinks: list[Sink] = []
-        self._histograms: list[tuple[tuple[str, str], torch.Tensor]] = []
-        self._warned: set[tuple[str, str]] = set()
+        self._histograms = HistogramCollector()
         self._names_cache: tuple[int, np.ndarray, np.ndarray] | None = None
         self._registration_handles: list = []
         self._structure_changed = False
@@ -204,8 +206,8 @@ class Recorder:
                                 self.buffer.primary_device)
                 self._report(ALL_LAYERS, "step buffer", e)
                 self.buffer.discard()
-            if self._histograms:
-                self._guard(ALL_LAYERS, "histograms", self._send_histograms, step)
+            if self._histograms.rows:
+                self._guard(ALL_LAYERS, "histograms", self._histograms.send, step, self._sinks)
         self.hooks.end_step()
         self._step += 1
         if self._structure_changed:
@@ -217,7 +219,7 @@ class Recorder:
 
     def _arm_step(self) -> None:
         """Install the hooks for the coming logged step (and the histogram observers if due)."""
-        observe = self._collect_histogram if self._histogram_step(self._step) else None
+        observe = self._histograms.collect if self._histogram_step(self._step) else None
         self.params.observer = None if observe is None else (lambda name, t: observe("grad", name, t))
         if self.compiled:
             self._warn_once(
@@ -248,27 +250,10 @@ class Recorder:
         )
         self.params.sync(self._watched, owned)
 
-    # -- histograms (TensorBoard) --------------------------------------------------------------
-
     def _histogram_step(self, step: int) -> bool:
         every = self.config.histograms_every
         return every is not None and any(hasattr(s, "log_histograms") for s in self._sinks) \
             and (step // self.config.every) % every == 0
-
-    def _collect_histogram(self, kind: str, name: str, t: torch.Tensor) -> None:
-        self._histograms.append(((kind, name), histogram_row(t)))
-
-    def _send_histograms(self, step: int) -> None:
-        """One host copy of the step's histogram rows per device (histogram steps only)."""
-        rows, self._histograms = self._histograms, []
-        by_device: dict[torch.device, list] = {}
-        for name, row in rows:
-            by_device.setdefault(row.device, []).append((name, row))
-        for items in by_device.values():
-            host = torch.stack([row for _, row in items]).cpu().numpy()
-            for sink in self._sinks:
-                if hasattr(sink, "log_histograms"):
-                    sink.log_histograms(step, [name for name, _ in items], host)
 
     # -- landed steps: history and sinks -------------------------------------------------------
 
@@ -486,26 +471,6 @@ class Recorder:
             "and the write is retried with a growing interval. Steps that do not fit are listed "
             "as lost_steps in meta.json.",
         )
-
-    def _guard(self, layer: str, statistic: str, fn, *args) -> None:
-        try:
-            fn(*args)
-        except Exception as e:  # noqa: BLE001 - reported, then the statistic is skipped
-            if self.config.strict:
-                raise
-            self._report(layer, statistic, e)
-
-    def _report(self, layer: str, statistic: str, error: Exception) -> None:
-        self._warn_once(
-            layer, statistic,
-            f"computing {statistic} for layer {layer!r} failed ({type(error).__name__}: {error}); "
-            "the statistic is skipped and training goes on. Pass strict=True to raise instead.",
-        )
-
-    def _warn_once(self, layer: str, what: str, message: str) -> None:
-        if (layer, what) not in self._warned:
-            self._warned.add((layer, what))
-            warnings.warn(f"gradscope: {message}", GradscopeWarning, stacklevel=3)
 
 
 def _sink_name(sink: Sink) -> str:

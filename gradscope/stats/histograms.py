@@ -32,3 +32,26 @@ def bucket_limits(lo: float, hi: float, bins: int = BINS) -> list[float]:
     """Right edges of the bins of a row with range [lo, hi]."""
     width = (hi - lo) / bins
     return [lo + width * (i + 1) for i in range(bins)]
+
+
+class HistogramCollector:
+    """A histogram step's rows, collected on the device from the hooks' observers and sent to the
+    sinks that take histograms in one host copy per device."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[tuple[str, str], torch.Tensor]] = []
+
+    def collect(self, kind: str, name: str, t: torch.Tensor) -> None:
+        """``kind`` is "grad" or "activation"; ``name`` the layer."""
+        self.rows.append(((kind, name), histogram_row(t)))
+
+    def send(self, step: int, sinks: list) -> None:
+        rows, self.rows = self.rows, []
+        by_device: dict[torch.device, list] = {}
+        for name, row in rows:
+            by_device.setdefault(row.device, []).append((name, row))
+        for items in by_device.values():
+            host = torch.stack([row for _, row in items]).cpu().numpy()
+            for sink in sinks:
+                if hasattr(sink, "log_histograms"):
+                    sink.log_histograms(step, [name for name, _ in items], host)
