@@ -1,6 +1,7 @@
 """The Python API front: :func:`monitor` and :class:`Monitor`, a ``Recorder`` (the capture
 lifecycle and step clock, gradscope/monitor.py) that also reads its records into findings,
-reports and an HTML page. The capture stage never imports the read side; this front joins them.
+reports and an HTML page. The capture stage never imports the read side; this front joins them, loading the rules and
+reporters only when a report is asked for, so a monitored training loop loads neither.
 """
 
 from __future__ import annotations
@@ -11,10 +12,14 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from typing import TYPE_CHECKING
+
 from gradscope.config import MonitorConfig
 from gradscope.monitor import Recorder
-from gradscope.report import Report, build_report
 from gradscope.sinks import RunView, Sink
+
+if TYPE_CHECKING:
+    from gradscope.report import Report
 
 
 class Monitor(Recorder):
@@ -26,13 +31,18 @@ class Monitor(Recorder):
     def _open_sinks(self) -> list[Sink]:
         return open_sinks(self.config, self, self.history.run_dir)
 
+    def _abort_sinks(self, sinks: list[Sink]) -> None:
+        abort_sinks(sinks)
+
     def findings(self) -> list:
         """The rules (gradscope.rules) over the history so far: a list of ``Finding``."""
         return self.report().findings
 
-    def report(self) -> Report:
+    def report(self) -> "Report":
         """A ``gradscope.Report`` of the history so far: findings, per-layer statistics of the
         last logged step, the history."""
+        from gradscope.report import build_report  # the rules load when a report is asked for
+
         return build_report(self.to_dataframe(), self.layers, None, self.model_summary(), {
             "steps": self.history.steps_logged, "every": self.config.every, "loss": "training loop",
             "last_step": self.history.last_step,
@@ -60,13 +70,18 @@ def open_sinks(config: MonitorConfig, run: RunView, run_dir: Path | None) -> lis
 
             opened.append(RunDirectorySink(run_dir, run))
     except BaseException:
-        for sink in reversed(opened):
-            try:
-                sink.close()
-            except Exception:  # noqa: BLE001 - the opening error is the one to report
-                pass
+        abort_sinks(opened)
         raise
     return opened
+
+
+def abort_sinks(sinks: list[Sink]) -> None:
+    """Release sinks of a run that never started (the start's own error is the one to raise)."""
+    for sink in reversed(sinks):
+        try:
+            sink.abort()
+        except Exception:  # noqa: BLE001 - best effort; the start's error propagates
+            pass
 
 
 def monitor(

@@ -31,8 +31,9 @@ class History:
 
     A write that fails (a full or read-only disk) never stops training: ``on_write_error`` is
     called with the error, the next attempt backs off (2, 4, … up to ``MAX_BACKOFF`` batches
-    later), at most ``max(window, flush_every)`` unwritten steps are kept, and the steps dropped
-    from that bound are listed in ``lost_steps`` as ``[first, last]`` ranges.
+    later, and at the latest when the buffer is full again), at most ``max(window, flush_every)``
+    unwritten steps are kept, and the steps dropped from that bound are listed in ``lost_steps``
+    as ``[first, last]`` ranges.
     """
 
     def __init__(
@@ -52,7 +53,7 @@ class History:
         self.last_step: int | None = None
         self._max_unflushed = max(window, flush_every)
         self._backoff = 1
-        self._next_attempt = flush_every
+        self._since_attempt = 0
         self.lost_steps: list[list[int]] = []
         self._losing = False
         self.on_write_error: Callable[[OSError], None] | None = None
@@ -67,9 +68,10 @@ class History:
         self.last_step = step
         if self.run_dir is not None:
             self._unflushed.append(chunk)
+            self._since_attempt += 1
             if len(self._unflushed) > self._max_unflushed:
                 self._drop_oldest()
-            if len(self._unflushed) >= self._next_attempt:
+            if self._since_attempt >= min(self._flush_every * self._backoff, self._max_unflushed):
                 self.flush()
 
     def flush(self) -> bool:
@@ -79,13 +81,13 @@ class History:
             return True
         path = self.run_dir / HISTORY_DIR / f"part-{self._parts:06d}.parquet"
         temp = path.with_suffix(".parquet.tmp")
+        self._since_attempt = 0
         try:
             self._frame(self._unflushed).to_parquet(temp, index=False)
             os.replace(temp, path)
         except OSError as e:
             _remove(temp)
             self._backoff = min(self._backoff * 2, MAX_BACKOFF)
-            self._next_attempt = len(self._unflushed) + self._flush_every * self._backoff
             if self.on_write_error is not None:
                 self.on_write_error(e)
             return False
@@ -93,7 +95,6 @@ class History:
         self._unflushed.clear()
         self._losing = False
         self._backoff = 1
-        self._next_attempt = self._flush_every
         return True
 
     @property

@@ -127,8 +127,8 @@ class HookManager:
         self.token = 0
         """Changes at every step end; a gradient hook from an earlier step then does nothing."""
         self.module_order: list[str] = []
-        self._ordered: set[str] = set()
         """Module and functional-activation names in the order their forwards first ran."""
+        self._ordered: set[str] = set()
         self.layer_types: dict[str, str] = {}
         self.layer_kinds: dict[str, str] = {}
         """"module", or "activation" for activation modules and functional activations."""
@@ -161,6 +161,10 @@ class HookManager:
 
     def watches(self, module: nn.Module) -> bool:
         return module in self._names
+
+    def name_of(self, module: object) -> str | None:
+        """The name of a watched module, None for any other object."""
+        return self._names.get(module) if isinstance(module, nn.Module) else None
 
     def sync_modules(self) -> None:
         """Follow the model's modules as they are now: modules added or replaced since the hooks

@@ -52,6 +52,24 @@ def is_weight_type(type_name: str) -> bool:
     return type_name in _WEIGHT_TYPE_NAMES
 
 
+def is_norm_type(type_name: str) -> bool:
+    """Whether a recorded layer type is a normalisation: torch's (``"LayerNorm"``,
+    ``"BatchNorm2d"`` …) and the many written elsewhere, named ``…Norm`` by convention
+    (``"LlamaRMSNorm"``, ``"T5LayerNorm"``)."""
+    return "Norm" in type_name
+
+
+def is_embedding_type(type_name: str) -> bool:
+    """Whether a recorded layer type is an embedding table (``"Embedding"``, ``"EmbeddingBag"``,
+    ``"BertEmbeddings"``)."""
+    return "Embedding" in type_name
+
+
+def parameter_kind(name: str) -> str:
+    """The last part of a parameter's name: ``"blocks.0.fc.bias"`` → ``"bias"``."""
+    return name.rpartition(".")[2]
+
+
 def activation_family(module: nn.Module | None) -> str | None:
     """``"relu"``, ``"tanh"``, ``"sigmoid"`` or None for a module."""
     for family, types in FAMILIES.items():
@@ -153,6 +171,12 @@ def functional_type(function: str) -> str:
 def is_functional(name: str) -> bool:
     """Whether a layer name is a functional call inside a forward rather than a module."""
     return ":" in name or "#" in name
+
+
+def join_name(parent: str | None, child: str) -> str:
+    """The name of ``child`` set on module ``parent``: ``("blocks.0", "fc")`` → ``"blocks.0.fc"``,
+    ``("", "fc")`` → ``"fc"``."""
+    return f"{parent}.{child}" if parent else child
 
 
 def parent_layer(name: str) -> str:

@@ -34,6 +34,7 @@ from gradscope.distributed import RankAgreement, rank_and_world, unwrap
 from gradscope.errors import UsageError, UsageTypeError
 from gradscope.failures import FailurePolicy
 from gradscope.hooks import HookManager
+from gradscope.layers import join_name
 from gradscope.params import ParameterStatistics
 from gradscope.history import History
 from gradscope.sinks import Sink, StepRecord
@@ -210,9 +211,9 @@ class Recorder:
                 self._guard(ALL_LAYERS, "histograms", self._histograms.send, step, self._sinks)
         self.hooks.end_step()
         self._step += 1
-        if self._structure_changed:
-            self._follow_new_structure()
         if self.is_logged(self._step):
+            if self._structure_changed:  # followed only where it matters: before a logged step
+                self._follow_new_structure()
             self._arm_step()
         else:
             self.hooks.detach()
@@ -234,8 +235,13 @@ class Recorder:
         self.hooks.attach()
 
     def _on_registration(self, module: nn.Module, name: str, value: object) -> None:
-        """A module or parameter was set on a module: if it is one of ours, the model changed."""
-        if value is not None and self.hooks.watches(module):
+        """A module or parameter was set on a module: if it is one of ours and new there, the
+        model changed. (Frameworks that set the same parameter again around every forward, as
+        FSDP's ``use_orig_params`` does, change nothing.)"""
+        if value is None or self._structure_changed or not self.hooks.watches(module):
+            return
+        full_name = join_name(self.hooks.name_of(module), name)
+        if self.hooks.name_of(value) != full_name and not self.params.holds(full_name, value):
             self._structure_changed = True
 
     def _follow_new_structure(self) -> None:
@@ -285,22 +291,19 @@ class Recorder:
                 _MONITORED[module] = self
             undo.append(self._unregister)
             self._active = True
-            if self.optimizer is not None:
-                self._optimizer_handles = [
-                    self.optimizer.register_step_pre_hook(self._before_optimizer_step),
-                    self.optimizer.register_step_post_hook(self._after_optimizer_step),
-                ]
-                undo.append(self._remove_optimizer_hooks)
+            undo.append(self._remove_optimizer_hooks)
+            if self.optimizer is not None:  # each handle kept as soon as it exists
+                self._optimizer_handles.append(self.optimizer.register_step_pre_hook(self._before_optimizer_step))
+                self._optimizer_handles.append(self.optimizer.register_step_post_hook(self._after_optimizer_step))
             if self._scaler_patch is not None:
                 self._scaler_patch.install()
                 undo.append(self._scaler_patch.restore)
-            self._registration_handles = [
-                register_module_module_registration_hook(self._on_registration),
-                register_module_parameter_registration_hook(self._on_registration),
-            ]
             undo.append(self._remove_registration_hooks)
+            self._registration_handles.append(register_module_module_registration_hook(self._on_registration))
+            self._registration_handles.append(register_module_parameter_registration_hook(self._on_registration))
+            undo.append(self._abort_open_sinks)
             self._sinks = self._open_sinks()
-            undo.append(self._sinks.clear)
+            self._follow_new_structure()  # the model may have changed since the last block
             if self.is_logged(self._step):
                 undo.append(self.hooks.detach)
                 self._arm_step()
@@ -318,6 +321,13 @@ class Recorder:
         """The destinations of each logged step besides the history; a Recorder has none
         (``gradscope.Monitor`` opens those its options ask for: TensorBoard, the run directory)."""
         return []
+
+    def _abort_sinks(self, sinks: list[Sink]) -> None:
+        """Release sinks opened by a start that failed."""
+
+    def _abort_open_sinks(self) -> None:
+        sinks, self._sinks = self._sinks, []
+        self._abort_sinks(sinks)
 
     def stop(self) -> None:
         """Remove every hook, bring the pending copies home, close the sinks.
@@ -465,7 +475,7 @@ class Recorder:
         if self.config.strict:
             raise error
         self._warn_once(
-            ALL_LAYERS, "run directory",
+            ALL_LAYERS, "history parts",
             f"writing the history to {str(self.history.run_dir)!r} failed ({error}); training goes "
             f"on, the steps are kept in RAM (at most {max(self.config.window, self.config.flush_every)}) "
             "and the write is retried with a growing interval. Steps that do not fit are listed "

@@ -46,13 +46,15 @@ def test_imports_are_seen_inside_functions_too():
     assert "gradscope.reporters.html" in imported_modules(PACKAGE / "api.py")
 
 
-def test_a_monitored_loop_loads_no_rule_and_no_reporter():
-    program = """
+@pytest.mark.parametrize("front", ["gradscope.monitor", "Recorder"])
+def test_a_monitored_loop_loads_no_rule_and_no_reporter(front):
+    program = f"""
 import sys, torch, torch.nn as nn
+import gradscope
 from gradscope.monitor import Recorder
 model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
 opt = torch.optim.SGD(model.parameters(), lr=0.1)
-with Recorder(model, every=2, optimizer=opt) as mon:
+with {front}(model, every=2, optimizer=opt) as mon:
     for _ in range(4):
         model(torch.randn(16, 4)).pow(2).mean().backward()
         opt.step()

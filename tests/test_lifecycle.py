@@ -259,3 +259,65 @@ def test_a_log_dir_that_cannot_be_created_is_a_usage_error(tmp_path):
     blocker.write_text("not a directory")
     with pytest.raises(gradscope.UsageError, match="cannot be used as a run directory"):
         gradscope.monitor(models.mlp(), log_dir=blocker / "run")
+
+
+def test_a_start_that_fails_after_the_sinks_opened_closes_them_and_leaves_the_log_dir_reusable(
+        tmp_path, monkeypatch):
+    import threading
+
+    model = models.mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    threads = threading.active_count()
+
+    def refuse(self):
+        raise RuntimeError("hooks cannot be installed")
+
+    monkeypatch.setattr(gradscope.hooks.HookManager, "attach", refuse)
+    mon = gradscope.monitor(model, optimizer=opt, log_dir=tmp_path / "run", tensorboard=tmp_path / "tb")
+    with pytest.raises(RuntimeError, match="hooks cannot be installed"):
+        mon.start()
+    monkeypatch.undo()
+    assert threading.active_count() == threads  # the TensorBoard writer's thread is gone
+    assert not (tmp_path / "run" / "meta.json").exists()
+    with gradscope.monitor(model, optimizer=opt, log_dir=tmp_path / "run") as again:  # not refused
+        model(torch.randn(4, 6)).sum().backward()
+        opt.step()
+    assert not again.to_dataframe().empty
+
+
+def test_modules_changed_between_blocks_are_followed():
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    mon = gradscope.monitor(model, optimizer=opt)
+
+    def step():
+        model(torch.randn(16, 4)).pow(2).mean().backward()
+        opt.step()
+        opt.zero_grad()
+
+    with mon:
+        step()
+    model[1] = nn.ReLU()
+    with mon:
+        step()
+    df = mon.to_dataframe()
+    assert ("1", "dead_fraction") in set(zip(df[df.step == 1].layer, df[df.step == 1].metric))
+    assert dict(zip(mon.layers.layer, mon.layers.type))["1"] == "ReLU"
+
+
+def test_setting_the_same_parameter_again_is_not_a_change(monkeypatch):
+    """Frameworks that set the same parameters again around every forward (FSDP's
+    use_orig_params) cost no re-synchronisation."""
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gradscope.monitor(model, every=100, optimizer=opt) as mon:
+        follows = []
+        monkeypatch.setattr(mon, "_follow_new_structure", lambda: follows.append(1))
+        for _ in range(5):
+            weight = model[0].weight
+            del model[0].weight
+            model[0].weight = weight
+            model(torch.randn(16, 4)).pow(2).mean().backward()
+            opt.step()
+            opt.zero_grad()
+    assert follows == []

@@ -27,7 +27,7 @@ from plotly.offline import get_plotlyjs
 
 from gradscope.report import Report
 from gradscope.rules import SEVERITIES
-from gradscope.layers import leaf_layers
+from gradscope.layers import leaf_layers, parent_layer
 from gradscope.version import __version__
 
 MAX_STEPS = 200
@@ -228,7 +228,7 @@ class _Figures:
         ratios = self.history[self.history["metric"] == "update_ratio"]
         if ratios.empty:
             return None
-        frame = ratios.assign(module=ratios["layer"].str.rpartition(".")[0])
+        frame = ratios.assign(module=ratios["layer"].map(parent_layer))
         weights = self.history[self.history["metric"] == "weight_norm"].set_index(["step", "layer"])["value"]
         frame = frame.join(weights.rename("weight"), on=["step", "layer"])
         frame["delta_sq"] = (frame["value"] * frame["weight"]) ** 2

@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from gradscope.layers import leaf_layers
+from gradscope.layers import leaf_layers, parent_layer
 from gradscope.report import Report
 from gradscope.rules import SEVERITIES
 
@@ -61,7 +61,7 @@ class TerminalReport:
         flagged = {}
         for f in sorted(self.report.findings, key=lambda f: SEVERITIES.index(f.severity)):
             for layer in f.layers:
-                flagged[layer.rpartition(".")[0] if layer.endswith((".weight", ".bias")) else layer] = f.severity
+                flagged[parent_layer(layer) if layer.endswith((".weight", ".bias")) else layer] = f.severity
         bar_width = max(6, min(BAR_WIDTH, width - 66))
         table = Table(title=self.title if title else None, title_justify="left", show_edge=False, pad_edge=False,
                       caption=f"signal: backpropagated gradient norm at the layer's output; bar: its log10 {_range(low, high)}",

@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 
 from gradscope.rules import advice
+from gradscope.layers import is_embedding_type, is_norm_type, parameter_kind
 from gradscope.records import RECENT_STEPS, Records
 from gradscope.rules.base import Violation, fmt
 from gradscope.rules.example_models import x64
@@ -104,7 +105,7 @@ def _exempt(records: Records, name: str) -> bool:
     # mean): harmless redundancy. Norm scales start at 1 and move slowly; an embedding updates
     # only the rows of the tokens in the batch. None of these is a stalled layer.
     owner_type = records.types.get(name, "")
-    return name.rpartition(".")[2] == "bias" or "Norm" in owner_type or "Embedding" in owner_type
+    return parameter_kind(name) == "bias" or is_norm_type(owner_type) or is_embedding_type(owner_type)
 
 
 def pair(bad: bool) -> dict:

@@ -38,6 +38,10 @@ class Sink(Protocol):
     def close(self) -> None:
         """The run ended (the history is complete and flushed)."""
 
+    def abort(self) -> None:
+        """The run never started (``start()`` failed after this sink opened): release what was
+        opened and leave nothing behind that says a run happened."""
+
 
 class RunView(Protocol):
     """What a sink may read of the run it serves (a ``gradscope.Monitor`` is one)."""

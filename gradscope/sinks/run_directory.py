@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gradscope.rundir import write_findings, write_meta
+from gradscope.rundir import META_FILE, write_findings, write_meta
 from gradscope.sinks import RunView, StepRecord
 
 
@@ -24,6 +24,9 @@ class RunDirectorySink:
     def log(self, record: StepRecord) -> None:
         if self._run.layer_count != self._layers_written:
             self._write_meta("running")
+
+    def abort(self) -> None:
+        (self.run_dir / META_FILE).unlink(missing_ok=True)
 
     def close(self) -> None:
         self._write_meta("complete")

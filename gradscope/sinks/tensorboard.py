@@ -47,6 +47,7 @@ class TensorBoardSink:
         self._run = run
         self._findings_every = findings_every
         self._steps = 0
+        self._last_step: int | None = None
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as e:  # tensorboard is a dependency; a broken install still gets a hint
@@ -69,6 +70,7 @@ class TensorBoardSink:
         for layer, metric, value in zip(record.layers, record.metrics, record.values):
             self.writer.add_scalar(tag(metric, layer), float(value), global_step=record.step)
         self._steps += 1
+        self._last_step = record.step
         if self._steps % self._findings_every == 1 or self._findings_every == 1:
             self.log_findings(self._recent_findings(), record.step)
 
@@ -110,15 +112,20 @@ class TensorBoardSink:
                 bucket_counts=row[HEADER:].tolist(), global_step=step,
             )
 
+    def abort(self) -> None:
+        self.writer.flush()
+        if self._owned:
+            self.writer.close()
+
     def close(self) -> None:
         """The findings over the whole run, then flush (and close a writer opened here)."""
         try:
-            if self._steps:
+            if self._last_step is not None:
                 from gradscope.report import build_report
 
                 history = self._run.to_dataframe()
                 findings = build_report(history, self._run.layers, None, self._run.model_summary(), {}).findings
-                self.log_findings(findings, int(history["step"].max()))
+                self.log_findings(findings, self._last_step)
         finally:
             self.writer.flush()
             if self._owned:

@@ -44,7 +44,9 @@ def test_a_disk_that_fills_mid_run_is_backed_off_bounded_and_reported(disk, monk
             train(model, opt, 400)
             assert mon.history.unwritten <= 40  # bounded RAM
             disk.free()
-            train(model, opt, 20)
+            parts = len(list((run_dir / "history").glob("part-*.parquet")))
+            train(model, opt, 40)  # the disk recovered: written again before the run ends
+            assert len(list((run_dir / "history").glob("part-*.parquet"))) > parts
     assert len([w for w in caught if "writing the history" in str(w.message)]) == 1  # warned once
     # training went on: the model moved on every step
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
@@ -57,7 +59,7 @@ def test_a_disk_that_fills_mid_run_is_backed_off_bounded_and_reported(disk, monk
     on_disk = set(gradscope.rundir.read_history(run_dir)["step"].unique().tolist())
     lost_steps = {s for first, last in lost for s in range(first, last + 1)}
     assert set(range(20)) <= on_disk  # written before the disk filled: kept
-    assert on_disk.isdisjoint(lost_steps) and on_disk | lost_steps == set(range(440))
+    assert on_disk.isdisjoint(lost_steps) and on_disk | lost_steps == set(range(460))
     assert not list(run_dir.rglob("*.tmp"))  # no half-written file left behind
 
 
@@ -134,3 +136,33 @@ def test_one_monitor_entered_once_per_epoch_writes_one_run(tmp_path):
             train(model, opt, 4)
     steps = gradscope.rundir.read_history(tmp_path / "run")["step"].unique().tolist()
     assert sorted(steps) == list(range(12))
+
+
+@pytest.mark.parametrize("window, flush_every, failures, steps", [(10, 10, 1, 50), (1000, 100, 3, 3000)])
+def test_after_failed_writes_the_history_is_written_again(tmp_path, monkeypatch, window, flush_every,
+                                                            failures, steps):
+    """A few failed writes early on lose at most what did not fit in RAM; later writes go through."""
+    import numpy as np
+    import pandas as pd
+
+    original = pd.DataFrame.to_parquet
+    attempts = []
+
+    def flaky(frame, target, *args, **kwargs):
+        attempts.append(len(frame))
+        if len(attempts) <= failures:
+            raise OSError(28, "No space left on device")
+        return original(frame, target, *args, **kwargs)
+
+    monkeypatch.setattr(pd.DataFrame, "to_parquet", flaky)
+    names = lambda: (np.array(["a"], dtype=object), np.array(["grad_norm"], dtype=object))  # noqa: E731
+    history = gradscope.history.History(names, tmp_path / "run", window=window, flush_every=flush_every)
+    history.on_write_error = lambda error: None
+    for step in range(steps):
+        history.append(step, np.array([0]), np.array([float(step)]))
+    history.flush()
+    on_disk = set(gradscope.rundir.read_history(tmp_path / "run")["step"].tolist())
+    lost = {s for first, last in history.lost_steps for s in range(first, last + 1)}
+    assert on_disk | lost == set(range(steps)) and not on_disk & lost
+    assert len(lost) <= failures * max(window, flush_every)
+    assert max(on_disk) == steps - 1
