@@ -13,7 +13,9 @@ import sys
 
 _BIDI = "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
 _CONTROLS = re.compile(f"[\x00-\x1f\x7f-\x9f{_BIDI}]")
-_MARKDOWN_PUNCTUATION = re.compile(r"([\\`*_{}\[\]()#+!|~])")
+# what can start markup inline: emphasis (``_`` only at a word's edge), code, links and images
+# (``[``), table cells, strikethrough, and ``#`` (a heading when it starts a line)
+_MARKDOWN_PUNCTUATION = re.compile(r"([\\`*\[\]|~#]|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9]))")
 _MARKDOWN_LIST_START = re.compile(r"^(\s*)(-|\d+\.)")
 _WORKFLOW_COMMAND = re.compile(r"^(\s*)::", re.MULTILINE)
 
@@ -31,13 +33,14 @@ def show_controls(text: str) -> str:
 
 def markdown_text(text: str) -> str:
     r"""Text for markdown (GitHub step summaries, ``--markdown``): control characters as escapes,
-    markdown punctuation backslash-escaped, ``<``, ``>`` and ``&`` as HTML entities.
+    the punctuation that starts markdown backslash-escaped, ``<``, ``>`` and ``&`` as HTML
+    entities, and a line that would start a list escaped.
 
-    >>> markdown_text("<script>x</script> # ![img](http://x)")
-    '&lt;script&gt;x&lt;/script&gt; \\# \\!\\[img\\]\\(http://x\\)'
+    >>> markdown_text("<script>x</script> # ![img](http://x) build_model() _em_")
+    '&lt;script&gt;x&lt;/script&gt; \\# !\\[img\\](http://x) build_model() \\_em\\_'
     """
     text = show_controls(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    text = _MARKDOWN_PUNCTUATION.sub(r"\\\1", text)
+    text = _MARKDOWN_PUNCTUATION.sub(lambda m: "\\" + m.group(), text)
     return _MARKDOWN_LIST_START.sub(lambda m: m.group(1) + m.group(2)[:-1] + "\\" + m.group(2)[-1], text)
 
 
