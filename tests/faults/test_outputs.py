@@ -5,24 +5,8 @@ there before is left whole, with no temporary file behind."""
 from __future__ import annotations
 
 import pytest
-import torch
-import torch.nn.functional as F
 
-import gradscope
-from tests import models
 from tests.faults.cli import SIGMOID, assert_exit, files, invoke, model_file
-
-
-@pytest.fixture
-def run_dir(tmp_path):
-    model = models.mlp()
-    opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    with gradscope.monitor(model, optimizer=opt, log_dir=tmp_path / "run", flush_every=2):
-        for _ in range(4):
-            F.mse_loss(model(torch.randn(8, 6)), torch.randn(8, 3)).backward()
-            opt.step()
-            opt.zero_grad()
-    return tmp_path / "run"
 
 
 # (command and its options with OUT where the output goes, environment)
