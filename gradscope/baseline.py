@@ -9,6 +9,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from gradscope.atomic import write_atomic
 from gradscope.report import Report
 from gradscope.errors import UsageError
 from gradscope.rules import SEVERITIES, Finding
@@ -31,9 +32,7 @@ def baseline_dict(report: Report) -> dict:
 
 
 def write_baseline(report: Report, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(baseline_dict(report), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    write_atomic(path, json.dumps(baseline_dict(report), indent=2, sort_keys=True) + "\n")
 
 
 def read_baseline(path: str | Path) -> dict:
@@ -43,8 +42,14 @@ def read_baseline(path: str | Path) -> dict:
     if not path.exists():
         raise UsageError(f"No baseline at {path}; create it with `gradscope check FILE --baseline {path} --update-baseline`.")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise UsageError(f"Cannot read the baseline {path}: {e.strerror or e}; give the path of a baseline JSON file.") from e
+    except UnicodeDecodeError as e:
+        raise UsageError(f"The baseline {path} is not valid JSON ({e}); {redo}.") from e
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
         raise UsageError(f"The baseline {path} is not valid JSON ({e}); {redo}.") from e
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise UsageError(f"{path} is not a gradscope baseline (no \"format\": \"{FORMAT}\"); {redo}.")

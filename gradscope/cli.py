@@ -2,11 +2,16 @@
 
 ``diagnose FILE`` loads a model file (gradscope.loading), runs gradscope.diagnose and renders the
 report (gradscope.reporters); ``check FILE`` gates it against a baseline (gradscope.baseline);
-``rules`` and ``explain`` read the rule registry. Usage errors exit 2 with a short message.
+``rules`` and ``explain`` read the rule registry. Usage errors exit 2 with a short message: bad
+options, a model file that raises or exits, an output that cannot be written. User text (paths,
+names, exception messages) is printed as text, never as rich markup, with control characters
+escaped; every output file is written atomically (gradscope.atomic).
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
 import sys
 import traceback
@@ -16,8 +21,10 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from gradscope.errors import UsageError
+from gradscope.reporters.escape import WorkflowCommandGuard, show_controls
 
 app = typer.Typer(
     name="gradscope",
@@ -49,11 +56,31 @@ class DeviceName(str, Enum):
 File = Annotated[Path, typer.Argument(help="Python file that defines the model (build_model(), get_model(), create_model() or `model`).", show_default=False)]
 Factory = Annotated[Optional[str], typer.Option("--factory", help="Name of the function (or nn.Module) in FILE that gives the model.")]
 InputShape = Annotated[Optional[str], typer.Option("--input-shape", help="Shape of a random input, e.g. 32,3,64,64, when FILE has no example_input().")]
-InputDtype = Annotated[str, typer.Option("--input-dtype", help="dtype of --input-shape inputs: float, double, half, bfloat16, long, int.")]
+InputDtype = Annotated[Optional[str], typer.Option("--input-dtype", help="dtype of --input-shape inputs: float (default), double, half, bfloat16, long, int.", show_default=False)]
 Steps = Annotated[int, typer.Option("--steps", min=1, help="Training steps to run (1: one forward/backward, no update).")]
 Optimizer = Annotated[OptimizerName, typer.Option("--optimizer", help="Optimizer for --steps > 1.")]
-LearningRate = Annotated[Optional[float], typer.Option("--lr", help="Learning rate (default: 0.01 for sgd, 0.001 for adam).")]
-Seed = Annotated[int, typer.Option("--seed", help="Seed for the model's init, the inputs and the default loss.")]
+
+
+def _positive_finite(value: Optional[float]) -> Optional[float]:
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise typer.BadParameter(f"{value} is not a positive finite number; give a learning rate such as 0.01.")
+    return value
+
+
+def _seed(value: int) -> int:
+    if not 0 <= value < 2**63:
+        raise typer.BadParameter(f"{value} is not a seed torch takes; give an integer from 0 to 2**63 - 1.")
+    return value
+
+
+def _non_negative_finite(value: float) -> float:
+    if not (math.isfinite(value) and value >= 0):
+        raise typer.BadParameter(f"{value} is not a finite number >= 0; give orders of magnitude such as 1.")
+    return value
+
+
+LearningRate = Annotated[Optional[float], typer.Option("--lr", callback=_positive_finite, help="Learning rate (default: 0.01 for sgd, 0.001 for adam).")]
+Seed = Annotated[int, typer.Option("--seed", callback=_seed, help="Seed for the model's init, the inputs and the default loss.")]
 Device = Annotated[DeviceName, typer.Option("--device", help="Where to run: cpu, cuda, or auto (cuda when available).")]
 JsonOut = Annotated[Optional[Path], typer.Option("--json", help="Write the JSON report here (format: docs/diagnose.md).")]
 HtmlOut = Annotated[Optional[Path], typer.Option("--html", help="Write the self-contained HTML report here.")]
@@ -61,20 +88,61 @@ MarkdownOut = Annotated[Optional[Path], typer.Option("--markdown", help="Write a
 Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors in the model file.")]
 AllLayers = Annotated[bool, typer.Option("--all-layers", help="List container modules too, not only leaf layers.")]
 
-_out = Console(highlight=False)
-_err = Console(stderr=True, highlight=False)
+# A line of user text that starts with "::" would be a workflow command under GitHub Actions, which
+# reads both streams; the guards put a backslash before it.
+_out = Console(file=WorkflowCommandGuard("stdout"), highlight=False)
+_err = Console(file=WorkflowCommandGuard("stderr"), highlight=False)
 
 
-def _fail_usage(error: Exception, debug: bool) -> None:
+def _text(message: str) -> Text:
+    """User text as rich Text (never parsed as markup), control characters shown as escapes."""
+    return Text("\n".join(show_controls(line) for line in message.splitlines()))
+
+
+def _say(message: str) -> None:
+    _out.print(_text(message))
+
+
+def _fail_usage(error: BaseException, debug: bool) -> None:
     if debug:
         traceback.print_exception(error)
     message = str(error)
     if not isinstance(error, UsageError):
         message = f"{type(error).__name__}: {error}"
-    _err.print(f"[bold red]error:[/] {message}", markup=True, highlight=False, soft_wrap=True)
+    message = message.split("\nException raised from ")[0]  # torch's C++ backtrace
+    _err.print(Text("error:", style="bold red") + " " + _text(message), soft_wrap=True)
     if not debug:
         _err.print("(run with --debug for the traceback)", style="dim")
     raise typer.Exit(code=2)
+
+
+def _exited(error: BaseException, file: Path, doing: str) -> UsageError:
+    """The usage error for user code that exits (``sys.exit``) or raises a ``BaseException``
+    that is not an ``Exception``: exit 2, never the exit code the file chose."""
+    from gradscope.loading import where_in
+
+    where = where_in(error, file)
+    if isinstance(error, SystemExit):
+        what = f"called sys.exit({error.code!r}){where}"
+    else:
+        what = f"raised {type(error).__name__}{f': {error}' if str(error) else ''}{where}"
+    return UsageError(
+        f"{file} {what} while gradscope was {doing} it; a model file must define the model without "
+        "exiting. Put script code under `if __name__ == \"__main__\":`."
+    )
+
+
+@contextlib.contextmanager
+def _writing(what: str, path: Path, debug: bool):
+    """Map a failed write (no space, read-only, a file or directory in the way) to exit 2."""
+    try:
+        yield
+    except OSError as e:
+        reason = e.strerror or str(e)
+        if e.filename is not None and Path(e.filename) != Path(path):
+            reason += f": {e.filename}"
+        _fail_usage(UsageError(f"Cannot write {what} to {path}: {reason}. Give a path in a writable "
+                               "directory with free space."), debug)
 
 
 def _run_diagnose(file, factory, input_shape, input_dtype, steps, optimizer, lr, seed, device, debug):
@@ -83,11 +151,16 @@ def _run_diagnose(file, factory, input_shape, input_dtype, steps, optimizer, lr,
     from gradscope.diagnose import diagnose as diagnose_model
     from gradscope.loading import load
 
+    doing = "loading"
     try:
         if device == DeviceName.cuda and not torch.cuda.is_available():
             raise UsageError("--device cuda was given but CUDA is not available here; use --device cpu or auto.")
+        if input_dtype is not None and input_shape is None:
+            raise UsageError(f"--input-dtype {input_dtype} was given without --input-shape; it sets the dtype "
+                             "of --input-shape inputs only. Add --input-shape (e.g. 8,16) or drop --input-dtype.")
         torch.manual_seed(seed)
-        loaded = load(file, factory, input_shape, input_dtype, seed)
+        loaded = load(file, factory, input_shape, input_dtype or "float", seed)
+        doing = "running"
         target = "cuda" if device == DeviceName.cuda or (device == DeviceName.auto and torch.cuda.is_available()) else "cpu"
         model = loaded.model.to(target)
         opt = None
@@ -105,10 +178,12 @@ def _run_diagnose(file, factory, input_shape, input_dtype, steps, optimizer, lr,
                                         progress=lambda done, total: bar.update(task, completed=done))
         else:
             report = diagnose_model(model, loaded.inputs, loaded.loss_fn, steps, opt, seed=seed)
-    except UsageError as e:
-        _fail_usage(e, debug)
     except Exception as e:  # noqa: BLE001 - anything the user's file does wrong is exit 2
         _fail_usage(e, debug)
+    except KeyboardInterrupt:
+        raise  # Ctrl-C: exit 130
+    except BaseException as e:  # sys.exit() or another BaseException from the user's code
+        _fail_usage(_exited(e, file, doing), debug)
     report.model.update({"file": str(file), "factory": loaded.factory, "inputs": loaded.inputs_from,
                          "device": target})
     return report
@@ -118,19 +193,21 @@ def _title(report) -> str:
     return f"{report.model['file']}: {report.model['class']} ({report.model['factory']}), inputs {report.model['inputs']}"
 
 
-def _write_outputs(report, json_path, markdown_path, html_path) -> None:
+def _write_outputs(report, title: str, debug: bool, json_path=None, markdown_path=None, html_path=None) -> None:
+    from gradscope.atomic import write_atomic
     from gradscope.reporters.markdown import report_markdown
 
     if json_path is not None:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(report.to_json() + "\n", encoding="utf-8")
+        with _writing("the JSON report", json_path, debug):
+            write_atomic(json_path, report.to_json() + "\n")
     if markdown_path is not None:
-        markdown_path.parent.mkdir(parents=True, exist_ok=True)
-        markdown_path.write_text(report_markdown(report, _title(report)), encoding="utf-8")
+        with _writing("the markdown report", markdown_path, debug):
+            write_atomic(markdown_path, report_markdown(report, title))
     if html_path is not None:
         from gradscope.reporters.html import write_html
 
-        write_html(report, html_path, _title(report))
+        with _writing("the HTML report", html_path, debug):
+            write_html(report, html_path, title)
 
 
 def _exit_code(report, fail_on: FailOn) -> int:
@@ -146,7 +223,7 @@ def diagnose(
     file: File,
     factory: Factory = None,
     input_shape: InputShape = None,
-    input_dtype: InputDtype = "float",
+    input_dtype: InputDtype = None,
     steps: Steps = 1,
     optimizer: Optimizer = OptimizerName.sgd,
     lr: LearningRate = None,
@@ -164,7 +241,7 @@ def diagnose(
 
     report = _run_diagnose(file, factory, input_shape, input_dtype, steps, optimizer, lr, seed, device, debug)
     TerminalReport(report, title=_title(report), all_layers=all_layers).print(_out)
-    _write_outputs(report, json, markdown, html)
+    _write_outputs(report, _title(report), debug, json, markdown, html)
     raise typer.Exit(code=_exit_code(report, fail_on))
 
 
@@ -173,12 +250,12 @@ def check(
     file: File,
     baseline: Annotated[Optional[Path], typer.Option("--baseline", help="Baseline JSON to compare with; without it, only findings gate.")] = None,
     update_baseline: Annotated[bool, typer.Option("--update-baseline", help="Write (or refresh) the baseline from this run and exit 0.")] = False,
-    tolerance: Annotated[float, typer.Option("--tolerance", min=0.0, help="Orders of magnitude a layer's signal may move against the baseline.")] = 1.0,
+    tolerance: Annotated[float, typer.Option("--tolerance", callback=_non_negative_finite, help="Orders of magnitude a layer's signal may move against the baseline.")] = 1.0,
     fail_on: Annotated[FailOn, typer.Option("--fail-on", help="Severity of new findings that fails the check.")] = FailOn.error,
     junit: Annotated[Optional[Path], typer.Option("--junit", help="Write JUnit XML here.")] = None,
     factory: Factory = None,
     input_shape: InputShape = None,
-    input_dtype: InputDtype = "float",
+    input_dtype: InputDtype = None,
     steps: Steps = 1,
     optimizer: Optimizer = OptimizerName.sgd,
     lr: LearningRate = None,
@@ -201,30 +278,34 @@ def check(
         except UsageError as e:
             _fail_usage(e, debug)
     report = _run_diagnose(file, factory, input_shape, input_dtype, steps, optimizer, lr, seed, device, debug)
-    _write_outputs(report, json, None, None)
+    _write_outputs(report, _title(report), debug, json_path=json)
     if update_baseline:
-        write_baseline(report, baseline)
-        _out.print(f"Baseline written to {baseline} ({len(report.findings)} findings, "
-                   f"{len(report.layers)} layers).")
+        with _writing("the baseline", baseline, debug):
+            write_baseline(report, baseline)
+        _say(f"Baseline written to {baseline} ({len(report.findings)} findings, {len(report.layers)} layers).")
         raise typer.Exit(code=0)
     comparison = compare(report, known, fail_on.value, tolerance)
     TerminalReport(report, title=_title(report)).print(_out)
     for f in comparison.new_findings:
-        _out.print(f"FAIL new {f.severity} finding: {f.code} {f.rule} at {', '.join(f.layers[:6])}")
+        _say(f"FAIL new {f.severity} finding: {f.code} {f.rule} at {', '.join(f.layers[:6])}")
     if comparison.moved:
-        _out.print(f"FAIL {len(comparison.moved)} layers' backpropagated signal moved by more than "
-                   f"{tolerance:g} orders of magnitude against {baseline}:")
+        _say(f"FAIL {len(comparison.moved)} layers' backpropagated signal moved by more than "
+             f"{tolerance:g} orders of magnitude against {baseline}:")
         for layer, (old, new) in comparison.moved.items():
-            _out.print(f"  {layer}: {old:.2e} -> {new:.2e}")
+            _say(f"  {layer}: {old:.2e} -> {new:.2e}")
     if comparison.missing_layers or comparison.added_layers:
-        _out.print(f"Layers since the baseline: {len(comparison.missing_layers)} gone, "
-                   f"{len(comparison.added_layers)} new (compared on the {len(known['signal']) - len(comparison.missing_layers)} in both).")
+        _say(f"Layers since the baseline: {len(comparison.missing_layers)} gone, "
+             f"{len(comparison.added_layers)} new (compared on the {len(known['signal']) - len(comparison.missing_layers)} in both).")
     if os.environ.get("GITHUB_ACTIONS") == "true":
         for line in github_annotations(report, comparison, str(file)):
             print(line)
-        append_step_summary(report, comparison, _title(report))
+        summary_path = os.environ.get("GITHUB_STEP_SUMMARY")
+        if summary_path:
+            with _writing("the step summary", Path(summary_path), debug):
+                append_step_summary(report, comparison, _title(report))
     if junit is not None:
-        write_junit(report, comparison, junit, Path(file).stem)
+        with _writing("the JUnit XML", junit, debug):
+            write_junit(report, comparison, junit, Path(file).stem)
     _out.print("Gradient-flow check " + ("FAILED." if comparison.failed else "passed."))
     raise typer.Exit(code=1 if comparison.failed else 0)
 
@@ -263,15 +344,11 @@ def summary(
 ) -> None:
     """Print the terminal report of a past (or running) training run: the layers at its last
     logged step and the rules over its history."""
-    from gradscope.reporters.markdown import report_markdown
     from gradscope.reporters.terminal import TerminalReport
 
     report = _load_run(run_dir, debug)
     TerminalReport(report, title=_run_title(report), all_layers=all_layers).print(_out)
-    if json is not None:
-        json.write_text(report.to_json() + "\n", encoding="utf-8")
-    if markdown is not None:
-        markdown.write_text(report_markdown(report, _run_title(report)), encoding="utf-8")
+    _write_outputs(report, _run_title(report), debug, json, markdown)
 
 
 @app.command()
@@ -284,8 +361,9 @@ def report(
     from gradscope.reporters.html import write_html
 
     found = _load_run(run_dir, debug)
-    path = write_html(found, output, _run_title(found))
-    _out.print(f"Wrote {path} ({path.stat().st_size / 1e6:.1f} MB).")
+    with _writing("the HTML report", output, debug):
+        path = write_html(found, output, _run_title(found))
+    _say(f"Wrote {path} ({path.stat().st_size / 1e6:.1f} MB).")
 
 
 @app.command()

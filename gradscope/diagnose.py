@@ -1,15 +1,18 @@
 """``gradscope.diagnose``: a few monitored training steps on example inputs, the structure of the
 model, and the rules over both, as a :class:`Report`. The model's mode, parameters, buffers,
-gradients, the optimizer's state and the global RNG are restored afterwards.
+gradients (the same tensor objects), the optimizer's state and the global random number generators
+(torch's, Python's ``random`` and numpy's) are restored afterwards.
 """
 
 from __future__ import annotations
 
 import copy
 import inspect
+import random
 from contextlib import nullcontext
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -252,8 +255,9 @@ def _describe(obj: object) -> str:
 
 
 class _SavedState:
-    """The model's per-module modes, parameters, buffers and gradients and the optimizer's state,
-    copied so that ``restore`` puts them back in place (same tensor objects)."""
+    """The model's per-module modes, parameters, buffers and gradients, the optimizer's state and
+    the Python and numpy random states (torch's is forked), copied so that ``restore`` puts them
+    back in place (same tensor objects, gradients included)."""
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> None:
         self.model = model
@@ -261,15 +265,22 @@ class _SavedState:
         self.modes = {m: m.training for m in model.modules()}
         with torch.no_grad():
             self.tensors = [(t, t.detach().clone()) for t in (*model.parameters(), *model.buffers())]
-        self.grads = {p: (p.grad.detach().clone() if p.grad is not None else None) for p in model.parameters()}
+            self.grads = {p: (p.grad, p.grad.detach().clone() if p.grad is not None else None)
+                          for p in model.parameters()}
         self.optimizer_state = copy.deepcopy(optimizer.state_dict()) if optimizer is not None else None
+        self.python_random = random.getstate()
+        self.numpy_random = np.random.get_state()
 
     def restore(self) -> None:
         with torch.no_grad():
             for tensor, saved in self.tensors:
                 tensor.copy_(saved)
-        for p, grad in self.grads.items():
-            p.grad = grad
+            for p, (grad, values) in self.grads.items():
+                if grad is not None:
+                    grad.copy_(values)
+                p.grad = grad
+        random.setstate(self.python_random)
+        np.random.set_state(self.numpy_random)
         for module, mode in self.modes.items():
             module.training = mode
         if self.optimizer is not None:

@@ -5,6 +5,7 @@ whose message says what to add to the file."""
 from __future__ import annotations
 
 import importlib.util
+import math
 import sys
 import traceback
 import uuid
@@ -23,6 +24,8 @@ DTYPES = {"float": torch.float32, "float32": torch.float32, "float64": torch.flo
           "double": torch.float64, "half": torch.float16, "bfloat16": torch.bfloat16,
           "long": torch.long, "int64": torch.long, "int": torch.int32, "int32": torch.int32}
 
+MAX_INPUT_ELEMENTS = 2**62
+"""More elements than any tensor can have (torch counts them in an int64)."""
 INFERRED_BATCH = 16
 """Batch size of inferred inputs (BatchNorm needs 8 or more)."""
 INFERRED_LENGTH = 32
@@ -49,11 +52,17 @@ def load_module(path: str | Path):
     if path.is_dir() or path.suffix != ".py":
         raise UsageError(f"{path} is not a Python file; give a .py file that defines the model.")
     try:
-        source = path.read_text(encoding="utf-8")
+        source = path.read_bytes()  # bytes: compile() reads a BOM and a coding line as Python does
+    except OSError as e:
+        raise UsageError(f"Cannot read {path}: {e.strerror or e}.") from e
+    try:
         compile(source, str(path), "exec")
     except SyntaxError as e:
+        if "unicode error" in e.msg or "encoding" in e.msg:
+            raise UsageError(f"{path} cannot be decoded: {e.msg}. Save it as UTF-8, or declare its encoding "
+                             "on its first or second line: # -*- coding: latin-1 -*-.") from e
         line = (e.text or "").rstrip()
-        raise UsageError(f"{path}:{e.lineno}: syntax error: {e.msg}\n    {line}") from e
+        raise UsageError(f"{path}:{e.lineno}: syntax error: {e.msg}" + (f"\n    {line}" if line else "")) from e
     name = f"gradscope_user_{path.stem}_{uuid.uuid4().hex[:8]}"
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
@@ -61,14 +70,15 @@ def load_module(path: str | Path):
     try:
         spec.loader.exec_module(module)
     except Exception as e:
-        raise UsageError(f"Running {path} raised {type(e).__name__}: {e}{_where(e, path)}") from e
+        raise UsageError(f"Running {path} raised {type(e).__name__}: {e}{where_in(e, path)}") from e
     finally:
         sys.path.remove(str(path.resolve().parent))
     return module
 
 
-def _where(error: BaseException, path: Path) -> str:
-    frames = [f for f in traceback.extract_tb(error.__traceback__) if Path(f.filename) == path]
+def where_in(error: BaseException, path: Path) -> str:
+    """`` (line N: source)`` of the last frame of ``error``'s traceback in ``path``, or ``""``."""
+    frames = [f for f in traceback.extract_tb(error.__traceback__) if Path(f.filename).resolve() == path.resolve()]
     return f" (line {frames[-1].lineno}: {frames[-1].line})" if frames else ""
 
 
@@ -102,7 +112,7 @@ def _find_model(module, path: Path, factory: str | None) -> tuple[nn.Module, str
         try:
             model = obj()
         except Exception as e:
-            raise UsageError(f"{path}: {name}() raised {type(e).__name__}: {e}{_where(e, path)}") from e
+            raise UsageError(f"{path}: {name}() raised {type(e).__name__}: {e}{where_in(e, path)}") from e
         if not isinstance(model, nn.Module):
             raise UsageError(f"{path}: {name}() returned {type(model).__name__}; it must return a torch.nn.Module.")
         return model, f"{name}()"
@@ -128,7 +138,7 @@ def _find_inputs(module, path: Path, model: nn.Module, shape: str | None, dtype:
         try:
             inputs = obj() if callable(obj) else obj
         except Exception as e:
-            raise UsageError(f"{path}: {name}() raised {type(e).__name__}: {e}{_where(e, path)}") from e
+            raise UsageError(f"{path}: {name}() raised {type(e).__name__}: {e}{where_in(e, path)}") from e
         if not isinstance(inputs, (torch.Tensor, tuple, list, dict)):
             raise UsageError(
                 f"{path}: {name}() returned {type(inputs).__name__}; return a tensor, a tuple of "
@@ -158,12 +168,20 @@ def _from_shape(shape: str, dtype: str, model: nn.Module, seed: int = 0):
     if dtype not in DTYPES:
         raise UsageError(f"--input-dtype {dtype!r} is not one of {', '.join(DTYPES)}.")
     torch_dtype = DTYPES[dtype]
+    too_large = UsageError(
+        f"--input-shape {shape!r} asks for {math.prod(dims):.3g} elements, more than this machine can "
+        "hold; give a small example batch, like 8,3,64,64.")
+    if math.prod(dims) > MAX_INPUT_ELEMENTS:
+        raise too_large
     generator = torch.Generator().manual_seed(seed)
-    if torch_dtype.is_floating_point:
-        return torch.randn(dims, generator=generator).to(torch_dtype)
-    embedding = next((m for m in model.modules() if isinstance(m, nn.Embedding)), None)
-    high = embedding.num_embeddings if embedding is not None else 2
-    return torch.randint(0, high, dims, generator=generator, dtype=torch_dtype)
+    try:
+        if torch_dtype.is_floating_point:
+            return torch.randn(dims, generator=generator).to(torch_dtype)
+        embedding = next((m for m in model.modules() if isinstance(m, nn.Embedding)), None)
+        high = embedding.num_embeddings if embedding is not None else 2
+        return torch.randint(0, high, dims, generator=generator, dtype=torch_dtype)
+    except (RuntimeError, MemoryError) as e:  # the allocation failed
+        raise too_large from e
 
 
 def _first_layer(model: nn.Module) -> nn.Module | None:

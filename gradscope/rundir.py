@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from gradscope.atomic import write_atomic
 from gradscope.errors import UsageError
 
 COLUMNS = ["step", "layer", "metric", "value"]
@@ -53,10 +54,7 @@ def write_meta(run_dir: Path, meta: dict) -> None:
         "written": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **meta,
     }
-    run_dir.mkdir(parents=True, exist_ok=True)
-    temp = run_dir / (META_FILE + ".tmp")
-    temp.write_text(json.dumps(full, indent=2))
-    os.replace(temp, run_dir / META_FILE)
+    write_atomic(run_dir / META_FILE, json.dumps(full, indent=2))
 
 
 FINDINGS_FILE = "findings.json"
@@ -64,9 +62,8 @@ FINDINGS_FILE = "findings.json"
 
 def write_findings(run_dir: Path, findings: list[dict]) -> None:
     """Write ``findings.json`` (the rules over the whole run, at its end) atomically."""
-    temp = run_dir / (FINDINGS_FILE + ".tmp")
-    temp.write_text(json.dumps({"format": FORMAT, "format_version": FORMAT_VERSION, "findings": findings}, indent=2))
-    os.replace(temp, run_dir / FINDINGS_FILE)
+    write_atomic(run_dir / FINDINGS_FILE,
+                 json.dumps({"format": FORMAT, "format_version": FORMAT_VERSION, "findings": findings}, indent=2))
 
 
 def read_meta(run_dir: str | os.PathLike) -> dict:

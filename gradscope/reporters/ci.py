@@ -7,14 +7,16 @@ import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from gradscope.atomic import append_atomic, write_atomic
 from gradscope.baseline import Comparison
 from gradscope.report import Report
+from gradscope.reporters.escape import markdown_text, show_controls
 from gradscope.reporters.markdown import report_markdown
 from gradscope.rules import RULES
 
 
 def _escape_data(text: str) -> str:
-    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    return show_controls(text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A"))
 
 
 def _escape_property(text: str) -> str:
@@ -46,14 +48,15 @@ def append_step_summary(report: Report, comparison: Comparison, title: str) -> N
     text = f"{report_markdown(report, title)}\nGradient-flow check {verdict}.\n"
     if comparison.moved:
         text += "\n| layer | baseline signal | now |\n| --- | --- | --- |\n" + "".join(
-            f"| `{layer}` | {old:.2e} | {new:.2e} |\n" for layer, (old, new) in comparison.moved.items())
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(text)
+            f"| {markdown_text(layer)} | {old:.2e} | {new:.2e} |\n" for layer, (old, new) in comparison.moved.items())
+    append_atomic(path, text)
 
 
 def write_junit(report: Report, comparison: Comparison, path: str | Path, name: str) -> None:
-    """One test case per rule, plus one for the signal against the baseline."""
+    """One test case per rule, plus one for the signal against the baseline. Text from the model
+    (layer names in messages) has its control characters escaped: XML 1.0 cannot hold them."""
     failing = {id(f) for f in comparison.new_findings}
+    name = show_controls(name)
     suite = ET.Element("testsuite", name=f"gradscope {name}")
     failures = 0
     for rule in RULES:
@@ -63,15 +66,15 @@ def write_junit(report: Report, comparison: Comparison, path: str | Path, name: 
                 continue
             if id(f) in failing:
                 failures += 1
-                ET.SubElement(case, "failure", message=f.message, type=f.severity).text = f.fix
+                ET.SubElement(case, "failure", message=show_controls(f.message), type=f.severity).text = \
+                    "\n".join(show_controls(line) for line in f.fix.splitlines())
             else:
-                ET.SubElement(case, "system-out").text = f"{f.severity}: {f.message}"
+                ET.SubElement(case, "system-out").text = show_controls(f"{f.severity}: {f.message}")
     case = ET.SubElement(suite, "testcase", classname=f"gradscope.{name}", name="signal against baseline")
     if comparison.moved:
         failures += 1
         ET.SubElement(case, "failure", message=f"{len(comparison.moved)} layers moved").text = "\n".join(
-            f"{layer}: {old:.3e} -> {new:.3e}" for layer, (old, new) in comparison.moved.items())
+            show_controls(f"{layer}: {old:.3e} -> {new:.3e}") for layer, (old, new) in comparison.moved.items())
     suite.set("tests", str(len(RULES) + 1))
     suite.set("failures", str(failures))
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    ET.ElementTree(suite).write(path, encoding="utf-8", xml_declaration=True)
+    write_atomic(path, ET.tostring(suite, encoding="utf-8", xml_declaration=True))

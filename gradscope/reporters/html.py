@@ -25,6 +25,7 @@ import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.offline import get_plotlyjs
 
+from gradscope.atomic import write_atomic
 from gradscope.report import Report
 from gradscope.rules import SEVERITIES
 from gradscope.layers import leaf_layers, parent_layer
@@ -318,7 +319,4 @@ def render_html(report: Report, title: str) -> str:
 
 
 def write_html(report: Report, path: str | os.PathLike, title: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_html(report, title), encoding="utf-8")
-    return path
+    return write_atomic(path, render_html(report, title))

@@ -1,6 +1,7 @@
 """The terminal report: a depth-ordered layer table with an inline log10 bar of the
 backpropagated signal, then the findings with their fixes. Rendered by rich, so colour follows the
-terminal (none when piped, none with NO_COLOR)."""
+terminal (none when piped, none with NO_COLOR). Names and messages are never read as markup, and
+their control characters are shown as escapes."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from rich.text import Text
 
 from gradscope.layers import leaf_layers, parent_layer
 from gradscope.report import Report
+from gradscope.reporters.escape import show_controls
 from gradscope.rules import SEVERITIES
 
 STYLES = {"error": "bold red", "warning": "yellow", "info": "cyan"}
@@ -63,7 +65,7 @@ class TerminalReport:
             for layer in f.layers:
                 flagged[parent_layer(layer) if layer.endswith((".weight", ".bias")) else layer] = f.severity
         bar_width = max(6, min(BAR_WIDTH, width - 66))
-        table = Table(title=self.title if title else None, title_justify="left", show_edge=False, pad_edge=False,
+        table = Table(title=Text(show_controls(self.title)) if title and self.title else None, title_justify="left", show_edge=False, pad_edge=False,
                       caption=f"signal: backpropagated gradient norm at the layer's output; bar: its log10 {_range(low, high)}",
                       caption_justify="left")
         table.add_column("layer", overflow="fold", ratio=1)
@@ -76,7 +78,7 @@ class TerminalReport:
         for name, row in rows.iterrows():
             style = STYLES.get(flagged.get(name, ""), "")
             table.add_row(
-                escape(name or "(model)"), escape(str(row["type"])), number(row["out_grad_norm"]),
+                escape(show_controls(name or "(model)")), escape(show_controls(str(row["type"]))), number(row["out_grad_norm"]),
                 Text(log_bar(row["out_grad_norm"], low, high, bar_width), style=style or "green"),
                 number(row["grad_norm"]), number(row["dead_fraction"], True),
                 number(row["saturation"], True), style=style,
@@ -92,12 +94,12 @@ class TerminalReport:
             lines += [
                 (Text(""), False),
                 (Text(f"{f.severity.upper()} {f.code} {f.rule}", style=STYLES[f.severity]), False),
-                (Text(f.message), False),
+                (Text(show_controls(f.message)), False),
                 (Text("Fix:", style="bold"), False),
             ]
             for line in f.fix.splitlines():
                 code = line.startswith("    ")
-                lines.append((Text(line, style="dim" if code and not self.plain else ""), code))
+                lines.append((Text(show_controls(line), style="dim" if code and not self.plain else ""), code))
         counts = {s: sum(f.severity == s for f in self.report.findings) for s in reversed(SEVERITIES)}
         summary = ", ".join(f"{n} {s}{'s' if n != 1 else ''}" for s, n in counts.items())
         lines += [(Text(""), False), (Text(summary), False)]
@@ -109,7 +111,7 @@ class TerminalReport:
     def print(self, console: Console) -> None:
         """Print the table and the findings, with code lines never wrapped or cropped."""
         if self.title:
-            console.print(Text(self.title, style="bold"), soft_wrap=True)
+            console.print(Text(show_controls(self.title), style="bold"), soft_wrap=True)
         console.print(self.layer_table(console.width, title=False))
         for line, code in self.finding_lines():
             console.print(line, soft_wrap=code)

@@ -1,6 +1,6 @@
 """Fixtures that break the world around gradscope: a tiny or read-only filesystem (a real tmpfs
-where the test may mount one, else a patched writer raising the same OSError), and helpers that
-check the user's model and files are untouched."""
+where the test may mount one, else a patched writer raising the same OSError), a finished run
+directory to damage or report on, and helpers that check the user's model and files are untouched."""
 
 from __future__ import annotations
 
@@ -13,6 +13,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
+import torch.nn.functional as F
+
+import gradscope
+from tests import models
 
 
 def _mount(path: Path, options: str) -> bool:
@@ -87,3 +92,16 @@ def read_only_dir(tmp_path):
         yield mount_point
     finally:
         _unmount(mount_point)
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    """A run directory of four logged steps of a small MLP, in two history parts."""
+    model = models.mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    with gradscope.monitor(model, optimizer=opt, log_dir=tmp_path / "run", flush_every=2):
+        for _ in range(4):
+            F.mse_loss(model(torch.randn(8, 6)), torch.randn(8, 3)).backward()
+            opt.step()
+            opt.zero_grad()
+    return tmp_path / "run"

@@ -8,24 +8,10 @@ import json
 import pandas as pd
 import pytest
 import torch
-import torch.nn.functional as F
 from typer.testing import CliRunner
 
 import gradscope
 from gradscope.cli import app
-from tests import models
-
-
-@pytest.fixture
-def run_dir(tmp_path):
-    model = models.mlp()
-    opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    with gradscope.monitor(model, optimizer=opt, log_dir=tmp_path / "run", flush_every=2):
-        for _ in range(4):
-            F.mse_loss(model(torch.randn(8, 6)), torch.randn(8, 3)).backward()
-            opt.step()
-            opt.zero_grad()
-    return tmp_path / "run"
 
 
 def damage_meta(run_dir, meta):
