@@ -173,6 +173,12 @@ def is_functional(name: str) -> bool:
     return ":" in name or "#" in name
 
 
+def parameter_owner(name: str) -> str:
+    """The module that holds a parameter: ``"blocks.0.fc.weight"`` → ``"blocks.0.fc"`` (module
+    names may hold any character but ".", so this never parses a parameter as a functional call)."""
+    return name.rpartition(".")[0]
+
+
 def join_name(parent: str | None, child: str) -> str:
     """The name of ``child`` set on module ``parent``: ``("blocks.0", "fc")`` → ``"blocks.0.fc"``,
     ``("", "fc")`` → ``"fc"``."""

@@ -14,7 +14,7 @@ import torch.nn as nn
 
 from gradscope.buffer import Layout, StepBuffer
 from gradscope.distributed import is_dtensor, local
-from gradscope.layers import parent_layer
+from gradscope.layers import parameter_owner
 from gradscope.stats import COUNT, DELTA_SQ, PRESENCE, SQ, WEIGHT_SQ
 from gradscope.stats.reductions import (
     foreach_delta_norms,
@@ -72,7 +72,7 @@ class ParameterStatistics:
         parameters = list(model.named_parameters())
         self._slots = [known.get((name, id(p))) or self._slots_for(name, p) for name, p in parameters]
         modules = dict(model.named_modules())
-        self.owner_types = {name: type(modules[parent_layer(name)]).__name__ for name, _ in parameters}
+        self.owner_types = {name: type(modules[parameter_owner(name)]).__name__ for name, _ in parameters}
         self._updated = {id(p) for _, p in parameters if id(p) in updated}
         self._sharded = {s.name for s in self._slots if s.sharded}
         self._by_name = {s.name: s.param for s in self._slots}

@@ -28,7 +28,7 @@ from plotly.offline import get_plotlyjs
 from gradscope.atomic import write_atomic
 from gradscope.report import Report
 from gradscope.rules import SEVERITIES
-from gradscope.layers import leaf_layers, parent_layer
+from gradscope.layers import leaf_layers, parameter_owner
 from gradscope.version import __version__
 
 MAX_STEPS = 200
@@ -229,7 +229,7 @@ class _Figures:
         ratios = self.history[self.history["metric"] == "update_ratio"]
         if ratios.empty:
             return None
-        frame = ratios.assign(module=ratios["layer"].map(parent_layer))
+        frame = ratios.assign(module=ratios["layer"].map(parameter_owner))
         weights = self.history[self.history["metric"] == "weight_norm"].set_index(["step", "layer"])["value"]
         frame = frame.join(weights.rename("weight"), on=["step", "layer"])
         frame["delta_sq"] = (frame["value"] * frame["weight"]) ** 2

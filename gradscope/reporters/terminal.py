@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from gradscope.layers import leaf_layers, parent_layer
+from gradscope.layers import leaf_layers, parameter_owner
 from gradscope.report import Report
 from gradscope.reporters.escape import show_controls
 from gradscope.rules import SEVERITIES
@@ -63,7 +63,7 @@ class TerminalReport:
         flagged = {}
         for f in sorted(self.report.findings, key=lambda f: SEVERITIES.index(f.severity)):
             for layer in f.layers:
-                flagged[parent_layer(layer) if layer.endswith((".weight", ".bias")) else layer] = f.severity
+                flagged[parameter_owner(layer) if layer.endswith((".weight", ".bias")) else layer] = f.severity
         bar_width = max(6, min(BAR_WIDTH, width - 66))
         table = Table(title=Text(show_controls(self.title)) if title and self.title else None, title_justify="left", show_edge=False, pad_edge=False,
                       caption=f"signal: backpropagated gradient norm at the layer's output; bar: its log10 {_range(low, high)}",

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import torch.nn as nn
 
-from gradscope.layers import parent_layer
+from gradscope.layers import parameter_owner
 from gradscope.rules import advice
 from gradscope.records import Records
 from gradscope.rules.base import Violation, fmt
@@ -75,7 +75,7 @@ def detect(records: Records) -> list[Violation]:
         walk = [n for n in reversed(order) if n in signal]
         first_bad = next((i for i, n in enumerate(walk) if not np.isfinite(signal[n])), None)
         if first_bad is None:
-            born, phase = (parent_layer(poisoned_params[0]) if poisoned_params else ""), "parameters"
+            born, phase = (parameter_owner(poisoned_params[0]) if poisoned_params else ""), "parameters"
             message = (
                 f"At step {step}, {len(poisoned_params)} parameter gradients hold NaN/Inf while every "
                 "backpropagated signal is finite: the value is born in a parameter's own gradient "
