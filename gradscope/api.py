@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from gradscope.config import MonitorConfig
 from gradscope.monitor import Recorder
-from gradscope.sinks import RunView, Sink
+from gradscope.sinks import RunView, Sink, abort_sinks
 
 if TYPE_CHECKING:
     from gradscope.report import Report
@@ -30,9 +30,6 @@ class Monitor(Recorder):
 
     def _open_sinks(self) -> list[Sink]:
         return open_sinks(self.config, self, self.history.run_dir)
-
-    def _abort_sinks(self, sinks: list[Sink]) -> None:
-        abort_sinks(sinks)
 
     def findings(self) -> list:
         """The rules (gradscope.rules) over the history so far: a list of ``Finding``."""
@@ -73,15 +70,6 @@ def open_sinks(config: MonitorConfig, run: RunView, run_dir: Path | None) -> lis
         abort_sinks(opened)
         raise
     return opened
-
-
-def abort_sinks(sinks: list[Sink]) -> None:
-    """Release sinks of a run that never started (the start's own error is the one to raise)."""
-    for sink in reversed(sinks):
-        try:
-            sink.abort()
-        except Exception:  # noqa: BLE001 - best effort; the start's error propagates
-            pass
 
 
 def monitor(

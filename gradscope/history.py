@@ -13,6 +13,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
+from gradscope.atomic import write_atomic
 from gradscope.errors import UsageError
 from gradscope.rundir import HISTORY_DIR, META_FILE, empty_history, read_history, typed_history
 
@@ -80,13 +81,10 @@ class History:
         if self.run_dir is None or not self._unflushed:
             return True
         path = self.run_dir / HISTORY_DIR / f"part-{self._parts:06d}.parquet"
-        temp = path.with_suffix(".parquet.tmp")
         self._since_attempt = 0
         try:
-            self._frame(self._unflushed).to_parquet(temp, index=False)
-            os.replace(temp, path)
+            write_atomic(path, self._frame(self._unflushed).to_parquet(index=False))
         except OSError as e:
-            _remove(temp)
             self._backoff = min(self._backoff * 2, MAX_BACKOFF)
             if self.on_write_error is not None:
                 self.on_write_error(e)
@@ -149,11 +147,3 @@ def _refuse_previous_run(run_dir: Path) -> None:
             "several blocks (one per epoch), create the monitor once and enter it each time: "
             "`with mon: ...`."
         )
-
-
-def _remove(path: Path) -> None:
-    """Best-effort removal of a partly written temporary file."""
-    try:
-        path.unlink(missing_ok=True)
-    except OSError:
-        pass

@@ -37,7 +37,7 @@ from gradscope.hooks import HookManager
 from gradscope.layers import join_name
 from gradscope.params import ParameterStatistics
 from gradscope.history import History
-from gradscope.sinks import Sink, StepRecord
+from gradscope.sinks import Sink, StepRecord, abort_sinks
 from gradscope.stats import STATISTICS
 from gradscope.stats.histograms import HistogramCollector
 from gradscope.stats.rescale import RescalePlan
@@ -322,12 +322,10 @@ class Recorder:
         (``gradscope.Monitor`` opens those its options ask for: TensorBoard, the run directory)."""
         return []
 
-    def _abort_sinks(self, sinks: list[Sink]) -> None:
-        """Release sinks opened by a start that failed."""
-
     def _abort_open_sinks(self) -> None:
+        """Release the sinks a failed start opened."""
         sinks, self._sinks = self._sinks, []
-        self._abort_sinks(sinks)
+        abort_sinks(sinks)
 
     def stop(self) -> None:
         """Remove every hook, bring the pending copies home, close the sinks.

@@ -59,3 +59,13 @@ class RunView(Protocol):
     def model_summary(self) -> dict: ...
 
     def run_meta(self) -> dict: ...
+
+
+def abort_sinks(sinks: list[Sink]) -> None:
+    """Abort sinks of a run that never started, newest first; best effort, since the start's own
+    error is the one to raise."""
+    for sink in reversed(sinks):
+        try:
+            sink.abort()
+        except Exception:  # noqa: BLE001 - the start's error propagates
+            pass

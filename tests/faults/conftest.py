@@ -11,12 +11,12 @@ import subprocess
 import uuid
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
 
 import gradscope
+import gradscope.atomic
 from tests import models
 
 
@@ -44,14 +44,18 @@ class Disk:
         self._filler: Path | None = None
         self._full = False
         if not real:
-            original = pd.DataFrame.to_parquet
+            import gradscope.history
+            import gradscope.rundir
 
-            def to_parquet(frame, target, *args, **kwargs):
+            original = gradscope.atomic.write_atomic
+
+            def write_atomic(target, data):
                 if self._full and str(target).startswith(str(path)):
                     raise OSError(errno.ENOSPC, "No space left on device", str(target))
-                return original(frame, target, *args, **kwargs)
+                return original(target, data)
 
-            monkeypatch.setattr(pd.DataFrame, "to_parquet", to_parquet)
+            for module in (gradscope.history, gradscope.rundir):
+                monkeypatch.setattr(module, "write_atomic", write_atomic)
 
     def fill(self) -> None:
         self._full = True

@@ -148,11 +148,11 @@ def test_after_failed_writes_the_history_is_written_again(tmp_path, monkeypatch,
     original = pd.DataFrame.to_parquet
     attempts = []
 
-    def flaky(frame, target, *args, **kwargs):
+    def flaky(frame, *args, **kwargs):
         attempts.append(len(frame))
         if len(attempts) <= failures:
             raise OSError(28, "No space left on device")
-        return original(frame, target, *args, **kwargs)
+        return original(frame, *args, **kwargs)
 
     monkeypatch.setattr(pd.DataFrame, "to_parquet", flaky)
     names = lambda: (np.array(["a"], dtype=object), np.array(["grad_norm"], dtype=object))  # noqa: E731
