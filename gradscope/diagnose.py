@@ -7,6 +7,7 @@ gradients (the same tensor objects), the optimizer's state and the global random
 from __future__ import annotations
 
 import copy
+import dataclasses
 import inspect
 import random
 from contextlib import nullcontext
@@ -18,12 +19,15 @@ import torch.nn as nn
 
 from gradscope.errors import UsageError, UsageTypeError
 from gradscope.monitor import Recorder
+from gradscope.probe import Dynamics, run_probe
+from gradscope.recipe import Recipe
 from gradscope.report import Report, build_report
 from gradscope.stats.reductions import floating_tensors
 from gradscope.structure import StructureProbe
 
 DEFAULT_LR = 0.01
 DEFAULT_MOMENTUM = 0.9
+PROBE_STEPS = 10
 
 
 class ModelError(UsageError):
@@ -37,6 +41,8 @@ def diagnose(
     steps: int = 1,
     optimizer: torch.optim.Optimizer | None = None,
     *,
+    probe_steps: int = PROBE_STEPS,
+    clip_grad_norm: float | None = None,
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
 ) -> Report:
@@ -51,7 +57,13 @@ def diagnose(
     ``-r / B``: unit scale in every output element, whatever the output is, and unlike a plain
     projection it has a minimum, so ``steps > 1`` trains toward something. With ``steps > 1``
     the optimizer (default SGD, lr 0.01, momentum 0.9) steps between passes; with one step no
-    parameter changes. Everything is restored afterwards, except that lazy modules
+    parameter changes.
+
+    Then the recipe probe (:mod:`gradscope.probe`): ``probe_steps`` steps of ``optimizer`` (default
+    SGD lr 0.01 momentum 0.9, reported as assumed), with ``clip_grad_norm`` if given, on the same
+    inputs from the same initial state, and the curvature of the loss against the recipe's
+    stability limit; ``report.verdict`` weighs the findings of both (``probe_steps=0``: the
+    findings of the monitored steps only). Everything is restored afterwards, except that lazy modules
     (``nn.LazyLinear``) are initialised by a first forward without gradients. ``progress(done, steps)`` is called
     after each step.
 
@@ -69,6 +81,11 @@ def diagnose(
         raise UsageError(f"Expected `steps` to be a positive int but got {steps!r}; steps=1 runs one forward/backward.")
     if loss_fn is not None and not callable(loss_fn):
         raise UsageTypeError(f"Expected `loss_fn` to be callable but got {type(loss_fn).__name__}.")
+    if isinstance(probe_steps, bool) or not isinstance(probe_steps, int) or probe_steps < 0:
+        raise UsageError(f"Expected `probe_steps` to be an int >= 0 but got {probe_steps!r}; 0 skips the recipe probe.")
+    if clip_grad_norm is not None and (isinstance(clip_grad_norm, bool) or not isinstance(clip_grad_norm, (int, float))
+                                       or not clip_grad_norm > 0):
+        raise UsageError(f"Expected `clip_grad_norm` to be a positive number or None but got {clip_grad_norm!r}.")
     if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
         raise UsageTypeError(
             f"Expected `optimizer` to be a torch.optim.Optimizer but got {type(optimizer).__name__}."
@@ -90,6 +107,11 @@ def diagnose(
                 opt = torch.optim.SGD(model.parameters(), lr=DEFAULT_LR, momentum=DEFAULT_MOMENTUM)
             history, layers, structure, loss_kind = _run(
                 model, args, kwargs, inputs, loss_fn, steps, opt, batch, seed, progress)
+        saved.restore()
+        dynamics, probe_error = None, None
+        if probe_steps:
+            dynamics, probe_error = _probe(model, args, kwargs, inputs, loss_fn, optimizer, probe_steps,
+                                           clip_grad_norm, seed, devices)
     finally:
         saved.restore()
     summary = {
@@ -98,8 +120,36 @@ def diagnose(
         "batch_size": batch,
     }
     options = {"steps": steps, "seed": seed, "loss": loss_kind,
-               "optimizer": type(opt).__name__ if opt is not None else None}
-    return build_report(history, layers, structure, summary, options)
+               "optimizer": type(opt).__name__ if opt is not None else None, "probe_steps": probe_steps}
+    if probe_error is not None:
+        options["probe_error"] = probe_error
+    return build_report(history, layers, structure, summary, options, dynamics)
+
+
+def _probe(model, args, kwargs, inputs, loss_fn, optimizer, probe_steps, clip_grad_norm, seed, devices
+           ) -> tuple[Dynamics | None, str | None]:
+    """The recipe probe from the initial state; a failure inside it leaves the report without
+    dynamics (and says why) rather than losing the findings."""
+    targets: dict[int, torch.Tensor] = {}
+    kind = []
+
+    def loss_at() -> torch.Tensor:
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)  # the same dropout masks at every evaluation
+            output = model(*args, **kwargs)
+        loss, loss_kind = _loss(output, inputs, loss_fn, targets, seed)
+        kind.append(loss_kind)
+        return loss
+
+    assumed = optimizer is None
+    opt = optimizer or torch.optim.SGD(model.parameters(), lr=DEFAULT_LR, momentum=DEFAULT_MOMENTUM)
+    recipe = Recipe.of(opt, clip_grad_norm, assumed=assumed)
+    model.train()
+    try:
+        dynamics = run_probe(model, loss_at, opt, recipe, probe_steps, "")
+        return dataclasses.replace(dynamics, loss_kind=kind[-1] if kind else ""), None
+    except Exception as e:  # the monitored steps ran; keep their findings
+        return None, f"{type(e).__name__}: {e}"
 
 
 def _materialize_lazy(model: nn.Module, args: tuple, kwargs: dict, inputs: object) -> None:

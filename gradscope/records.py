@@ -10,6 +10,7 @@ from functools import cached_property
 import pandas as pd
 
 from gradscope.layers import family_of_type, is_weight_type, leaf_layers, weight_spans
+from gradscope.probe import Dynamics
 from gradscope.structure import ModelStructure
 
 RECENT_STEPS = 5
@@ -28,6 +29,8 @@ class Records:
     history: pd.DataFrame
     layers: pd.DataFrame
     structure: ModelStructure | None = None
+    dynamics: Dynamics | None = None
+    """What ``diagnose``'s recipe probe measured (None without one)."""
 
     @cached_property
     def steps(self) -> list[int]:

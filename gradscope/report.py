@@ -11,11 +11,13 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from gradscope.probe import Dynamics
 from gradscope.rundir import meta_layers, read_history, read_meta
 from gradscope.rules import SEVERITIES, Finding, Records, run_rules
 from gradscope.rules.base import json_safe
 from gradscope.structure import ModelStructure
 from gradscope.summary import layer_summary
+from gradscope.verdict import Verdict, decide
 
 REPORT_VERSION = 1
 
@@ -31,6 +33,9 @@ class Report:
     history: pd.DataFrame
     structure: ModelStructure | None = None
     options: dict = field(default_factory=dict)
+    dynamics: Dynamics | None = None
+    verdict: Verdict | None = None
+    """Whether the model trains under the recipe: trains / at-risk / fails (``gradscope.verdict``)."""
 
     @property
     def worst(self) -> str | None:
@@ -42,6 +47,7 @@ class Report:
     def to_dict(self) -> dict:
         return json_safe({
             "version": REPORT_VERSION,
+            "verdict": self.verdict.to_dict() if self.verdict is not None else None,
             "model": self.model,
             "options": self.options,
             "findings": [f.to_dict() for f in self.findings],
@@ -70,11 +76,13 @@ def build_report(
     structure: ModelStructure | None,
     model: dict,
     options: dict,
+    dynamics: Dynamics | None = None,
 ) -> Report:
     """Apply the rules to ``history`` and summarise it per layer. Steps a GradScaler skipped
     (``amp_skipped``) are left out of the rules: their Inf/NaN gradients were discarded by design."""
-    findings = run_rules(Records(without_skipped_steps(history), layers, structure))
-    return Report(model, findings, layer_summary(history, layers), history, structure, options)
+    findings = run_rules(Records(without_skipped_steps(history), layers, structure, dynamics))
+    return Report(model, findings, layer_summary(history, layers), history, structure, options, dynamics,
+                  decide(findings, dynamics))
 
 
 def without_skipped_steps(history: pd.DataFrame) -> pd.DataFrame:

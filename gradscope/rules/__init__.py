@@ -32,19 +32,19 @@ from gradscope.records import Records
 from gradscope.rules.base import ERROR, INFO, SEVERITIES, WARNING, Finding, Rule, Violation
 
 
-def _rule(code: str, slug: str, severity: str, summary: str, module) -> Rule:
-    return Rule(code, slug, severity, summary, module.detect, module.pair)
+def _rule(code: str, slug: str, severity: str, summary: str, module, decides: bool = False) -> Rule:
+    return Rule(code, slug, severity, summary, module.detect, module.pair, decides)
 
 
 RULES: tuple[Rule, ...] = (
     _rule("GS101", "vanishing-gradient", ERROR,
-          "The backpropagated signal shrinks by 3+ orders of magnitude toward the input.", vanishing_gradient),
+          "The backpropagated signal shrinks by 3+ orders of magnitude toward the input.", vanishing_gradient, decides=True),
     _rule("GS102", "exploding-gradient", ERROR,
-          "The signal grows by 3+ orders toward the input, or the gradient norm jumps 100x.", exploding_gradient),
+          "The signal grows by 3+ orders toward the input, or the gradient norm jumps 100x.", exploding_gradient, decides=True),
     _rule("GS103", "nonfinite-gradient", ERROR,
-          "NaN/Inf gradients or activations, named by the module where they are born.", nonfinite_gradient),
+          "NaN/Inf gradients or activations, named by the module where they are born.", nonfinite_gradient, decides=True),
     _rule("GS104", "dead-units", WARNING,
-          "More than half of a ReLU layer's units never fire (90%+: error).", dead_units),
+          "More than half of a ReLU layer's units never fire (90%+: error).", dead_units, decides=True),
     _rule("GS105", "saturated-activations", WARNING,
           "Over 30% of a tanh/sigmoid layer's outputs sit at the bounds.", saturated_activations),
     _rule("GS106", "stalled-updates", WARNING,

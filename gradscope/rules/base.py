@@ -69,6 +69,9 @@ class Rule:
     summary: str
     detect: Callable[["Records"], list[Violation]]
     pair: Callable[[bool], dict]
+    decides: bool = False
+    """Whether its findings decide the trainability verdict (``gradscope.verdict``): an error
+    finding makes it ``fails``, a warning ``at-risk``."""
 
     @property
     def doc(self) -> str:

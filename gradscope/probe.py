@@ -1,0 +1,329 @@
+"""The recipe probe of ``gradscope.diagnose``: a few optimizer steps of the user's recipe on the
+probe batch, and what they show about whether training will go anywhere.
+
+It measures, in this order:
+
+1. one forward at initialisation: per weight layer, the mean correlation between the samples'
+   outputs (forward signal collapse) and the spread across samples of the log of their length
+   (the width effect of deep narrow ReLU nets, Hanin & Rolnick 2018);
+2. ``steps`` optimizer steps on the batch: the loss before each, the total gradient norm, and
+   each weight's update ratio ``||Δw|| / ||w||``;
+3. back at the initial weights, the largest eigenvalue of the loss Hessian on the batch by power
+   iteration on Hessian-vector products (double backward; finite differences of gradients when
+   the model has no double backward), preconditioned by the optimizer's per-parameter scale for
+   adaptive optimizers, against the recipe's stability threshold (:mod:`gradscope.recipe`).
+
+The caller (``diagnose``) restores the model and the optimizer afterwards; the probe restores the
+initial weights itself before step 3. Results go to :class:`Dynamics`, which the rules read.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from gradscope.layers import WEIGHT_LAYERS
+from gradscope.recipe import Recipe
+
+POWER_ITERATIONS = 20
+POWER_TOLERANCE = 0.02
+"""Power iteration stops when the eigenvalue estimate changes by less than this fraction."""
+
+SIMILARITY_SAMPLES = 64
+"""Samples of the batch that the forward statistics use (pairwise terms grow with its square)."""
+
+FORWARD_LAYERS = (*WEIGHT_LAYERS, nn.RNNBase, nn.MultiheadAttention)
+
+
+@dataclass(frozen=True)
+class Dynamics:
+    """What the recipe probe measured (``diagnose(..., probe_steps=N)``)."""
+
+    recipe: Recipe
+    loss_kind: str
+    steps: int
+    losses: list[float]
+    """The loss before each probe step, then after the last one (steps + 1 values unless the loss
+    became non-finite, where the list stops)."""
+    grad_norms: list[float]
+    """The total gradient norm (all parameters) at each probe step, before clipping."""
+    update_ratios: list[float]
+    """Per step, the median over weight tensors (2+ dimensions) of ``||Δw|| / ||w||``."""
+    layer_update_ratios: dict[str, float]
+    """Per weight tensor, its update ratio at the first step."""
+    curvature: float | None
+    """The largest eigenvalue of the Hessian of the loss on the batch at initialisation;
+    preconditioned by the optimizer's per-parameter scale for adaptive optimizers."""
+    curvature_method: str | None
+    curvature_note: str | None
+    """Why the curvature was not measured, or how (for adaptive optimizers)."""
+    threshold: float | None
+    """The recipe's stability threshold for ``curvature`` (:meth:`Recipe.stability_threshold`)."""
+    similarity: dict[str, float] = field(default_factory=dict)
+    """Per weight layer in forward order: the mean correlation between the samples' outputs."""
+    length_spread: dict[str, float] = field(default_factory=dict)
+    """Per weight layer in forward order: the standard deviation across samples of ln ||output||."""
+    seconds: float = 0.0
+
+    @property
+    def nonfinite(self) -> bool:
+        return len(self.losses) < self.steps + 1 or not all(math.isfinite(v) for v in self.grad_norms)
+
+    @property
+    def stability_ratio(self) -> float | None:
+        """curvature / threshold: above 1 the recipe's steps overshoot along the sharpest direction."""
+        if self.curvature is None or self.threshold is None or not math.isfinite(self.curvature):
+            return None
+        return self.curvature / self.threshold
+
+    @property
+    def largest_stable_lr(self) -> float | None:
+        return self.recipe.largest_stable_lr(self.curvature) if self.curvature is not None else None
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["recipe"] = self.recipe.to_dict()
+        data["stability_ratio"] = self.stability_ratio
+        data["largest_stable_lr"] = self.largest_stable_lr
+        return data
+
+
+def run_probe(
+    model: nn.Module,
+    loss_at: Callable[[], torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    recipe: Recipe,
+    steps: int,
+    loss_kind: str,
+) -> Dynamics:
+    """Measure :class:`Dynamics`; ``loss_at()`` runs the forward and the loss on the probe batch
+    (same randomness every call)."""
+    start = time.perf_counter()
+    params = [p for p in model.parameters() if p.requires_grad]
+    with torch.no_grad():
+        initial = [p.detach().clone() for p in params]
+    similarity, spread = _forward_statistics(model, loss_at)
+    losses, grad_norms, ratios, layer_ratios = _steps(model, loss_at, optimizer, recipe, params, steps)
+    with torch.no_grad():
+        for p, value in zip(params, initial):
+            p.copy_(value)
+    curvature, method, note = _curvature(loss_at, params, optimizer, recipe)
+    return Dynamics(
+        recipe=recipe, loss_kind=loss_kind, steps=steps, losses=losses, grad_norms=grad_norms,
+        update_ratios=ratios, layer_update_ratios=layer_ratios, curvature=curvature,
+        curvature_method=method, curvature_note=note, threshold=recipe.stability_threshold(),
+        similarity=similarity, length_spread=spread, seconds=time.perf_counter() - start,
+    )
+
+
+def _forward_statistics(model: nn.Module, loss_at) -> tuple[dict[str, float], dict[str, float]]:
+    names: list[str] = []
+    values: list[torch.Tensor] = []
+
+    def hook(module, args, output, name):
+        out = output[0] if isinstance(output, (tuple, list)) else output
+        if not isinstance(out, torch.Tensor) or not out.is_floating_point() or out.dim() < 2:
+            return
+        x = out.detach()[:SIMILARITY_SAMPLES].reshape(min(out.shape[0], SIMILARITY_SAMPLES), -1).double()
+        if x.shape[0] < 2 or x.shape[1] < 2 or name in names:
+            return
+        centred = x - x.mean(dim=1, keepdim=True)
+        unit = centred / centred.norm(dim=1, keepdim=True).clamp_min(1e-300)
+        b = x.shape[0]
+        # mean over pairs of samples of their correlation: (|sum of unit vectors|^2 - b) / (b (b - 1))
+        correlation = (unit.sum(dim=0).square().sum() - b) / (b * (b - 1))
+        log_length = x.norm(dim=1).clamp_min(1e-300).log()
+        names.append(name)
+        values.append(torch.stack([correlation, log_length.std()]))
+
+    handles = [m.register_forward_hook(lambda m, a, o, n=n: hook(m, a, o, n))
+               for n, m in model.named_modules() if isinstance(m, FORWARD_LAYERS)]
+    try:
+        loss_at()  # with gradients: a default loss needs an output that requires grad
+    finally:
+        for h in handles:
+            h.remove()
+    if not values:
+        return {}, {}
+    table = torch.stack(values).cpu().tolist()  # one transfer for all layers
+    return ({n: row[0] for n, row in zip(names, table)}, {n: row[1] for n, row in zip(names, table)})
+
+
+def _steps(model, loss_at, optimizer, recipe, params, steps):
+    names = {p: n for n, p in model.named_parameters()}
+    weights = [p for p in params if p.dim() >= 2]
+    losses: list[float] = []
+    grad_norms: list[float] = []
+    ratio_rows: list[torch.Tensor] = []
+    for _ in range(steps):
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_at()
+        value = float(loss.detach())
+        losses.append(value)
+        if not math.isfinite(value):
+            break
+        loss.backward()
+        grads = [p.grad for p in params if p.grad is not None]
+        total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else torch.zeros(())
+        grad_norms.append(float(total))
+        if not math.isfinite(grad_norms[-1]):
+            break
+        if recipe.clip_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(params, recipe.clip_grad_norm)
+        with torch.no_grad():
+            before = [w.detach().clone() for w in weights]
+            optimizer.step()
+            if weights:
+                delta = torch._foreach_sub([w.detach() for w in weights], before)
+                ratio_rows.append(torch.stack(torch._foreach_norm(delta))
+                                  / torch.stack(torch._foreach_norm(before)).clamp_min(1e-30))
+    else:
+        losses.append(float(loss_at().detach()))
+    optimizer.zero_grad(set_to_none=True)
+    if not ratio_rows:
+        return losses, grad_norms, [], {}
+    table = torch.stack(ratio_rows).cpu()  # one transfer for all steps and weights
+    medians = table.median(dim=1).values.tolist()
+    first = {names[w]: float(v) for w, v in zip(weights, table[0].tolist())}
+    return losses, grad_norms, medians, first
+
+
+def _curvature(loss_at, params, optimizer, recipe) -> tuple[float | None, str | None, str | None]:
+    if not params:
+        return None, None, "no trainable parameters"
+    scale = None
+    note = None
+    if recipe.adaptive:
+        scale = _preconditioner(optimizer, params)
+        if scale is None:
+            return None, None, (f"{recipe.optimizer}'s per-parameter scale was not found in its state, "
+                                "so its preconditioned curvature was not measured")
+        note = "preconditioned by the optimizer's per-parameter scale after the probe steps"
+    try:
+        matvec, method = _hessian_vector_product(loss_at, params), "Hessian-vector products"
+    except (RuntimeError, NotImplementedError) as e:
+        matvec, method = _finite_difference_product(loss_at, params), "finite differences of gradients"
+        note = (note + "; " if note else "") + f"no double backward ({type(e).__name__})"
+    if scale is not None:
+        roots = [s.sqrt() for s in scale]
+        inner = matvec
+
+        def matvec(v):
+            return torch._foreach_mul(inner(torch._foreach_mul(v, roots)), roots)
+    try:
+        value = _top_eigenvalue(matvec, params)
+    except (RuntimeError, NotImplementedError) as e:
+        return None, None, f"the curvature could not be measured: {type(e).__name__}: {e}"
+    if value is None or not math.isfinite(value):
+        return None, method, "the curvature is not finite"
+    return value, method, note
+
+
+def _preconditioner(optimizer: torch.optim.Optimizer, params) -> list[torch.Tensor] | None:
+    """Per parameter, the step size per unit gradient of an adaptive optimizer:
+    ``1 / (sqrt(v̂) + eps)`` from Adam's bias-corrected second moment (RMSprop's square_avg,
+    Adagrad's sum)."""
+    group_of = {p: g for g in optimizer.param_groups for p in g["params"]}
+    scale = []
+    for p in params:
+        state = optimizer.state.get(p, {})
+        group = group_of.get(p, {})
+        eps = float(group.get("eps", 1e-8))
+        if "exp_avg_sq" in state:
+            beta2 = float(group.get("betas", (0.9, 0.999))[1])
+            step = float(state.get("step", 1))
+            second = state["exp_avg_sq"] / (1 - beta2 ** max(step, 1.0))
+        elif "square_avg" in state:
+            second = state["square_avg"]
+        elif "sum" in state:
+            second = state["sum"]
+        else:
+            return None
+        scale.append(1.0 / (second.sqrt() + eps))
+    return scale
+
+
+def _hessian_vector_product(loss_at, params):
+    loss = loss_at()
+    grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
+    pairs = [(i, g) for i, g in enumerate(grads) if g is not None and g.requires_grad]
+    if not pairs:
+        raise RuntimeError("the gradient does not depend on the parameters")
+
+    def matvec(v):
+        out = torch.autograd.grad([g for _, g in pairs], params, grad_outputs=[v[i] for i, _ in pairs],
+                                  retain_graph=True, allow_unused=True)
+        return [o if o is not None else torch.zeros_like(p) for o, p in zip(out, params)]
+
+    matvec([torch.zeros_like(p) for p in params])  # fails here, not mid-iteration, without double backward
+    return matvec
+
+
+def _finite_difference_product(loss_at, params):
+    with torch.no_grad():
+        size = float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm([p.detach() for p in params]))))
+    eps = 1e-3 * max(size, 1.0)
+
+    def gradient_at(v, sign):
+        with torch.no_grad():
+            torch._foreach_add_(params, v, alpha=sign * eps)
+        try:
+            grads = torch.autograd.grad(loss_at(), params, allow_unused=True)
+        finally:
+            with torch.no_grad():
+                torch._foreach_add_(params, v, alpha=-sign * eps)
+        return [g if g is not None else torch.zeros_like(p) for g, p in zip(grads, params)]
+
+    def matvec(v):
+        plus, minus = gradient_at(v, 1.0), gradient_at(v, -1.0)
+        return torch._foreach_div(torch._foreach_sub(plus, minus), 2 * eps)
+
+    return matvec
+
+
+def _top_eigenvalue(matvec, params) -> float | None:
+    """The algebraically largest eigenvalue of the symmetric operator ``matvec`` by power
+    iteration; when the dominant eigenvalue is negative, again on the operator shifted by it."""
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    start = [torch.randn(p.shape, generator=generator, dtype=torch.float32).to(p.device, p.dtype) for p in params]
+    dominant = _power(matvec, start)
+    if dominant is None or dominant >= 0:
+        return dominant
+
+    def shifted(v):
+        return torch._foreach_sub(matvec(v), torch._foreach_mul(v, dominant))
+
+    top = _power(shifted, start)
+    return None if top is None else top + dominant
+
+
+def _power(matvec, start) -> float | None:
+    v = _normalized(start)
+    estimate = None
+    for _ in range(POWER_ITERATIONS):
+        hv = matvec(v)
+        value = float(torch.stack([x.sum() for x in torch._foreach_mul(v, hv)]).sum())
+        if not math.isfinite(value):
+            return None
+        converged = estimate is not None and abs(value - estimate) <= POWER_TOLERANCE * abs(value)
+        estimate = value
+        if converged:
+            break
+        norm = _norm(hv)
+        if norm == 0:
+            return 0.0
+        v = torch._foreach_div(hv, norm)
+    return estimate
+
+
+def _norm(vectors) -> float:
+    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(x.float()) for x in vectors])))
+
+
+def _normalized(vectors):
+    return torch._foreach_div(vectors, _norm(vectors))
