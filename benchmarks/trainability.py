@@ -54,7 +54,8 @@ def train(jobs: int, recipes: list[str]) -> None:
     RESULTS.mkdir(exist_ok=True)
     done = {(r["architecture"], r["recipe"], r["seed"]) for r in _read(OUTCOMES)}
     todo = [(a.name, recipe, seed) for recipe in recipes for seed in SEEDS for a in zoo.ARCHITECTURES
-            if (a.name, recipe, seed) not in done]
+            if (a.name, recipe, seed) not in done
+            and not (recipe in zoo.EXTRA_RECIPES and a.name in zoo.HEAVY)]
     print(f"{len(todo)} training runs to do ({len(done)} done)", flush=True)
     with ProcessPoolExecutor(jobs) as pool, OUTCOMES.open("a") as out:
         for row in pool.map(_train_one, todo):
@@ -121,7 +122,8 @@ def probe(jobs: int, recipes: list[str], fresh: bool) -> None:
     if fresh and PROBES.exists():
         PROBES.unlink()
     done = {(r["architecture"], r["recipe"]) for r in _read(PROBES)}
-    todo = [(a.name, recipe) for recipe in recipes for a in zoo.ARCHITECTURES if (a.name, recipe) not in done]
+    todo = [(a.name, recipe) for recipe in recipes for a in zoo.ARCHITECTURES if (a.name, recipe) not in done
+            and not (recipe in zoo.EXTRA_RECIPES and a.name in zoo.HEAVY)]
     print(f"{len(todo)} probes to do ({len(done)} done)", flush=True)
     with ProcessPoolExecutor(jobs) as pool, PROBES.open("a") as out:
         for row in pool.map(_probe_one, todo):
@@ -129,6 +131,113 @@ def probe(jobs: int, recipes: list[str], fresh: bool) -> None:
             out.flush()
             print(f"{row['architecture']:36s} {row['recipe']:10s}: {row['verdict']} "
                   f"{[f[1] for f in row['findings']]}", flush=True)
+
+
+TRAINS_AT, FAILS_AT = 0.8, 0.3
+"""Outcome of one training run: "trains" at test accuracy 0.8 or more, "fails" at 0.3 or less or a
+non-finite loss, "in-between" otherwise."""
+
+
+def run_outcome(row: dict) -> str:
+    if row["nonfinite_at"] is not None or row["accuracy"] <= FAILS_AT:
+        return "fails"
+    return "trains" if row["accuracy"] >= TRAINS_AT else "in-between"
+
+
+def outcomes() -> dict[tuple[str, str], dict]:
+    """Per (architecture, recipe): the seeds' outcomes and the outcome they agree on ("seeds
+    disagree" where they do not)."""
+    runs: dict[tuple[str, str], list[dict]] = {}
+    for row in _read(OUTCOMES):
+        runs.setdefault((row["architecture"], row["recipe"]), []).append(row)
+    table = {}
+    for key, rows in runs.items():
+        if len(rows) < len(SEEDS):
+            continue
+        seen = [run_outcome(r) for r in sorted(rows, key=lambda r: r["seed"])]
+        table[key] = {"seeds": seen, "accuracy": [r["accuracy"] for r in rows],
+                      "outcome": seen[0] if len(set(seen)) == 1 else "seeds disagree"}
+    return table
+
+
+def _scores(pairs: list[tuple[str, str]]) -> dict:
+    """``pairs``: (predicted, outcome) with predicted "trains" or "fails" (at-risk counts as
+    predicting failure) over runs whose outcome is trains or fails."""
+    decided = [(p, o) for p, o in pairs if o in ("trains", "fails")]
+    right = sum((p == "trains") == (o == "trains") for p, o in decided)
+    called = [o for p, o in decided if p == "fails"]
+    return {"n": len(decided), "agreement": right / len(decided) if decided else float("nan"),
+            "fails_called": len(called),
+            "fails_precision": sum(o == "fails" for o in called) / len(called) if called else float("nan"),
+            "missed": sum(p == "trains" and o == "fails" for p, o in decided)}
+
+
+def score() -> None:
+    import trainability_zoo as zoo
+
+    truth = outcomes()
+    probes = {(r["architecture"], r["recipe"]): r for r in _read(PROBES)}
+    keys = sorted(k for k in truth if k in probes)
+    recipes = [r for r in zoo.RECIPES if any(k[1] == r for k in keys)]
+    print(f"{len({k[0] for k in keys})} architectures, {len(keys)} (architecture, recipe) pairs with "
+          f"{len(SEEDS)} seeds each and a probe.\n")
+    print("| recipe | part | runs scored | gradscope agreement | precision of \"fails\" (verdict fails) | "
+          "precision of \"fails\" (at-risk or fails) | failures missed | by-eye agreement | by-eye precision | "
+          "in-between / seeds disagree |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for recipe in recipes:
+        for part, keep in (("held-out", True), ("fit", False), ("all", None)):
+            rows = [k for k in keys if k[1] == recipe and (keep is None or zoo.held_out(k[0]) == keep)]
+            verdicts = [(probes[k]["verdict"], truth[k]["outcome"]) for k in rows]
+            ours = _scores([("trains" if v == "trains" else "fails", o) for v, o in verdicts])
+            strict = [o for v, o in verdicts if v == "fails" and o in ("trains", "fails")]
+            eye = _scores([("fails" if probes[k]["by_eye"]["fails"] else "trains", truth[k]["outcome"]) for k in rows])
+            other = sum(truth[k]["outcome"] not in ("trains", "fails") for k in rows)
+            print(f"| {recipe} | {part} | {ours['n']} | {ours['agreement']:.0%} | "
+                  f"{_ratio(sum(o == 'fails' for o in strict), len(strict))} | "
+                  f"{_ratio(round(ours['fails_precision'] * ours['fails_called']) if ours['fails_called'] else 0, ours['fails_called'])} | "
+                  f"{ours['missed']} | {eye['agreement']:.0%} | {_ratio(round(eye['fails_precision'] * eye['fails_called']) if eye['fails_called'] else 0, eye['fails_called'])} | {other} |")
+    disagree = sum(t["outcome"] == "seeds disagree" for t in truth.values())
+    print(f"\nSeeds disagree on the outcome class of {disagree} of {len(truth)} (architecture, recipe) pairs "
+          f"({disagree / max(len(truth), 1):.0%}).")
+    _recipe_changes(truth, probes)
+    print("\n| architecture | part | " + " | ".join(recipes) + " |")
+    print("| --- | --- | " + " | ".join("---" for _ in recipes) + " |")
+    for arch in zoo.ARCHITECTURES:
+        cells = []
+        for recipe in recipes:
+            k = (arch.name, recipe)
+            if k not in truth or k not in probes:
+                cells.append("")
+                continue
+            t, p = truth[k], probes[k]
+            mark = "" if t["outcome"] not in ("trains", "fails") or (p["verdict"] == "trains") == (t["outcome"] == "trains") else " **x**"
+            accuracy = "/".join(f"{a:.2f}" for a in t["accuracy"])
+            cells.append(f"{p['verdict']}{mark} ({accuracy}) {' '.join(p['reasons'])}")
+        print(f"| {arch.name} | {'held-out' if zoo.held_out(arch.name) else 'fit'} | " + " | ".join(cells) + " |")
+
+
+def _recipe_changes(truth: dict, probes: dict) -> None:
+    by_arch: dict[str, dict[str, str]] = {}
+    for (arch, recipe), t in truth.items():
+        if t["outcome"] in ("trains", "fails") and (arch, recipe) in probes:
+            by_arch.setdefault(arch, {})[recipe] = recipe
+    changed = followed = 0
+    for arch, recipes in by_arch.items():
+        names = sorted(recipes)
+        for i, a in enumerate(names):
+            for b in names[i + 1:]:
+                if truth[(arch, a)]["outcome"] != truth[(arch, b)]["outcome"]:
+                    changed += 1
+                    va = probes[(arch, a)]["verdict"] == "trains"
+                    vb = probes[(arch, b)]["verdict"] == "trains"
+                    followed += (va == (truth[(arch, a)]["outcome"] == "trains")) and (vb == (truth[(arch, b)]["outcome"] == "trains"))
+    print(f"\nOf {changed} (architecture, recipe pair)s where the outcome changes with the recipe, the verdict "
+          f"follows the change (right under both recipes) in {followed} ({followed / max(changed, 1):.0%}).")
+
+
+def _ratio(a: int, b: int) -> str:
+    return f"{a / b:.0%} ({a}/{b})" if b else "n/a (0 called)"
 
 
 def main() -> None:
@@ -145,6 +254,8 @@ def main() -> None:
         train(args.jobs, recipes)
     elif args.stage == "probe":
         probe(args.jobs, recipes, args.fresh)
+    else:
+        score()
 
 
 if __name__ == "__main__":

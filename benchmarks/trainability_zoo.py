@@ -281,6 +281,17 @@ ARCHITECTURES: tuple[Architecture, ...] = (
 assert len({a.name for a in ARCHITECTURES}) == len(ARCHITECTURES), "architecture names must be unique"
 
 
+HEAVY = frozenset({
+    "cnn-relu-d50-c16-default-bn", "transformer-preln-d12-w64", "transformer-postln-d12-w64",
+    "transformer-nonorm-d12-w64", "cnn-relu-d30-c16-default-bn-res", "cnn-relu-d20-c16-default-bn",
+    "cnn-relu-d50-c8-he", "cnn-relu-d30-c16-he", "transformer-preln-d6-w64", "transformer-postln-d6-w64",
+})
+"""The ten architectures that cost most to train on a CPU: the recipes beyond the issue's two
+(``EXTRA_RECIPES``) are run on the other 65."""
+
+EXTRA_RECIPES = ("sgd-plain", "adam-high")
+
+
 def held_out(name: str) -> bool:
     """The fixed half of the set that thresholds are never fitted on (a hash of the name, so
     adding an architecture does not move the others)."""

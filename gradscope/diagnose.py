@@ -51,10 +51,11 @@ def diagnose(
 
     ``inputs`` is a tensor, a tuple of positional arguments or a dict of keyword arguments.
     The loss is ``loss_fn(output, inputs)`` (or ``loss_fn(output)``) when given, else the
-    output's ``loss`` (a ``ModelOutput`` or dict), else the default: ``0.5 * ||y - r||² / B``
+    output's ``loss`` (a ``ModelOutput`` or dict), else the default: ``0.5 * ||y - r||² / P``
     summed over the output's floating-point tensors ``y``, with ``r`` a fixed N(0, 1) target of
-    the same shape and ``B`` the batch size (first dimension). At ``y ≈ 0`` its gradient is
-    ``-r / B``: unit scale in every output element, whatever the output is, and unlike a plain
+    the same shape and ``P`` the number of positions (all dimensions but the last: the batch, and
+    the tokens of a sequence output), so it is a per-position loss like a language model's. At
+    ``y ≈ 0`` its gradient is ``-r / P``: unit scale in every output element, whatever the output is, and unlike a plain
     projection it has a minimum, so ``steps > 1`` trains toward something. With ``steps > 1``
     the optimizer (default SGD, lr 0.01, momentum 0.9) steps between passes; with one step no
     parameter changes.
@@ -252,8 +253,8 @@ def _default_loss(output, targets: dict, seed: int) -> torch.Tensor:
             generator = torch.Generator(device="cpu").manual_seed(seed + 1 + i)
             target = torch.randn(y.shape, generator=generator, dtype=torch.float32).to(y.device, y.dtype)
             targets[i] = target
-        batch = y.shape[0] if y.dim() > 0 else 1
-        term = 0.5 * (y - target).float().pow(2).sum() / batch
+        positions = y.numel() // y.shape[-1] if y.dim() > 1 and y.shape[-1] > 0 else 1
+        term = 0.5 * (y - target).float().pow(2).sum() / max(positions, 1)
         total = term if total is None else total + term
     return total
 

@@ -180,15 +180,16 @@ def _steps(model, loss_at, optimizer, recipe, params, steps):
             optimizer.step()
             if weights:
                 delta = torch._foreach_sub([w.detach() for w in weights], before)
-                ratio_rows.append(torch.stack(torch._foreach_norm(delta))
-                                  / torch.stack(torch._foreach_norm(before)).clamp_min(1e-30))
+                sizes = torch.stack(torch._foreach_norm(before))
+                # a weight of zero norm has no update ratio (NaN, left out of the medians)
+                ratio_rows.append(torch.stack(torch._foreach_norm(delta)) / sizes.where(sizes > 0, torch.nan))
     else:
         losses.append(float(loss_at().detach()))
     optimizer.zero_grad(set_to_none=True)
     if not ratio_rows:
         return losses, grad_norms, [], {}
     table = torch.stack(ratio_rows).cpu()  # one transfer for all steps and weights
-    medians = table.median(dim=1).values.tolist()
+    medians = table.nanmedian(dim=1).values.tolist()
     first = {names[w]: float(v) for w, v in zip(weights, table[0].tolist())}
     return losses, grad_norms, medians, first
 

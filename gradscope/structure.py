@@ -18,7 +18,8 @@ import torch
 import torch.nn as nn
 
 from gradscope.layers import (
-    BATCH_NORMS, NORMS, SIGMOID, TANH, WEIGHT_LAYERS, activation_family, family_of_type, weight_spans,
+    BATCH_NORMS, NORMS, SIGMOID, TANH, WEIGHT_LAYERS, activation_family, family_of_type, is_norm_type,
+    weight_spans,
 )
 
 
@@ -49,6 +50,18 @@ class ModelStructure:
     """Tanh/sigmoid-family activation layers (modules and functional calls) in forward order."""
     effective_depth: int | None = None
     post_ln: list[str] = field(default_factory=list)
+    norm_layers: list[str] = field(default_factory=list)
+    """Every normalisation layer (BatchNorm, LayerNorm, GroupNorm, RMSNorm …) in forward order."""
+
+    @property
+    def normalized(self) -> bool:
+        """The model has a normalisation layer."""
+        return bool(self.norm_layers) or any(w.normalized for w in self.weight_layers)
+
+    @property
+    def skips(self) -> bool:
+        """Skip connections shorten the gradient's path to under half the weight layers."""
+        return self.effective_depth is not None and 2 * self.effective_depth < len(self.weight_layers)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -130,6 +143,8 @@ class StructureProbe:
             bounded_activations=[n for n in order if family(n) in (TANH, SIGMOID)],
             effective_depth=graph.effective_depth,
             post_ln=graph.post_ln,
+            norm_layers=[n for n in order if isinstance(modules.get(n), NORMS) or is_norm_type(
+                type(modules[n]).__name__ if n in modules else types.get(n, ""))],
         )
 
 

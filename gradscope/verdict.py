@@ -69,7 +69,6 @@ def _evidence(dynamics: Dynamics | None) -> dict:
         "stability_ratio": dynamics.stability_ratio,
         "largest_stable_lr": dynamics.largest_stable_lr,
         "median_update_ratio": _median(dynamics.update_ratios),
-        "probe_seconds": dynamics.seconds,
     }
     return {k: v for k, v in evidence.items() if v is not None}
 

@@ -17,8 +17,10 @@ from __future__ import annotations
 from gradscope.errors import UsageError
 from gradscope.rules import (
     batchnorm_small_batch,
+    collapsed_representations,
     dead_units,
     deep_bounded_activations,
+    deep_narrow_relu,
     exploding_gradient,
     init_mismatch,
     no_skip_connections,
@@ -26,6 +28,8 @@ from gradscope.rules import (
     post_ln_transformer,
     saturated_activations,
     stalled_updates,
+    unstable_learning_rate,
+    updates_off_band,
     vanishing_gradient,
 )
 from gradscope.records import Records
@@ -44,11 +48,20 @@ RULES: tuple[Rule, ...] = (
     _rule("GS103", "nonfinite-gradient", ERROR,
           "NaN/Inf gradients or activations, named by the module where they are born.", nonfinite_gradient, decides=True),
     _rule("GS104", "dead-units", WARNING,
-          "More than half of a ReLU layer's units never fire (90%+: error).", dead_units, decides=True),
+          "More than half of a ReLU layer's units never fire (90%+: error).", dead_units),
     _rule("GS105", "saturated-activations", WARNING,
           "Over 30% of a tanh/sigmoid layer's outputs sit at the bounds.", saturated_activations),
     _rule("GS106", "stalled-updates", WARNING,
           "Parameters whose updates are 1000x below the rest, or that get no gradient.", stalled_updates),
+    _rule("GS107", "unstable-learning-rate", ERROR,
+          "The learning rate is above the stability limit the loss's curvature sets, or the probe diverged.",
+          unstable_learning_rate, decides=True),
+    _rule("GS108", "updates-off-band", ERROR,
+          "The recipe's updates are far from ~1e-3 of the weights per step (below 1e-4: stalled).",
+          updates_off_band, decides=True),
+    _rule("GS109", "collapsed-representations", ERROR,
+          "The samples' representations become nearly identical with depth (correlation 0.99+).",
+          collapsed_representations, decides=True),
     _rule("GS201", "no-skip-connections", INFO,
           "A stack of 10+ weight layers with no skip connection around them.", no_skip_connections),
     _rule("GS202", "init-mismatch", INFO,
@@ -59,6 +72,9 @@ RULES: tuple[Rule, ...] = (
           "8+ tanh/sigmoid hidden layers in a deep stack without skips.", deep_bounded_activations),
     _rule("GS205", "post-ln-transformer", INFO,
           "LayerNorm after the residual sum (post-LN): needs warm-up; pre-LN is more stable.", post_ln_transformer),
+    _rule("GS206", "deep-narrow-relu", WARNING,
+          "A deep ReLU stack whose sum of 1/width reaches 1 (Hanin & Rolnick 2018).", deep_narrow_relu,
+          decides=True),
 )
 
 

@@ -9,7 +9,7 @@ import torch.nn as nn
 
 from gradscope.rules import advice
 from gradscope.records import Records
-from gradscope.rules.base import Violation, fmt, log10
+from gradscope.rules.base import WARNING, Violation, fmt, log10
 from gradscope.rules.example_models import stack, x64
 from gradscope.rules.profile import signal_profile
 
@@ -29,7 +29,9 @@ def detect(records: Records) -> list[Violation]:
         Two patterns. Across depth: the backpropagated signal (``out_grad_norm``) grows by 3 or
         more orders of magnitude from the output side to the input side (the same robust trend
         as vanishing-gradient, in the other direction). Across steps: the total gradient norm of
-        a logged step is 100x or more the median of the up to 5 logged steps before it.
+        a logged step is 100x or more the median of the up to 5 logged steps before it. When
+        ``diagnose``'s recipe is an adaptive optimizer (Adam …), whose step size does not scale
+        with the gradient, the finding is a warning.
 
     Why it matters:
         Gradients that grow toward the input make the first layers take huge steps and the loss
@@ -50,6 +52,8 @@ def detect(records: Records) -> list[Violation]:
         (``gradscope.fixes.reinit``) and add normalisation.
     """
     findings = []
+    # an adaptive optimizer's steps do not scale with the gradient: at risk, not failing
+    severity = WARNING if records.dynamics is not None and records.dynamics.recipe.adaptive else None
     profile = signal_profile(records)
     totals = _total_grad_norms(records)
     typical = float(np.median(totals[np.isfinite(totals)])) if np.isfinite(totals).any() else float("nan")
@@ -74,7 +78,7 @@ def detect(records: Records) -> list[Violation]:
             "per_layer_factor": profile.per_layer_factor,
             "layers_in_profile": len(profile.layers),
             "steps": profile.steps,
-        }))
+        }, severity))
     jump = _first_jump(records.steps, totals)
     if jump is not None:
         step, norm, before = jump
@@ -89,7 +93,7 @@ def detect(records: Records) -> list[Violation]:
         findings.append(Violation(top, message, _fix(records, before), {
             "step": step, "total_grad_norm": norm, "median_before": before,
             "ratio": norm / before,
-        }))
+        }, severity))
     return findings
 
 

@@ -9,7 +9,7 @@ import torch.nn as nn
 from gradscope.layers import RELU, SIGMOID, TANH, family_of_type, is_functional
 from gradscope.rules import advice
 from gradscope.records import Records
-from gradscope.rules.base import Violation, fmt
+from gradscope.rules.base import INFO, Violation, fmt
 from gradscope.rules.example_models import he, stack, x64
 from gradscope.rules.profile import signal_profile
 
@@ -26,7 +26,10 @@ def detect(records: Records) -> list[Violation]:
         signal and the difference of the input-side and output-side quarter medians must both
         show it, on the profile as measured and with the steps made by normalisation, pooling
         and embedding layers taken out. A single such layer, however large its factor, does not
-        trigger it; a geometric decay spread over the depth does.
+        trigger it; a geometric decay spread over the depth does. When ``diagnose``'s recipe is
+        an adaptive optimizer (Adam, RMSprop …) the finding is informational: dividing each
+        parameter's gradient by its own running scale largely undoes the shrinkage, and such
+        models train under it.
 
     Why it matters:
         The weight gradient of a layer is its input times the signal at its output. When the
@@ -62,6 +65,10 @@ def detect(records: Records) -> list[Violation]:
         + (f"; {len(weak)} layers receive less than 1e-3 of the output-side signal: "
            f"{advice.layer_text(weak)}." if weak else ".")
     )
+    adaptive = records.dynamics is not None and records.dynamics.recipe.adaptive
+    if adaptive:
+        message += (f" Under {records.dynamics.recipe.text()} this is informational: an adaptive optimizer "
+                    "divides each parameter's gradient by its own scale, which largely undoes the shrinkage.")
     return [Violation(weak or profile.layers[: profile.quarter], message, _fix(records), {
         "orders": profile.rise,
         "trend_orders": profile.trend,
@@ -72,7 +79,7 @@ def detect(records: Records) -> list[Violation]:
         "per_layer_factor": profile.per_layer_factor,
         "layers_in_profile": len(profile.layers),
         "steps": profile.steps,
-    })]
+    }, INFO if adaptive else None)]
 
 
 def _fix(records: Records) -> str:

@@ -1,0 +1,96 @@
+"""The collapsed-representations rule: what it detects, its fix, and its bad/good model pair.
+
+Its code and severity are in the registry, ``gradscope.rules.RULES``."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+from gradscope.records import Records
+from gradscope.rules import advice
+from gradscope.rules.base import ERROR, INFO, WARNING, Violation, fmt
+from gradscope.rules.example_models import he, stack, x64
+
+FAILS_AT = 2.0
+"""Orders of magnitude of collapse, -log10(1 - correlation), at the last hidden weight layer that
+fail: correlation 0.99 between samples."""
+
+AT_RISK_AT = 1.5
+"""… and that put training at risk (correlation 0.968)."""
+
+ADAPTIVE_AT_RISK_AT = 7.0
+"""Under an adaptive optimizer (Adam …), which rescales each parameter's gradient and trains many
+collapsed nets, only a collapse to float32 resolution (the samples identical to 7 digits) puts
+training at risk; less is informational."""
+
+MIN_LAYERS = 4
+
+
+def detect(records: Records) -> list[Violation]:
+    """What it checks:
+        Forward signal collapse: in one forward pass at initialisation, the mean correlation
+        between the samples' outputs of each weight layer (each sample's output vector centred
+        over its features, then the cosine between samples, averaged over pairs). Collapse is
+        measured in orders of magnitude, ``-log10(1 - correlation)``, at the last hidden weight
+        layer (the one before the output layer), relative to the first. An error at 2 orders
+        (correlation 0.99), a warning at 1.5, in models with 4 or more weight layers where skip
+        connections do not shorten the gradient's path to under half of them. Under an adaptive
+        optimizer (Adam, RMSprop …), which trains many collapsed nets, a warning only at 7 orders
+        (identical to float32 resolution), information below.
+
+    Why it matters:
+        When every sample reaches the output layer as nearly the same vector, the output cannot
+        depend on the input, and the gradient has the same direction for every sample: training
+        sits at chance although gradient norms look healthy. Deep stacks without skips collapse
+        this way: default-init ReLU nets (the bias takes over), LayerNorm stacks, narrow nets.
+
+    Example:
+        A 20-layer ReLU MLP with PyTorch's default init (about a third of He's variance): the
+        per-sample signal shrinks by half per layer and the shared bias is all that remains.
+
+        >>> import torch.nn as nn
+        >>> bad = nn.Sequential(*[m for _ in range(20) for m in (nn.Linear(64, 64), nn.ReLU())], nn.Linear(64, 10))
+
+    Fix:
+        Add skip connections (residual blocks) and normalisation, and initialise for the
+        activation (He for ReLU) so that each layer keeps the signal's variance.
+    """
+    dynamics, structure = records.dynamics, records.structure
+    if dynamics is None or structure is None or structure.skips:
+        return []
+    similarity = [(n, c) for n, c in dynamics.similarity.items() if math.isfinite(c)]
+    if len(similarity) < MIN_LAYERS:
+        return []
+    first, last = similarity[0], similarity[-2]
+    orders = _orders(last[1]) - max(_orders(first[1]), 0.0)
+    if orders < AT_RISK_AT:
+        return []
+    adaptive = dynamics.recipe.adaptive
+    severity = (WARNING if orders >= ADAPTIVE_AT_RISK_AT else INFO) if adaptive else \
+        ERROR if orders >= FAILS_AT else WARNING
+    collapsed = [n for n, c in similarity[:-1] if _orders(c) >= AT_RISK_AT]
+    message = (
+        f"The samples' representations collapse with depth: their mean correlation rises from "
+        f"{fmt(first[1])} after {first[0]!r} to {1 - 10 ** -_orders(last[1]):.6g} after {last[0]!r} "
+        f"({orders:.1f} orders of magnitude closer to identical); the output layer cannot tell the "
+        "inputs apart."
+        + (f" Under {dynamics.recipe.text()}, whose per-parameter scaling can still separate them, this "
+           "is informational below 7 orders." if adaptive and severity == INFO else ""))
+    fix = ("Add skip connections around the blocks, a normalisation layer in each "
+           f"({advice.norm_choice(structure)}), and initialise for the activation:\n" + advice.RESIDUAL_SNIPPET)
+    return [Violation(collapsed[:6] or [last[0]], message, fix,
+                      {"orders": orders, "correlation_first": first[1], "correlation_last_hidden": last[1],
+                       "layers": len(similarity)},
+                      severity)]
+
+
+def _orders(correlation: float) -> float:
+    return -math.log10(max(1.0 - correlation, 1e-12))
+
+
+def pair(bad: bool) -> dict:
+    torch.manual_seed(0)
+    return {"model": stack(20, nn.ReLU, init=None if bad else he), "inputs": x64()}

@@ -1,0 +1,142 @@
+"""The unstable-learning-rate rule: what it detects, its fix, and its bad/good model pair.
+
+Its code and severity are in the registry, ``gradscope.rules.RULES``."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+from gradscope.layers import RELU
+from gradscope.records import Records
+from gradscope.rules import advice
+from gradscope.rules.base import ERROR, INFO, WARNING, Violation, fmt
+from gradscope.rules.example_models import he, stack, x64
+
+DIVERGED = 10.0
+"""The probe's loss rising this many times above its first value is divergence."""
+
+FAILS_ABOVE = 10.0
+"""Curvature this many times the recipe's stability limit, in a model without normalisation,
+fails; between 1 and this, it is at risk."""
+
+THIN_MARGIN = 0.15
+"""In a ReLU-family stack without normalisation or skips, curvature above this fraction of the
+limit at initialisation is at risk: such models sharpen several-fold as they train (progressive
+sharpening, Cohen et al. 2021) and have nothing that brings the step back down."""
+
+
+def detect(records: Records) -> list[Violation]:
+    """What it checks:
+        The learning rate against the curvature of the loss. The recipe probe of ``diagnose``
+        measures the largest eigenvalue of the loss Hessian on the probe batch (for Adam-like
+        optimizers, of the Hessian preconditioned by the optimizer's per-parameter scale) and
+        compares it with the recipe's stability limit: ``2 / lr`` for plain SGD,
+        ``2 (1 + β) / lr`` with momentum β, ``2 (1 + β1) / ((1 - β1) lr)`` for Adam. An error
+        when the probe's loss became non-finite after a finite first step, or rose 10x in a model
+        without normalisation layers, or when the curvature is 10x or more above the limit in a
+        model without normalisation layers; a warning from 1x (information when skip connections
+        shorten the model); a warning from 0.15x in a ReLU-family stack with neither normalisation
+        nor skips, whose curvature grows several-fold as it trains (progressive sharpening).
+        Information only when the model has normalisation layers, whose scale invariance lets
+        training shrink its effective step by itself. With gradient clipping the severity is at
+        most a warning.
+
+    Why it matters:
+        Along a direction whose curvature exceeds the limit, each step overshoots the minimum by
+        more than it started from: the loss oscillates with growing amplitude and diverges to
+        Inf/NaN, often after tens to hundreds of steps. The largest stable learning rate is the
+        one that puts the curvature at the limit.
+
+    Example:
+        An 8-layer He-initialised ReLU MLP is fine at lr 0.005; at lr 0.5 with momentum 0.9 its
+        curvature is about 10x the limit:
+
+        >>> import torch, torch.nn as nn
+        >>> model = nn.Sequential(*[m for _ in range(8) for m in (nn.Linear(64, 64), nn.ReLU())], nn.Linear(64, 10))
+        >>> for layer in model[::2]:
+        ...     _ = nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+        >>> bad = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+
+    Fix:
+        Lower the learning rate to about half the largest stable one printed with the finding,
+        or warm it up from there over the first few hundred steps; clip the gradient norm; and
+        initialise the weights for their activation.
+    """
+    dynamics = records.dynamics
+    if dynamics is None:
+        return []
+    recipe = dynamics.recipe
+    losses, norms = dynamics.losses, dynamics.grad_norms
+    if not losses or not math.isfinite(losses[0]) or not norms or not math.isfinite(norms[0]):
+        return []  # non-finite at the first step: the model's doing (nonfinite-gradient), not the recipe's
+    ratio = dynamics.stability_ratio
+    moved = dynamics.layer_update_ratios
+    layers = sorted(moved, key=lambda n: -moved[n] if math.isfinite(moved[n]) else 0.0)[:5]
+    normalized = records.structure is not None and records.structure.normalized
+    evidence = {"curvature": dynamics.curvature, "stability_limit": dynamics.threshold,
+                "stability_ratio": ratio, "largest_stable_lr": dynamics.largest_stable_lr,
+                "lr": recipe.lr, "recipe": recipe.text(), "probe_losses": losses}
+    curvature_text = (f"; the curvature of the loss is {fmt(dynamics.curvature)}, {fmt(ratio)}x the "
+                      f"limit of {recipe.text()} ({fmt(dynamics.threshold)})" if ratio is not None else "")
+    if dynamics.nonfinite:
+        step = len(losses) - 1 if not math.isfinite(losses[-1]) else len(norms) - 1
+        return [Violation(layers, f"The loss became non-finite at probe step {step} of {recipe.text()} "
+                          f"(first loss {fmt(losses[0])}){curvature_text}.", _fix(dynamics), evidence, ERROR)]
+    rise = max(losses) / losses[0] if losses[0] > 0 else 1.0
+    if rise >= DIVERGED:
+        return [Violation(layers, f"The loss rose {fmt(rise)}x within {len(losses) - 1} probe steps of "
+                          f"{recipe.text()}{curvature_text}"
+                          + ("; the model's normalisation layers usually bring it back, so this is "
+                             "informational." if normalized else "."), _fix(dynamics), evidence,
+                          INFO if normalized else ERROR)]
+    if ratio is None:
+        return []
+    skips = records.structure is not None and records.structure.skips
+    if ratio >= 1:
+        severity = INFO if normalized else ERROR if ratio >= FAILS_ABOVE else INFO if skips else WARNING
+        tail = ("; the model's normalisation layers usually let training settle at a smaller effective "
+                "step, so this is informational." if normalized else
+                "; its skip connections usually keep this in check, so this is informational."
+                if severity == INFO else "; steps along the sharpest direction overshoot and grow.")
+    elif ratio >= THIN_MARGIN and not normalized and not skips and _relu_stack(records):
+        severity = WARNING
+        tail = ("; in a ReLU-family stack without normalisation or skips, curvature typically grows "
+                "several-fold during training (progressive sharpening) and crosses the limit.")
+    else:
+        return []
+    if recipe.clip_grad_norm is not None and severity == ERROR:
+        severity = WARNING
+    message = (f"The curvature of the loss ({fmt(dynamics.curvature)}) is {fmt(ratio)}x the stability "
+               f"limit of {recipe.text()} ({fmt(dynamics.threshold)}){tail}")
+    return [Violation(layers, message, _fix(dynamics), evidence, severity)]
+
+
+def _relu_stack(records: Records) -> bool:
+    hidden = records.structure.weight_layers[:-1]
+    return bool(hidden) and sum(w.activation == RELU for w in hidden) * 2 > len(hidden)
+
+
+def _fix(dynamics) -> str:
+    stable = dynamics.largest_stable_lr
+    lr = dynamics.recipe.lr
+    if stable is not None and lr is not None and stable < lr:
+        target = stable / 2
+        return (f"Lower the learning rate to about {fmt(target)} (the largest stable one is about "
+                f"{fmt(stable)}, you have {fmt(lr)}), or warm it up from {fmt(target)} to {fmt(lr)} over "
+                "the first few hundred steps:\n"
+                + advice.code(f"scheduler = torch.optim.lr_scheduler.LinearLR(optimizer, "
+                              f"start_factor={fmt(target / lr)}, total_iters=500)",
+                              "# call scheduler.step() after each optimizer.step()")
+                + "\nClip the gradient norm as well, and initialise the weights for their activation.")
+    return ("Lower the learning rate (by 10x to start), warm it up over the first few hundred steps, "
+            "and clip the gradient norm:\n" + advice.clip_code(1.0))
+
+
+def pair(bad: bool) -> dict:
+    torch.manual_seed(0)
+    model = stack(8, nn.ReLU, init=he)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5 if bad else 0.005, momentum=0.9)
+    return {"model": model, "inputs": x64(), "optimizer": optimizer}

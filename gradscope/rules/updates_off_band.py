@@ -1,0 +1,95 @@
+"""The updates-off-band rule: what it detects, its fix, and its bad/good model pair.
+
+Its code and severity are in the registry, ``gradscope.rules.RULES``."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from gradscope.records import Records
+from gradscope.rules.base import ERROR, WARNING, Violation, fmt
+from gradscope.rules.example_models import stack, x64
+
+STALLED_BELOW = 1e-4
+"""A median update ratio below this stalls training: at 1e-4 per step, 600 steps move the
+weights by a few percent at most."""
+
+UNSTABLE_ABOVE = 0.3
+"""A median update ratio above this (in a model without normalisation) rewrites the weights
+every few steps."""
+
+BAND = (1e-4, 1e-2)
+"""Where most working recipes put the update ratio (about 1e-3)."""
+
+
+def detect(records: Records) -> list[Violation]:
+    """What it checks:
+        The size of the recipe's updates: ``||Δw|| / ||w||`` for every weight tensor at each step
+        of ``diagnose``'s recipe probe, its median over the weights, and the median of that over
+        the probe steps. Working recipes put it near 1e-3. An error below 1e-4 (the updates are
+        too small for the model to learn in a normal run); a warning above 0.3 in a model
+        without normalisation layers (each step rewrites a third of the weights).
+
+    Why it matters:
+        The update ratio is the step size as the model feels it. Far below the band the weights
+        barely move, whatever the loss says: a learning rate too small for the gradients the model
+        produces (a vanishing gradient, a collapsed forward signal, weights far larger than their
+        gradients). Far above it, training is a random walk that diverges without normalisation.
+
+    Example:
+        A 12-layer ReLU MLP with PyTorch's default init: its gradients are so small that SGD at lr
+        0.01 moves the weights by about 1e-7 of their size per step.
+
+        >>> import torch, torch.nn as nn
+        >>> bad = nn.Sequential(*[m for _ in range(12) for m in (nn.Linear(64, 64), nn.ReLU())], nn.Linear(64, 10))
+        >>> optimizer = torch.optim.SGD(bad.parameters(), lr=0.01, momentum=0.9)
+
+    Fix:
+        Too small: fix the gradient first (see vanishing-gradient and collapsed-representations:
+        init for the activation, normalisation, skips), then raise the learning rate or use an
+        adaptive optimizer (Adam), whose update ratio is about lr / weight scale. Too large:
+        lower the learning rate and add normalisation.
+    """
+    dynamics = records.dynamics
+    if dynamics is None or dynamics.nonfinite:
+        return []
+    per_step = [r for r in dynamics.update_ratios if math.isfinite(r)]
+    if not per_step:
+        return []
+    median = float(np.median(per_step))
+    recipe = dynamics.recipe.text()
+    layers = sorted(dynamics.layer_update_ratios, key=lambda n: dynamics.layer_update_ratios[n])
+    evidence = {"median_update_ratio": median, "per_step": per_step, "band": list(BAND), "recipe": recipe}
+    if median < STALLED_BELOW:
+        return [Violation(layers[:5], (
+            f"Updates are {fmt(median)} of the weights' size per step under {recipe} (median over "
+            f"{len(per_step)} probe steps and all weights), {fmt(1e-3 / max(median, 1e-300))}x below the "
+            "usual 1e-3: the model will barely learn."), _fix(small=True), evidence, ERROR)]
+    normalized = records.structure is not None and records.structure.normalized
+    if median > UNSTABLE_ABOVE and not normalized:
+        return [Violation(layers[-5:], (
+            f"Updates are {fmt(median)} of the weights' size per step under {recipe}, "
+            f"{fmt(median / 1e-3)}x above the usual 1e-3, in a model without normalisation."),
+            _fix(small=False), evidence, WARNING)]
+    return []
+
+
+def _fix(small: bool) -> str:
+    if small:
+        return ("Make the gradient reach the weights first (init for the activation, normalisation, "
+                "skip connections; see vanishing-gradient), then raise the learning rate, or use Adam, "
+                "whose update ratio is about lr / weight scale:\n"
+                "    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)")
+    return "Lower the learning rate until the update ratio is near 1e-3, and add normalisation layers."
+
+
+def pair(bad: bool) -> dict:
+    torch.manual_seed(0)
+    model = stack(12, nn.ReLU)
+    optimizer = (torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9) if bad
+                 else torch.optim.Adam(model.parameters(), lr=1e-3))
+    return {"model": model, "inputs": x64(), "optimizer": optimizer}
