@@ -1,0 +1,158 @@
+"""The recipe probe's numbers against independent float64 references: the curvature against the
+top eigenvalue of the full Hessian (torch.autograd.functional.hessian), preconditioned for Adam;
+update ratios and forward statistics against direct computation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import gradscope
+from gradscope.probe import _curvature, _finite_difference_product, _top_eigenvalue, run_probe
+from gradscope.recipe import Recipe
+
+
+def _small_model(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 3))
+
+
+def _data():
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(16, 5, generator=g), torch.randint(0, 3, (16,), generator=g)
+
+
+def _reference_hessian(model: nn.Module, x, y) -> torch.Tensor:
+    """The full Hessian of the loss in float64, by autograd on a flat parameter vector."""
+    params = [p.detach().double() for p in model.parameters()]
+    shapes = [p.shape for p in params]
+    flat = torch.cat([p.reshape(-1) for p in params])
+    twin = _small_model()
+
+    def loss(vector):
+        chunks, i = [], 0
+        for shape in shapes:
+            n = int(np.prod(shape))
+            chunks.append(vector[i:i + n].reshape(shape))
+            i += n
+        h = torch.tanh(x.double() @ chunks[0].T + chunks[1])
+        return F.cross_entropy(h @ chunks[2].T + chunks[3], y)
+
+    del twin
+    return torch.autograd.functional.hessian(loss, flat)
+
+
+def test_curvature_is_the_top_eigenvalue_of_the_hessian():
+    model = _small_model()
+    x, y = _data()
+    params = list(model.parameters())
+    opt = torch.optim.SGD(params, lr=0.1)
+    value, method, _ = _curvature(lambda: F.cross_entropy(model(x), y), params, opt, Recipe.of(opt))
+    expected = float(torch.linalg.eigvalsh(_reference_hessian(model, x, y)).max())
+    assert method == "Hessian-vector products"
+    assert value == pytest.approx(expected, rel=0.03)
+
+
+def test_finite_differences_agree_with_the_hessian():
+    model = _small_model()
+    x, y = _data()
+    params = list(model.parameters())
+    matvec = _finite_difference_product(lambda: F.cross_entropy(model(x), y), params)
+    expected = float(torch.linalg.eigvalsh(_reference_hessian(model, x, y)).max())
+    assert _top_eigenvalue(matvec, params) == pytest.approx(expected, rel=0.05)
+
+
+def test_adam_curvature_is_preconditioned_by_its_second_moment():
+    model = _small_model()
+    x, y = _data()
+    params = list(model.parameters())
+    opt = torch.optim.Adam(params, lr=1e-3)
+    for _ in range(3):  # build up exp_avg_sq, then measure at these weights
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    value, _, note = _curvature(lambda: F.cross_entropy(model(x), y), params, opt, Recipe.of(opt))
+    scale = torch.cat([(1 / ((opt.state[p]["exp_avg_sq"].double() / (1 - 0.999 ** 3)).sqrt() + 1e-8)).reshape(-1)
+                       for p in params])
+    root = scale.sqrt()
+    expected = float(torch.linalg.eigvalsh(root[:, None] * _reference_hessian(model, x, y) * root[None, :]).max())
+    assert "preconditioned" in note
+    assert value == pytest.approx(expected, rel=0.05)
+
+
+def test_a_negative_dominant_eigenvalue_still_gives_the_largest_one():
+    # diag(-3, 1, -1): power iteration finds -3 first; the shifted pass must give 1
+    matrix = torch.diag(torch.tensor([-3.0, 1.0, -1.0]))
+    param = torch.zeros(3)
+    value = _top_eigenvalue(lambda v: [matrix @ v[0]], [param])
+    assert value == pytest.approx(1.0, rel=0.05)
+
+
+def _three_layers() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 6), nn.Tanh(), nn.Linear(6, 3))
+
+
+def test_update_ratios_and_losses_match_a_plain_training_loop():
+    model = _three_layers()
+    twin = _three_layers()
+    x, y = _data()
+    opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+    dynamics = run_probe(model, lambda: F.cross_entropy(model(x), y), opt, Recipe.of(opt), 3, "loss_fn")
+    reference = torch.optim.SGD(twin.parameters(), lr=0.5, momentum=0.9)
+    losses, ratios = [], []
+    weights = [twin[0].weight, twin[2].weight, twin[4].weight]
+    for _ in range(3):
+        reference.zero_grad()
+        loss = F.cross_entropy(twin(x), y)
+        losses.append(float(loss.detach()))
+        loss.backward()
+        before = [w.detach().double().clone() for w in weights]
+        reference.step()
+        ratios.append(float(np.median([float((w.detach().double() - b).norm() / b.norm())
+                                       for w, b in zip(weights, before)])))
+    assert dynamics.losses[:3] == pytest.approx(losses, rel=1e-5)
+    assert dynamics.update_ratios == pytest.approx(ratios, rel=1e-4)
+    assert len(dynamics.losses) == 4
+
+
+def test_forward_similarity_is_the_mean_pairwise_correlation():
+    model = nn.Sequential(nn.Linear(4, 7), nn.ReLU(), nn.Linear(7, 2))
+    x = torch.randn(10, 4, generator=torch.Generator().manual_seed(2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    dynamics = run_probe(model, lambda: model(x).square().mean(), opt, Recipe.of(opt), 1, "loss_fn")
+    out = model[0](x).detach().double().numpy()
+    corr = np.corrcoef(out)  # samples as rows: Pearson correlation between samples
+    expected = (corr.sum() - len(out)) / (len(out) * (len(out) - 1))
+    assert dynamics.similarity["0"] == pytest.approx(expected, rel=1e-9)
+    lengths = np.log(np.linalg.norm(out, axis=1))
+    assert dynamics.length_spread["0"] == pytest.approx(lengths.std(ddof=1), rel=1e-9)
+
+
+def test_diagnose_restores_the_model_and_optimizer_after_the_probe():
+    model = _small_model()
+    x, y = _data()
+    opt = torch.optim.Adam(model.parameters(), lr=0.1)
+    before = [p.detach().clone() for p in model.parameters()]
+    state = opt.state_dict()
+    report = gradscope.diagnose(model, x, lambda out: F.cross_entropy(out, y), optimizer=opt)
+    assert report.dynamics is not None and len(report.dynamics.losses) == 11
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))
+    assert opt.state_dict()["state"] == state["state"]
+    assert report.verdict.recipe["optimizer"] == "Adam" and not report.verdict.recipe["assumed"]
+
+
+def test_probe_steps_zero_gives_a_verdict_from_the_findings_alone():
+    model = _small_model()
+    report = gradscope.diagnose(model, _data()[0], probe_steps=0)
+    assert report.dynamics is None and report.verdict.recipe is None
+    assert "no recipe probe ran" in report.verdict.message
+
+
+@pytest.mark.parametrize("value", [-1, 1.5, True])
+def test_probe_steps_must_be_a_count(value):
+    with pytest.raises(gradscope.UsageError, match="probe_steps"):
+        gradscope.diagnose(_small_model(), _data()[0], probe_steps=value)
