@@ -23,9 +23,12 @@ FAILS_ABOVE = 10.0
 fails; between 1 and this, it is at risk."""
 
 THIN_MARGIN = 0.15
-"""In a ReLU-family stack without normalisation or skips, curvature above this fraction of the
-limit at initialisation is at risk: such models sharpen several-fold as they train (progressive
-sharpening, Cohen et al. 2021) and have nothing that brings the step back down."""
+"""In a deep ReLU-family stack (``DEEP`` or more hidden weight layers) without normalisation or
+skips, curvature above this fraction of the limit at initialisation is at risk: such models sharpen
+several-fold as they train (progressive sharpening, Cohen et al. 2021) and have nothing that brings
+the step back down."""
+
+DEEP = 10
 
 
 def detect(records: Records) -> list[Violation]:
@@ -38,8 +41,9 @@ def detect(records: Records) -> list[Violation]:
         when the probe's loss became non-finite after a finite first step, or rose 10x in a model
         without normalisation layers, or when the curvature is 10x or more above the limit in a
         model without normalisation layers; a warning from 1x (information when skip connections
-        shorten the model); a warning from 0.15x in a ReLU-family stack with neither normalisation
-        nor skips, whose curvature grows several-fold as it trains (progressive sharpening).
+        shorten the model); a warning from 0.15x in a ReLU-family stack of 10 or more hidden weight
+        layers with neither normalisation nor skips, whose curvature grows several-fold as it
+        trains (progressive sharpening).
         Information only when the model has normalisation layers, whose scale invariance lets
         training shrink its effective step by itself. With gradient clipping the severity is at
         most a warning.
@@ -116,7 +120,7 @@ def detect(records: Records) -> list[Violation]:
 
 def _relu_stack(records: Records) -> bool:
     hidden = records.structure.weight_layers[:-1]
-    return bool(hidden) and sum(w.activation == RELU for w in hidden) * 2 > len(hidden)
+    return len(hidden) >= DEEP and sum(w.activation == RELU for w in hidden) * 2 > len(hidden)
 
 
 def _fix(dynamics) -> str:
