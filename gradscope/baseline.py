@@ -1,6 +1,7 @@
 """Baselines for ``gradscope check``: what a model's gradient flow looked like when it was known
-good (its findings and per-layer backpropagated signal), as versioned JSON, and the comparison
-that gates a change."""
+good (its verdict, findings and per-layer backpropagated signal), as versioned JSON, and the
+comparison that gates a change. Baselines written before verdicts existed have no ``verdict`` key;
+they still load, and their verdict is not compared."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from gradscope.atomic import write_atomic
 from gradscope.report import Report
 from gradscope.errors import UsageError
 from gradscope.rules import SEVERITIES, Finding
+from gradscope.verdict import VERDICTS
 
 FORMAT = "gradscope-baseline"
 VERSION = 1
@@ -25,6 +27,8 @@ def baseline_dict(report: Report) -> dict:
         "version": VERSION,
         "model": report.model,
         "options": report.options,
+        "verdict": None if report.verdict is None else {
+            "label": report.verdict.label, "reasons": list(report.verdict.reasons), "recipe": report.verdict.recipe},
         "findings": [{"code": f.code, "rule": f.rule, "severity": f.severity, "layers": f.layers}
                      for f in report.findings],
         "signal": {name: float(v) for name, v in signal.items() if v is not None and math.isfinite(v) and v > 0},
@@ -66,6 +70,13 @@ def read_baseline(path: str | Path) -> dict:
         for v in signal.values()
     ):
         raise UsageError(f"The baseline {path} has a malformed \"signal\" table (layer → positive number); {redo}.")
+    verdict = data.get("verdict")
+    if verdict is not None and not (
+        isinstance(verdict, dict) and verdict.get("label") in VERDICTS
+        and (verdict.get("recipe") is None or isinstance(verdict["recipe"], dict))
+    ):
+        raise UsageError(f"The baseline {path} has a malformed \"verdict\" (a label, one of "
+                         f"{', '.join(VERDICTS)}, and the recipe or null); {redo}.")
     return data
 
 
@@ -77,18 +88,47 @@ class Comparison:
     """Layers whose signal moved by more than the tolerance: layer → (baseline, now)."""
     missing_layers: list[str]
     added_layers: list[str]
+    verdict_now: str | None = None
+    verdict_before: str | None = None
+    """The baseline's verdict label; None when it records none."""
+    recipe_now: dict | None = None
+    recipe_before: dict | None = None
+    """The recipes the two verdicts were reached under (``Verdict.recipe``; None: no probe ran)."""
+    predates_verdicts: bool = False
+    """The baseline was written before verdicts were recorded: its verdict is not compared."""
+    verdict_limit: str | None = None
+    """``--fail-on`` given as a verdict (at-risk, fails): a verdict at or past it fails."""
+
+    @property
+    def verdict_regressed(self) -> bool:
+        """The verdict is worse than the baseline's (``VERDICTS`` order)."""
+        return self._known() and VERDICTS.index(self.verdict_now) > VERDICTS.index(self.verdict_before)
+
+    @property
+    def verdict_improved(self) -> bool:
+        return self._known() and VERDICTS.index(self.verdict_now) < VERDICTS.index(self.verdict_before)
+
+    @property
+    def verdict_over_limit(self) -> bool:
+        return (self.verdict_limit is not None and self.verdict_now in VERDICTS
+                and VERDICTS.index(self.verdict_now) >= VERDICTS.index(self.verdict_limit))
+
+    def _known(self) -> bool:
+        return self.verdict_now in VERDICTS and self.verdict_before in VERDICTS
 
     @property
     def failed(self) -> bool:
-        return bool(self.new_findings or self.moved)
+        return bool(self.new_findings or self.moved or self.verdict_regressed or self.verdict_over_limit)
 
 
 def compare(report: Report, baseline: dict | None, fail_on: str, tolerance: float) -> Comparison:
     """Gate ``report`` against ``baseline`` (or against nothing: findings alone).
 
-    A finding fails when its severity is at or above ``fail_on`` and the baseline had no finding of
-    the same rule. A layer fails when its backpropagated signal moved by more than ``tolerance``
-    orders of magnitude from the baseline's."""
+    ``fail_on`` is a severity (info, warning, error), a verdict (at-risk, fails) or ``never``.
+    A finding fails when its severity is at or above a severity ``fail_on`` and the baseline had
+    no finding of the same rule. The verdict fails when it is at or past a verdict ``fail_on``, or
+    worse than the baseline's. A layer fails when its backpropagated signal moved by more than
+    ``tolerance`` orders of magnitude from the baseline's."""
     known = {f["rule"] for f in baseline["findings"]} if baseline else set()
     level = SEVERITIES.index(fail_on) if fail_on in SEVERITIES else len(SEVERITIES)
     new = [f for f in report.findings if SEVERITIES.index(f.severity) >= level and f.rule not in known]
@@ -107,4 +147,13 @@ def compare(report: Report, baseline: dict | None, fail_on: str, tolerance: floa
             elif abs(math.log10(now[layer]) - math.log10(old)) > tolerance:
                 moved[layer] = (old, now[layer])
         added = [layer for layer in now if layer not in before]
-    return Comparison(new, moved, missing, added)
+    recorded = (baseline or {}).get("verdict") or {}
+    return Comparison(
+        new, moved, missing, added,
+        verdict_now=report.verdict.label if report.verdict is not None else None,
+        verdict_before=recorded.get("label"),
+        recipe_now=report.verdict.recipe if report.verdict is not None else None,
+        recipe_before=recorded.get("recipe"),
+        predates_verdicts=baseline is not None and "verdict" not in baseline,
+        verdict_limit=fail_on if fail_on in VERDICTS else None,
+    )

@@ -1,7 +1,8 @@
 """The ``gradscope`` command line: a thin front over the same pieces as the Python API.
 
-``diagnose FILE`` loads a model file (gradscope.loading), runs gradscope.diagnose and renders the
-report (gradscope.reporters); ``check FILE`` gates it against a baseline (gradscope.baseline);
+``diagnose FILE`` loads a model file and its training recipe (gradscope.loading), runs
+gradscope.diagnose and renders the report, verdict first (gradscope.reporters); ``check FILE``
+gates it against a baseline (gradscope.baseline);
 ``rules`` and ``explain`` read the rule registry. Usage errors exit 2 with a short message: bad
 options, a model file that raises or exits, an output that cannot be written. User text (paths,
 names, exception messages) is printed as text, never as rich markup, with control characters
@@ -36,15 +37,22 @@ app = typer.Typer(
 
 
 class FailOn(str, Enum):
+    """A severity (gates on findings) or a verdict (gates on the verdict); gradscope.baseline.compare."""
+
     never = "never"
     info = "info"
     warning = "warning"
     error = "error"
+    at_risk = "at-risk"
+    fails = "fails"
 
 
 class OptimizerName(str, Enum):
+    """The keys of gradscope.loading.OPTIMIZERS (named here so that --help imports no torch)."""
+
     sgd = "sgd"
     adam = "adam"
+    adamw = "adamw"
 
 
 class DeviceName(str, Enum):
@@ -57,14 +65,17 @@ File = Annotated[Path, typer.Argument(help="Python file that defines the model (
 Factory = Annotated[Optional[str], typer.Option("--factory", help="Name of the function (or nn.Module) in FILE that gives the model.")]
 InputShape = Annotated[Optional[str], typer.Option("--input-shape", help="Shape of a random input, e.g. 32,3,64,64, when FILE has no example_input().")]
 InputDtype = Annotated[Optional[str], typer.Option("--input-dtype", help="dtype of --input-shape inputs: float (default), double, half, bfloat16, long, int.", show_default=False)]
-Steps = Annotated[int, typer.Option("--steps", min=1, help="Training steps to run (1: one forward/backward, no update).")]
-Optimizer = Annotated[OptimizerName, typer.Option("--optimizer", help="Optimizer for --steps > 1.")]
+Steps = Annotated[int, typer.Option("--steps", min=1, help="Monitored training steps, each a forward/backward and an optimizer step; a single step with no recipe given updates nothing.")]
+Optimizer = Annotated[Optional[OptimizerName], typer.Option("--optimizer", help="The recipe's optimizer (default: build_optimizer(model) in FILE, else SGD lr 0.01 momentum 0.9, said to be assumed). Any recipe option overrides build_optimizer.", show_default=False)]
 
 
-def _positive_finite(value: Optional[float]) -> Optional[float]:
-    if value is not None and not (math.isfinite(value) and value > 0):
-        raise typer.BadParameter(f"{value} is not a positive finite number; give a learning rate such as 0.01.")
-    return value
+def _finite(expected: str, example: str, holds):
+    """A typer callback: None, or a finite number for which ``holds`` is true."""
+    def check(value: Optional[float]) -> Optional[float]:
+        if value is not None and not (math.isfinite(value) and holds(value)):
+            raise typer.BadParameter(f"{value} is not {expected}; give {example}.")
+        return value
+    return check
 
 
 def _seed(value: int) -> int:
@@ -73,13 +84,25 @@ def _seed(value: int) -> int:
     return value
 
 
-def _non_negative_finite(value: float) -> float:
-    if not (math.isfinite(value) and value >= 0):
-        raise typer.BadParameter(f"{value} is not a finite number >= 0; give orders of magnitude such as 1.")
+def _probe_steps(value: Optional[int]) -> Optional[int]:
+    if value is not None and value < 0:
+        raise typer.BadParameter(f"{value} is not a number of steps; give an integer >= 0, such as 10 (0: no probe).")
     return value
 
 
-LearningRate = Annotated[Optional[float], typer.Option("--lr", callback=_positive_finite, help="Learning rate (default: 0.01 for sgd, 0.001 for adam).")]
+_learning_rate = _finite("a positive finite number", "a learning rate such as 0.01", lambda v: v > 0)
+_momentum = _finite("a number from 0 up to (not including) 1", "a momentum such as 0.9", lambda v: 0 <= v < 1)
+_weight_decay = _finite("a finite number >= 0", "a weight decay such as 0.01", lambda v: v >= 0)
+_clip = _finite("a positive finite number", "a gradient-norm limit such as 1.0", lambda v: v > 0)
+_tolerance = _finite("a finite number >= 0", "orders of magnitude such as 1", lambda v: v >= 0)
+
+LearningRate = Annotated[Optional[float], typer.Option("--lr", callback=_learning_rate, help="The recipe's learning rate (default: 0.01 for sgd, 0.001 for adam and adamw).", show_default=False)]
+Momentum = Annotated[Optional[float], typer.Option("--momentum", callback=_momentum, help="SGD's momentum, or Adam's and AdamW's first beta (default 0.9).", show_default=False)]
+WeightDecay = Annotated[Optional[float], typer.Option("--weight-decay", callback=_weight_decay, help="The recipe's weight decay (default: 0, 0.01 for adamw).", show_default=False)]
+Clip = Annotated[Optional[float], typer.Option("--clip", callback=_clip, help="Clip the total gradient norm to this in the recipe probe (clip_grad_norm); with build_optimizer too.", show_default=False)]
+# None stands for gradscope.diagnose.PROBE_STEPS, which the help names (a test holds them equal):
+# that module imports torch, which `gradscope --help` must not
+ProbeSteps = Annotated[Optional[int], typer.Option("--probe-steps", callback=_probe_steps, help="Optimizer steps of the recipe probe that decides the verdict (default 10; 0: no probe, the verdict rests on the findings).", show_default=False)]
 Seed = Annotated[int, typer.Option("--seed", callback=_seed, help="Seed for the model's init, the inputs and the default loss.")]
 Device = Annotated[DeviceName, typer.Option("--device", help="Where to run: cpu, cuda, or auto (cuda when available).")]
 JsonOut = Annotated[Optional[Path], typer.Option("--json", help="Write the JSON report here (format: docs/diagnose.md).")]
@@ -145,11 +168,12 @@ def _writing(what: str, path: Path, debug: bool):
                                "directory with free space."), debug)
 
 
-def _run_diagnose(file, factory, input_shape, input_dtype, steps, optimizer, lr, seed, device, debug):
+def _run_diagnose(file, factory, input_shape, input_dtype, steps, seed, device, debug, *, recipe, clip, probe_steps):
+    """``recipe``: the values of --optimizer, --lr, --momentum and --weight-decay."""
     import torch
 
     from gradscope.diagnose import diagnose as diagnose_model
-    from gradscope.loading import load
+    from gradscope.loading import RecipeOptions, choose_optimizer, load
 
     doing = "loading"
     try:
@@ -160,24 +184,22 @@ def _run_diagnose(file, factory, input_shape, input_dtype, steps, optimizer, lr,
                              "of --input-shape inputs only. Add --input-shape (e.g. 8,16) or drop --input-dtype.")
         torch.manual_seed(seed)
         loaded = load(file, factory, input_shape, input_dtype or "float", seed)
-        doing = "running"
         target = "cuda" if device == DeviceName.cuda or (device == DeviceName.auto and torch.cuda.is_available()) else "cpu"
         model = loaded.model.to(target)
-        opt = None
-        if steps > 1:
-            if optimizer == OptimizerName.adam:
-                opt = torch.optim.Adam(model.parameters(), lr=lr if lr is not None else 1e-3)
-            else:
-                opt = torch.optim.SGD(model.parameters(), lr=lr if lr is not None else 0.01, momentum=0.9)
+        name, lr, momentum, weight_decay = recipe
+        opt, recipe_from = choose_optimizer(loaded, model, RecipeOptions(
+            name.value if name is not None else None, lr, momentum, weight_decay))
+        doing = "running"
+        run = dict(clip_grad_norm=clip, seed=seed, **({} if probe_steps is None else {"probe_steps": probe_steps}))
         if steps > 1 and _out.is_terminal:
             from rich.progress import Progress
 
             with Progress(transient=True, console=_err) as bar:
                 task = bar.add_task(f"{steps} steps", total=steps)
-                report = diagnose_model(model, loaded.inputs, loaded.loss_fn, steps, opt, seed=seed,
+                report = diagnose_model(model, loaded.inputs, loaded.loss_fn, steps, opt, **run,
                                         progress=lambda done, total: bar.update(task, completed=done))
         else:
-            report = diagnose_model(model, loaded.inputs, loaded.loss_fn, steps, opt, seed=seed)
+            report = diagnose_model(model, loaded.inputs, loaded.loss_fn, steps, opt, **run)
     except Exception as e:  # noqa: BLE001 - anything the user's file does wrong is exit 2
         _fail_usage(e, debug)
     except KeyboardInterrupt:
@@ -186,6 +208,7 @@ def _run_diagnose(file, factory, input_shape, input_dtype, steps, optimizer, lr,
         _fail_usage(_exited(e, file, doing), debug)
     report.model.update({"file": str(file), "factory": loaded.factory, "inputs": loaded.inputs_from,
                          "device": target})
+    report.options["recipe_from"] = recipe_from
     return report
 
 
@@ -211,11 +234,10 @@ def _write_outputs(report, title: str, debug: bool, json_path=None, markdown_pat
 
 
 def _exit_code(report, fail_on: FailOn) -> int:
-    from gradscope.rules import SEVERITIES
+    """1 when ``report`` fails ``fail_on``: the check without a baseline."""
+    from gradscope.baseline import compare
 
-    if fail_on == FailOn.never or report.worst is None:
-        return 0
-    return int(SEVERITIES.index(report.worst) >= SEVERITIES.index(fail_on.value))
+    return int(compare(report, None, fail_on.value, 0.0).failed)
 
 
 @app.command()
@@ -225,21 +247,27 @@ def diagnose(
     input_shape: InputShape = None,
     input_dtype: InputDtype = None,
     steps: Steps = 1,
-    optimizer: Optimizer = OptimizerName.sgd,
+    optimizer: Optimizer = None,
     lr: LearningRate = None,
+    momentum: Momentum = None,
+    weight_decay: WeightDecay = None,
+    clip: Clip = None,
+    probe_steps: ProbeSteps = None,
     seed: Seed = 0,
     device: Device = DeviceName.cpu,
     json: JsonOut = None,
     html: HtmlOut = None,
     markdown: MarkdownOut = None,
-    fail_on: Annotated[FailOn, typer.Option("--fail-on", help="Exit 1 when a finding at this severity or above is found.")] = FailOn.never,
+    fail_on: Annotated[FailOn, typer.Option("--fail-on", help="Exit 1 when a finding at this severity or above is found (info, warning, error), or when the verdict is this or worse (at-risk: at-risk or fails; fails: fails only); never: exit 0.")] = FailOn.never,
     all_layers: AllLayers = False,
     debug: Debug = False,
 ) -> None:
-    """Run a model file for a few steps and report its gradient flow and the problems found."""
+    """Run a model file for a few steps and a probe of its training recipe; report the verdict
+    (trains, at-risk, fails), its gradient flow and the problems found."""
     from gradscope.reporters.terminal import TerminalReport
 
-    report = _run_diagnose(file, factory, input_shape, input_dtype, steps, optimizer, lr, seed, device, debug)
+    report = _run_diagnose(file, factory, input_shape, input_dtype, steps, seed, device, debug,
+                           recipe=(optimizer, lr, momentum, weight_decay), clip=clip, probe_steps=probe_steps)
     TerminalReport(report, title=_title(report), all_layers=all_layers).print(_out)
     _write_outputs(report, _title(report), debug, json, markdown, html)
     raise typer.Exit(code=_exit_code(report, fail_on))
@@ -248,26 +276,32 @@ def diagnose(
 @app.command()
 def check(
     file: File,
-    baseline: Annotated[Optional[Path], typer.Option("--baseline", help="Baseline JSON to compare with; without it, only findings gate.")] = None,
+    baseline: Annotated[Optional[Path], typer.Option("--baseline", help="Baseline JSON to compare with; without it, only --fail-on gates.")] = None,
     update_baseline: Annotated[bool, typer.Option("--update-baseline", help="Write (or refresh) the baseline from this run and exit 0.")] = False,
-    tolerance: Annotated[float, typer.Option("--tolerance", callback=_non_negative_finite, help="Orders of magnitude a layer's signal may move against the baseline.")] = 1.0,
-    fail_on: Annotated[FailOn, typer.Option("--fail-on", help="Severity of new findings that fails the check.")] = FailOn.error,
+    tolerance: Annotated[float, typer.Option("--tolerance", callback=_tolerance, help="Orders of magnitude a layer's signal may move against the baseline.")] = 1.0,
+    fail_on: Annotated[FailOn, typer.Option("--fail-on", help="A severity (info, warning, error): new findings at or above it fail the check; a verdict (at-risk, fails): the verdict at it or worse fails; never: neither. A verdict worse than the baseline's, or a moved signal, fails whatever this is.")] = FailOn.error,
     junit: Annotated[Optional[Path], typer.Option("--junit", help="Write JUnit XML here.")] = None,
     factory: Factory = None,
     input_shape: InputShape = None,
     input_dtype: InputDtype = None,
     steps: Steps = 1,
-    optimizer: Optimizer = OptimizerName.sgd,
+    optimizer: Optimizer = None,
     lr: LearningRate = None,
+    momentum: Momentum = None,
+    weight_decay: WeightDecay = None,
+    clip: Clip = None,
+    probe_steps: ProbeSteps = None,
     seed: Seed = 0,
     device: Device = DeviceName.cpu,
     json: JsonOut = None,
     debug: Debug = False,
 ) -> None:
-    """CI gate: fail when a model change brings new findings or moves the gradient flow."""
+    """CI gate: fail when a model change worsens the verdict, brings new findings or moves the
+    gradient flow."""
     from gradscope.baseline import compare, read_baseline, write_baseline
     from gradscope.reporters.ci import append_step_summary, github_annotations, write_junit
     from gradscope.reporters.terminal import TerminalReport
+    from gradscope.reporters.verdict import comparison_lines
 
     if update_baseline and baseline is None:
         _fail_usage(UsageError("--update-baseline needs --baseline PATH: where to write the baseline."), debug)
@@ -277,14 +311,18 @@ def check(
             known = read_baseline(baseline)
         except UsageError as e:
             _fail_usage(e, debug)
-    report = _run_diagnose(file, factory, input_shape, input_dtype, steps, optimizer, lr, seed, device, debug)
+    report = _run_diagnose(file, factory, input_shape, input_dtype, steps, seed, device, debug,
+                           recipe=(optimizer, lr, momentum, weight_decay), clip=clip, probe_steps=probe_steps)
     _write_outputs(report, _title(report), debug, json_path=json)
     if update_baseline:
         with _writing("the baseline", baseline, debug):
             write_baseline(report, baseline)
-        _say(f"Baseline written to {baseline} ({len(report.findings)} findings, {len(report.layers)} layers).")
+        _say(f"Baseline written to {baseline} (verdict {report.verdict.label if report.verdict else 'none'}, "
+             f"{len(report.findings)} findings, {len(report.layers)} layers).")
         raise typer.Exit(code=0)
     comparison = compare(report, known, fail_on.value, tolerance)
+    for fails, line in comparison_lines(comparison):
+        _say(("FAIL " if fails else "") + line)
     TerminalReport(report, title=_title(report)).print(_out)
     for f in comparison.new_findings:
         _say(f"FAIL new {f.severity} finding: {f.code} {f.rule} at {', '.join(f.layers[:6])}")

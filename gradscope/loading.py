@@ -1,6 +1,7 @@
-"""Loading a model file for the CLI: run the file, find the model factory, the example inputs
-and the optional loss, or infer inputs from the first layer. Every failure is a ``UsageError``
-whose message says what to add to the file."""
+"""Loading a model file for the CLI: run the file, find the model factory, the example inputs,
+the optional loss and the optional ``build_optimizer(model)``, or infer inputs from the first
+layer; and choose the training recipe from the command line's options or that function. Every
+failure is a ``UsageError`` whose message says what to add to the file."""
 
 from __future__ import annotations
 
@@ -16,10 +17,18 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from gradscope.diagnose import DEFAULT_LR, DEFAULT_MOMENTUM
 from gradscope.errors import UsageError
+from gradscope.reporters.verdict import FROM_DEFAULT, FROM_FILE, FROM_OPTIONS, FROM_OPTIONS_OVER_FILE
 
 FACTORIES = ("build_model", "get_model", "create_model")
 INPUTS = ("example_input", "example_inputs")
+OPTIMIZER_FACTORY = "build_optimizer"
+OPTIMIZERS = {"sgd": (torch.optim.SGD, DEFAULT_LR, DEFAULT_MOMENTUM, 0.0),
+              "adam": (torch.optim.Adam, 1e-3, 0.9, 0.0),
+              "adamw": (torch.optim.AdamW, 1e-3, 0.9, 1e-2)}
+"""``--optimizer`` name: (class, lr, momentum or first beta, weight decay) where the option is not
+given: gradscope's default SGD, and torch's defaults for Adam and AdamW."""
 DTYPES = {"float": torch.float32, "float32": torch.float32, "float64": torch.float64,
           "double": torch.float64, "half": torch.float16, "bfloat16": torch.bfloat16,
           "long": torch.long, "int64": torch.long, "int": torch.int32, "int32": torch.int32}
@@ -42,6 +51,39 @@ class LoadedModel:
     """Where the model came from: ``build_model()``, ``model`` …"""
     inputs_from: str
     """Where the inputs came from: ``example_input()``, ``--input-shape``, ``inferred from …``."""
+    make_optimizer: Callable | None = None
+    """The file's ``build_optimizer(model)``, if it has one."""
+
+
+@dataclass(frozen=True)
+class RecipeOptions:
+    """The recipe given on the command line; None where an option was not given. Any of them
+    given makes the whole recipe the command line's (the others take their defaults from
+    :data:`OPTIMIZERS`), over the file's ``build_optimizer(model)``."""
+
+    optimizer: str | None = None
+    """``sgd``, ``adam`` or ``adamw``."""
+    lr: float | None = None
+    momentum: float | None = None
+    """SGD's momentum, or Adam's and AdamW's first beta."""
+    weight_decay: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.optimizer is not None and self.optimizer not in OPTIMIZERS:
+            raise UsageError(f"--optimizer {self.optimizer!r} is not one of {', '.join(OPTIMIZERS)}.")
+
+    @property
+    def given(self) -> bool:
+        return any(value is not None for value in (self.optimizer, self.lr, self.momentum, self.weight_decay))
+
+    def build(self, model: nn.Module) -> torch.optim.Optimizer:
+        kind, lr, momentum, weight_decay = OPTIMIZERS[self.optimizer or "sgd"]
+        lr = self.lr if self.lr is not None else lr
+        momentum = self.momentum if self.momentum is not None else momentum
+        weight_decay = self.weight_decay if self.weight_decay is not None else weight_decay
+        if kind is torch.optim.SGD:
+            return kind(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+        return kind(model.parameters(), lr=lr, betas=(momentum, 0.999), weight_decay=weight_decay)
 
 
 def load_module(path: str | Path):
@@ -96,7 +138,43 @@ def load(
     if loss_fn is not None and not callable(loss_fn):
         raise UsageError(f"{path}: `loss_fn` must be a function loss_fn(output, inputs), got {type(loss_fn).__name__}.")
     inputs, inputs_from = _find_inputs(module, path, model, input_shape, input_dtype, seed)
-    return LoadedModel(path, model, inputs, loss_fn, source, inputs_from)
+    make_optimizer = getattr(module, OPTIMIZER_FACTORY, None)
+    if make_optimizer is not None and not callable(make_optimizer):
+        raise UsageError(f"{path}: `{OPTIMIZER_FACTORY}` must be a function {OPTIMIZER_FACTORY}(model) that "
+                         f"returns a torch.optim.Optimizer, got {type(make_optimizer).__name__}.")
+    return LoadedModel(path, model, inputs, loss_fn, source, inputs_from, make_optimizer)
+
+
+def choose_optimizer(loaded: LoadedModel, model: nn.Module, options: RecipeOptions
+                     ) -> tuple[torch.optim.Optimizer | None, str]:
+    """The optimizer of the recipe and where it came from (``report.options["recipe_from"]``):
+    the command line's options when any is given (``build_optimizer`` is then not called), else
+    the file's ``build_optimizer(model)``, else None: ``diagnose`` assumes its default."""
+    if options.given:
+        return options.build(model), FROM_OPTIONS_OVER_FILE if loaded.make_optimizer else FROM_OPTIONS
+    if loaded.make_optimizer is not None:
+        return _file_optimizer(loaded, model), FROM_FILE
+    return None, FROM_DEFAULT
+
+
+def _file_optimizer(loaded: LoadedModel, model: nn.Module) -> torch.optim.Optimizer:
+    path, name = loaded.path, f"{OPTIMIZER_FACTORY}(model)"
+    example = "e.g. `return torch.optim.AdamW(model.parameters(), lr=3e-4)`"
+    try:
+        optimizer = loaded.make_optimizer(model)
+    except Exception as e:
+        raise UsageError(f"{path}: {name} raised {type(e).__name__}: {e}{where_in(e, path)}") from e
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise UsageError(f"{path}: {name} returned {type(optimizer).__name__}; it must return a "
+                         f"torch.optim.Optimizer over the parameters of the model it is given, {example}.")
+    own = {id(p) for p in model.parameters()}
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    foreign = sum(id(p) not in own for p in params)
+    if not params or foreign:
+        what = f"{foreign} of its {len(params)} tensors are not parameters of" if params else "it has no parameters of"
+        raise UsageError(f"{path}: {name} returned a {type(optimizer).__name__}, but {what} the model it is "
+                         f"given; build it from that model's parameters, {example}.")
+    return optimizer
 
 
 def _find_model(module, path: Path, factory: str | None) -> tuple[nn.Module, str]:

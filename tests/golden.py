@@ -10,6 +10,8 @@ What varies, and what is kept:
   that is no longer zero, still fails. Integers (layer names, counts, percentages) stay as they
   are: they come from the model's structure, not from round-off.
 - Versions of gradscope and torch become ``<gradscope-version>`` and ``<torch-version>``.
+- Wall-clock times (JSON keys ending in ``_seconds``, such as the verdict's ``probe_seconds``)
+  become ``<seconds>``: their order of magnitude depends on the machine.
 - Paths of temporary files are replaced by the caller (``paths``), e.g. with ``<tmp>``.
 - Widths: rich reads ``COLUMNS`` and ``FORCE_COLOR`` once, when a console is created at import, so
   :func:`pin_consoles` fixes every gradscope console at :data:`WIDTH` columns, without colour.
@@ -84,10 +86,12 @@ def normalise(text: str, paths: dict[str, str] | None = None) -> str:
 
 
 def normalise_json(data, paths: dict[str, str] | None = None):
-    """A JSON document with every float written as its masked ``.2e`` form (exact zeros kept) and
-    every string passed through :func:`normalise`; keys, their order, ints, bools and nulls kept."""
+    """A JSON document with every float written as its masked ``.2e`` form (exact zeros kept),
+    every wall-clock time as ``<seconds>`` and every string passed through :func:`normalise`;
+    keys, their order, ints, bools and nulls kept."""
     if isinstance(data, dict):
-        return {key: normalise_json(value, paths) for key, value in data.items()}
+        return {key: "<seconds>" if key.endswith("_seconds") else normalise_json(value, paths)
+                for key, value in data.items()}
     if isinstance(data, list):
         return [normalise_json(value, paths) for value in data]
     if isinstance(data, float):

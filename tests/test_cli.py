@@ -4,6 +4,7 @@ for each test."""
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -47,6 +48,11 @@ def write(tmp_path: Path, source: str, name: str = "model.py") -> Path:
 def run(*args: str, env: dict | None = None):
     result = CliRunner().invoke(app, [str(a) for a in args], env={**ENV, **(env or {})})
     return result
+
+
+def said(result) -> str:
+    """The output with its line breaks and padding folded into single spaces, to match sentences."""
+    return " ".join(result.output.split())
 
 
 def test_diagnose_prints_the_layer_table_and_findings_without_colour_codes(tmp_path):
@@ -228,8 +234,9 @@ def test_check_against_a_baseline(tmp_path):
     assert failed.exit_code == 1, failed.output
     assert "FAIL new error finding: GS101 vanishing-gradient" in failed.output
     assert "backpropagated signal moved by more than 1 orders of magnitude" in failed.output
+    assert said(failed).startswith("FAIL Verdict regressed against the baseline: trains -> fails. Verdict: FAILS")
     suite = ET.parse(tmp_path / "junit.xml").getroot()
-    assert suite.get("failures") == "2" and suite.get("tests") == "12"
+    assert suite.get("failures") == "3" and suite.get("tests") == "13"
     # a looser tolerance does not forgive the new error finding; gating on nothing passes
     assert run("check", broken, "--baseline", baseline, "--tolerance", "20").exit_code == 1
     assert run("check", broken, "--fail-on", "never").exit_code == 0
@@ -326,3 +333,176 @@ def test_monitor_save_html(tmp_path):
     mon = train_run(tmp_path / "run", steps=6)
     path = mon.save_html(tmp_path / "mon.html")
     assert "GS101" in path.read_text()
+
+
+BUILD_OPTIMIZER = """
+    import torch
+
+    def build_optimizer(model):
+        return torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.05)
+"""
+
+
+@pytest.fixture
+def verdict_is(monkeypatch):
+    """``verdict_is("at-risk")``: diagnose's verdict gets that label (reason GS104 dead-units), so
+    that the fronts' gating is tested whatever the rules decide for a model."""
+    import dataclasses
+    import importlib
+
+    module = importlib.import_module("gradscope.diagnose")  # gradscope.diagnose is the function
+    real = module.diagnose
+
+    def set_label(label: str) -> None:
+        def diagnose(*args, **kwargs):
+            report = real(*args, **kwargs)
+            report.verdict = dataclasses.replace(report.verdict, label=label, reasons=["GS104 dead-units"])
+            return report
+
+        monkeypatch.setattr(module, "diagnose", diagnose)
+    return set_label
+
+
+def test_the_verdict_comes_first_in_every_output(tmp_path):
+    result = run("diagnose", write(tmp_path, SIGMOID), "--json", tmp_path / "r.json", "--markdown", tmp_path / "r.md",
+                 "--html", tmp_path / "r.html")
+    assert result.exit_code == 0, result.output
+    assert said(result).startswith("Verdict: FAILS under SGD lr 0.01 momentum 0.9 (assumed) "
+                                   "Decided by: GS101 vanishing-gradient. Loss: ")
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert list(data)[:2] == ["version", "verdict"] and data["verdict"]["label"] == "fails"
+    assert data["options"]["recipe_from"] == "default" and data["verdict"]["recipe"]["assumed"] is True
+    assert (tmp_path / "r.md").read_text().split("\n")[2] == "**Verdict: FAILS** under SGD lr 0.01 momentum 0.9 (assumed)"
+    page = (tmp_path / "r.html").read_text()
+    assert page.index("<b>Verdict: FAILS</b> under SGD lr 0.01 momentum 0.9 (assumed)") < page.index("<main>")
+
+
+def test_an_assumed_recipe_says_which_default_and_how_to_give_the_real_one(tmp_path):
+    output = said(run("diagnose", write(tmp_path, RELU)))
+    assert ("Recipe assumed: SGD lr 0.01 momentum 0.9 (gradscope's default), as the model file has no "
+            "build_optimizer(model) and no recipe option was given; give the real one with --optimizer, --lr, "
+            "--momentum and --weight-decay, or define build_optimizer(model) in the model file.") in output
+
+
+def test_build_optimizer_in_the_model_file_gives_the_recipe(tmp_path):
+    result = run("diagnose", write(tmp_path, RELU + BUILD_OPTIMIZER), "--json", tmp_path / "r.json")
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("Verdict: TRAINS under AdamW lr 0.0003 betas (0.9, 0.999) weight decay 0.05\n")
+    assert "Recipe from build_optimizer(model) in the model file." in result.output
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["options"]["recipe_from"] == "build_optimizer()" and data["verdict"]["recipe"]["assumed"] is False
+    assert data["options"]["optimizer"] == "AdamW"
+
+
+def test_command_line_options_override_build_optimizer_and_say_so(tmp_path):
+    path = write(tmp_path, RELU + BUILD_OPTIMIZER.replace("return torch.optim", "raise SystemExit(3)  # not called\n        return torch.optim"))
+    result = run("diagnose", path, "--optimizer", "adam", "--lr", "0.002", "--momentum", "0.8", "--weight-decay", "0.001",
+                 "--clip", "1.5", "--json", tmp_path / "r.json")
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("Verdict: TRAINS under Adam lr 0.002 betas (0.8, 0.999) weight decay 0.001 clip 1.5\n")
+    assert ("Recipe from the command line, which overrides build_optimizer(model) in the model file (not called); "
+            "drop --optimizer, --lr, --momentum and --weight-decay to use it.") in said(result)
+    recipe = json.loads((tmp_path / "r.json").read_text())["verdict"]["recipe"]
+    assert (recipe["optimizer"], recipe["lr"], recipe["momentum"], recipe["weight_decay"], recipe["clip_grad_norm"]) == \
+        ("Adam", 0.002, 0.8, 0.001, 1.5)
+
+
+def test_clip_alone_keeps_the_assumed_optimizer_and_build_optimizer(tmp_path):
+    assumed = run("diagnose", write(tmp_path, RELU), "--clip", "2")
+    assert assumed.output.startswith("Verdict: TRAINS under SGD lr 0.01 momentum 0.9 clip 2 (assumed)\n")
+    from_file = run("diagnose", write(tmp_path, RELU + BUILD_OPTIMIZER, "file.py"), "--clip", "2")
+    assert from_file.output.startswith("Verdict: TRAINS under AdamW lr 0.0003 betas (0.9, 0.999) weight decay 0.05 clip 2\n")
+
+
+def test_adamw_defaults_and_probe_steps(tmp_path):
+    path = write(tmp_path, RELU)
+    result = run("diagnose", path, "--optimizer", "adamw", "--probe-steps", "3", "--json", tmp_path / "r.json")
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("Verdict: TRAINS under AdamW lr 0.001 betas (0.9, 0.999) weight decay 0.01\n")
+    assert "over 3 probe steps" in result.output and "Recipe from the command line." in result.output
+    no_probe = run("diagnose", path, "--probe-steps", "0", "--json", tmp_path / "n.json")
+    assert no_probe.output.startswith("Verdict: TRAINS from the findings alone\n")
+    assert "No recipe probe ran (0 probe steps), so the verdict rests on the findings alone." in no_probe.output
+    assert json.loads((tmp_path / "n.json").read_text())["verdict"]["recipe"] is None
+
+
+def test_the_probe_steps_help_names_diagnoses_default():
+    from gradscope.cli import ProbeSteps
+    from gradscope.diagnose import PROBE_STEPS
+
+    assert f"(default {PROBE_STEPS};" in ProbeSteps.__metadata__[0].help
+
+
+@pytest.mark.parametrize("body, expected", [
+    ("return 0.1", r"build_optimizer\(model\) returned float; it must return a torch.optim.Optimizer"),
+    ("raise KeyError('lr')", r"build_optimizer\(model\) raised KeyError: 'lr' \(line \d+: raise KeyError"),
+    ("return torch.optim.SGD(torch.nn.Linear(1, 1).parameters(), lr=0.1)",
+     r"returned a SGD, but 2 of its 2 tensors are not parameters of the model it is given"),
+])
+def test_a_bad_build_optimizer_exits_2_naming_what_it_gave(tmp_path, body, expected):
+    path = write(tmp_path, RELU + f"""
+    import torch
+
+    def build_optimizer(model):
+        {body}
+""")
+    result = run("diagnose", path)
+    assert result.exit_code == 2
+    assert re.search(expected, said(result)), result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_build_optimizer_that_exits_is_exit_2(tmp_path):
+    path = write(tmp_path, RELU + BUILD_OPTIMIZER.replace("return torch.optim", "raise SystemExit(0)\n        return torch.optim"))
+    result = run("check", path)
+    assert result.exit_code == 2
+    assert "called sys.exit(0)" in result.output and "while gradscope was loading it" in said(result)
+
+
+def test_fail_on_a_verdict(tmp_path, verdict_is):
+    sigmoid, relu = write(tmp_path, SIGMOID), write(tmp_path, RELU, "relu.py")
+    assert run("diagnose", sigmoid, "--fail-on", "fails").exit_code == 1
+    assert run("diagnose", sigmoid, "--fail-on", "at-risk").exit_code == 1
+    assert run("diagnose", relu, "--fail-on", "at-risk").exit_code == 0
+    verdict_is("at-risk")
+    assert run("diagnose", relu, "--fail-on", "at-risk").exit_code == 1
+    assert run("diagnose", relu, "--fail-on", "fails").exit_code == 0
+    checked = run("check", relu, "--fail-on", "at-risk")
+    assert checked.exit_code == 1
+    assert said(checked).startswith("FAIL Verdict at-risk: --fail-on at-risk fails the check on at-risk or fails. "
+                                    "Verdict: AT-RISK under SGD lr 0.01 momentum 0.9 (assumed) ")
+    assert run("check", relu, "--fail-on", "fails").exit_code == 0
+
+
+def test_fail_on_a_verdict_does_not_gate_on_findings(tmp_path, verdict_is):
+    model = write(tmp_path, SIGMOID)  # an error finding (GS101), here with a verdict of trains
+    verdict_is("trains")
+    assert run("check", model, "--fail-on", "error").exit_code == 1
+    result = run("check", model, "--fail-on", "at-risk")
+    assert result.exit_code == 0, result.output
+    assert "FAIL" not in result.output and "ERROR GS101 vanishing-gradient" in result.output
+
+
+def test_check_reports_a_better_verdict_without_failing(tmp_path, verdict_is):
+    model, baseline = write(tmp_path, RELU), tmp_path / "b.json"
+    verdict_is("at-risk")
+    assert said(run("check", model, "--baseline", baseline, "--update-baseline")).startswith(
+        f"Baseline written to {baseline} (verdict at-risk, 0 findings")
+    verdict_is("trains")
+    result = run("check", model, "--baseline", baseline)
+    assert result.exit_code == 0, result.output
+    assert said(result).startswith("Verdict improved against the baseline: at-risk -> trains. Refresh the baseline "
+                                   "with --update-baseline, so that going back to at-risk fails. Verdict: TRAINS")
+    assert "Gradient-flow check passed." in result.output
+
+
+def test_check_against_a_baseline_from_before_verdicts(tmp_path):
+    model, baseline = write(tmp_path, RELU), tmp_path / "b.json"
+    assert run("check", model, "--baseline", baseline, "--update-baseline").exit_code == 0
+    old = json.loads(baseline.read_text())
+    del old["verdict"]
+    baseline.write_text(json.dumps(old))
+    result = run("check", model, "--baseline", baseline)
+    assert result.exit_code == 0, result.output
+    assert said(result).startswith("The baseline predates verdicts (it records none), so the verdict is not "
+                                   "compared; refresh it with --update-baseline to record one. Verdict: TRAINS")

@@ -116,3 +116,10 @@ def test_versions_and_paths_are_replaced():
                                   "0, 1, 2 and 9 more", "shape (16, 32)"])
 def test_names_counts_and_shapes_are_kept(text):
     assert normalise(text) == text
+
+
+def test_wall_clock_times_are_replaced_whatever_their_magnitude():
+    fast, slow = {"verdict": {"evidence": {"probe_seconds": 0.04, "loss_first": 2.3}}}, \
+        {"verdict": {"evidence": {"probe_seconds": 31.5, "loss_first": 2.3}}}
+    assert normalise_json(fast) == normalise_json(slow)
+    assert normalise_json(fast)["verdict"]["evidence"] == {"probe_seconds": "<seconds>", "loss_first": "#.##e+00"}

@@ -1,9 +1,10 @@
 """The model file the CI example checks: a small residual MLP classifier for 8x8 digits.
 
 `gradscope check examples/ci/model.py --baseline examples/ci/gradscope-baseline.json` runs it for
-one forward/backward on the example input below and compares its gradient flow with the baseline
-committed next to it. Change the model (try ``ACTIVATION = nn.Sigmoid`` and ``RESIDUAL = False``)
-and the check fails, naming the layers.
+one step on the example input below, probes the training recipe of ``build_optimizer`` and
+compares the verdict (trains) and the gradient flow with the baseline committed next to it. Change
+the model (try ``ACTIVATION = nn.Sigmoid`` and ``RESIDUAL = False``) and the check fails: the
+verdict gets worse and the layers whose signal moved are named.
 """
 
 import torch
@@ -50,3 +51,8 @@ def example_input() -> torch.Tensor:
 def loss_fn(output, inputs):
     labels = torch.arange(output.shape[0]) % 10
     return nn.functional.cross_entropy(output, labels)
+
+
+def build_optimizer(model: nn.Module) -> torch.optim.Optimizer:
+    """The recipe the model trains with: the verdict (trains, at-risk, fails) is judged under it."""
+    return torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)

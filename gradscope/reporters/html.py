@@ -1,5 +1,5 @@
-"""The HTML report: one self-contained file (plotly.js embedded, no network) with the findings
-and their fixes, the gradient-flow profile across depth, layers × steps heatmaps of the
+"""The HTML report: one self-contained file (plotly.js embedded, no network) with the verdict in
+a banner at the top, the findings and their fixes, the gradient-flow profile across depth, layers × steps heatmaps of the
 backpropagated signal, dead units and saturation, and the update ratios.
 
 Figures are ``plotly.graph_objects`` figures embedded with ``plotly.io.to_html`` (one div and
@@ -27,13 +27,16 @@ from plotly.offline import get_plotlyjs
 
 from gradscope.atomic import write_atomic
 from gradscope.report import Report
+from gradscope.reporters.verdict import verdict_text
 from gradscope.rules import SEVERITIES
+from gradscope.verdict import AT_RISK, FAILS, TRAINS
 from gradscope.layers import leaf_layers, parameter_owner
 from gradscope.version import __version__
 
 MAX_STEPS = 200
 MAX_LAYERS = 400
 COLORS = {"error": "#c62828", "warning": "#b26a00", "info": "#1565c0"}
+VERDICT_COLORS = {TRAINS: "#2e7d32", AT_RISK: "#b26a00", FAILS: "#c62828"}
 
 _CSS = """
 body { font-family: -apple-system, "Segoe UI", Roboto, Helvetica, Arial, sans-serif; margin: 0;
@@ -41,6 +44,9 @@ body { font-family: -apple-system, "Segoe UI", Roboto, Helvetica, Arial, sans-se
 header { background: #1f2328; color: #fff; padding: 18px 32px; }
 header h1 { margin: 0 0 4px 0; font-size: 22px; font-weight: 600; }
 header .meta { color: #c9d1d9; font-size: 13px; }
+.verdict { color: #fff; padding: 14px 32px; }
+.verdict .headline { font-size: 20px; }
+.verdict ul { margin: 6px 0 0 0; padding-left: 20px; font-size: 14px; }
 main { padding: 20px 32px 40px 32px; max-width: 1400px; }
 section { background: #fff; border: 1px solid #d0d7de; border-radius: 8px; padding: 16px 20px;
           margin-bottom: 18px; }
@@ -263,6 +269,17 @@ def _fix_html(fix: str) -> str:
     return "".join(out)
 
 
+def _verdict_html(report: Report) -> str:
+    """The banner: the verdict in its colour, then its reasons, numbers and recipe notes."""
+    text = verdict_text(report)
+    if text is None:
+        return ""
+    items = "".join(f"<li>{html.escape(line)}</li>" for line in text.details)
+    return (f'<div class="verdict" style="background:{VERDICT_COLORS.get(text.label, "#57606a")}">'
+            f'<div class="headline"><b>{html.escape(text.verdict)}</b> {html.escape(text.under)}</div>'
+            f"<ul>{items}</ul></div>")
+
+
 def render_html(report: Report, title: str) -> str:
     """The whole page as a string."""
     counts = {s: sum(f.severity == s for f in report.findings) for s in reversed(SEVERITIES)}
@@ -308,6 +325,7 @@ def render_html(report: Report, title: str) -> str:
 </head>
 <body>
 <header><h1>gradscope: {html.escape(title)}</h1><div class="meta">{" · ".join(meta_bits)}</div></header>
+{_verdict_html(report)}
 <main>
 <section><h2>Findings</h2><div class="counts">{counts_html}</div>{"".join(findings_html)}</section>
 {"".join(sections[:1])}

@@ -1,4 +1,5 @@
-"""The report as markdown: for ``--markdown`` files and the GitHub Actions step summary."""
+"""The report as markdown, verdict first: for ``--markdown`` files and the GitHub Actions step
+summary."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import math
 from gradscope.layers import leaf_layers
 from gradscope.report import Report
 from gradscope.reporters.escape import markdown_fence, markdown_text, show_controls
+from gradscope.reporters.verdict import verdict_text
 
 
 def _cell(value, percent: bool = False) -> str:
@@ -36,6 +38,16 @@ def findings_markdown(report: Report) -> str:
     return "\n".join(lines)
 
 
+def verdict_markdown(report: Report) -> str:
+    """The verdict's section: the headline, then its reasons, numbers and recipe notes as a list."""
+    text = verdict_text(report)
+    if text is None:
+        return ""
+    lines = [f"**{markdown_text(text.verdict)}** {markdown_text(text.under)}", ""]
+    lines += [f"- {markdown_text(line)}" for line in text.details]
+    return "\n".join(lines) + "\n\n"
+
+
 def report_markdown(report: Report, title: str) -> str:
     layers = report.layers.set_index("layer").loc[leaf_layers(list(report.layers["layer"]))]
     rows = [
@@ -46,7 +58,7 @@ def report_markdown(report: Report, title: str) -> str:
     counts = ", ".join(f"{sum(f.severity == s for f in report.findings)} {s}" for s in ("error", "warning", "info"))
     return "\n".join([
         f"## gradscope: {markdown_text(title)}", "",
-        f"{markdown_text(str(report.model['class']))}, {report.model['parameters']:,} parameters, "
+        verdict_markdown(report) + f"{markdown_text(str(report.model['class']))}, {report.model['parameters']:,} parameters, "
         f"{report.options.get('steps')} step(s), loss: {markdown_text(str(report.options.get('loss')))}. Findings: {counts}.", "",
         findings_markdown(report),
         "<details><summary>Per-layer statistics (input → output)</summary>", "",

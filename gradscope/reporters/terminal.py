@@ -1,5 +1,5 @@
-"""The terminal report: a depth-ordered layer table with an inline log10 bar of the
-backpropagated signal, then the findings with their fixes. Rendered by rich, so colour follows the
+"""The terminal report: the verdict (gradscope.reporters.verdict), a depth-ordered layer table
+with an inline log10 bar of the backpropagated signal, then the findings with their fixes. Rendered by rich, so colour follows the
 terminal (none when piped, none with NO_COLOR). Names and messages are never read as markup, and
 their control characters are shown as escapes."""
 
@@ -7,17 +7,21 @@ from __future__ import annotations
 
 import math
 
-from rich.console import Console, ConsoleOptions, Group, RenderResult
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
 from rich.markup import escape
+from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
 from gradscope.layers import leaf_layers, parameter_owner
 from gradscope.report import Report
 from gradscope.reporters.escape import show_controls
+from gradscope.reporters.verdict import verdict_text
 from gradscope.rules import SEVERITIES
+from gradscope.verdict import AT_RISK, FAILS, TRAINS
 
 STYLES = {"error": "bold red", "warning": "yellow", "info": "cyan"}
+VERDICT_STYLES = {TRAINS: "bold green", AT_RISK: "bold yellow", FAILS: "bold red"}
 BAR_WIDTH = 20
 _EIGHTHS = " ▏▎▍▌▋▊▉"
 
@@ -44,7 +48,7 @@ def number(value: float, percent: bool = False) -> str:
 
 
 class TerminalReport:
-    """``console.print(TerminalReport(report))`` prints the layer table and the findings."""
+    """``console.print(TerminalReport(report))`` prints the verdict, the layer table and the findings."""
 
     def __init__(self, report: Report, title: str | None = None, all_layers: bool = False,
                  plain: bool = False) -> None:
@@ -85,6 +89,16 @@ class TerminalReport:
             )
         return table
 
+    def verdict_lines(self) -> list[RenderableType]:
+        """The headline in the verdict's colour, then its reasons, numbers and recipe notes,
+        indented (wrapped lines too)."""
+        text = verdict_text(self.report)
+        if text is None:
+            return []
+        headline = Text(text.verdict, style=VERDICT_STYLES.get(text.label, "bold"))
+        headline.append(" " + show_controls(text.under), style="bold")
+        return [headline, *(Padding(Text(show_controls(line)), (0, 0, 0, 2)) for line in text.details), Text("")]
+
     def finding_lines(self) -> list[tuple[Text, bool]]:
         """The findings as (line, is_code); code lines are printed unwrapped, to copy and paste."""
         lines: list[tuple[Text, bool]] = []
@@ -109,7 +123,9 @@ class TerminalReport:
         return Group(*(line for line, _ in self.finding_lines()))
 
     def print(self, console: Console) -> None:
-        """Print the table and the findings, with code lines never wrapped or cropped."""
+        """Print the verdict, the table and the findings, with code lines never wrapped or cropped."""
+        for line in self.verdict_lines():
+            console.print(line)
         if self.title:
             console.print(Text(show_controls(self.title), style="bold"), soft_wrap=True)
         console.print(self.layer_table(console.width, title=False))
@@ -117,6 +133,7 @@ class TerminalReport:
             console.print(line, soft_wrap=code)
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield Group(*self.verdict_lines())
         yield self.layer_table(options.max_width)
         yield self.findings()
 

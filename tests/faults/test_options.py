@@ -19,6 +19,16 @@ CASES = {
     "lr negative": (["--steps", "2", "--lr", "-0.1"], ["--lr", "-0.1", "positive finite number"]),
     "lr zero": (["--steps", "2", "--lr", "0"], ["--lr", "0.0", "positive finite number"]),
     "tolerance nan": (["--tolerance", "nan"], ["--tolerance", "nan", "finite number >= 0"]),
+    "momentum one": (["--momentum", "1"], ["--momentum", "1.0", "from 0 up to (not including) 1", "such as 0.9"]),
+    "momentum negative": (["--momentum", "-0.1"], ["--momentum", "-0.1", "from 0 up to (not including) 1"]),
+    "momentum nan": (["--momentum", "nan"], ["--momentum", "nan", "from 0 up to (not including) 1"]),
+    "weight decay negative": (["--weight-decay", "-1"], ["--weight-decay", "-1.0", "finite number >= 0", "such as 0.01"]),
+    "weight decay inf": (["--weight-decay", "inf"], ["--weight-decay", "inf", "finite number >= 0"]),
+    "clip zero": (["--clip", "0"], ["--clip", "0.0", "positive finite number", "gradient-norm limit such as 1.0"]),
+    "clip inf": (["--clip", "inf"], ["--clip", "inf", "positive finite number"]),
+    "negative probe steps": (["--probe-steps", "-1"], ["--probe-steps", "-1", "integer >= 0", "0: no probe"]),
+    "an unknown optimizer": (["--optimizer", "lion"], ["--optimizer", "'lion'", "sgd", "adamw"]),
+    "an unknown fail-on": (["--fail-on", "at_risk"], ["--fail-on", "'at_risk'", "at-risk", "fails"]),
 }
 
 

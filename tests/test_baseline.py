@@ -1,0 +1,109 @@
+"""Baselines record the verdict; a worse verdict fails the check, a better one does not, and a
+baseline written before verdicts still loads and says so."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+import torch.nn as nn
+
+import gradscope
+from gradscope.baseline import baseline_dict, compare, read_baseline, write_baseline
+from gradscope.errors import UsageError
+from gradscope.reporters.verdict import comparison_lines
+from gradscope.verdict import VERDICTS
+
+
+@pytest.fixture(scope="module")
+def report():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
+    return gradscope.diagnose(model, torch.randn(16, 8), probe_steps=2)
+
+
+def labelled(report, label: str, recipe_text: str | None = None):
+    recipe = report.verdict.recipe if recipe_text is None else {**report.verdict.recipe, "text": recipe_text}
+    return dataclasses.replace(report, verdict=dataclasses.replace(report.verdict, label=label, recipe=recipe))
+
+
+def test_the_baseline_records_the_verdict_label_reasons_and_recipe(report, tmp_path):
+    write_baseline(labelled(report, "at-risk"), tmp_path / "b.json")
+    recorded = read_baseline(tmp_path / "b.json")["verdict"]
+    assert recorded == {"label": "at-risk", "reasons": report.verdict.reasons, "recipe": report.verdict.recipe}
+    assert recorded["recipe"]["text"] == "SGD lr 0.01 momentum 0.9" and recorded["recipe"]["assumed"] is True
+
+
+@pytest.mark.parametrize("before", VERDICTS)
+@pytest.mark.parametrize("now", VERDICTS)
+def test_a_worse_verdict_is_a_regression_and_a_better_one_an_improvement(report, before, now):
+    comparison = compare(labelled(report, now), baseline_dict(labelled(report, before)), "error", 1.0)
+    worse = VERDICTS.index(now) > VERDICTS.index(before)
+    better = VERDICTS.index(now) < VERDICTS.index(before)
+    assert (comparison.verdict_regressed, comparison.verdict_improved, comparison.failed) == (worse, better, worse)
+
+
+def test_the_regression_is_said_first_and_the_improvement_with_a_hint(report):
+    worse = compare(labelled(report, "fails"), baseline_dict(labelled(report, "trains")), "at-risk", 1.0)
+    assert comparison_lines(worse) == [
+        (True, "Verdict regressed against the baseline: trains -> fails."),
+        (True, "Verdict fails: --fail-on at-risk fails the check on at-risk or fails."),
+    ]
+    better = compare(labelled(report, "trains"), baseline_dict(labelled(report, "at-risk")), "error", 1.0)
+    assert comparison_lines(better) == [(False, "Verdict improved against the baseline: at-risk -> trains. Refresh the "
+                                                "baseline with --update-baseline, so that going back to at-risk fails.")]
+
+
+def test_a_changed_recipe_is_named_beside_the_verdicts(report):
+    comparison = compare(labelled(report, "fails", "Adam lr 0.1"), baseline_dict(labelled(report, "trains")), "error", 1.0)
+    assert comparison_lines(comparison)[0][1] == (
+        "Verdict regressed against the baseline: trains -> fails (baseline under SGD lr 0.01 momentum 0.9 (assumed); "
+        "now under Adam lr 0.1 (assumed)).")
+
+
+def test_a_baseline_from_before_verdicts_loads_and_is_not_compared(report, tmp_path):
+    old = baseline_dict(report)
+    del old["verdict"]
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    comparison = compare(labelled(report, "fails"), read_baseline(tmp_path / "old.json"), "error", 1.0)
+    assert comparison.predates_verdicts and not comparison.verdict_regressed and not comparison.failed
+    assert comparison_lines(comparison) == [(False, "The baseline predates verdicts (it records none), so the verdict "
+                                                    "is not compared; refresh it with --update-baseline to record one.")]
+
+
+def test_a_baseline_of_a_report_without_a_verdict_records_null(report, tmp_path):
+    write_baseline(dataclasses.replace(report, verdict=None), tmp_path / "b.json")
+    comparison = compare(report, read_baseline(tmp_path / "b.json"), "error", 1.0)
+    assert comparison.verdict_before is None and not comparison.predates_verdicts
+    assert comparison_lines(comparison) == [] and not comparison.failed
+
+
+@pytest.mark.parametrize("verdict", ['"fails"', '{"label": "broken"}', '{"label": "fails", "recipe": "SGD"}'])
+def test_a_malformed_verdict_is_a_usage_error(report, tmp_path, verdict):
+    text = json.dumps(baseline_dict(report)).replace('"verdict": {', '"verdict": ' + verdict + ', "was": {')
+    (tmp_path / "b.json").write_text(text)
+    with pytest.raises(UsageError, match=r'malformed "verdict" \(a label, one of trains, at-risk, fails, and the '
+                                         r"recipe or null\); write a new one with --update-baseline"):
+        read_baseline(tmp_path / "b.json")
+
+
+@pytest.mark.parametrize("label, limit, fails", [
+    ("trains", "at-risk", False), ("at-risk", "at-risk", True), ("fails", "at-risk", True),
+    ("at-risk", "fails", False), ("fails", "fails", True),
+])
+def test_fail_on_a_verdict_gates_on_the_verdict_not_on_findings(report, label, limit, fails):
+    comparison = compare(labelled(report, label), None, limit, 1.0)
+    assert comparison.verdict_over_limit == fails and comparison.failed == fails
+    assert comparison.new_findings == []
+
+
+def test_fail_on_a_severity_or_never_does_not_gate_on_the_verdict(report):
+    for fail_on in ("never", "info", "warning", "error"):
+        assert not compare(labelled(report, "fails"), None, fail_on, 1.0).verdict_over_limit
+
+
+def test_a_report_without_a_verdict_passes_a_verdict_gate(report):
+    assert not compare(dataclasses.replace(report, verdict=None), None, "at-risk", 1.0).failed
+
