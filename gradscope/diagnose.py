@@ -335,4 +335,5 @@ class _SavedState:
         for module, mode in self.modes.items():
             module.training = mode
         if self.optimizer is not None:
-            self.optimizer.load_state_dict(self.optimizer_state)
+            # a copy: load_state_dict keeps the given tensors, which the next steps would change in place
+            self.optimizer.load_state_dict(copy.deepcopy(self.optimizer_state))

@@ -236,7 +236,9 @@ def test_check_against_a_baseline(tmp_path):
     assert "backpropagated signal moved by more than 1 orders of magnitude" in failed.output
     assert said(failed).startswith("FAIL Verdict regressed against the baseline: trains -> fails. Verdict: FAILS")
     suite = ET.parse(tmp_path / "junit.xml").getroot()
-    assert suite.get("failures") == "3" and suite.get("tests") == "13"
+    # the verdict, the moved flow and the new error findings (vanishing-gradient, updates-off-band,
+    # collapsed-representations) fail; one case per rule plus the verdict and the flow
+    assert (suite.get("failures"), suite.get("tests")) == ("5", "17")
     # a looser tolerance does not forgive the new error finding; gating on nothing passes
     assert run("check", broken, "--baseline", baseline, "--tolerance", "20").exit_code == 1
     assert run("check", broken, "--fail-on", "never").exit_code == 0
