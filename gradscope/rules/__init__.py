@@ -60,7 +60,7 @@ RULES: tuple[Rule, ...] = (
           "The recipe's updates are far from ~1e-3 of the weights per step (below 1e-4: stalled).",
           updates_off_band, decides=True),
     _rule("GS109", "collapsed-representations", ERROR,
-          "The samples' representations become nearly identical with depth (correlation 0.99+).",
+          "The samples' representations become nearly identical with depth (correlation 0.999+).",
           collapsed_representations, decides=True),
     _rule("GS201", "no-skip-connections", INFO,
           "A stack of 10+ weight layers with no skip connection around them.", no_skip_connections),
