@@ -72,7 +72,10 @@ def diagnose(
     >>> deep = nn.Sequential(*[m for _ in range(12) for m in (nn.Linear(32, 32), nn.Sigmoid())])
     >>> report = gradscope.diagnose(deep, torch.randn(64, 32))
     >>> [f.rule for f in report.findings]  # doctest: +NORMALIZE_WHITESPACE
-    ['vanishing-gradient', 'no-skip-connections', 'deep-bounded-activations']
+    ['vanishing-gradient', 'updates-off-band', 'collapsed-representations', 'no-skip-connections',
+     'deep-bounded-activations']
+    >>> report.verdict.label
+    'fails'
     """
     if not isinstance(model, nn.Module):
         raise UsageTypeError(

@@ -370,7 +370,7 @@ def test_the_verdict_comes_first_in_every_output(tmp_path):
                  "--html", tmp_path / "r.html")
     assert result.exit_code == 0, result.output
     assert said(result).startswith("Verdict: FAILS under SGD lr 0.01 momentum 0.9 (assumed) "
-                                   "Decided by: GS101 vanishing-gradient. Loss: ")
+                                   "Decided by: GS101 vanishing-gradient, GS108 updates-off-band, GS109 collapsed-representations. Loss: ")
     data = json.loads((tmp_path / "r.json").read_text())
     assert list(data)[:2] == ["version", "verdict"] and data["verdict"]["label"] == "fails"
     assert data["options"]["recipe_from"] == "default" and data["verdict"]["recipe"]["assumed"] is True

@@ -9,7 +9,7 @@ findings are reported. The printed ``GS204 deep-bounded-activations`` lives in
 >>> import gradscope
 >>> rule = find_rule("dead-units")
 >>> [f.rule for f in gradscope.diagnose(**rule.pair(bad=True)).findings]
-['dead-units']
+['dead-units', 'updates-off-band']
 """
 
 from __future__ import annotations
