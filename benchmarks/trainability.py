@@ -49,20 +49,12 @@ def _train_one(job: tuple[str, str, int]) -> dict:
 
 
 def train(jobs: int, recipes: list[str]) -> None:
-    import trainability_zoo as zoo
-
     RESULTS.mkdir(exist_ok=True)
     done = {(r["architecture"], r["recipe"], r["seed"]) for r in _read(OUTCOMES)}
-    todo = [(a.name, recipe, seed) for recipe in recipes for seed in SEEDS for a in zoo.ARCHITECTURES
-            if (a.name, recipe, seed) not in done
-            and not (recipe in zoo.EXTRA_RECIPES and a.name in zoo.HEAVY)]
+    todo = _todo(recipes, done, SEEDS)
     print(f"{len(todo)} training runs to do ({len(done)} done)", flush=True)
-    with ProcessPoolExecutor(jobs) as pool, OUTCOMES.open("a") as out:
-        for row in pool.map(_train_one, todo):
-            out.write(json.dumps(row) + "\n")
-            out.flush()
-            print(f"{row['architecture']:36s} {row['recipe']:10s} seed {row['seed']}: "
-                  f"accuracy {row['accuracy']:.3f} non-finite at {row['nonfinite_at']}", flush=True)
+    _append_results(jobs, _train_one, todo, OUTCOMES, lambda row: (
+        f"seed {row['seed']}: accuracy {row['accuracy']:.3f} non-finite at {row['nonfinite_at']}"))
 
 
 def _probe_one(job: tuple[str, str]) -> dict:
@@ -116,21 +108,35 @@ def by_eye(report) -> dict:
 
 
 def probe(jobs: int, recipes: list[str], fresh: bool) -> None:
-    import trainability_zoo as zoo
-
     RESULTS.mkdir(exist_ok=True)
     if fresh and PROBES.exists():
         PROBES.unlink()
     done = {(r["architecture"], r["recipe"]) for r in _read(PROBES)}
-    todo = [(a.name, recipe) for recipe in recipes for a in zoo.ARCHITECTURES if (a.name, recipe) not in done
-            and not (recipe in zoo.EXTRA_RECIPES and a.name in zoo.HEAVY)]
+    todo = _todo(recipes, done)
     print(f"{len(todo)} probes to do ({len(done)} done)", flush=True)
-    with ProcessPoolExecutor(jobs) as pool, PROBES.open("a") as out:
-        for row in pool.map(_probe_one, todo):
+    _append_results(jobs, _probe_one, todo, PROBES,
+                    lambda row: f"{row['verdict']} {[f[1] for f in row['findings']]}")
+
+
+def _todo(recipes: list[str], done: set, seeds: tuple[int, ...] | None = None) -> list[tuple]:
+    """(architecture, recipe[, seed]) jobs not in ``done``; the extra recipes skip the heavy ones."""
+    import trainability_zoo as zoo
+
+    jobs = [(a.name, recipe) for recipe in recipes for a in zoo.ARCHITECTURES
+            if not (recipe in zoo.EXTRA_RECIPES and a.name in zoo.HEAVY)]
+    if seeds is not None:
+        jobs = [(*job, seed) for job in jobs for seed in seeds]
+    return [job for job in jobs if job not in done]
+
+
+def _append_results(jobs: int, work, todo: list, path: Path, describe) -> None:
+    """Run ``work`` over ``todo`` in ``jobs`` processes, appending each row to ``path`` as it comes
+    (so that a stopped run resumes where it was)."""
+    with ProcessPoolExecutor(jobs) as pool, path.open("a") as out:
+        for row in pool.map(work, todo):
             out.write(json.dumps(row) + "\n")
             out.flush()
-            print(f"{row['architecture']:36s} {row['recipe']:10s}: {row['verdict']} "
-                  f"{[f[1] for f in row['findings']]}", flush=True)
+            print(f"{row['architecture']:36s} {row['recipe']:10s} {describe(row)}", flush=True)
 
 
 TRAINS_AT, FAILS_AT = 0.8, 0.3

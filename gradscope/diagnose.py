@@ -135,14 +135,13 @@ def _probe(model, args, kwargs, inputs, loss_fn, optimizer, probe_steps, clip_gr
     """The recipe probe from the initial state; a failure inside it leaves the report without
     dynamics (and says why) rather than losing the findings."""
     targets: dict[int, torch.Tensor] = {}
-    kind = []
+    kind = {"loss": ""}
 
     def loss_at() -> torch.Tensor:
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)  # the same dropout masks at every evaluation
             output = model(*args, **kwargs)
-        loss, loss_kind = _loss(output, inputs, loss_fn, targets, seed)
-        kind.append(loss_kind)
+        loss, kind["loss"] = _loss(output, inputs, loss_fn, targets, seed)
         return loss
 
     assumed = optimizer is None
@@ -151,7 +150,7 @@ def _probe(model, args, kwargs, inputs, loss_fn, optimizer, probe_steps, clip_gr
     model.train()
     try:
         dynamics = run_probe(model, loss_at, opt, recipe, probe_steps, "")
-        return dataclasses.replace(dynamics, loss_kind=kind[-1] if kind else ""), None
+        return dataclasses.replace(dynamics, loss_kind=kind["loss"]), None
     except Exception as e:  # the monitored steps ran; keep their findings
         return None, f"{type(e).__name__}: {e}"
 

@@ -20,6 +20,7 @@ initial weights itself before step 3. Results go to :class:`Dynamics`, which the
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
@@ -82,6 +83,12 @@ class Dynamics:
         return self.curvature / self.threshold
 
     @property
+    def median_update_ratio(self) -> float | None:
+        """The median over the probe steps of :attr:`update_ratios` (None without a finite one)."""
+        finite = [r for r in self.update_ratios if math.isfinite(r)]
+        return statistics.median(finite) if finite else None
+
+    @property
     def largest_stable_lr(self) -> float | None:
         return self.recipe.largest_stable_lr(self.curvature) if self.curvature is not None else None
 
@@ -90,6 +97,7 @@ class Dynamics:
         data["recipe"] = self.recipe.to_dict()
         data["stability_ratio"] = self.stability_ratio
         data["largest_stable_lr"] = self.largest_stable_lr
+        data["median_update_ratio"] = self.median_update_ratio
         return data
 
 

@@ -7,7 +7,6 @@ the findings that decided it, the recipe, and the numbers the probe measured.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 from gradscope.probe import Dynamics
@@ -68,14 +67,9 @@ def _evidence(dynamics: Dynamics | None) -> dict:
         "stability_threshold": dynamics.threshold,
         "stability_ratio": dynamics.stability_ratio,
         "largest_stable_lr": dynamics.largest_stable_lr,
-        "median_update_ratio": _median(dynamics.update_ratios),
+        "median_update_ratio": dynamics.median_update_ratio,
     }
     return {k: v for k, v in evidence.items() if v is not None}
-
-
-def _median(values: list[float]) -> float | None:
-    finite = sorted(v for v in values if math.isfinite(v))
-    return finite[len(finite) // 2] if finite else None
 
 
 def _message(label: str, decided_by: list[Finding], dynamics: Dynamics | None, evidence: dict) -> str:

@@ -30,8 +30,6 @@ def _reference_hessian(model: nn.Module, x, y) -> torch.Tensor:
     params = [p.detach().double() for p in model.parameters()]
     shapes = [p.shape for p in params]
     flat = torch.cat([p.reshape(-1) for p in params])
-    twin = _small_model()
-
     def loss(vector):
         chunks, i = [], 0
         for shape in shapes:
@@ -41,7 +39,6 @@ def _reference_hessian(model: nn.Module, x, y) -> torch.Tensor:
         h = torch.tanh(x.double() @ chunks[0].T + chunks[1])
         return F.cross_entropy(h @ chunks[2].T + chunks[3], y)
 
-    del twin
     return torch.autograd.functional.hessian(loss, flat)
 
 

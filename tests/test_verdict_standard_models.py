@@ -9,6 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import gradscope
+from tests.zoo import ResNet
 
 
 def _assert_trains(report):
@@ -51,31 +52,9 @@ def test_hugging_face_bert_under_adamw(transformers):
     _assert_trains(report)
 
 
-class _Block(nn.Module):
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(channels)
-        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(channels)
-
-    def forward(self, x):
-        return F.relu(x + self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x))))))
-
-
-def _resnet(blocks: int = 6, channels: int = 16) -> nn.Module:
-    model = nn.Sequential(nn.Conv2d(3, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels), nn.ReLU(),
-                          *[_Block(channels) for _ in range(blocks)], nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                          nn.Linear(channels, 10))
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-    return model
-
-
 def test_batchnorm_resnet_under_sgd_momentum():
     torch.manual_seed(0)
-    model = _resnet()
+    model = ResNet(blocks=6)
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(32, 3, 16, 16, generator=g), torch.randint(0, 10, (32,), generator=g)
     report = gradscope.diagnose(model, x, lambda out: F.cross_entropy(out, y),

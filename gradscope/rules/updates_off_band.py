@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 import torch.nn as nn
 
@@ -57,10 +56,10 @@ def detect(records: Records) -> list[Violation]:
     dynamics = records.dynamics
     if dynamics is None or dynamics.nonfinite:
         return []
-    per_step = [r for r in dynamics.update_ratios if math.isfinite(r)]
-    if not per_step:
+    median = dynamics.median_update_ratio
+    if median is None:
         return []
-    median = float(np.median(per_step))
+    per_step = [r for r in dynamics.update_ratios if math.isfinite(r)]
     recipe = dynamics.recipe.text()
     layers = sorted(dynamics.layer_update_ratios, key=lambda n: dynamics.layer_update_ratios[n])
     evidence = {"median_update_ratio": median, "per_step": per_step, "band": list(BAND), "recipe": recipe}
