@@ -10,7 +10,7 @@ What varies, and what is kept:
   that is no longer zero, still fails. Integers (layer names, counts, percentages) stay as they
   are: they come from the model's structure, not from round-off.
 - Versions of gradscope and torch become ``<gradscope-version>`` and ``<torch-version>``.
-- Wall-clock times (JSON keys ending in ``_seconds``, such as the verdict's ``probe_seconds``)
+- Wall-clock times (JSON keys ending in ``_seconds``)
   become ``<seconds>``: their order of magnitude depends on the machine.
 - Paths of temporary files are replaced by the caller (``paths``), e.g. with ``<tmp>``.
 - Widths: rich reads ``COLUMNS`` and ``FORCE_COLOR`` once, when a console is created at import, so
