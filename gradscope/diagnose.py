@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import inspect
+import math
 import random
 from contextlib import nullcontext
 from typing import Callable
@@ -19,7 +20,7 @@ import torch.nn as nn
 
 from gradscope.errors import UsageError, UsageTypeError
 from gradscope.monitor import Recorder
-from gradscope.probe import Dynamics, run_probe
+from gradscope.probe import DEFAULT_LOSS, GIVEN_LOSS, Dynamics, run_probe
 from gradscope.recipe import Recipe
 from gradscope.report import Report, build_report
 from gradscope.stats.reductions import floating_tensors
@@ -51,11 +52,14 @@ def diagnose(
 
     ``inputs`` is a tensor, a tuple of positional arguments or a dict of keyword arguments.
     The loss is ``loss_fn(output, inputs)`` (or ``loss_fn(output)``) when given, else the
-    output's ``loss`` (a ``ModelOutput`` or dict), else the default: ``0.5 * ||y - r||² / P``
-    summed over the output's floating-point tensors ``y``, with ``r`` a fixed N(0, 1) target of
-    the same shape and ``P`` the number of positions (all dimensions but the last: the batch, and
-    the tokens of a sequence output), so it is a per-position loss like a language model's. At
-    ``y ≈ 0`` its gradient is ``-r / P``: unit scale in every output element, whatever the output is, and unlike a plain
+    model's own: the output's ``loss`` (a ``ModelOutput`` or dict) or the one scalar tensor with a
+    gradient in a tuple output (``(logits, loss)``); else the default:
+    ``0.5 * ||y - r||² / (P * sqrt(K))`` summed over the output's floating-point tensors ``y``,
+    with ``r`` a fixed N(0, 1) target of the same shape, ``K`` the size of the last dimension (the
+    classes, the vocabulary) and ``P`` the number of positions (all other dimensions: the batch, the
+    tokens of a sequence). At ``y ≈ 0`` its gradient has norm ``1 / P`` at each position, as a
+    cross-entropy's has at initialisation, and its curvature grows only as ``sqrt(K)``, so a wide
+    output (an image, a large vocabulary) neither blows up nor starves the default recipe; unlike a plain
     projection it has a minimum, so ``steps > 1`` trains toward something. With ``steps > 1``
     the optimizer (default SGD, lr 0.01, momentum 0.9) steps between passes; with one step no
     parameter changes.
@@ -174,7 +178,7 @@ def _run(
                 model, args, kwargs, inputs, loss_fn, steps, opt, batch, seed, progress):
     targets: dict[int, torch.Tensor] = {}
     structure = None
-    loss_kind = "loss_fn" if loss_fn is not None else "default"
+    loss_kind = GIVEN_LOSS if loss_fn is not None else DEFAULT_LOSS
     with Recorder(model, every=1, optimizer=opt) as mon:
         for step in range(steps):
             probe = StructureProbe(model) if step == 0 else None
@@ -216,13 +220,11 @@ def _loss(output, inputs, loss_fn, targets: dict, seed: int) -> tuple[torch.Tens
             loss = loss_fn(output, inputs) if takes_inputs else loss_fn(output)
         except Exception as e:
             raise ModelError(f"loss_fn raised: {type(e).__name__}: {e}.") from e
-        kind = "loss_fn"
+        kind = GIVEN_LOSS
     else:
-        model_loss = _model_loss(output)
-        if model_loss is not None:
-            loss, kind = model_loss, "output.loss"
-        else:
-            loss, kind = _default_loss(output, targets, seed), "default"
+        loss, kind = _model_loss(output)
+        if loss is None:
+            loss, kind = _default_loss(output, targets, seed), DEFAULT_LOSS
     if not isinstance(loss, torch.Tensor) or loss.numel() != 1 or not loss.is_floating_point():
         raise UsageError(
             f"The loss must be a floating-point scalar tensor, but {kind} gave "
@@ -236,9 +238,18 @@ def _loss(output, inputs, loss_fn, targets: dict, seed: int) -> tuple[torch.Tens
     return loss.reshape(()), kind
 
 
-def _model_loss(output) -> torch.Tensor | None:
+def _model_loss(output) -> tuple[torch.Tensor | None, str]:
+    """The model's own loss and where it was: ``output.loss`` (a ``ModelOutput`` or dict), or the one
+    scalar floating-point tensor with a gradient in a tuple output (nanoGPT's ``(logits, loss)``)."""
     loss = output.get("loss") if isinstance(output, dict) else getattr(output, "loss", None)
-    return loss if isinstance(loss, torch.Tensor) else None
+    if isinstance(loss, torch.Tensor):
+        return loss, "output.loss"
+    if isinstance(output, (tuple, list)):
+        scalars = [i for i, x in enumerate(output) if isinstance(x, torch.Tensor) and x.dim() == 0
+                   and x.is_floating_point() and x.requires_grad]
+        if len(scalars) == 1:
+            return output[scalars[0]], f"output[{scalars[0]}]"
+    return None, ""
 
 
 def _default_loss(output, targets: dict, seed: int) -> torch.Tensor:
@@ -255,8 +266,9 @@ def _default_loss(output, targets: dict, seed: int) -> torch.Tensor:
             generator = torch.Generator(device="cpu").manual_seed(seed + 1 + i)
             target = torch.randn(y.shape, generator=generator, dtype=torch.float32).to(y.device, y.dtype)
             targets[i] = target
-        positions = y.numel() // y.shape[-1] if y.dim() > 1 and y.shape[-1] > 0 else 1
-        term = 0.5 * (y - target).float().pow(2).sum() / max(positions, 1)
+        features = y.shape[-1] if y.dim() > 1 and y.shape[-1] > 0 else 1
+        positions = max(y.numel() // features, 1)
+        term = 0.5 * (y - target).float().pow(2).sum() / (positions * math.sqrt(features))
         total = term if total is None else total + term
     return total
 

@@ -40,6 +40,17 @@ SIMILARITY_SAMPLES = 64
 
 FORWARD_LAYERS = (*WEIGHT_LAYERS, nn.RNNBase, nn.MultiheadAttention)
 
+DEFAULT_LOSS, GIVEN_LOSS = "default", "loss_fn"
+"""``Dynamics.loss_kind`` and ``report.options["loss"]``: gradscope's default loss, the given
+``loss_fn``, or else where in the model's output its own loss was found (``output.loss``,
+``output[1]``)."""
+
+DEFAULT_LOSS_MARGIN = 10.0
+"""How far the size of gradscope's default loss (``diagnose`` without a loss) may be from the
+user's real one: a mean where it is a sum, another reduction over the classes. The findings that
+scale with the loss (curvature against the learning rate, the update ratio under SGD) need this
+much more margin under the default loss, so that its scale alone never makes a finding."""
+
 
 @dataclass(frozen=True)
 class Dynamics:
@@ -74,6 +85,11 @@ class Dynamics:
     @property
     def nonfinite(self) -> bool:
         return len(self.losses) < self.steps + 1 or not all(math.isfinite(v) for v in self.grad_norms)
+
+    @property
+    def loss_margin(self) -> float:
+        """1 with the user's loss; :data:`DEFAULT_LOSS_MARGIN` with gradscope's default loss."""
+        return DEFAULT_LOSS_MARGIN if self.loss_kind == DEFAULT_LOSS else 1.0
 
     @property
     def stability_ratio(self) -> float | None:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 import gradscope
 from gradscope.fixes import insert_pseudo_norm
@@ -214,3 +215,47 @@ def test_gradients_already_on_the_model_do_not_leak_into_the_run():
     stale = gradscope.diagnose(model, x).history
     assert stale.value.to_numpy() == pytest.approx(clean.value.to_numpy())
     assert all((p.grad == 100).all() for p in model.parameters())  # and they are put back
+
+
+def test_default_loss_gradient_has_a_cross_entropys_size_at_each_position():
+    """0.5 ||y - r||² / (P sqrt(K)): at y = 0 the gradient at each position is -r / (P sqrt(K)), of
+    norm about 1 / P, whatever the size K of the last dimension (compare: float64 by hand)."""
+    batch, length, features = 3, 5, 49
+    model = nn.Sequential(nn.Linear(4, features))
+    nn.init.zeros_(model[0].weight), nn.init.zeros_(model[0].bias)
+    report = gradscope.diagnose(model, torch.randn(batch, length, 4), probe_steps=0)
+    target = torch.randn((batch, length, features), generator=torch.Generator().manual_seed(1)).double()
+    positions = batch * length
+    expected = (-target.sum(dim=(0, 1)) / (positions * features ** 0.5)).norm().item()
+    got = report.history.query("step == 0 and metric == 'grad_norm' and layer == '0.bias'").value.item()
+    assert got == pytest.approx(expected, rel=1e-5)
+    assert report.options["loss"] == "default"
+
+
+class LogitsAndLoss(nn.Module):
+    """nanoGPT's and minGPT's convention: forward(idx, targets) returns (logits, loss)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(16, 8)
+        self.head = nn.Linear(8, 16)
+
+    def forward(self, idx, targets=None):
+        logits = self.head(self.embed(idx))
+        loss = None if targets is None else F.cross_entropy(logits.view(-1, 16), targets.view(-1))
+        return logits, loss
+
+
+def test_the_scalar_in_a_tuple_output_is_the_models_loss():
+    torch.manual_seed(0)
+    model = LogitsAndLoss()
+    idx = torch.randint(0, 16, (4, 6), generator=torch.Generator().manual_seed(0))
+    targets = torch.roll(idx, -1, dims=1)
+    report = gradscope.diagnose(model, (idx, targets), optimizer=torch.optim.AdamW(model.parameters(), lr=3e-4))
+    assert report.options["loss"] == "output[1]"
+    with torch.no_grad():  # the probe's first loss is the model's cross-entropy at init, in float64
+        logits = model.head.weight.double() @ model.embed.weight.double()[idx].unsqueeze(-1)
+        logits = logits.squeeze(-1) + model.head.bias.double()
+        expected = F.cross_entropy(logits.view(-1, 16), targets.view(-1)).item()
+    assert report.dynamics.losses[0] == pytest.approx(expected, rel=1e-5)
+    assert gradscope.diagnose(model, idx, probe_steps=0).options["loss"] == "default"  # (logits, None)

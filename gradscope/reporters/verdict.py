@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from gradscope.probe import DEFAULT_LOSS, DEFAULT_LOSS_MARGIN, GIVEN_LOSS
 from gradscope.report import Report
 from gradscope.rules.base import fmt
 from gradscope.verdict import TRAINS, VERDICTS
@@ -73,6 +74,7 @@ def verdict_text(report: Report) -> VerdictText | None:
     details = [f"Decided by: {', '.join(verdict.reasons)}." if verdict.reasons else
                "No finding predicts failure." if verdict.label == TRAINS else "Decided by: the findings."]
     details += _measured(verdict.evidence)
+    details += _loss_note(report.options.get("loss"))
     details += _recipe_notes(verdict.recipe, report.options)
     return VerdictText(verdict.label, f"Verdict: {verdict.label.upper()}", under, details)
 
@@ -102,6 +104,20 @@ def _measured(evidence: dict) -> list[str]:
     if "median_update_ratio" in evidence:
         lines.append(f"Median update ratio ‖Δw‖ / ‖w‖: {_number(evidence['median_update_ratio'])}.")
     return lines
+
+
+def _loss_note(kind: str | None) -> list[str]:
+    """Which loss the steps and the probe used (``report.options["loss"]``, from ``diagnose``)."""
+    if kind is None:
+        return []
+    if kind == DEFAULT_LOSS:
+        return [f"Loss assumed: gradscope's default, 0.5 ‖y - r‖² / (P √K) toward a fixed random target, as the "
+                f"model returns no loss and none was given; findings that scale with the loss are judged with a "
+                f"{fmt(DEFAULT_LOSS_MARGIN)}x margin. Give the real one: loss_fn(output, inputs) in the model file, "
+                "or gradscope.diagnose(..., loss_fn=...)."]
+    if kind == GIVEN_LOSS:
+        return ["Loss: the given loss_fn."]
+    return [f"Loss: the model's own ({kind})."]
 
 
 def _recipe_notes(recipe: dict | None, options: dict) -> list[str]:

@@ -1,6 +1,6 @@
 """The little models that the rules' bad/good pairs are built from (each rule's ``pair`` sits in
-its own module): a plain stack of Linear layers, the inits, a residual wrapper, a singular op, and
-a fixed batch of inputs.
+its own module): a plain stack of Linear layers, the inits, a residual wrapper, a singular op, a
+fixed batch of inputs and a classification loss on it.
 
 >>> model = stack(2, nn.ReLU, width=8, init=he, out=1)
 >>> model(x64(width=8, batch=3)).shape
@@ -53,3 +53,10 @@ class Sqrt(nn.Module):
 
 def x64(width: int = 64, batch: int = 64):
     return torch.randn(batch, width, generator=torch.Generator().manual_seed(0))
+
+
+def cross_entropy(classes: int = 10, batch: int = 64):
+    """A cross-entropy on fixed labels for :func:`x64`'s batch: a real loss, for the rules whose
+    findings scale with the loss (gradscope's default loss gets a margin for its scale)."""
+    labels = torch.randint(0, classes, (batch,), generator=torch.Generator().manual_seed(1))
+    return lambda output: nn.functional.cross_entropy(output, labels)

@@ -13,7 +13,7 @@ from gradscope.layers import RELU
 from gradscope.records import Records
 from gradscope.rules import advice
 from gradscope.rules.base import ERROR, INFO, WARNING, Violation, fmt
-from gradscope.rules.example_models import he, stack, x64
+from gradscope.rules.example_models import cross_entropy, he, stack, x64
 
 DIVERGED = 10.0
 """The probe's loss rising this many times above its first value is divergence."""
@@ -46,7 +46,9 @@ def detect(records: Records) -> list[Violation]:
         trains (progressive sharpening).
         Information only when the model has normalisation layers, whose scale invariance lets
         training shrink its effective step by itself. With gradient clipping the severity is at
-        most a warning.
+        most a warning. Under gradscope's default loss (no loss given), whose scale may be far
+        from the real one, the curvature thresholds are 10x higher, and a divergence the curvature
+        does not explain by that margin is a warning.
 
     Why it matters:
         Along a direction whose curvature exceeds the limit, each step overshoots the minimum by
@@ -85,27 +87,33 @@ def detect(records: Records) -> list[Violation]:
                 "lr": recipe.lr, "recipe": recipe.text(), "probe_losses": losses}
     curvature_text = (f"; the curvature of the loss is {fmt(dynamics.curvature)}, {fmt(ratio)}x the "
                       f"limit of {recipe.text()} ({fmt(dynamics.threshold)})" if ratio is not None else "")
+    # under the default loss, a divergence the curvature does not explain by the margin is the loss's doing
+    loss_made = dynamics.loss_margin > 1 and ratio is not None and ratio < dynamics.loss_margin
+    loss_text = (" under gradscope's default loss, whose scale may be far from yours (pass your loss "
+                 "to decide)" if loss_made else "")
     if dynamics.nonfinite:
         step = len(losses) - 1 if not math.isfinite(losses[-1]) else len(norms) - 1
-        return [Violation(layers, f"The loss became non-finite at probe step {step} of {recipe.text()} "
-                          f"(first loss {fmt(losses[0])}){curvature_text}.", _fix(dynamics), evidence, ERROR)]
+        return [Violation(layers, f"The loss became non-finite at probe step {step} of {recipe.text()}"
+                          f"{loss_text} (first loss {fmt(losses[0])}){curvature_text}.", _fix(dynamics),
+                          evidence, WARNING if loss_made else ERROR)]
     rise = max(losses) / losses[0] if losses[0] > 0 else 1.0
     if rise >= DIVERGED:
         return [Violation(layers, f"The loss rose {fmt(rise)}x within {len(losses) - 1} probe steps of "
-                          f"{recipe.text()}{curvature_text}"
+                          f"{recipe.text()}{loss_text}{curvature_text}"
                           + ("; the model's normalisation layers usually bring it back, so this is "
                              "informational." if normalized else "."), _fix(dynamics), evidence,
-                          INFO if normalized else ERROR)]
+                          INFO if normalized else WARNING if loss_made else ERROR)]
     if ratio is None:
         return []
     skips = records.structure is not None and records.structure.skips
-    if ratio >= 1:
-        severity = INFO if normalized else ERROR if ratio >= FAILS_ABOVE else INFO if skips else WARNING
+    scaled = ratio / dynamics.loss_margin
+    if scaled >= 1:
+        severity = INFO if normalized else ERROR if scaled >= FAILS_ABOVE else INFO if skips else WARNING
         tail = ("; the model's normalisation layers usually let training settle at a smaller effective "
                 "step, so this is informational." if normalized else
                 "; its skip connections usually keep this in check, so this is informational."
                 if severity == INFO else "; steps along the sharpest direction overshoot and grow.")
-    elif ratio >= THIN_MARGIN and not normalized and not skips and _relu_stack(records):
+    elif scaled >= THIN_MARGIN and not normalized and not skips and _relu_stack(records):
         severity = WARNING
         tail = ("; in a ReLU-family stack without normalisation or skips, curvature typically grows "
                 "several-fold during training (progressive sharpening) and crosses the limit.")
@@ -113,8 +121,10 @@ def detect(records: Records) -> list[Violation]:
         return []
     if recipe.clip_grad_norm is not None and severity == ERROR:
         severity = WARNING
+    margin_text = (f" (measured on gradscope's default loss, so judged with a {fmt(dynamics.loss_margin)}x "
+                   "margin for its scale)" if dynamics.loss_margin > 1 else "")
     message = (f"The curvature of the loss ({fmt(dynamics.curvature)}) is {fmt(ratio)}x the stability "
-               f"limit of {recipe.text()} ({fmt(dynamics.threshold)}){tail}")
+               f"limit of {recipe.text()} ({fmt(dynamics.threshold)}){margin_text}{tail}")
     return [Violation(layers, message, _fix(dynamics), evidence, severity)]
 
 
@@ -143,4 +153,4 @@ def pair(bad: bool) -> dict:
     torch.manual_seed(0)
     model = stack(8, nn.ReLU, init=he)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5 if bad else 0.005, momentum=0.9)
-    return {"model": model, "inputs": x64(), "optimizer": optimizer}
+    return {"model": model, "inputs": x64(), "loss_fn": cross_entropy(), "optimizer": optimizer}

@@ -43,14 +43,24 @@ def with_verdict(report, label="fails", reasons=("GS101 vanishing-gradient",), r
 
 
 def test_headline_reasons_and_measured_numbers(diagnosed):
-    text = verdict_text(with_verdict(diagnosed))
+    text = verdict_text(with_verdict(diagnosed, loss="loss_fn"))
     assert text.headline == "Verdict: FAILS under SGD lr 0.05 momentum 0.9"
     assert text.details == [
         "Decided by: GS101 vanishing-gradient.",
         "Loss: 2.3 -> 0.96 over 10 probe steps.",
         "Curvature: 52.5 against the recipe's stability limit 76 (0.69x); largest stable lr 0.0724.",
         "Median update ratio ‖Δw‖ / ‖w‖: 0.00395.",
+        "Loss: the given loss_fn.",
     ]
+
+
+@pytest.mark.parametrize("kind, expected", [
+    ("default", "Loss assumed: gradscope's default, 0.5 ‖y - r‖² / (P √K) toward a fixed random target"),
+    ("output[1]", "Loss: the model's own (output[1])."),
+    ("output.loss", "Loss: the model's own (output.loss)."),
+])
+def test_the_verdict_says_which_loss_was_used(diagnosed, kind, expected):
+    assert verdict_text(with_verdict(diagnosed, loss=kind)).details[4].startswith(expected)
 
 
 def test_the_measured_numbers_of_a_real_probe_are_the_verdicts_evidence(diagnosed):
@@ -62,8 +72,8 @@ def test_the_measured_numbers_of_a_real_probe_are_the_verdicts_evidence(diagnose
 
 def test_missing_and_non_finite_evidence(diagnosed):
     text = verdict_text(with_verdict(diagnosed, evidence={"probe_steps": 10, "loss_first": 2.3, "loss_last": 1e30,
-                                                          "loss_finite": False, "curvature": "inf"}))
-    assert text.details[1:] == ["Loss: 2.3 -> non-finite within 10 probe steps.", "Curvature: inf."]
+                                                          "loss_finite": False, "curvature": "inf"}, loss="loss_fn"))
+    assert text.details[1:3] == ["Loss: 2.3 -> non-finite within 10 probe steps.", "Curvature: inf."]
 
 
 def test_a_trains_verdict_says_no_finding_predicts_failure(diagnosed):
