@@ -9,6 +9,9 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 UNKNOWN = "0+unknown"
+DISTRIBUTION = "torch-gradscope"
+"""The name pip knows gradscope by (pyproject.toml's ``[project] name``): ``gradscope`` on the
+package index is an unrelated project. The import name and the command are ``gradscope``."""
 
 
 def gradscope_version() -> str:
@@ -19,7 +22,7 @@ def gradscope_version() -> str:
     True
     """
     try:
-        return version("gradscope")
+        return version(DISTRIBUTION)
     except PackageNotFoundError:
         return UNKNOWN
 

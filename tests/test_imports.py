@@ -66,4 +66,7 @@ def test_public_names_resolve_to_the_api():
 def test_version_is_the_distribution_version():
     from importlib.metadata import version
 
-    assert gradscope.__version__ == version("gradscope")
+    from gradscope.version import DISTRIBUTION
+
+    assert gradscope.__version__ == version(DISTRIBUTION)
+    assert f'name = "{DISTRIBUTION}"' in (Path(__file__).parents[1] / "pyproject.toml").read_text()
