@@ -251,7 +251,7 @@ class MinGPTTrainer:
             loss = lm_loss(self.model(x), y)
             self.model.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1e3)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1e3)  # in place; does not bind here
             self.optimizer.step()
             for fn in self.callbacks["on_batch_end"]:
                 fn(self)
