@@ -1,7 +1,8 @@
 """Mixed precision with a ``torch.amp.GradScaler``: the scaler may skip ``optimizer.step()`` (Inf or
 NaN gradients), so a monitored step ends when ``scaler.step()`` returns, taken or skipped. The
 scaler's ``step`` is wrapped for the monitor's lifetime and put back exactly afterwards; a skip is
-recorded as ``amp_skipped`` on the model (layer "").
+recorded as ``amp_skipped`` on the model (layer ""). A disabled scaler (``enabled=False``) scales
+by 1 and skips nothing: the monitor runs as without one.
 """
 
 from __future__ import annotations
@@ -16,19 +17,45 @@ from gradscope.stats import FOUND_INF, PRESENCE
 
 
 def check_scaler(scaler: object, optimizer: torch.optim.Optimizer | None) -> object:
-    """``scaler`` if it is a GradScaler the monitor can follow (None passes)."""
+    """``scaler`` if it is a GradScaler that scales the loss, None for None or a disabled scaler.
+
+    ``torch.cuda.amp.GradScaler`` is a ``torch.amp.GradScaler``, and so is every subclass. A
+    disabled scaler (``GradScaler(enabled=False)``, nanoGPT's default under bf16 and on the CPU)
+    multiplies the loss by 1 and never skips a step, so the monitor has nothing to unscale or
+    follow: it is treated as no scaler.
+
+    >>> check_scaler(torch.amp.GradScaler("cpu", enabled=False), None) is None
+    True
+    """
     if scaler is None:
         return None
-    if not all(hasattr(scaler, name) for name in ("step", "update", "scale", "_per_optimizer_states")):
+    if not _is_grad_scaler(scaler):
         raise UsageTypeError(
-            f"Expected `scaler` to be a torch.amp.GradScaler but got {type(scaler).__name__}."
+            f"Expected `scaler` to be a torch.amp.GradScaler (or torch.cuda.amp.GradScaler) but got "
+            f"{_type_name(scaler)}; pass the GradScaler whose step() your loop calls, or leave "
+            "scaler= out when the loss is not scaled."
         )
+    if not scaler.is_enabled():
+        return None
     if optimizer is None:
         raise UsageError(
             "scaler= needs optimizer= as well: the monitor reads the gradients once the scaler has "
             "unscaled them, at the optimizer's step; pass the optimizer you give to scaler.step()."
         )
     return scaler
+
+
+def _is_grad_scaler(scaler: object) -> bool:
+    if isinstance(scaler, torch.amp.GradScaler):
+        return True
+    # a look-alike with the GradScaler interface the monitor uses
+    return all(callable(getattr(scaler, name, None)) for name in ("step", "update", "scale", "is_enabled")) \
+        and hasattr(scaler, "_per_optimizer_states")
+
+
+def _type_name(value: object) -> str:
+    kind = type(value)
+    return kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
 
 
 class ScalerPatch:

@@ -360,8 +360,9 @@ def _load_run(run_dir: Path, debug: bool):
         _fail_usage(e, debug)
     if report.history.empty:
         _fail_usage(UsageError(
-            f"{run_dir} holds no complete logged step yet (history parts are written every "
-            "flush_every logged steps and when the monitor stops)."), debug)
+            f"{run_dir} holds no complete logged step yet (the first history part is written "
+            "once the first logged step has ended, later ones every flush_every logged steps "
+            "and when the monitor stops)."), debug)
     return report
 
 

@@ -26,7 +26,8 @@ class MonitorConfig:
     """With ``log_dir``: logged steps kept in RAM besides what is on disk."""
 
     flush_every: int = 100
-    """With ``log_dir``: logged steps per Parquet part written to the run directory."""
+    """With ``log_dir``: logged steps per Parquet part written to the run directory (the first
+    parts hold 1, 2, 4, … steps, so that a run killed early keeps its first steps)."""
 
     strict: bool = False
     """Re-raise errors inside gradscope's hooks instead of warning once and skipping the statistic."""

@@ -18,7 +18,7 @@ from gradscope.errors import UsageError
 from gradscope.rundir import HISTORY_DIR, META_FILE, empty_history, read_history, typed_history
 
 MAX_BACKOFF = 64
-"""After failed writes, the next attempt waits up to this many ``flush_every`` batches."""
+"""After failed writes, the next attempt waits up to this many parts' worth of logged steps."""
 
 Names = Callable[[], tuple[np.ndarray, np.ndarray]]
 """Returns (layer, metric) arrays indexed by entry id; entries only ever get appended."""
@@ -27,8 +27,10 @@ Names = Callable[[], tuple[np.ndarray, np.ndarray]]
 class History:
     """Logged steps as (step, entry ids, values) chunks, rendered to a long table on demand.
 
-    Without a run directory everything stays in RAM (about 12 bytes a value). With one, every
-    ``flush_every`` logged steps become a Parquet part and RAM keeps the last ``window`` steps.
+    Without a run directory everything stays in RAM (about 12 bytes a value). With one, logged
+    steps are written as Parquet parts and RAM keeps the last ``window`` steps. The first parts
+    are small so that a run killed early keeps its first steps: they hold 1, 2, 4, … logged
+    steps, up to ``flush_every`` per part from then on.
 
     A write that fails (a full or read-only disk) never stops training: ``on_write_error`` is
     called with the error, the next attempt backs off (2, 4, … up to ``MAX_BACKOFF`` batches
@@ -72,8 +74,13 @@ class History:
             self._since_attempt += 1
             if len(self._unflushed) > self._max_unflushed:
                 self._drop_oldest()
-            if self._since_attempt >= min(self._flush_every * self._backoff, self._max_unflushed):
+            if self._since_attempt >= min(self._part_size * self._backoff, self._max_unflushed):
                 self.flush()
+
+    @property
+    def _part_size(self) -> int:
+        """Logged steps in the next part: 1, 2, 4, … up to ``flush_every``."""
+        return min(1 << min(self._parts, 30), self._flush_every)
 
     def flush(self) -> bool:
         """Write the steps not yet on disk as one Parquet part (atomically: temp file, rename).

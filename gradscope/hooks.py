@@ -132,6 +132,8 @@ class HookManager:
         self.layer_types: dict[str, str] = {}
         self.layer_kinds: dict[str, str] = {}
         """"module", or "activation" for activation modules and functional activations."""
+        self.paused = 0
+        """While positive, forwards are not recorded (``Recorder.paused`` blocks, nested)."""
         self.activation_observer: Callable[[str, torch.Tensor], None] | None = None
         """Called with (layer, output) for each activation output of a recorded forward (the
         monitor sets it on TensorBoard histogram steps)."""
@@ -186,6 +188,8 @@ class HookManager:
     # -- forward hooks -------------------------------------------------------------------------
 
     def _mode(self, module: nn.Module) -> int:
+        if self.paused:
+            return OFF
         if torch._C._current_graph_task_id() != -1:
             return GRAD_ONLY  # inside backward: a checkpoint recomputing its forward
         if self._root_depth > 0:

@@ -9,6 +9,10 @@ step adds the parameter statistics (params.py) and ends the step, and the step's
 (buffer.py) leaves for the host in one copy, rescaled by what the statistics declare
 (stats/rescale.py) and summed over ranks (distributed.py). Landed steps go to the history
 (records.py) and to the sinks (sinks/).
+
+A closure optimizer (LBFGS) evaluates its closure inside ``step()``, maybe many times: the step
+records the first evaluation. An optimizer built after the monitor started is followed from
+``attach_optimizer``; ``paused()`` leaves out passes that belong to another model's step (a GAN's).
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ from __future__ import annotations
 import os
 import weakref
 from collections import deque
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -26,6 +32,7 @@ from torch.nn.modules.module import (
     register_module_module_registration_hook,
     register_module_parameter_registration_hook,
 )
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from gradscope.amp import ScalerPatch, check_scaler, record_skip
 from gradscope.buffer import Layout, PendingStep, StepBuffer
@@ -104,12 +111,8 @@ class Recorder:
         first = next(watched.parameters(), None)
         self.buffer = StepBuffer(self.layout, first.device if first is not None else torch.device("cpu"))
         self.hooks = HookManager(watched, self.layout, self.buffer, self._guard, functional)
-        owned = (
-            {id(p) for group in self.optimizer.param_groups for p in group["params"]}
-            if self.optimizer is not None else set()
-        )
         self._watched = watched
-        self.params = ParameterStatistics(watched, self.layout, self.buffer, owned)
+        self.params = ParameterStatistics(watched, self.layout, self.buffer, self._owned())
         self._ranks = RankAgreement(self.layout, self.world_size)
         self._rescale = RescalePlan(self.layout, self.params.is_sharded)
         self.history = _open_history(self._names, self.config)
@@ -117,6 +120,9 @@ class Recorder:
         self._step = 0
         self._in_flight: deque[PendingStep] = deque()
         self._optimizer_handles: list = []
+        self._stepped_unfollowed: weakref.WeakSet = weakref.WeakSet()
+        """Optimizers that stepped since the step in progress began, while the monitor follows
+        none (read by :meth:`attach_optimizer`)."""
         self._sinks: list[Sink] = []
         self._histograms = HistogramCollector()
         self._names_cache: tuple[int, np.ndarray, np.ndarray] | None = None
@@ -140,30 +146,136 @@ class Recorder:
         return self.is_logged(step) and (step // every) % -(-self.config.weights_every // every) == 0
 
     def step(self, loss_scale: "torch.Tensor | float | None" = None) -> None:
-        """End the current step when no ``optimizer=`` was given: call it once per optimizer step,
-        right before ``optimizer.step()``, while the gradients are there. (Called after the step
-        and before ``zero_grad()`` it works too, with ``weight_norm`` read after the update.)
+        """End the current step when the monitor follows no optimizer: call it once per optimizer
+        step, right before ``optimizer.step()``, while the gradients are there. (Called after the
+        step and before ``zero_grad()`` it works too, with ``weight_norm`` read after the update.)
 
         ``loss_scale``: the factor the loss was multiplied by before ``backward()`` (a GradScaler's
         scale), divided out of the backpropagated signal; the gradients must already be unscaled."""
         if self.optimizer is not None:
             raise UsageError(
-                "mon.step() was called, but the monitor was given optimizer= and already ends "
-                "each step at optimizer.step(); remove the mon.step() call."
+                "mon.step() was called, but the monitor follows an optimizer (optimizer= or "
+                "mon.attach_optimizer) and already ends each step at optimizer.step(); remove the "
+                "mon.step() call."
             )
         if not self._active:
             raise UsageError("mon.step() was called outside the `with gradscope.monitor(...)` block.")
+        if loss_scale is not None and not isinstance(loss_scale, torch.Tensor):
+            loss_scale = torch.tensor(float(loss_scale))
+        self._end_step_here(self._parameter_statistics, loss_scale)
+
+    def attach_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """Follow ``optimizer`` from now on, as if it had been passed as ``optimizer=``: each step
+        ends at ``optimizer.step()`` and ``update_ratio`` is recorded. For loops that build their
+        optimizer after the monitor started (a trainer that makes its own, as minGPT's does).
+
+        Attaching the optimizer already followed does nothing, so the call can sit in a per-batch
+        callback. Called after this step's ``optimizer.step()`` already ran (a callback at the
+        end of the batch), it ends the step in progress at once, as ``mon.step()`` would have:
+        its ``update_ratio`` is missing (the update was not seen), later steps have it.
+
+        >>> import torch, torch.nn as nn, gradscope
+        >>> model = nn.Linear(4, 1)
+        >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)  # built where the monitor cannot see
+        >>> with gradscope.monitor(model, weights_every=1) as mon:
+        ...     for _ in range(3):
+        ...         model(torch.randn(8, 4)).pow(2).mean().backward()
+        ...         opt.step()
+        ...         mon.attach_optimizer(opt)  # the first call ends step 0; later calls do nothing
+        ...         opt.zero_grad()
+        >>> ratios = mon.to_dataframe().query("metric == 'update_ratio'")
+        >>> sorted(ratios.step.unique().tolist())
+        [1, 2]
+        """
+        if optimizer is self.optimizer and optimizer is not None:
+            return
+        if self.optimizer is not None:
+            raise UsageError(
+                f"mon.attach_optimizer() was given a {type(optimizer).__name__}, but the monitor "
+                f"already follows a {type(self.optimizer).__name__}, and one monitor follows one "
+                "optimizer; for models trained in turn by their own optimizers (a GAN's generator "
+                "and discriminator), use one monitor per model (docs/monitor.md)."
+            )
+        self.optimizer = _check_optimizer(optimizer, self.model, attaching=True)
+        self.params.sync(self._watched, self._owned())
+        if self._active:
+            stepped = optimizer in self._stepped_unfollowed
+            self._remove_optimizer_hooks()
+            self._install_optimizer_hooks()
+            if stepped:
+                # no warning when the gradients are gone already: nothing was done wrong
+                self._end_step_here(lambda keep: self.params.record(self.weights_logged(self._step), keep))
+
+    @contextmanager
+    def paused(self) -> Iterator["Recorder"]:
+        """Forwards run inside the block are not recorded, nor the backward passes through them.
+
+        For passes through this model that are not part of its training step: a GAN's
+        generator step runs the discriminator, whose monitor would otherwise count that pass
+        (and the generator's loss backpropagated through it) in the discriminator's next step.
+        Parameter statistics are taken at the optimizer's step, as always.
+
+        >>> import torch, torch.nn as nn, gradscope
+        >>> model = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
+        >>> with gradscope.monitor(model) as mon:
+        ...     with mon.paused():
+        ...         model(torch.randn(8, 4)).sum().backward()
+        ...     mon.step()
+        >>> sorted(mon.to_dataframe().metric.unique())  # no module statistics
+        ['grad_nonfinite', 'grad_norm', 'weight_norm']
+        """
+        self.hooks.paused += 1
+        try:
+            yield self
+        finally:
+            self.hooks.paused -= 1
+
+    def _end_step_here(self, parameter_statistics: Callable[..., None], loss_scale=None) -> None:
+        """End the step in progress now, outside an optimizer step; on a logged step
+        ``parameter_statistics`` reads the gradients first (called with ``keep_weights=False``:
+        no update follows)."""
         try:
             if self.is_logged(self._step):
-                self._guard(ALL_PARAMETERS, "grad_norm", self._parameter_statistics, False)
+                self._guard(ALL_PARAMETERS, "grad_norm", parameter_statistics, False)
         finally:
-            if loss_scale is not None and not isinstance(loss_scale, torch.Tensor):
-                loss_scale = torch.tensor(float(loss_scale))
             self._end_step(loss_scale)
 
-    def _before_optimizer_step(self, optimizer, args, kwargs) -> None:
-        if self._active and self.is_logged(self._step):
+    def _before_optimizer_step(self, optimizer, args, kwargs):
+        if not self._active or not self.is_logged(self._step):
+            return None
+        closure = _closure_argument(args, kwargs)
+        if closure is None:
             self._guard(ALL_PARAMETERS, "grad_norm", self._parameter_statistics, True)
+            return None
+        # a closure optimizer (LBFGS) runs the forward and backward passes inside step()
+        return _with_closure(args, kwargs, self._recording_first_evaluation(closure))
+
+    def _recording_first_evaluation(self, closure: Callable) -> Callable:
+        """``closure`` for a closure optimizer's logged step: the step's statistics are taken when
+        its first evaluation returns, the gradient at the weights the step starts from (what
+        any other optimizer's step records); the evaluations that follow (LBFGS's iterations and
+        line search, at other weights) are not recorded."""
+        step, first = self._step, True
+
+        def recorded_closure(*args, **kwargs):
+            nonlocal first
+            loss = closure(*args, **kwargs)
+            if first:
+                first = False
+                if self._active and self._step == step:
+                    self._guard(ALL_PARAMETERS, "grad_norm", self._parameter_statistics, True)
+                    self._guard(ALL_LAYERS, "hooks", self._stop_module_statistics)
+            return loss
+
+        return recorded_closure
+
+    def _stop_module_statistics(self) -> None:
+        """No module statistics for the rest of this step (the hooks are re-armed when it ends)."""
+        self.hooks.detach()
+        self.hooks.end_step()
+
+    def _unfollowed_optimizer_stepped(self, optimizer, args, kwargs) -> None:
+        self._stepped_unfollowed.add(optimizer)
 
     def _after_optimizer_step(self, optimizer, args, kwargs) -> None:
         if not self._active:
@@ -183,16 +295,24 @@ class Recorder:
             self._end_step(loss_scale if isinstance(loss_scale, torch.Tensor) else None)
 
     def _parameter_statistics(self, keep_weights: bool) -> None:
-        if not self.params.record(self.weights_logged(self._step), keep_weights):
-            self._warn_once(
-                ALL_PARAMETERS, "no gradients",
-                "no parameter had a gradient at the end of the step, so grad_norm, weight_norm "
-                "and grad_nonfinite were not recorded; call mon.step() before optimizer.step() "
-                "and optimizer.zero_grad().",
-            )
+        if self.params.record(self.weights_logged(self._step), keep_weights):
+            return
+        where, way_out = (
+            ("at optimizer.step() (with a closure: when its first evaluation returned)",
+             "call backward() before optimizer.step(), or inside the closure")
+            if self.optimizer is not None else
+            ("at the end of the step", "call mon.step() before optimizer.step() and optimizer.zero_grad()")
+        )
+        self._warn_once(
+            ALL_PARAMETERS, "no gradients",
+            f"no parameter had a gradient {where}, so grad_norm, weight_norm and grad_nonfinite "
+            f"were not recorded; {way_out}.",
+        )
 
     def _end_step(self, loss_scale: torch.Tensor | None = None) -> None:
         self.params.drop()
+        if self._stepped_unfollowed:
+            self._stepped_unfollowed.clear()
         step = self._step
         if self.is_logged(step):
             try:
@@ -250,11 +370,13 @@ class Recorder:
         self._structure_changed = False
         self.hooks.detach()
         self.hooks.sync_modules()
-        owned = (
-            {id(p) for group in self.optimizer.param_groups for p in group["params"]}
-            if self.optimizer is not None else set()
-        )
-        self.params.sync(self._watched, owned)
+        self.params.sync(self._watched, self._owned())
+
+    def _owned(self) -> set[int]:
+        """Ids of the parameters the followed optimizer steps."""
+        if self.optimizer is None:
+            return set()
+        return {id(p) for group in self.optimizer.param_groups for p in group["params"]}
 
     def _histogram_step(self, step: int) -> bool:
         every = self.config.histograms_every
@@ -292,9 +414,8 @@ class Recorder:
             undo.append(self._unregister)
             self._active = True
             undo.append(self._remove_optimizer_hooks)
-            if self.optimizer is not None:  # each handle kept as soon as it exists
-                self._optimizer_handles.append(self.optimizer.register_step_pre_hook(self._before_optimizer_step))
-                self._optimizer_handles.append(self.optimizer.register_step_post_hook(self._after_optimizer_step))
+            self._stepped_unfollowed.clear()
+            self._install_optimizer_hooks()
             if self._scaler_patch is not None:
                 self._scaler_patch.install()
                 undo.append(self._scaler_patch.restore)
@@ -392,6 +513,16 @@ class Recorder:
         handles, self._registration_handles = self._registration_handles, []
         for handle in handles:
             handle.remove()
+
+    def _install_optimizer_hooks(self) -> None:
+        """Hooks on the followed optimizer's step; without one, a global optimizer hook that only
+        notes which optimizers stepped, for :meth:`attach_optimizer`. Each handle is kept as soon
+        as it exists."""
+        if self.optimizer is None:
+            self._optimizer_handles.append(register_optimizer_step_post_hook(self._unfollowed_optimizer_stepped))
+            return
+        self._optimizer_handles.append(self.optimizer.register_step_pre_hook(self._before_optimizer_step))
+        self._optimizer_handles.append(self.optimizer.register_step_post_hook(self._after_optimizer_step))
 
     def _remove_optimizer_hooks(self) -> None:
         handles, self._optimizer_handles = self._optimizer_handles, []
@@ -503,13 +634,17 @@ def _is_compiled(model: nn.Module) -> bool:
     return isinstance(model, OptimizedModule)
 
 
-def _check_optimizer(optimizer: object, model: nn.Module) -> torch.optim.Optimizer | None:
-    if optimizer is None:
+def _check_optimizer(
+    optimizer: object, model: nn.Module, attaching: bool = False
+) -> torch.optim.Optimizer | None:
+    if optimizer is None and not attaching:
         return None
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise UsageTypeError(
             f"Expected `optimizer` to be a torch.optim.Optimizer but got {type(optimizer).__name__}; "
-            "pass the optimizer that steps this model, or leave it out and call mon.step()."
+            + ("pass the optimizer that steps this model (a trainer's, once it has built it)."
+               if attaching else
+               "pass the optimizer that steps this model, or leave it out and call mon.step().")
         )
     model_params = {id(p) for p in model.parameters()}
     owned = [p for group in optimizer.param_groups for p in group["params"]]
@@ -519,3 +654,18 @@ def _check_optimizer(optimizer: object, model: nn.Module) -> torch.optim.Optimiz
             "model's parameters; pass the optimizer built from this model's parameters()."
         )
     return optimizer
+
+
+def _closure_argument(args: tuple, kwargs: dict) -> Callable | None:
+    """The closure given to ``optimizer.step`` (``args`` starts with the optimizer), if any."""
+    closure = kwargs.get("closure")
+    if closure is None and len(args) > 1:
+        closure = args[1]
+    return closure if callable(closure) else None
+
+
+def _with_closure(args: tuple, kwargs: dict, closure: Callable) -> tuple[tuple, dict]:
+    """``(args, kwargs)`` of ``optimizer.step`` with its closure replaced."""
+    if kwargs.get("closure") is not None:
+        return args, {**kwargs, "closure": closure}
+    return (args[0], closure, *args[2:]), kwargs

@@ -3,6 +3,8 @@ steps the scaler skips instead of calling them exploding or non-finite."""
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 import torch.nn as nn
@@ -12,13 +14,18 @@ import gradscope
 from tests import models
 
 
-def run(scaler_mode: str, steps: int = 3, inf_at: int | None = None, clip: bool = False):
+class SubclassedScaler(torch.amp.GradScaler):
+    """A GradScaler subclass, as frameworks ship (FSDP's ShardedGradScaler is one)."""
+
+
+def run(scaler_mode: str, steps: int = 3, inf_at: int | None = None, clip: bool = False,
+        scaler_type: type = torch.amp.GradScaler, enabled: bool = True):
     """Train the test MLP; scaler_mode: "none", "scaler" (monitored with scaler=) or "unwatched"
     (a scaler the monitor is not told about)."""
     torch.manual_seed(0)
     model = models.mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 12) if scaler_mode != "none" else None
+    scaler = scaler_type("cpu", init_scale=2.0 ** 12, enabled=enabled) if scaler_mode != "none" else None
     data = [(torch.randn(16, 6, generator=torch.Generator().manual_seed(i)), torch.randn(16, 3)) for i in range(steps)]
     if inf_at is not None:
         data[inf_at][0][0, 0] = float("inf")
@@ -45,9 +52,10 @@ def values(mon, metric):
     return df[df.metric == metric].set_index(["step", "layer"]).value.sort_index()
 
 
-@pytest.mark.parametrize("clip", [False, True])
-def test_statistics_are_unscaled_whether_or_not_the_user_unscales(clip):
-    plain, scaled = run("none"), run("scaler", clip=clip)
+@pytest.mark.parametrize("clip, scaler_type", [(False, torch.amp.GradScaler), (True, torch.amp.GradScaler),
+                                                (False, SubclassedScaler)])
+def test_statistics_are_unscaled_whether_or_not_the_user_unscales(clip, scaler_type):
+    plain, scaled = run("none"), run("scaler", clip=clip, scaler_type=scaler_type)
     for metric in ("grad_norm", "out_grad_norm", "act_rms", "update_ratio", "weight_norm"):
         assert values(scaled, metric).to_numpy() == pytest.approx(values(plain, metric).to_numpy(), rel=1e-5), metric
     assert (values(scaled, "amp_skipped") == 0).all()
@@ -73,8 +81,33 @@ def test_scaler_needs_the_optimizer():
     with pytest.raises(gradscope.UsageError, match="scaler= needs optimizer="):
         gradscope.monitor(nn.Linear(2, 2), scaler=torch.amp.GradScaler("cpu"))
     layer = nn.Linear(2, 2)
-    with pytest.raises(gradscope.UsageTypeError, match="Expected `scaler` to be a torch.amp.GradScaler"):
-        gradscope.monitor(layer, optimizer=torch.optim.SGD(layer.parameters(), 0.1), scaler=3)
+    opt = torch.optim.SGD(layer.parameters(), 0.1)
+    with pytest.raises(gradscope.UsageTypeError,
+                       match=r"Expected `scaler` to be a torch.amp.GradScaler \(or torch.cuda.amp.GradScaler\) "
+                             r"but got int; pass the GradScaler"):
+        gradscope.monitor(layer, optimizer=opt, scaler=3)
+    with pytest.raises(gradscope.UsageTypeError, match="but got torch.optim.sgd.SGD;"):
+        gradscope.monitor(layer, optimizer=opt, scaler=opt)
+
+
+def disabled_scalers():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.cuda.amp.GradScaler is deprecated
+        return [torch.amp.GradScaler("cpu", enabled=False), torch.amp.GradScaler(enabled=False),
+                torch.cuda.amp.GradScaler(enabled=False), SubclassedScaler("cpu", enabled=False)]
+
+
+@pytest.mark.parametrize("index", range(4))
+def test_a_disabled_scaler_is_scale_one(index):
+    """nanoGPT's GradScaler(enabled=(dtype == "float16")) under bf16 or on the CPU: nothing is
+    scaled, so nothing is unscaled or patched, and optimizer= is not needed."""
+    scaler = disabled_scalers()[index]
+    with gradscope.monitor(nn.Linear(2, 2), scaler=scaler) as mon:
+        assert mon.scaler is None and "step" not in vars(scaler)
+    plain, disabled = run("none"), run("scaler", enabled=False)
+    for metric in ("grad_norm", "out_grad_norm", "act_rms", "update_ratio", "weight_norm"):
+        assert values(disabled, metric).to_numpy() == pytest.approx(values(plain, metric).to_numpy(), rel=1e-6), metric
+    assert "amp_skipped" not in set(disabled.to_dataframe().metric)
 
 
 def test_half_precision_gradients_are_reduced_in_float32():

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.optim.optimizer as optimizer_module
 
 import gradscope
 from tests import models
@@ -297,3 +298,125 @@ def test_layers_added_or_replaced_mid_run_are_recorded_from_the_next_logged_step
     assert types["1"] == "Tanh" and types["3"] == "Linear" and types["3.weight"] == "Linear"
     # removed at stop
     assert len(torch.nn.modules.module._global_module_registration_hooks) == registration_hooks
+
+
+@pytest.mark.parametrize("passing", ["positional", "keyword"])
+def test_a_closure_step_records_what_a_plain_step_records(passing):
+    """``optimizer.step(closure)``: the statistics are taken when the closure's first evaluation
+    returns, aligned with the step, without a warning about missing gradients."""
+    torch.manual_seed(0)
+    model = models.mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=LR)
+    batches = [(torch.randn(16, 6), torch.randn(16, 3)) for _ in range(3)]
+    expected = {}
+    with gradscope.monitor(model, optimizer=opt, weights_every=1) as mon:
+        for step, (x, y) in enumerate(batches):
+            expected[step] = reference(model, [(x, y)], mse, lr=LR)
+
+            def closure():
+                opt.zero_grad()
+                loss = mse(model(x), y)
+                loss.backward()
+                return loss
+
+            opt.step(closure) if passing == "positional" else opt.step(closure=closure)
+    df = mon.to_dataframe()
+    assert sorted(df.step.unique().tolist()) == [0, 1, 2]
+    for step, exp in expected.items():
+        got = df[df.step == step].set_index(["layer", "metric"]).value.to_dict()
+        assert set(got) == set(exp)
+        assert_close(got, exp, step)
+
+
+def test_a_closure_without_backward_is_named_in_the_warning():
+    model = models.mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=LR)
+    with pytest.warns(gradscope.GradscopeWarning, match="when its first evaluation returned.*inside the closure"):
+        with gradscope.monitor(model, optimizer=opt):
+            opt.step(lambda: mse(model(torch.randn(4, 6)), torch.randn(4, 3)))
+
+
+def test_attach_optimizer_before_the_step_follows_it_from_that_step():
+    torch.manual_seed(0)
+    model = models.mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=LR)
+    x, y = torch.randn(16, 6), torch.randn(16, 3)
+    expected = reference(model, [(x, y)], mse, lr=LR)
+    with gradscope.monitor(model, weights_every=1) as mon:
+        mse(model(x), y).backward()
+        mon.attach_optimizer(opt)  # the optimizer has not stepped yet: its step ends step 0
+        opt.step()
+        opt.zero_grad()
+    got = mon.to_dataframe().set_index(["layer", "metric"]).value.to_dict()
+    assert set(got) == set(expected)  # update_ratio included
+    assert_close(got, expected)
+
+
+def test_attach_optimizer_after_the_step_ends_the_step_there():
+    torch.manual_seed(0)
+    model = models.mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=LR)
+    batches = [(torch.randn(16, 6), torch.randn(16, 3)) for _ in range(2)]
+    expected = []
+    with gradscope.monitor(model, weights_every=1) as mon:
+        for x, y in batches:
+            expected.append(reference(model, [(x, y)], mse, lr=LR))
+            mse(model(x), y).backward()
+            opt.step()
+            mon.attach_optimizer(opt)
+            opt.zero_grad()
+    df = mon.to_dataframe()
+    got = [df[df.step == s].set_index(["layer", "metric"]).value.to_dict() for s in (0, 1)]
+    # step 0: its update was made before the monitor followed the optimizer, and weight_norm
+    # reads the updated weights (as mon.step() after optimizer.step() does)
+    step0 = {k: v for k, v in expected[0].items() if k[1] not in ("update_ratio", "weight_norm")}
+    assert {k for k in got[0] if k[1] != "weight_norm"} == set(step0)
+    assert_close(got[0], step0)
+    assert set(got[1]) == set(expected[1])
+    assert_close(got[1], expected[1], 1)
+
+
+def test_attach_optimizer_is_idempotent_and_says_what_it_needs():
+    model = models.mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=LR)
+    global_hooks = len(optimizer_module._global_optimizer_post_hooks)
+    mon = gradscope.monitor(model)
+    mon.attach_optimizer(opt)  # before start: as optimizer= would
+    with mon:
+        assert len(optimizer_module._global_optimizer_post_hooks) == global_hooks
+        mon.attach_optimizer(opt)
+        assert len(opt._optimizer_step_pre_hooks) == len(opt._optimizer_step_post_hooks) == 1
+        with pytest.raises(gradscope.UsageError, match="already follows a SGD, and one monitor follows one optimizer"):
+            mon.attach_optimizer(torch.optim.Adam(model.parameters()))
+    assert not opt._optimizer_step_pre_hooks and not opt._optimizer_step_post_hooks
+    with gradscope.monitor(models.mlp()) as mon:
+        with pytest.raises(gradscope.UsageTypeError,
+                           match="Expected `optimizer` to be a torch.optim.Optimizer but got NoneType; pass"):
+            mon.attach_optimizer(None)
+        with pytest.raises(gradscope.UsageTypeError, match="but got dict"):
+            mon.attach_optimizer({"lr": 0.1})
+        with pytest.raises(gradscope.UsageError, match=r"The optimizer \(SGD, 10 parameters\) owns none"):
+            mon.attach_optimizer(opt)
+        assert mon.optimizer is None
+        assert len(optimizer_module._global_optimizer_post_hooks) == global_hooks + 1
+    assert len(optimizer_module._global_optimizer_post_hooks) == global_hooks  # no trace
+
+
+def test_paused_forwards_and_their_backward_are_not_recorded():
+    torch.manual_seed(0)
+    model = models.mlp()
+    (x1, y1), (x2, y2) = [(torch.randn(16, 6), torch.randn(16, 3)) for _ in range(2)]
+    modules_only = reference(model, [(x2, y2)], mse)
+    parameters = reference(model, [(x1, y1), (x2, y2)], mse)
+    with gradscope.monitor(model) as mon:
+        with mon.paused(), mon.paused():
+            out = model(x1)
+        assert mon.hooks.paused == 0
+        mse(out, y1).backward()  # outside the block: still not recorded
+        mse(model(x2), y2).backward()
+        mon.step()
+    got = mon.to_dataframe().set_index(["layer", "metric"]).value.to_dict()
+    expected = {k: v for k, v in modules_only.items() if k[1] in ("act_rms", "out_grad_norm", "dead_fraction", "saturation")}
+    expected.update({k: v for k, v in parameters.items() if k[1] in ("grad_norm", "weight_norm", "grad_nonfinite")})
+    assert set(got) == set(expected)
+    assert_close(got, expected)

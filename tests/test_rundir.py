@@ -31,7 +31,8 @@ def test_streamed_history_equals_the_in_memory_one(tmp_path):
     mon = run(tmp_path / "run", window=2, flush_every=2)
     streamed = mon.to_dataframe()
     pd.testing.assert_frame_equal(streamed, in_memory)
-    assert len(list((tmp_path / "run" / "history").glob("part-*.parquet"))) == 3
+    # parts of 1, 2, 2 logged steps, and the last one at the end of the run
+    assert len(list((tmp_path / "run" / "history").glob("part-*.parquet"))) == 4
     assert read_history(tmp_path / "run").equals(streamed)
     # RAM keeps the window, the disk keeps everything
     assert sorted(mon.history.recent().step.unique().tolist()) == [8, 10]
@@ -86,3 +87,20 @@ def test_memory_is_bounded_by_the_window(tmp_path):
     assert len(mon.history._recent) == 5
     assert len(mon.history._unflushed) == 0
     assert mon.to_dataframe().step.nunique() == 30
+
+
+def test_the_first_parts_are_small_so_that_a_run_killed_early_keeps_its_first_steps(tmp_path):
+    import numpy as np
+
+    from gradscope.history import History
+
+    names = lambda: (np.array(["a"], dtype=object), np.array(["grad_norm"], dtype=object))  # noqa: E731
+    history = History(names, tmp_path / "run", flush_every=5)
+    for step in range(20):
+        history.append(step, np.array([0]), np.array([float(step)]))
+        if step == 0:  # on disk as soon as the first logged step lands
+            assert read_history(tmp_path / "run").step.tolist() == [0]
+    parts = sorted((tmp_path / "run" / "history").glob("part-*.parquet"))
+    assert [len(pd.read_parquet(p)) for p in parts] == [1, 2, 4, 5, 5]
+    assert history.unwritten == 3
+    assert read_history(tmp_path / "run").step.tolist() == list(range(17))
