@@ -266,3 +266,29 @@ def test_cait_style_vit_is_healthy():
     assert "init-mismatch" not in _rules(report)
     fc1 = [w for w in report.structure.weight_layers if w.name.endswith("mlp.0")]
     assert len(fc1) == 8 and all(w.activation_type == "GELU" and not w.default_init for w in fc1)
+
+
+# -- coverage: a model the depth rules cannot judge says so instead of calling itself healthy --
+
+
+class LSTMLanguageModel(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(VOCAB, 32)
+        self.lstm = nn.LSTM(32, 64, batch_first=True)
+        self.head = nn.Linear(64, VOCAB)
+
+    def forward(self, ids):
+        return self.head(self.lstm(self.embed(ids))[0])
+
+
+def test_an_lstm_language_model_says_what_was_not_checked():
+    torch.manual_seed(0)
+    report = _diagnose(LSTMLanguageModel(), _tokens(), _lm_loss)
+    assert report.findings == []
+    assert set(report.coverage.not_checked) == {"vanishing-gradient", "exploding-gradient"}
+    assert report.no_findings_text.startswith("No findings. Checked: nonfinite-gradient, ")
+    assert report.no_findings_text.endswith(
+        "; not checked: vanishing-gradient, exploding-gradient (depth profile: fewer than 4 layers carry a "
+        "backpropagated signal).")
+    assert "healthy" not in report.no_findings_text
