@@ -73,7 +73,8 @@ def reinit(
             chosen[name] = f"kept(tied to {', '.join(weight_layer.tied_to)})"
             continue
         layer = modules[name]
-        activation = modules.get(weight_layer.activation_layer or "")
+        after = weight_layer.activation_layer
+        activation = modules.get(after) if after is not None else None  # None for a functional call too
         slope = activation.negative_slope if isinstance(activation, nn.LeakyReLU) else None
         auto, nonlinearity, gain = init_for(weight_layer.activation, slope)
         use = auto if scheme == "auto" else scheme
