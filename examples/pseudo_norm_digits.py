@@ -117,7 +117,7 @@ def build(variant: Variant, depth: int, n_features: int = 64, n_classes: int = 1
             layers += [nn.Linear(n_features if i == 0 else WIDTH, WIDTH), nn.Tanh()]
         model = nn.Sequential(*layers, nn.Linear(WIDTH, n_classes))
     if variant.init == "xavier":
-        reinit(model)
+        reinit(model, torch.zeros(1, n_features))
     if variant.pseudo_norm_every is not None:
         insert_pseudo_norm(model, every=variant.pseudo_norm_every)
     return model

@@ -99,7 +99,7 @@ def diagnose(
             f"Expected `optimizer` to be a torch.optim.Optimizer but got {type(optimizer).__name__}."
         )
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    args, kwargs = _split_inputs(inputs, device)
+    args, kwargs = split_inputs(inputs, device)
     batch = _batch_size(args, kwargs)
     _materialize_lazy(model, args, kwargs, inputs)
     saved = _SavedState(model, optimizer)
@@ -283,7 +283,10 @@ def _positional_arity(fn) -> int:
     return sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty for p in params)
 
 
-def _split_inputs(inputs: object, device: torch.device) -> tuple[tuple, dict]:
+def split_inputs(inputs: object, device: torch.device) -> tuple[tuple, dict]:
+    """The positional and keyword arguments of a call ``model(*args, **kwargs)`` for ``inputs``
+    (a tensor, a tuple of positional arguments or a dict of keyword arguments), tensors on
+    ``device``."""
     def move(x):
         return x.to(device) if isinstance(x, torch.Tensor) and x.device != device else x
 

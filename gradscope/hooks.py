@@ -58,7 +58,7 @@ class _Reduced:
     grad_targets: list[tuple[int, int]] | None = None
 
 
-class _ActivationCapture(TorchFunctionMode):
+class ActivationCapture(TorchFunctionMode):
     """Sees tracked activation functions called while the root module's forward runs."""
 
     def __init__(self, on_call: Callable) -> None:
@@ -112,7 +112,7 @@ class HookManager:
         self._guard = guard
         self._names = {m: name for name, m in model.named_modules()}
         self._kinds = {m: module_activation(m) for m in self._names}
-        self._capture = _ActivationCapture(self._on_functional) if functional else None
+        self._capture = ActivationCapture(self._on_functional) if functional else None
         self._functional_checked = False
         self._functional_seen = False
         self._handles: list = []

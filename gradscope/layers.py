@@ -70,11 +70,20 @@ def parameter_kind(name: str) -> str:
     return name.rpartition(".")[2]
 
 
+RELU_LIKE_NAMES = ("ReLU", "GELU", "SiLU", "Swish", "Mish", "ELU")
+ACTIVATION_SUFFIXES = ("Activation", "GELUTanh")
+"""Activation classes written outside torch count as ReLU-family when their name ends as
+Hugging Face's do and holds one of ``RELU_LIKE_NAMES``: ``"GELUActivation"``,
+``"NewGELUActivation"``, ``"SiLUActivation"``, ``"XIELUActivation"``, ``"GELUTanh"``."""
+
+
 def activation_family(module: nn.Module | None) -> str | None:
     """``"relu"``, ``"tanh"``, ``"sigmoid"`` or None for a module."""
     for family, types in FAMILIES.items():
         if isinstance(module, types):
             return family
+    if isinstance(module, nn.Module) and next(module.children(), None) is None:
+        return family_of_type(type(module).__name__)
     return None
 
 
@@ -201,8 +210,17 @@ _FAMILY_OF_TYPE = {
 
 def family_of_type(type_name: str) -> str | None:
     """``"relu"``, ``"tanh"``, ``"sigmoid"`` or None for a recorded layer type: a module class name
-    (``"Tanh"``) or a functional activation (``"functional tanh"``)."""
-    return _FAMILY_OF_TYPE.get(type_name)
+    (``"Tanh"``, ``"NewGELUActivation"``) or a functional activation (``"functional tanh"``)."""
+    family = _FAMILY_OF_TYPE.get(type_name)
+    if family is None and type_name.endswith(ACTIVATION_SUFFIXES) and any(part in type_name for part in RELU_LIKE_NAMES):
+        return RELU
+    return family
+
+
+def activation_display(type_name: str) -> str:
+    """How a message names an activation of a recorded type: ``"GELU"``, or ``"relu"`` for the
+    functional type ``"functional relu"``."""
+    return type_name.removeprefix(FUNCTIONAL_TYPE_PREFIX)
 
 
 def leaf_layers(names: list[str]) -> list[str]:
@@ -231,7 +249,8 @@ def weight_spans(
 ) -> list[WeightSpan]:
     """Each weight layer in ``order`` with the first activation after it and before the next
     weight layer. An activation closes the span it ends: the activation after it belongs to no
-    weight layer.
+    weight layer. A function called inside an activation module's own forward (the ``tanh`` in a
+    tanh-approximated GELU) is part of that module, not an activation of its own.
 
     >>> types = {"0": "Linear", "1": "LayerNorm", "2": "Tanh", "3": "Linear", "": "Sequential"}
     >>> weight_spans(types, lambda n: is_weight_type(types[n]), lambda n: family_of_type(types[n]))
@@ -240,6 +259,8 @@ def weight_spans(
     spans: list[WeightSpan] = []
     current: WeightSpan | None = None
     for name in order:
+        if is_functional(name) and family(parent_layer(name)) is not None:
+            continue
         if is_weight(name):
             if current is not None:
                 spans.append(current)
@@ -252,13 +273,3 @@ def weight_spans(
     if current is not None:
         spans.append(current)
     return spans
-
-
-def following_activations(model: nn.Module) -> dict[str, nn.Module | None]:
-    """For each weight layer, the first activation module registered after it and before the next
-    weight layer (None for the last layer or where no activation module follows)."""
-    modules = dict(model.named_modules())
-    spans = weight_spans(
-        modules, lambda n: isinstance(modules[n], WEIGHT_LAYERS), lambda n: activation_family(modules[n]),
-    )
-    return {s.weight: modules[s.activation] if s.activation is not None else None for s in spans}

@@ -13,7 +13,7 @@ import pandas as pd
 
 from gradscope.probe import Dynamics
 from gradscope.rundir import meta_layers, read_history, read_meta
-from gradscope.rules import SEVERITIES, Finding, Records, run_rules
+from gradscope.rules import SEVERITIES, Coverage, Finding, Records, rule_coverage, run_rules
 from gradscope.rules.base import json_safe
 from gradscope.structure import ModelStructure
 from gradscope.summary import layer_summary
@@ -36,6 +36,14 @@ class Report:
     dynamics: Dynamics | None = None
     verdict: Verdict | None = None
     """Whether the model trains under the recipe: trains / at-risk / fails (``gradscope.verdict``)."""
+    coverage: Coverage | None = None
+    """Which rules could judge the model and which lacked what they need (``gradscope.rules.coverage``)."""
+
+    @property
+    def no_findings_text(self) -> str:
+        """What every reporter prints where there is no finding: that gradient flow looks healthy
+        only where every rule could judge the model, else what was checked and what was not."""
+        return self.coverage.no_findings_text() if self.coverage is not None else "No findings."
 
     @property
     def worst(self) -> str | None:
@@ -51,6 +59,7 @@ class Report:
             "model": self.model,
             "options": self.options,
             "findings": [f.to_dict() for f in self.findings],
+            "coverage": self.coverage.to_dict() if self.coverage is not None else None,
             "layers": self._layer_rows(),
         })
 
@@ -80,9 +89,10 @@ def build_report(
 ) -> Report:
     """Apply the rules to ``history`` and summarise it per layer. Steps a GradScaler skipped
     (``amp_skipped``) are left out of the rules: their Inf/NaN gradients were discarded by design."""
-    findings = run_rules(Records(without_skipped_steps(history), layers, structure, dynamics))
+    records = Records(without_skipped_steps(history), layers, structure, dynamics)
+    findings = run_rules(records)
     return Report(model, findings, layer_summary(history, layers), history, structure, options, dynamics,
-                  decide(findings, dynamics))
+                  decide(findings, dynamics), rule_coverage(records))
 
 
 def without_skipped_steps(history: pd.DataFrame) -> pd.DataFrame:

@@ -1,8 +1,9 @@
 """What the rules need to know about a model beyond its statistics: the weight layers in forward
-order with their init scale and the activation that follows them, normalisation layers, the batch
-size, and two facts read off the autograd graph of one forward pass: the *effective depth*
-(weight layers on the shortest path from the loss to the input-side layer, which skip connections
-shorten) and LayerNorms applied after a residual sum (post-LN).
+order with their init scale, the weights they share with other modules and the activation that
+follows them, normalisation layers, the batch size, and two facts read off the autograd graph of
+one forward pass: the *effective depth* (weight layers on the shortest path from the loss to the
+input-side layer, which skip connections shorten) and LayerNorms applied to the residual stream
+after each sum (post-LN).
 
 A :class:`StructureProbe` watches one forward with its own hooks (removed on exit) and then walks
 ``loss.grad_fn``; nothing is read from the device except the weights' init statistics.
@@ -11,15 +12,16 @@ A :class:`StructureProbe` watches one forward with its own hooks (removed on exi
 from __future__ import annotations
 
 import math
-from collections import deque
+from collections import defaultdict, deque
 from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn as nn
 
+from gradscope.hooks import ActivationCapture
 from gradscope.layers import (
-    BATCH_NORMS, NORMS, SIGMOID, TANH, WEIGHT_LAYERS, activation_family, family_of_type, is_norm_type,
-    weight_spans,
+    BATCH_NORMS, NORMS, SIGMOID, TANH, WEIGHT_LAYERS, ActivationKind, activation_family, family_of_type,
+    functional_layer_name, functional_type, is_norm_type, parameter_owner, weight_spans,
 )
 
 
@@ -37,6 +39,17 @@ class WeightLayer:
     "sigmoid", or None."""
     normalized: bool
     """A normalisation layer runs between this layer and its activation."""
+    activation_layer: str | None = None
+    """The activation that follows, as a layer name (a module, or a functional call such as
+    ``"block:relu#0"``)."""
+    activation_type: str | None = None
+    """Its type: ``"GELU"``, ``"NewGELUActivation"``, ``"functional relu"``."""
+    default_init: bool = False
+    """The weights look drawn from PyTorch's default Linear/Conv init, uniform on
+    ±1/sqrt(fan_in) (``kaiming_uniform_(a=sqrt(5))``)."""
+    tied_to: list[str] = field(default_factory=list)
+    """Other modules that hold this very weight tensor (a language model's output layer tied to
+    its input embedding)."""
 
 
 @dataclass(frozen=True)
@@ -68,7 +81,9 @@ class ModelStructure:
 
 
 class StructureProbe:
-    """Records the forward order and which module made each autograd node during one forward.
+    """Records the forward order and which module made each autograd node during one forward;
+    with ``functional=True`` also the activation functions called inside forwards (``F.relu``,
+    ``torch.tanh`` …), named as a monitor names them.
 
     >>> model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 1))
     >>> with StructureProbe(model) as probe:
@@ -78,7 +93,7 @@ class StructureProbe:
     ([('0', 'relu'), ('2', None)], 2)
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, functional: bool = False) -> None:
         self.model = model
         self._names = {m: name for name, m in model.named_modules()}
         self._handles: list = []
@@ -86,7 +101,10 @@ class StructureProbe:
         self.last_entered: str | None = None
         """The module whose forward began last (named when the model raises)."""
         self._node_owner: dict[object, str] = {}
-        self._functional: list[tuple[str, str]] = []
+        self._capture = ActivationCapture(self._on_functional) if functional else None
+        self._running: list[tuple[nn.Module, dict[str, int]]] = []
+        """The modules whose forward runs, innermost last, each with its activation calls so far."""
+        self._functional_types: dict[str, str] = {}
 
     def __enter__(self) -> "StructureProbe":
         for module in self._names:
@@ -94,22 +112,40 @@ class StructureProbe:
                 continue
             self._handles.append(module.register_forward_pre_hook(self._pre))
             self._handles.append(module.register_forward_hook(self._post))
+        if self._capture is not None:
+            self._capture.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
+        if self._capture is not None:
+            self._capture.__exit__(*exc)
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
 
     def _pre(self, module: nn.Module, args: tuple) -> None:
         self.last_entered = self._names[module]
+        self._running.append((module, defaultdict(int)))
 
     def _post(self, module: nn.Module, args: tuple, output: object) -> None:
+        running = [m for m, _ in self._running]
+        if module in running:  # frames above it raised before their hook ran
+            del self._running[running.index(module):]
         name = self._names[module]
         if name not in self.order:
             self.order.append(name)
         if isinstance(output, torch.Tensor) and output.grad_fn is not None:
             self._node_owner.setdefault(output.grad_fn, name)
+
+    def _on_functional(self, kind: ActivationKind, out: object, producer: str | None) -> None:
+        if not self._running or activation_family(self._running[-1][0]) is not None:
+            return  # outside the model's forward, or an activation module's own call
+        module, calls = self._running[-1]
+        name = functional_layer_name(self._names[module], kind.name, calls[kind.name])
+        calls[kind.name] += 1
+        if name not in self._functional_types:
+            self._functional_types[name] = functional_type(kind.name)
+            self.order.append(name)
 
     def structure(
         self,
@@ -123,16 +159,26 @@ class StructureProbe:
         weight layer."""
         modules = dict(self.model.named_modules())
         order = forward_order or self.order
-        types = layer_types or {}
+        types = {**self._functional_types, **(layer_types or {})}
+
+        def type_of(name: str) -> str:
+            module = modules.get(name)
+            return type(module).__name__ if module is not None else types.get(name, "")
 
         def family(name: str) -> str | None:
             module = modules.get(name)
             return activation_family(module) if module is not None else family_of_type(types.get(name, ""))
 
         spans = weight_spans(order, lambda n: isinstance(modules.get(n), WEIGHT_LAYERS), family)
-        layers = [_weight_layer(modules[s.weight], s.weight, family(s.activation) if s.activation is not None else None,
-                                any(isinstance(modules.get(n), NORMS) for n in s.between))
-                  for s in spans]
+        holders = _weight_holders(self.model)
+        layers = []
+        for span in spans:
+            module, after = modules[span.weight], span.activation
+            layers.append(_weight_layer(
+                module, span.weight, normalized=any(isinstance(modules.get(n), NORMS) for n in span.between),
+                activation_layer=after, activation_type=type_of(after) if after is not None else None,
+                activation=family(after) if after is not None else None,
+                tied_to=_tied_to(module, holders)))
         graph = _GraphFacts(loss.grad_fn if loss is not None else None, self._node_owner)
         return ModelStructure(
             model_class=type(self.model).__name__,
@@ -148,13 +194,31 @@ class StructureProbe:
         )
 
 
-def _weight_layer(module: nn.Module, name: str, activation: str | None, normalized: bool) -> WeightLayer:
+def _weight_layer(module: nn.Module, name: str, **facts) -> WeightLayer:
     weight = module.weight
     fan_in = weight[0].numel() if weight.dim() > 1 else weight.numel()
     return WeightLayer(
         name=name, type=type(module).__name__, fan_in=int(fan_in), fan_out=int(weight.shape[0]),
-        gain=init_gain(module), activation=activation, normalized=normalized,
+        gain=init_gain(module), default_init=is_default_init(weight), **facts,
     )
+
+
+def _weight_holders(model: nn.Module) -> dict[int, list[tuple[str, nn.Module]]]:
+    """Each parameter (by identity) and the modules that hold it, under every name it has."""
+    holders: dict[int, list[tuple[str, nn.Module]]] = defaultdict(list)
+    for name, parameter in model.named_parameters(remove_duplicate=False):
+        owner = parameter_owner(name)
+        holders[id(parameter)].append((owner, model.get_submodule(owner)))
+    return holders
+
+
+def _tied_to(module: nn.Module, holders: dict[int, list[tuple[str, nn.Module]]]) -> list[str]:
+    """The other modules that hold ``module``'s weight, each by the first of its names."""
+    others: dict[nn.Module, str] = {}
+    for name, holder in holders[id(module.weight)]:
+        if holder is not module:
+            others.setdefault(holder, name)
+    return list(others.values())
 
 
 def init_gain(layer: nn.Module) -> float:
@@ -163,6 +227,30 @@ def init_gain(layer: nn.Module) -> float:
     weight = layer.weight.detach()
     fan_in = weight[0].numel() if weight.dim() > 1 else weight.numel()
     return float(weight.double().std()) * math.sqrt(fan_in)
+
+
+def is_default_init(weight: torch.Tensor) -> bool:
+    """Whether ``weight`` looks drawn from PyTorch's default Linear/Conv init,
+    ``kaiming_uniform_(a=sqrt(5))``: uniform on ±b with b = 1/sqrt(fan_in). Every weight lies
+    within b, the largest in magnitude comes close to it, and the std is b/sqrt(3).
+
+    >>> is_default_init(nn.Linear(64, 32).weight)
+    True
+    >>> is_default_init(torch.randn(32, 64) / math.sqrt(3 * 64))  # the same std, but normal
+    False
+    """
+    w = weight.detach().double().flatten()
+    n = w.numel()
+    if n < 2:
+        return False
+    bound = 1.0 / math.sqrt(weight[0].numel() if weight.dim() > 1 else n)
+    rounding = 2 * torch.finfo(weight.dtype).eps if weight.is_floating_point() else 0.0
+    largest, std = (float(v) for v in torch.stack([w.abs().max(), w.std()]))
+    # n uniform draws all stay below b(1 - 10/n) in magnitude with probability about e^-10; the
+    # std of n draws strays from b/sqrt(3) by 0.45/sqrt(n) (relative standard error)
+    near_bound = largest >= bound * (1 - min(0.5, 10 / n))
+    uniform_std = abs(std * math.sqrt(3) / bound - 1) <= 0.05 + 2.5 / math.sqrt(n)
+    return largest <= bound * (1 + rounding) and near_bound and uniform_std
 
 
 class _GraphFacts:
@@ -189,12 +277,15 @@ class _GraphFacts:
                     else:
                         queue.appendleft(child)
         self.effective_depth = max((depth[n] for n in weighted if n in depth), default=0)
-        # post-LN: norm(x + f(x)), the sum used by the norm alone, x used by f as well
+        # post-LN: norm(x + f(x)), the sum used by the norm alone, x used by f as well. The norm
+        # applied once after the last block of a pre-LN stack has the same shape, but there x is
+        # itself a sum: the residual stream it closes was never normalised on the way.
         for node, node_children in children.items():
             if "LayerNorm" in type(node).__name__ and node_children:
                 source = node_children[0]
-                residual = any(consumers[k] >= 2 for k in children.get(source, ()))
-                if type(source).__name__.startswith("AddBackward") and consumers[source] == 1 and residual:
+                stream = [k for k in children.get(source, ()) if consumers[k] >= 2]
+                if (_is_sum(source) and consumers[source] == 1 and stream
+                        and not any(_is_sum(k) for k in stream)):
                     self.post_ln.append(owner.get(node, type(node).__name__))
 
     @staticmethod
@@ -239,6 +330,10 @@ class _GraphFacts:
             for k in kids:
                 consumers[k] += 1
         return weighted, consumers, children
+
+
+def _is_sum(node: object) -> bool:
+    return type(node).__name__.startswith("AddBackward")
 
 
 def _post_order(root: object, inputs: dict[object, list]) -> list:

@@ -68,20 +68,55 @@ def test_leaf_layers():
     assert layers.leaf_layers([""]) == [""]
 
 
-def test_following_activations_match_the_structure_probe():
+class _GatedGELU(nn.Module):
+    """Registered out of forward order, with a tanh-approximated GELU written out as functions
+    (Hugging Face's ``NewGELUActivation``) and a ReLU called as a function."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.wo = nn.Linear(4, 1)
+        self.wi = nn.Linear(4, 4)
+        self.mid = nn.Linear(4, 4)
+        self.act = NewGELUActivation()
+
+    def forward(self, x):
+        return self.wo(F.relu(self.mid(self.act(self.wi(x)))))
+
+
+class NewGELUActivation(nn.Module):
+    def forward(self, x):
+        return 0.5 * x * (1.0 + torch.tanh(0.7978845608 * (x + 0.044715 * torch.pow(x, 3.0))))
+
+
+def test_the_activation_after_a_layer_is_the_one_that_runs_after_it():
     model = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4), nn.GELU(), nn.Linear(4, 4), nn.Sigmoid(),
                           nn.Tanh(), nn.Linear(4, 1))
-    after = layers.following_activations(model)
-    assert {k: type(v).__name__ if v is not None else None for k, v in after.items()} == {
-        "0": "GELU", "3": "Sigmoid", "6": None}
     from gradscope.structure import StructureProbe
 
     with StructureProbe(model) as probe:
         loss = model(torch.randn(8, 4)).sum()
     structure = probe.structure(loss, batch_size=8)
-    assert [(w.name, w.activation, w.normalized) for w in structure.weight_layers] == [
-        ("0", "relu", True), ("3", "sigmoid", False), ("6", None, False)]
+    assert [(w.name, w.activation, w.activation_type, w.normalized) for w in structure.weight_layers] == [
+        ("0", "relu", "GELU", True), ("3", "sigmoid", "Sigmoid", False), ("6", None, None, False)]
     assert structure.bounded_activations == ["4", "5"]
+
+    model = _GatedGELU()
+    with StructureProbe(model, functional=True) as probe:
+        model(torch.randn(8, 4))
+    after = {w.name: (w.activation_layer, w.activation_type, w.activation)
+             for w in probe.structure(None, batch_size=8).weight_layers}
+    # the tanh inside the GELU module belongs to it; the ReLU after mid is a function call
+    assert after == {"wi": ("act", "NewGELUActivation", "relu"), "mid": ("relu#0", "functional relu", "relu"),
+                     "wo": (None, None, None)}
+
+
+@pytest.mark.parametrize("type_name", ["GELUActivation", "NewGELUActivation", "SiLUActivation", "GELUTanh",
+                                       "QuickGELUActivation", "MishActivation", "XIELUActivation"])
+def test_activations_written_outside_torch_are_relu_family_by_name(type_name):
+    assert layers.family_of_type(type_name) == "relu"
+    assert layers.activation_family(type(type_name, (nn.Module,), {})()) == "relu"
+    assert layers.family_of_type("LinearActivation") is None
+    assert layers.family_of_type("GELUEncoder") is None  # a model named after its activation
 
 
 def _vanishing_fix_parts(fix: str) -> list[str]:
@@ -111,9 +146,10 @@ def test_vanishing_fix_is_the_same_from_a_monitor_and_from_diagnose(activation, 
     # knows more: the effective depth read off the autograd graph ("The shortest gradient path
     # crosses N weight layers" where a history can only say "If these layers have no skip
     # connections") and the init it measured ("The layers before ReLU keep PyTorch's default
-    # init" where a history can only say "Use He init for the layers before ReLU").
+    # init" where a history can only say "Use He init for the layers before ReLU"; diagnose names
+    # the activation as it ran, GELU).
     assert [_code(p) for p in diagnosed_parts] == [_code(p) for p in monitored_parts]
-    only_diagnose = ("The shortest gradient path", "The layers before ReLU keep")
+    only_diagnose = ("The shortest gradient path", f"The layers before {activation.__name__} keep")
     only_monitor = ("If these layers have no skip", "Use He init for the layers before ReLU")
     assert [p for p in diagnosed_parts if not p.startswith(only_diagnose)] == [
         p for p in monitored_parts if not p.startswith(only_monitor)]

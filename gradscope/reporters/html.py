@@ -303,7 +303,7 @@ def render_html(report: Report, title: str) -> str:
             + f"<div><b>Fix:</b></div>{_fix_html(f.fix)}</div>"
         )
     if not report.findings:
-        findings_html.append('<p class="note">No findings: gradient flow looks healthy.</p>')
+        findings_html.append(f'<p class="note">{html.escape(report.no_findings_text)}</p>')
     sections = []
     for i, (name, figure, empty_note) in enumerate(_Figures(report).all()):
         if figure is None:

@@ -21,7 +21,7 @@ def _cell(value, percent: bool = False) -> str:
 
 def findings_markdown(report: Report) -> str:
     if not report.findings:
-        return "No findings: gradient flow looks healthy.\n"
+        return markdown_text(report.no_findings_text) + "\n"
     lines = []
     for f in report.findings:
         prose, code = [], []

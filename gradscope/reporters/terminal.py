@@ -103,7 +103,8 @@ class TerminalReport:
         """The findings as (line, is_code); code lines are printed unwrapped, to copy and paste."""
         lines: list[tuple[Text, bool]] = []
         if not self.report.findings:
-            lines.append((Text("No findings: gradient flow looks healthy.", style="green"), False))
+            complete = self.report.coverage is not None and self.report.coverage.complete
+            lines.append((Text(self.report.no_findings_text, style="green" if complete else ""), False))
         for f in self.report.findings:
             lines += [
                 (Text(""), False),

@@ -1,8 +1,8 @@
 """The rules engine: records in, findings out.
 
 ``RULES`` is the one registry: a row per rule with its code, slug, default severity and summary,
-the ``detect`` and the bad/good model ``pair`` of the module named after the slug, in the order
-findings are reported. The printed ``GS204 deep-bounded-activations`` lives in
+the ``detect`` and the bad/good model ``pair`` of the module named after the slug, and the
+evidence it needs to judge (``gradscope.rules.coverage``), in the order findings are reported. The printed ``GS204 deep-bounded-activations`` lives in
 ``gradscope/rules/deep_bounded_activations.py``; its ``detect`` docstring is its documentation
 (``gradscope explain``, docs/rules/).
 
@@ -33,18 +33,22 @@ from gradscope.rules import (
     vanishing_gradient,
 )
 from gradscope.records import Records
-from gradscope.rules.base import ERROR, INFO, SEVERITIES, WARNING, Finding, Rule, Violation
+from gradscope.rules.base import ERROR, INFO, SEVERITIES, WARNING, Finding, Need, Rule, Violation
+from gradscope.rules.coverage import DEPTH_PROFILE, RECIPE_PROBE, STRUCTURE, Coverage
 
 
-def _rule(code: str, slug: str, severity: str, summary: str, module, decides: bool = False) -> Rule:
-    return Rule(code, slug, severity, summary, module.detect, module.pair, decides)
+def _rule(code: str, slug: str, severity: str, summary: str, module, decides: bool = False,
+          needs: tuple[Need, ...] = ()) -> Rule:
+    return Rule(code, slug, severity, summary, module.detect, module.pair, decides, needs)
 
 
 RULES: tuple[Rule, ...] = (
     _rule("GS101", "vanishing-gradient", ERROR,
-          "The backpropagated signal shrinks by 3+ orders of magnitude toward the input.", vanishing_gradient, decides=True),
+          "The backpropagated signal shrinks by 3+ orders of magnitude toward the input.", vanishing_gradient, decides=True,
+          needs=(DEPTH_PROFILE,)),
     _rule("GS102", "exploding-gradient", ERROR,
-          "The signal grows by 3+ orders toward the input, or the gradient norm jumps 100x.", exploding_gradient, decides=True),
+          "The signal grows by 3+ orders toward the input, or the gradient norm jumps 100x.", exploding_gradient, decides=True,
+          needs=(DEPTH_PROFILE,)),
     _rule("GS103", "nonfinite-gradient", ERROR,
           "NaN/Inf gradients or activations, named by the module where they are born.", nonfinite_gradient, decides=True),
     _rule("GS104", "dead-units", WARNING,
@@ -55,26 +59,30 @@ RULES: tuple[Rule, ...] = (
           "Parameters whose updates are 1000x below the rest, or that get no gradient.", stalled_updates),
     _rule("GS107", "unstable-learning-rate", ERROR,
           "The learning rate is above the stability limit the loss's curvature sets, or the probe diverged.",
-          unstable_learning_rate, decides=True),
+          unstable_learning_rate, decides=True, needs=(RECIPE_PROBE,)),
     _rule("GS108", "updates-off-band", ERROR,
           "The recipe's updates are far from ~1e-3 of the weights per step (below 1e-4: stalled).",
-          updates_off_band, decides=True),
+          updates_off_band, decides=True, needs=(RECIPE_PROBE,)),
     _rule("GS109", "collapsed-representations", ERROR,
           "The samples' representations become nearly identical with depth (correlation 0.999+).",
-          collapsed_representations, decides=True),
+          collapsed_representations, decides=True, needs=(RECIPE_PROBE, STRUCTURE)),
     _rule("GS201", "no-skip-connections", INFO,
-          "A stack of 10+ weight layers with no skip connection around them.", no_skip_connections),
+          "A stack of 10+ weight layers with no skip connection around them.", no_skip_connections,
+          needs=(STRUCTURE,)),
     _rule("GS202", "init-mismatch", INFO,
-          "Init scale that does not match the activation (default init under deep ReLU, N(0, 1)).", init_mismatch),
+          "Init scale that does not match the activation (default init under deep ReLU, N(0, 1)).", init_mismatch,
+          needs=(STRUCTURE,)),
     _rule("GS203", "batchnorm-small-batch", WARNING,
-          "BatchNorm with fewer than 8 samples per batch.", batchnorm_small_batch),
+          "BatchNorm with fewer than 8 samples per batch.", batchnorm_small_batch, needs=(STRUCTURE,)),
     _rule("GS204", "deep-bounded-activations", INFO,
-          "8+ tanh/sigmoid hidden layers in a deep stack without skips.", deep_bounded_activations),
+          "8+ tanh/sigmoid hidden layers in a deep stack without skips.", deep_bounded_activations,
+          needs=(STRUCTURE,)),
     _rule("GS205", "post-ln-transformer", INFO,
-          "LayerNorm after the residual sum (post-LN): needs warm-up; pre-LN is more stable.", post_ln_transformer),
+          "LayerNorm after the residual sum (post-LN): needs warm-up; pre-LN is more stable.", post_ln_transformer,
+          needs=(STRUCTURE,)),
     _rule("GS206", "deep-narrow-relu", WARNING,
           "A deep ReLU stack whose sum of 1/width reaches 1 (Hanin & Rolnick 2018).", deep_narrow_relu,
-          decides=True),
+          decides=True, needs=(STRUCTURE,)),
 )
 
 
@@ -82,6 +90,18 @@ def run_rules(records: Records, rules: tuple[Rule, ...] = RULES) -> list[Finding
     """Every rule's findings, most severe first, then in registry order."""
     findings = [f for rule in rules for f in rule.check(records)]
     return sorted(findings, key=lambda f: -SEVERITIES.index(f.severity))
+
+
+def rule_coverage(records: Records, rules: tuple[Rule, ...] = RULES) -> Coverage:
+    """Which rules judged ``records`` and which could not for lack of what they need."""
+    checked, not_checked = [], {}
+    for rule in rules:
+        reason = rule.missing(records)
+        if reason is None:
+            checked.append(rule.slug)
+        else:
+            not_checked[rule.slug] = reason
+    return Coverage(checked, not_checked)
 
 
 def find_rule(key: str) -> Rule:
@@ -94,6 +114,6 @@ def find_rule(key: str) -> Rule:
 
 
 __all__ = [
-    "ERROR", "INFO", "RULES", "SEVERITIES", "WARNING", "Finding", "Records", "Rule", "Violation", "find_rule",
-    "run_rules",
+    "ERROR", "INFO", "RULES", "SEVERITIES", "WARNING", "Coverage", "Finding", "Need", "Records", "Rule", "Violation",
+    "find_rule", "rule_coverage", "run_rules",
 ]

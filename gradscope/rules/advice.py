@@ -3,8 +3,9 @@ rules call; nothing here touches a model."""
 
 from __future__ import annotations
 
-from gradscope.layers import is_functional
-from gradscope.structure import ModelStructure
+from gradscope.layers import activation_display, is_functional
+from gradscope.rules.base import fmt
+from gradscope.structure import ModelStructure, WeightLayer
 
 
 def module_ref(name: str, root: str = "model") -> str:
@@ -50,6 +51,32 @@ def layer_text(names: list[str], limit: int = 6) -> str:
     return f"{shown} and {len(names) - limit} more" if len(names) > limit else shown
 
 
+REINIT_CALL = "gradscope.fixes.reinit(model, inputs)"
+"""Re-initialises every layer for the activation that follows it in a forward on ``inputs`` (an
+example batch, as given to ``gradscope.diagnose``)."""
+
+
+def activation_names(layers: list[WeightLayer]) -> str:
+    """The activations that follow ``layers``, named as they ran: ``"GELU"``, ``"ReLU and relu"``
+    (a module and a functional call)."""
+    names = list(dict.fromkeys(activation_display(w.activation_type) for w in layers if w.activation_type))
+    if not names:
+        return "ReLU-family"
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def init_text(layers: list[WeightLayer]) -> str:
+    """The init of ``layers`` as a message describes it: PyTorch's default only where the weights
+    statistically are PyTorch's default (``WeightLayer.default_init``), else by its gain."""
+    gains = [w.gain for w in layers]
+    spread = fmt(min(gains)) if fmt(min(gains)) == fmt(max(gains)) else f"{fmt(min(gains))}-{fmt(max(gains))}"
+    if all(w.default_init for w in layers):
+        return f"keep PyTorch's default init (uniform on ±1/sqrt(fan_in), gain {spread})"
+    if any(w.default_init for w in layers):
+        return f"keep PyTorch's default init or one as small (gain {spread})"
+    return f"have an init of gain {spread}"
+
+
 def init_code(layers: list[str], scheme: str, nonlinearity: str) -> str:
     call = (
         f'nn.init.kaiming_normal_(layer.weight, nonlinearity="{nonlinearity}")' if scheme == "kaiming"
@@ -57,7 +84,7 @@ def init_code(layers: list[str], scheme: str, nonlinearity: str) -> str:
     )
     if len(layers) > SNIPPET_NAMES:
         return code(
-            f"gradscope.fixes.reinit(model)  # all {len(layers)} layers: He before ReLU, Xavier before tanh/sigmoid",
+            f"{REINIT_CALL}  # all {len(layers)} layers: He before ReLU, Xavier before tanh/sigmoid",
         )
     return code(
         f"for name in {names_list(layers)}:",
@@ -65,7 +92,7 @@ def init_code(layers: list[str], scheme: str, nonlinearity: str) -> str:
         f"    {call}",
         "    if layer.bias is not None:",
         "        nn.init.zeros_(layer.bias)",
-        "# or, for every layer at once: gradscope.fixes.reinit(model)",
+        f"# or, for every layer at once (inputs: an example batch): {REINIT_CALL}",
     )
 
 

@@ -1,6 +1,6 @@
 """What every rule works with besides the records it reads (gradscope/records.py): what its check
-detects (:class:`Violation`), what a finding reports (:class:`Finding`), and the rule itself as
-data (:class:`Rule`)."""
+detects (:class:`Violation`), what a finding reports (:class:`Finding`), the evidence it needs
+before it can judge (:class:`Need`), and the rule itself as data (:class:`Rule`)."""
 
 from __future__ import annotations
 
@@ -54,10 +54,20 @@ class Violation:
 
 
 @dataclass(frozen=True)
+class Need:
+    """Evidence a rule needs before it can judge: ``name`` as reports print it (``"depth
+    profile"``), and ``missing(records)``, which says why the records lack it (None when they
+    have it). The ones rules declare are in ``gradscope.rules.coverage``."""
+
+    name: str
+    missing: Callable[["Records"], str | None]
+
+
+@dataclass(frozen=True)
 class Rule:
     """A row of the registry: code, slug, default severity and summary, the rule module's pure
-    ``detect(records) -> list[Violation]`` and its bad/good model ``pair(bad) -> dict`` (the
-    keyword arguments of ``gradscope.diagnose``).
+    ``detect(records) -> list[Violation]``, its bad/good model ``pair(bad) -> dict`` (the
+    keyword arguments of ``gradscope.diagnose``) and the evidence it ``needs`` to judge at all.
 
     The docstring of ``detect`` (What it checks / Why it matters / Example / Fix) is the rule's
     documentation: ``gradscope explain`` and docs/rules/ are generated from it.
@@ -72,6 +82,9 @@ class Rule:
     decides: bool = False
     """Whether its findings decide the trainability verdict (``gradscope.verdict``): an error
     finding makes it ``fails``, a warning ``at-risk``."""
+    needs: tuple[Need, ...] = ()
+    """What the records must hold for ``detect`` to judge them; where one is missing, no finding
+    means "not checked", not "fine"."""
 
     @property
     def doc(self) -> str:
@@ -81,6 +94,15 @@ class Rule:
     def module(self) -> str:
         """The module that holds the rule, named after its slug: ``gradscope.rules.dead_units``."""
         return self.detect.__module__
+
+    def missing(self, records: "Records") -> str | None:
+        """The first of its needs that ``records`` lack, with why (``"depth profile: fewer than 4
+        layers carry a backpropagated signal"``), or None when it can judge them."""
+        for need in self.needs:
+            reason = need.missing(records)
+            if reason is not None:
+                return f"{need.name}: {reason}"
+        return None
 
     def check(self, records: "Records") -> list[Finding]:
         """The rule's findings on ``records``; no side effects."""

@@ -52,7 +52,7 @@ def detect(records: Records) -> list[Violation]:
     fix = "Use ReLU-family hidden activations with He init"
     if modules:
         fix += ":\n" + advice.replace_modules(modules, "nn.ReLU()") + "\n" + advice.code(
-            "gradscope.fixes.reinit(model)")
+            advice.REINIT_CALL)
     fix += ("\nor keep them with Xavier init (tanh) and residual connections. Pseudo-normalization "
             "also keeps the backward signal at scale, but on digits it trained worse than those "
             "(docs/pseudo-norm.md):\n" + advice.PSEUDO_NORM_SNIPPET)

@@ -45,11 +45,15 @@ def rule_markdown(rule: Rule) -> str:
     parts = sections(rule)
     pair = inspect.getsource(rule.pair).rstrip()
     path = rule.module.replace(".", "/") + ".py"
+    without = "it" if len(rule.needs) == 1 else "one of them"
+    needs = ([f"Needs: {', '.join(need.name for need in rule.needs)}. Without {without} the rule cannot judge a "
+              "model, and a report without findings lists the rule as not checked.", ""] if rule.needs else [])
     return "\n".join([
         f"# {rule.code} `{rule.slug}`",
         "",
         f"Severity: **{rule.severity}**. {rule.summary}",
         "",
+        *needs,
         "## What it checks", "", parts["What it checks"], "",
         "## Why it matters", "", parts["Why it matters"], "",
         "## Example", "", _example_markdown(parts["Example"]), "",

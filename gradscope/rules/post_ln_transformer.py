@@ -14,10 +14,14 @@ from gradscope.rules.base import Violation
 
 def detect(records: Records) -> list[Violation]:
     """What it checks:
-        LayerNorms applied to the sum of a residual connection (``norm(x + f(x))``, the
+        LayerNorms applied to the residual stream after each sum (``norm(x + f(x))``, the
         original "post-LN" transformer, as in BERT and ``nn.TransformerEncoderLayer`` with
         ``norm_first=False``), read from the autograd graph: a LayerNorm whose input is an
-        addition consumed by nothing else. Two or more make a post-LN model.
+        addition consumed by nothing else, one of whose terms ``x`` also feeds ``f``. The norm
+        applied once after the last block of a pre-LN stack (``nn.Transformer(norm_first=True)``'s
+        final encoder and decoder norms, Whisper's, mBART's) has that shape too, but there ``x``
+        is itself a residual sum, never normalised on the way: it is not counted. Two or more
+        make a post-LN model.
 
     Why it matters:
         In post-LN, every residual path passes through a LayerNorm, so the gradient near the

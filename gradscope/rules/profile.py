@@ -69,6 +69,14 @@ class SignalProfile:
     def per_layer_factor(self) -> float:
         return float(10 ** (-self.trend / max(1, len(self.layers) - 1)))
 
+    def change_across(self, layers: list[str]) -> float | None:
+        """Theil–Sen change of log10 signal across ``layers`` alone (those in the profile, input
+        side first): whether the signal falls layer after layer among them, however it steps
+        elsewhere. None when fewer than 2 of them are in the profile."""
+        index = {name: i for i, name in enumerate(self.layers)}
+        at = sorted(index[name] for name in layers if name in index)
+        return theil_sen_change(self.log_signal[at]) if len(at) >= 2 else None
+
 
 def theil_sen_change(y: np.ndarray) -> float:
     """Median pairwise slope of ``y`` against its index, times ``len(y) - 1``."""

@@ -45,7 +45,7 @@ def detect(records: Records) -> list[Violation]:
 
     Fix:
         Initialise for the activation (Xavier for tanh, He for ReLU:
-        ``gradscope.fixes.reinit(model)``); replace sigmoid hidden activations with the ReLU
+        ``gradscope.fixes.reinit(model, inputs)``); replace sigmoid hidden activations with the ReLU
         family; add residual connections or normalisation (LayerNorm, or BatchNorm for batches of
         8+). Pseudo-normalization (``gradscope.fixes.insert_pseudo_norm``) rescales the signal
         every few bounded activations and flattens the profile, but in the digits measurements
@@ -104,15 +104,16 @@ def _fix(records: Records) -> str:
             "Sigmoid's derivative is at most 0.25, so even Xavier init leaves a deep sigmoid "
             "stack with a vanishing signal; use ReLU-family hidden activations with He init:\n"
             + advice.replace_modules(_activations_after(records, sigmoid), "nn.ReLU()") + "\n"
-            + advice.code("gradscope.fixes.reinit(model)")
+            + advice.code(advice.REINIT_CALL)
         )
     if relu:
-        parts.append(
-            ("The layers before ReLU keep PyTorch's default init (std 1/sqrt(3 fan_in)), "
-             "which loses more than half the signal's power at every layer; use He init:\n"
-             if structure is not None else "Use He init for the layers before ReLU:\n")
-            + advice.init_code(relu, "kaiming", "relu")
-        )
+        if structure is not None:
+            measured = [w for w in structure.weight_layers if w.name in relu]
+            advice_text = (f"The layers before {advice.activation_names(measured)} {advice.init_text(measured)}, "
+                           "which loses more than half the signal's power at every layer; use He init:\n")
+        else:
+            advice_text = "Use He init for the layers before ReLU:\n"
+        parts.append(advice_text + advice.init_code(relu, "kaiming", "relu"))
     if depth is not None and depth >= 8:
         parts.append(
             f"The shortest gradient path crosses {depth} weight layers: "
@@ -134,7 +135,7 @@ def _fix(records: Records) -> str:
         )
     if not parts:
         parts.append(
-            "Initialise for the activation (gradscope.fixes.reinit(model)), add normalisation "
+            f"Initialise for the activation ({advice.REINIT_CALL}), add normalisation "
             f"({advice.norm_choice(structure)}) or residual connections:\n"
             + advice.RESIDUAL_SNIPPET
         )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -19,6 +20,9 @@ from gradscope.errors import UsageError
 from gradscope.sinks import RunView, StepRecord
 from gradscope.stats import STATISTICS
 from gradscope.stats.histograms import HEADER, bucket_limits
+
+if TYPE_CHECKING:
+    from gradscope.report import Report
 
 FINDINGS_WINDOW = 20
 """Logged steps the periodic findings look at (the rules are cheap enough on these mid-run)."""
@@ -72,24 +76,26 @@ class TensorBoardSink:
         self._steps += 1
         self._last_step = record.step
         if self._steps % self._findings_every == 1 or self._findings_every == 1:
-            self.log_findings(self._recent_findings(), record.step)
+            self.log_findings(self._recent_report(), record.step)
 
-    def _recent_findings(self) -> list:
+    def _recent_report(self) -> Report:
         from gradscope.report import build_report
 
         recent = self._run.recent_history()
         steps = sorted(recent["step"].unique())[-FINDINGS_WINDOW:]
         recent = recent[recent["step"].isin(steps)]
-        return build_report(recent, self._run.layers, None, self._run.model_summary(), {}).findings
+        return build_report(recent, self._run.layers, None, self._run.model_summary(), {})
 
-    def log_findings(self, findings: list, step: int) -> None:
-        """The findings as a markdown table, written only when they differ from the last ones."""
-        key = tuple((f.code, tuple(f.layers)) for f in findings)
+    def log_findings(self, report: Report, step: int) -> None:
+        """The report's findings as a markdown table (or what was checked, where there is none),
+        written only when they differ from the last ones."""
+        findings = report.findings
+        key = (tuple((f.code, tuple(f.layers)) for f in findings), report.no_findings_text)
         if key == self._last_findings:
             return
         self._last_findings = key
         if not findings:
-            text = "No findings: gradient flow looks healthy."
+            text = report.no_findings_text
         else:
             rows = [
                 f"| {f.severity} | {f.code} | {f.rule} | {_cell(', '.join(f.layers[:8]))} | {_cell(f.message)} |"
@@ -124,8 +130,8 @@ class TensorBoardSink:
                 from gradscope.report import build_report
 
                 history = self._run.to_dataframe()
-                findings = build_report(history, self._run.layers, None, self._run.model_summary(), {}).findings
-                self.log_findings(findings, self._last_step)
+                report = build_report(history, self._run.layers, None, self._run.model_summary(), {})
+                self.log_findings(report, self._last_step)
         finally:
             self.writer.flush()
             if self._owned:
