@@ -18,7 +18,7 @@ import sys
 import traceback
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, List, Optional
 
 import typer
 from rich.console import Console
@@ -62,7 +62,8 @@ class DeviceName(str, Enum):
 
 
 File = Annotated[Path, typer.Argument(help="Python file that defines the model (build_model(), get_model(), create_model() or `model`).", show_default=False)]
-Factory = Annotated[Optional[str], typer.Option("--factory", help="Name of the function (or nn.Module) in FILE that gives the model.")]
+ScriptArgs = Annotated[Optional[List[str]], typer.Argument(metavar="-- ARGS", help="FILE's own command-line arguments, after `--` (FILE is loaded with sys.argv = [FILE, *ARGS]).", show_default=False)]
+Factory = Annotated[Optional[str], typer.Option("--factory", help="Name of the function (or nn.Module) in FILE that gives the model, or a Python expression evaluated in FILE, e.g. \"GPT(GPTConfig(n_layer=4))\".")]
 InputShape = Annotated[Optional[str], typer.Option("--input-shape", help="Shape of a random input, e.g. 32,3,64,64, when FILE has no example_input().")]
 InputDtype = Annotated[Optional[str], typer.Option("--input-dtype", help="dtype of --input-shape inputs: float (default), double, half, bfloat16, long, int.", show_default=False)]
 Steps = Annotated[int, typer.Option("--steps", min=1, help="Monitored training steps, each a forward/backward and an optimizer step; a single step with no recipe given updates nothing.")]
@@ -123,36 +124,54 @@ def _text(message: str) -> Text:
 
 
 def _say(message: str) -> None:
-    _out.print(_text(message))
+    """A result line: wrapped to a terminal's width; piped (a CI log), one line, so that it greps."""
+    _out.print(_text(message), soft_wrap=not _out.is_terminal)
+
+
+def _message(error: BaseException) -> str:
+    message = str(error) if isinstance(error, UsageError) else f"{type(error).__name__}: {error}"
+    return message.split("\nException raised from ")[0]  # torch's C++ backtrace
 
 
 def _fail_usage(error: BaseException, debug: bool) -> None:
     if debug:
         traceback.print_exception(error)
-    message = str(error)
-    if not isinstance(error, UsageError):
-        message = f"{type(error).__name__}: {error}"
-    message = message.split("\nException raised from ")[0]  # torch's C++ backtrace
+    message = _message(error)
     _err.print(Text("error:", style="bold red") + " " + _text(message), soft_wrap=True)
     if not debug:
         _err.print("(run with --debug for the traceback)", style="dim")
     raise typer.Exit(code=2)
 
 
-def _exited(error: BaseException, file: Path, doing: str) -> UsageError:
+def _exited(error: BaseException, file: Path, doing: str, script_args: list[str]) -> UsageError:
     """The usage error for user code that exits (``sys.exit``) or raises a ``BaseException``
     that is not an ``Exception``: exit 2, never the exit code the file chose."""
-    from gradscope.loading import where_in
+    from gradscope.loading import raised, where_in
 
     where = where_in(error, file)
     if isinstance(error, SystemExit):
         what = f"called sys.exit({error.code!r}){where}"
     else:
-        what = f"raised {type(error).__name__}{f': {error}' if str(error) else ''}{where}"
+        what = f"raised {raised(error)}{where}"
+    argv = ""
+    if doing == "loading":  # a script that checks its command line at import exits there
+        argv = (f" It was loaded with sys.argv = {[str(file), *script_args]!r}; give it arguments after "
+                f"`--`, e.g. gradscope diagnose {file} -- ARGS.")
     return UsageError(
         f"{file} {what} while gradscope was {doing} it; a model file must define the model without "
-        "exiting. Put script code under `if __name__ == \"__main__\":`."
+        f"exiting. Put script code under `if __name__ == \"__main__\":`.{argv}"
     )
+
+
+def _guessed(error: Exception, loaded) -> UsageError:
+    """``error`` from a run on guessed inputs, with the note that they were guessed and how to give them."""
+    guessed = UsageError(
+        f"{_message(error).rstrip()} The input was guessed ({loaded.inputs_from}); if the model takes "
+        "another, give its shape with --input-shape (--input-dtype long for token ids) or define "
+        "example_input() in the file."
+    )
+    guessed.__cause__ = error  # --debug shows the model's traceback
+    return guessed
 
 
 @contextlib.contextmanager
@@ -168,14 +187,16 @@ def _writing(what: str, path: Path, debug: bool):
                                "directory with free space."), debug)
 
 
-def _run_diagnose(file, factory, input_shape, input_dtype, steps, seed, device, debug, *, recipe, clip, probe_steps):
-    """``recipe``: the values of --optimizer, --lr, --momentum and --weight-decay."""
+def _run_diagnose(file, factory, input_shape, input_dtype, steps, seed, device, debug, *, recipe, clip, probe_steps,
+                  script_args):
+    """``recipe``: the values of --optimizer, --lr, --momentum and --weight-decay; ``script_args``:
+    the file's own command line (after ``--``)."""
     import torch
 
     from gradscope.diagnose import diagnose as diagnose_model
     from gradscope.loading import RecipeOptions, choose_optimizer, load
 
-    doing = "loading"
+    doing, loaded, script_args = "loading", None, list(script_args or [])
     try:
         if device == DeviceName.cuda and not torch.cuda.is_available():
             raise UsageError("--device cuda was given but CUDA is not available here; use --device cpu or auto.")
@@ -183,7 +204,7 @@ def _run_diagnose(file, factory, input_shape, input_dtype, steps, seed, device, 
             raise UsageError(f"--input-dtype {input_dtype} was given without --input-shape; it sets the dtype "
                              "of --input-shape inputs only. Add --input-shape (e.g. 8,16) or drop --input-dtype.")
         torch.manual_seed(seed)
-        loaded = load(file, factory, input_shape, input_dtype or "float", seed)
+        loaded = load(file, factory, input_shape, input_dtype or "float", seed, script_args)
         target = "cuda" if device == DeviceName.cuda or (device == DeviceName.auto and torch.cuda.is_available()) else "cpu"
         model = loaded.model.to(target)
         name, lr, momentum, weight_decay = recipe
@@ -201,11 +222,13 @@ def _run_diagnose(file, factory, input_shape, input_dtype, steps, seed, device, 
         else:
             report = diagnose_model(model, loaded.inputs, loaded.loss_fn, steps, opt, **run)
     except Exception as e:  # noqa: BLE001 - anything the user's file does wrong is exit 2
+        if doing == "running" and loaded.inputs_guessed:
+            _fail_usage(_guessed(e, loaded), debug)
         _fail_usage(e, debug)
     except KeyboardInterrupt:
         raise  # Ctrl-C: exit 130
     except BaseException as e:  # sys.exit() or another BaseException from the user's code
-        _fail_usage(_exited(e, file, doing), debug)
+        _fail_usage(_exited(e, file, doing, script_args), debug)
     report.model.update({"file": str(file), "factory": loaded.factory, "inputs": loaded.inputs_from,
                          "device": target})
     report.options["recipe_from"] = recipe_from
@@ -243,6 +266,7 @@ def _exit_code(report, fail_on: FailOn) -> int:
 @app.command()
 def diagnose(
     file: File,
+    script_args: ScriptArgs = None,
     factory: Factory = None,
     input_shape: InputShape = None,
     input_dtype: InputDtype = None,
@@ -267,7 +291,8 @@ def diagnose(
     from gradscope.reporters.terminal import TerminalReport
 
     report = _run_diagnose(file, factory, input_shape, input_dtype, steps, seed, device, debug,
-                           recipe=(optimizer, lr, momentum, weight_decay), clip=clip, probe_steps=probe_steps)
+                           recipe=(optimizer, lr, momentum, weight_decay), clip=clip, probe_steps=probe_steps,
+                           script_args=script_args)
     TerminalReport(report, title=_title(report), all_layers=all_layers).print(_out)
     _write_outputs(report, _title(report), debug, json, markdown, html)
     raise typer.Exit(code=_exit_code(report, fail_on))
@@ -276,6 +301,7 @@ def diagnose(
 @app.command()
 def check(
     file: File,
+    script_args: ScriptArgs = None,
     baseline: Annotated[Optional[Path], typer.Option("--baseline", help="Baseline JSON to compare with; without it, only --fail-on gates.")] = None,
     update_baseline: Annotated[bool, typer.Option("--update-baseline", help="Write (or refresh) the baseline from this run and exit 0.")] = False,
     tolerance: Annotated[float, typer.Option("--tolerance", callback=_tolerance, help="Orders of magnitude a layer's signal may move against the baseline.")] = 1.0,
@@ -294,6 +320,7 @@ def check(
     seed: Seed = 0,
     device: Device = DeviceName.cpu,
     json: JsonOut = None,
+    table: Annotated[bool, typer.Option("--table", help="Print the per-layer table too (the log holds the verdict, the findings and the comparison).")] = False,
     debug: Debug = False,
 ) -> None:
     """CI gate: fail when a model change worsens the verdict, brings new findings or moves the
@@ -312,7 +339,8 @@ def check(
         except UsageError as e:
             _fail_usage(e, debug)
     report = _run_diagnose(file, factory, input_shape, input_dtype, steps, seed, device, debug,
-                           recipe=(optimizer, lr, momentum, weight_decay), clip=clip, probe_steps=probe_steps)
+                           recipe=(optimizer, lr, momentum, weight_decay), clip=clip, probe_steps=probe_steps,
+                           script_args=script_args)
     _write_outputs(report, _title(report), debug, json_path=json)
     if update_baseline:
         with _writing("the baseline", baseline, debug):
@@ -323,7 +351,7 @@ def check(
     comparison = compare(report, known, fail_on.value, tolerance)
     for fails, line in comparison_lines(comparison):
         _say(("FAIL " if fails else "") + line)
-    TerminalReport(report, title=_title(report)).print(_out)
+    TerminalReport(report, title=_title(report)).print(_out, table=table)
     for f in comparison.new_findings:
         _say(f"FAIL new {f.severity} finding: {f.code} {f.rule} at {', '.join(f.layers[:6])}")
     if comparison.moved:

@@ -1,24 +1,29 @@
-"""Loading a model file for the CLI: run the file, find the model factory, the example inputs,
-the optional loss and the optional ``build_optimizer(model)``, or infer inputs from the first
-layer; and choose the training recipe from the command line's options or that function. Every
-failure is a ``UsageError`` whose message says what to add to the file."""
+"""Loading a model file for the CLI: run the file as a module (not as ``__main__``, with its own
+command line in ``sys.argv``), find the model (a factory function, an ``nn.Module``, or an
+expression given with ``--factory``), the example inputs, the optional loss and the optional
+``build_optimizer(model)``, or infer the inputs (gradscope.guessed_inputs); and choose the training
+recipe from the command line's options or that function. Every failure is a ``UsageError`` whose
+message says what to add to the file or to the command line."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import inspect
 import math
 import sys
 import traceback
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn as nn
 
 from gradscope.diagnose import DEFAULT_LR, DEFAULT_MOMENTUM
 from gradscope.errors import UsageError
+from gradscope.guessed_inputs import infer_inputs
 from gradscope.reporters.verdict import FROM_DEFAULT, FROM_FILE, FROM_OPTIONS, FROM_OPTIONS_OVER_FILE
 
 FACTORIES = ("build_model", "get_model", "create_model")
@@ -35,10 +40,6 @@ DTYPES = {"float": torch.float32, "float32": torch.float32, "float64": torch.flo
 
 MAX_INPUT_ELEMENTS = 2**62
 """More elements than any tensor can have (torch counts them in an int64)."""
-INFERRED_BATCH = 16
-"""Batch size of inferred inputs (BatchNorm needs 8 or more)."""
-INFERRED_LENGTH = 32
-"""Sequence length (Conv1d, Embedding) and image side (Conv2d; Conv3d uses 16) of inferred inputs."""
 
 
 @dataclass
@@ -53,6 +54,11 @@ class LoadedModel:
     """Where the inputs came from: ``example_input()``, ``--input-shape``, ``inferred from …``."""
     make_optimizer: Callable | None = None
     """The file's ``build_optimizer(model)``, if it has one."""
+
+    @property
+    def inputs_guessed(self) -> bool:
+        """Whether gradscope guessed the inputs (neither the file nor ``--input-shape`` gave them)."""
+        return self.inputs_from.startswith("inferred")
 
 
 @dataclass(frozen=True)
@@ -105,17 +111,71 @@ def load_module(path: str | Path):
                              "on its first or second line: # -*- coding: latin-1 -*-.") from e
         line = (e.text or "").rstrip()
         raise UsageError(f"{path}:{e.lineno}: syntax error: {e.msg}" + (f"\n    {line}" if line else "")) from e
+    # never "__main__": script code under `if __name__ == "__main__":` (training, downloads) stays unrun
     name = f"gradscope_user_{path.stem}_{uuid.uuid4().hex[:8]}"
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
+    # registered as an import would be: dataclasses, typing.get_type_hints and pickle look the
+    # module up by name (a @dataclass under `from __future__ import annotations` needs it)
+    sys.modules[name] = module
     sys.path.insert(0, str(path.resolve().parent))
     try:
         spec.loader.exec_module(module)
-    except Exception as e:
-        raise UsageError(f"Running {path} raised {type(e).__name__}: {e}{where_in(e, path)}") from e
+    except BaseException as e:
+        del sys.modules[name]
+        if isinstance(e, Exception):
+            raise UsageError(f"Running {path} raised {raised(e)}{where_in(e, path)}") from e
+        raise
     finally:
         sys.path.remove(str(path.resolve().parent))
     return module
+
+
+@contextlib.contextmanager
+def script_argv(path: Path, args: Sequence[str] = ()) -> Iterator[list[str]]:
+    """``sys.argv`` as the file sees it under ``python FILE ARGS``, restored afterwards (on errors
+    too), so that a script parsing its command line at import reads its own arguments. An exit of
+    its argument parser (a usage error, ``--help``) becomes a UsageError that names the arguments
+    it got and how to give others."""
+    saved = sys.argv
+    argv = [str(path), *args]
+    sys.argv = list(argv)
+    try:
+        yield argv
+    except SystemExit as e:
+        said = _argparse_exit(e)
+        if said is None:
+            raise
+        how = ("Check the arguments after `--`: they reach the script as given" if args else
+               f"Give the script its own arguments after `--` at the end of gradscope's command line, "
+               f"e.g. gradscope diagnose {path} -- ARGS")
+        raise UsageError(f"{path} exited from its argument parser (argparse) while gradscope was loading it "
+                         f"with sys.argv = {argv!r}: {said}. {how}.") from e
+    finally:
+        sys.argv = saved
+
+
+def _argparse_exit(error: SystemExit) -> str | None:
+    """What argparse said when it ended in ``error`` (its error line, or its exit code after
+    ``--help``), or None when the exit did not come from argparse."""
+    frames = [frame for frame, _ in traceback.walk_tb(error.__traceback__)
+              if frame.f_globals.get("__name__") == "argparse"]
+    if not frames:
+        return None
+    for frame in frames:
+        parser, message = frame.f_locals.get("self"), frame.f_locals.get("message")
+        if frame.f_code.co_name == "error" and message is not None:
+            return f"{getattr(parser, 'prog', 'argparse')}: error: {message}"
+    return f"exit code {error.code!r}" + (" (after --help or --version: its output is above)" if not error.code else "")
+
+
+def raised(error: BaseException) -> str:
+    """``ValueError: message``, or the type alone for an exception without a message (an ``assert``).
+
+    >>> raised(ValueError("bad")), raised(AssertionError())
+    ('ValueError: bad', 'AssertionError')
+    """
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
 
 
 def where_in(error: BaseException, path: Path) -> str:
@@ -130,14 +190,19 @@ def load(
     input_shape: str | None = None,
     input_dtype: str = "float",
     seed: int = 0,
+    script_args: Sequence[str] = (),
 ) -> LoadedModel:
+    """Run the file at ``path`` with ``sys.argv = [path, *script_args]`` and find what it gives.
+    ``factory`` names a function or an nn.Module in the file, or is a Python expression evaluated
+    in the file's namespace (``"GPT(GPTConfig(n_layer=4))"``)."""
     path = Path(path)
-    module = load_module(path)
-    model, source = _find_model(module, path, factory)
+    with script_argv(path, script_args):
+        module = load_module(path)
+        model, source = _find_model(module, path, factory)
+        inputs, inputs_from = _find_inputs(module, path, model, input_shape, input_dtype, seed)
     loss_fn = getattr(module, "loss_fn", None)
     if loss_fn is not None and not callable(loss_fn):
         raise UsageError(f"{path}: `loss_fn` must be a function loss_fn(output, inputs), got {type(loss_fn).__name__}.")
-    inputs, inputs_from = _find_inputs(module, path, model, input_shape, input_dtype, seed)
     make_optimizer = getattr(module, OPTIMIZER_FACTORY, None)
     if make_optimizer is not None and not callable(make_optimizer):
         raise UsageError(f"{path}: `{OPTIMIZER_FACTORY}` must be a function {OPTIMIZER_FACTORY}(model) that "
@@ -163,7 +228,7 @@ def _file_optimizer(loaded: LoadedModel, model: nn.Module) -> torch.optim.Optimi
     try:
         optimizer = loaded.make_optimizer(model)
     except Exception as e:
-        raise UsageError(f"{path}: {name} raised {type(e).__name__}: {e}{where_in(e, path)}") from e
+        raise UsageError(f"{path}: {name} raised {raised(e)}{where_in(e, path)}") from e
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise UsageError(f"{path}: {name} returned {type(optimizer).__name__}; it must return a "
                          f"torch.optim.Optimizer over the parameters of the model it is given, {example}.")
@@ -178,32 +243,88 @@ def _file_optimizer(loaded: LoadedModel, model: nn.Module) -> torch.optim.Optimi
 
 
 def _find_model(module, path: Path, factory: str | None) -> tuple[nn.Module, str]:
-    names = [factory] if factory else list(FACTORIES)
-    for name in names:
+    if factory is not None and not factory.isidentifier():
+        return _model_from(_evaluate(module, path, factory), factory, path)
+    for name in [factory] if factory else FACTORIES:
         obj = getattr(module, name, None)
-        if obj is None:
-            continue
-        if isinstance(obj, nn.Module):
-            return obj, name
-        if not callable(obj):
-            raise UsageError(f"{path}: `{name}` is a {type(obj).__name__}, not a function or an nn.Module.")
-        try:
-            model = obj()
-        except Exception as e:
-            raise UsageError(f"{path}: {name}() raised {type(e).__name__}: {e}{where_in(e, path)}") from e
-        if not isinstance(model, nn.Module):
-            raise UsageError(f"{path}: {name}() returned {type(model).__name__}; it must return a torch.nn.Module.")
-        return model, f"{name}()"
+        if obj is not None:
+            return _model_from(obj, name, path)
     if factory:
-        raise UsageError(f"{path} has no `{factory}` (given with --factory); define it or drop --factory.")
+        raise UsageError(f"{path} has no `{factory}` (given with --factory); define it or drop --factory.{_defined_models(module)}")
     model = getattr(module, "model", None)
     if isinstance(model, nn.Module):
         return model, "model"
     looked = ", ".join(f"{n}()" for n in FACTORIES)
     raise UsageError(
         f"No model found in {path}: looked for {looked} and a module-level `model` (an nn.Module). "
-        "Add `def build_model(): return MyModel()`, or name your function with --factory NAME."
+        f"Add `def build_model(): return MyModel()`, or name your function with --factory NAME.{_defined_models(module)}"
     )
+
+
+def _model_from(obj, label: str, path: Path) -> tuple[nn.Module, str]:
+    """The model that ``obj`` (named, or evaluated from, ``label``) is or returns when called."""
+    if isinstance(obj, nn.Module):
+        return obj, label
+    if not callable(obj):
+        raise UsageError(f"{path}: `{label}` is a {type(obj).__name__}, not a function or an nn.Module.")
+    try:
+        model = obj()
+    except Exception as e:
+        raise UsageError(f"{path}: {label}() raised {raised(e)}{where_in(e, path)}{_arguments_hint(obj, label, e)}") from e
+    if not isinstance(model, nn.Module):
+        raise UsageError(f"{path}: {label}() returned {type(model).__name__}; it must return a torch.nn.Module.")
+    return model, f"{label}()"
+
+
+def _evaluate(module, path: Path, expression: str):
+    """``--factory EXPRESSION`` evaluated with the file's globals (its classes, functions, imports)."""
+    try:
+        code = compile(expression, "<--factory>", "eval")
+    except SyntaxError as e:
+        raise UsageError(
+            f"--factory {expression!r} is neither a name nor a Python expression ({e.msg}); give a "
+            f"function or nn.Module of {path} by name (--factory make_net) or an expression evaluated "
+            "in it (--factory \"Net(width=64)\")."
+        ) from e
+    try:
+        return eval(code, vars(module))  # the user's own expression, run as their file is run
+    except Exception as e:
+        raise UsageError(f"--factory {expression!r}, evaluated in {path}, raised {raised(e)}{where_in(e, path)}.") from e
+
+
+def _arguments_hint(obj, label: str, error: Exception) -> str:
+    """For a constructor or function called without the arguments it needs: how to pass them."""
+    if not isinstance(error, TypeError):
+        return ""
+    try:
+        parameters = inspect.signature(obj).parameters.values()
+    except (TypeError, ValueError):
+        return ""
+    required = [p.name for p in parameters if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    if not required:
+        return ""
+    arguments = ", ".join(f"{name}=..." for name in required)
+    return (f". {label} takes {', '.join(required)}: pass {'it' if len(required) == 1 else 'them'} in an "
+            f"expression evaluated in the file, --factory \"{label}({arguments})\"")
+
+
+def _defined_models(module) -> str:
+    """A hint naming the nn.Module classes the file defines and the nn.Module objects it holds."""
+    found = vars(module)
+    classes = [n for n, v in found.items() if isinstance(v, type) and issubclass(v, nn.Module)
+               and v.__module__ == module.__name__]
+    objects = [n for n, v in found.items() if isinstance(v, nn.Module) and not n.startswith("_")
+               and next(v.parameters(), None) is not None]  # not a loss module (criterion = nn.BCELoss())
+    hints = []
+    if objects:
+        hints.append(f"It holds the nn.Module objects {', '.join(objects)}: --factory {objects[0]} takes one")
+    if classes:  # the last is most often the whole model, built from the others
+        hints.append(f"it defines the nn.Module classes {', '.join(classes)}: --factory \"{classes[-1]}(...)\" "
+                     "builds one, with the constructor's arguments as in Python")
+    if not hints:
+        return ""
+    text = "; ".join(hints) + "."
+    return " " + text[0].upper() + text[1:]
 
 
 def _find_inputs(module, path: Path, model: nn.Module, shape: str | None, dtype: str, seed: int = 0):
@@ -216,24 +337,14 @@ def _find_inputs(module, path: Path, model: nn.Module, shape: str | None, dtype:
         try:
             inputs = obj() if callable(obj) else obj
         except Exception as e:
-            raise UsageError(f"{path}: {name}() raised {type(e).__name__}: {e}{where_in(e, path)}") from e
+            raise UsageError(f"{path}: {name}() raised {raised(e)}{where_in(e, path)}") from e
         if not isinstance(inputs, (torch.Tensor, tuple, list, dict)):
             raise UsageError(
                 f"{path}: {name}() returned {type(inputs).__name__}; return a tensor, a tuple of "
                 "positional arguments or a dict of keyword arguments."
             )
         return (tuple(inputs) if isinstance(inputs, list) else inputs), f"{name}()"
-    inferred = infer_inputs(model, seed)
-    if inferred is None:
-        first = _first_layer(model)
-        what = f"its first layer is {type(first).__name__}" if first is not None else "it has no layers"
-        raise UsageError(
-            f"Cannot infer example inputs for {type(model).__name__} from {path}: {what}, whose input "
-            "shape is not determined by its parameters. Add `def example_input(): return "
-            "torch.randn(8, ...)` to the file (a tensor, a tuple of arguments or a dict of keyword "
-            "arguments), or pass --input-shape 8,16,32 (and --input-dtype long for token ids)."
-        )
-    return inferred
+    return infer_inputs(model, str(path), seed)
 
 
 def _from_shape(shape: str, dtype: str, model: nn.Module, seed: int = 0):
@@ -260,29 +371,3 @@ def _from_shape(shape: str, dtype: str, model: nn.Module, seed: int = 0):
         return torch.randint(0, high, dims, generator=generator, dtype=torch_dtype)
     except (RuntimeError, MemoryError) as e:  # the allocation failed
         raise too_large from e
-
-
-def _first_layer(model: nn.Module) -> nn.Module | None:
-    for module in model.modules():
-        if next(module.parameters(recurse=False), None) is not None:
-            return module
-    return None
-
-
-def infer_inputs(model: nn.Module, seed: int = 0) -> tuple[torch.Tensor, str] | None:
-    """Inputs for a model whose first parameterised layer fixes the input's shape, or None."""
-    first = _first_layer(model)
-    generator = torch.Generator().manual_seed(seed)
-    b, n = INFERRED_BATCH, INFERRED_LENGTH
-    shapes = {nn.Linear: lambda m: (b, m.in_features), nn.Bilinear: None,
-              nn.Conv1d: lambda m: (b, m.in_channels, n), nn.Conv2d: lambda m: (b, m.in_channels, n, n),
-              nn.Conv3d: lambda m: (b, m.in_channels, 16, 16, 16)}
-    if isinstance(first, nn.Embedding):
-        x = torch.randint(0, first.num_embeddings, (b, n), generator=generator)
-        return x, f"inferred from the first layer ({type(first).__name__}): token ids of shape {tuple(x.shape)}"
-    for kind, shape in shapes.items():
-        if type(first) is kind and shape is not None:
-            dims = shape(first)
-            x = torch.randn(dims, generator=generator, dtype=first.weight.dtype)
-            return x, f"inferred from the first layer ({kind.__name__}): shape {dims}"
-    return None

@@ -59,7 +59,7 @@ def test_diagnose_prints_the_layer_table_and_findings_without_colour_codes(tmp_p
     result = run("diagnose", write(tmp_path, SIGMOID))
     assert result.exit_code == 0, result.output
     assert "ERROR GS101 vanishing-gradient" in result.output
-    assert "inputs inferred from the first layer (Linear): shape (16, 32)" in result.output
+    assert "inputs inferred from layer 0 (Linear), the first layer the input reaches: shape (16, 32)" in result.output
     assert "\x1b[" not in result.output
     assert "insert_pseudo_norm(model, every=2)  # divide the backward signal by its RMS every 2 activations" in result.output
 
@@ -135,9 +135,10 @@ def test_factory_option_and_steps_with_adam(tmp_path):
 
 
 @pytest.mark.parametrize("first, expected", [
-    ("nn.Conv2d(3, 8, 3)", "Conv2d): shape (16, 3, 32, 32)"),
-    ("nn.Conv1d(4, 8, 3)", "Conv1d): shape (16, 4, 32)"),
-    ("nn.Embedding(50, 8)", "Embedding): token ids of shape (16, 32)"),
+    ("nn.Conv2d(3, 8, 3)", "Conv2d), the first layer the input reaches: shape (16, 3, 32, 32)"),
+    ("nn.Conv1d(4, 8, 3)", "Conv1d), the first layer the input reaches: shape (16, 4, 32)"),
+    ("nn.Embedding(50, 8)", "Embedding), the first layer the input reaches: token ids of shape (16, 32)"),
+    ("nn.ConvTranspose2d(6, 8, 4)", "ConvTranspose2d), the first layer the input reaches: shape (16, 6, 1, 1)"),
 ])
 def test_inputs_inferred_from_the_first_layer(tmp_path, first, expected):
     path = write(tmp_path, f"""
@@ -149,27 +150,41 @@ def test_inputs_inferred_from_the_first_layer(tmp_path, first, expected):
     assert expected in result.output
 
 
-def test_lstm_without_inputs_says_what_to_add_and_input_shape_works(tmp_path):
-    path = write(tmp_path, """
-        import torch.nn as nn
+LSTM = """
+    import torch.nn as nn
 
-        class Net(nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.lstm = nn.LSTM(8, 16, batch_first=True)
-                self.head = nn.Linear(16, 2)
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lstm = nn.LSTM(8, 16, batch_first=True)
+            self.head = nn.Linear(16, 2)
 
-            def forward(self, x):
-                return self.head(self.lstm(x)[0].mean(1))
+        def forward(self, x):
+            return self.head(self.lstm(x)[0].mean(1))
 
-        def build_model():
-            return Net()
-    """)
+    def build_model():
+        return Net()
+"""
+
+
+def test_lstm_inputs_are_guessed_from_its_input_size_and_batch_first(tmp_path):
+    result = run("diagnose", write(tmp_path, LSTM))
+    assert result.exit_code == 0, result.output
+    assert "inferred from layer lstm (LSTM), the first layer the input reaches: shape (16, 32, 8)" in said(result)
+
+
+def test_without_inputs_that_run_it_says_what_was_guessed_and_input_shape_works(tmp_path):
+    path = write(tmp_path, LSTM.replace("def forward(self, x):", "def forward(self, x, lengths):"))
     result = run("diagnose", path)
     assert result.exit_code == 2
-    assert "its first layer is LSTM" in result.output and "def example_input()" in result.output
-    assert "Traceback" not in result.output
-    assert run("diagnose", path, "--input-shape", "4,10,8").exit_code == 0
+    message = said(result)
+    assert (f"Cannot infer example inputs for Net from {path}: the shapes were guessed from its layers and "
+            "the model ran on none of them: shape (16, 32, 8) from layer lstm (LSTM) and shape (16, 16) from layer "
+            "head (Linear) failed at the model itself (Net): TypeError: Net.forward() missing 1 required positional "
+            "argument: 'lengths'.") in message
+    assert "Give the input's shape with --input-shape" in message and "--input-dtype long" in message
+    assert "def example_input()" in message and "Traceback" not in result.output
+    assert run("diagnose", write(tmp_path, LSTM, "lstm.py"), "--input-shape", "4,10,8").exit_code == 0
 
 
 def test_token_ids_with_input_dtype_long(tmp_path):
@@ -187,7 +202,10 @@ def test_token_ids_with_input_dtype_long(tmp_path):
 
         model = Net()
     """)
-    assert run("diagnose", path).exit_code == 2
+    guessed = run("diagnose", path)  # the LayerNorm's guess fails, the Embedding's runs
+    assert guessed.exit_code == 0, guessed.output
+    assert ("inferred from layer embed (Embedding), the first layer the input reaches: token ids of shape "
+            "(16, 32) (1 earlier guess failed)") in said(guessed)
     result = run("diagnose", path, "--input-shape", "4,12", "--input-dtype", "long")
     assert result.exit_code == 0, result.output
 
@@ -242,6 +260,30 @@ def test_check_against_a_baseline(tmp_path):
     # a looser tolerance does not forgive the new error finding; gating on nothing passes
     assert run("check", broken, "--baseline", baseline, "--tolerance", "20").exit_code == 1
     assert run("check", broken, "--fail-on", "never").exit_code == 0
+
+
+def test_check_logs_the_layer_table_only_with_table(tmp_path):
+    model = write(tmp_path, RELU)
+    short = run("check", model)
+    assert short.exit_code == 0, short.output
+    assert "┃" not in short.output and "\n0  " not in short.output
+    assert said(short).startswith("Verdict: TRAINS") and "Gradient-flow check passed." in short.output
+    table = run("check", model, "--table")
+    assert table.exit_code == 0 and "layer ┃ type" in table.output and "\n0  " in table.output
+
+
+def test_piped_diagnose_keeps_each_layer_on_one_line(tmp_path):
+    name = "a_very_long_layer_name_that_a_ci_log_should_keep_whole_for_grep_" * 2
+    path = write(tmp_path, f"""
+        import torch.nn as nn
+
+        model = nn.Sequential()
+        model.add_module({name!r}, nn.Linear(8, 8))
+        model.add_module("out", nn.Linear(8, 2))
+    """)
+    result = run("diagnose", path)  # CliRunner's output is no terminal, as in a pipe
+    assert result.exit_code == 0, result.output
+    assert any(line.startswith(name + " │ Linear") for line in result.output.splitlines()), result.output
 
 
 def test_check_without_baseline_gates_on_findings(tmp_path):

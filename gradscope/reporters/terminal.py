@@ -1,7 +1,8 @@
 """The terminal report: the verdict (gradscope.reporters.verdict), a depth-ordered layer table
 with an inline log10 bar of the backpropagated signal, then the findings with their fixes. Rendered by rich, so colour follows the
-terminal (none when piped, none with NO_COLOR). Names and messages are never read as markup, and
-their control characters are shown as escapes."""
+terminal (none when piped, none with NO_COLOR). On a terminal the table fits its width; piped (a
+CI log, ``| grep``) it takes the width it needs, one layer per line, names never wrapped. Names
+and messages are never read as markup, and their control characters are shown as escapes."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import math
 
 from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
 from rich.markup import escape
+from rich.measure import Measurement
 from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
@@ -57,7 +59,9 @@ class TerminalReport:
         self.title = title
         self.all_layers = all_layers
 
-    def layer_table(self, width: int = 100, title: bool = True) -> Table:
+    def layer_table(self, width: int = 100, title: bool = True, wrap: bool = True) -> Table:
+        """The layer table for ``width`` columns; without ``wrap``, names and types are never
+        wrapped (one layer per line, for logs that are grepped) and the table may be wider."""
         layers = self.report.layers
         names = list(layers["layer"]) if self.all_layers else leaf_layers(list(layers["layer"]))
         rows = layers.set_index("layer").loc[names]
@@ -72,8 +76,8 @@ class TerminalReport:
         table = Table(title=Text(show_controls(self.title)) if title and self.title else None, title_justify="left", show_edge=False, pad_edge=False,
                       caption=f"signal: backpropagated gradient norm at the layer's output; bar: its log10 {_range(low, high)}",
                       caption_justify="left")
-        table.add_column("layer", overflow="fold", ratio=1)
-        table.add_column("type", overflow="fold", max_width=18)
+        table.add_column("layer", overflow="fold", ratio=1, no_wrap=not wrap)
+        table.add_column("type", overflow="fold", max_width=18 if wrap else None, no_wrap=not wrap)
         table.add_column("signal", justify="right", no_wrap=True, min_width=8)
         table.add_column("log10", no_wrap=True, min_width=bar_width)
         table.add_column("weight grad", justify="right", no_wrap=True, min_width=8)
@@ -123,13 +127,15 @@ class TerminalReport:
     def findings(self) -> Group:
         return Group(*(line for line, _ in self.finding_lines()))
 
-    def print(self, console: Console) -> None:
-        """Print the verdict, the table and the findings, with code lines never wrapped or cropped."""
+    def print(self, console: Console, table: bool = True) -> None:
+        """Print the verdict, the table (unless not ``table``) and the findings, with code lines
+        never wrapped or cropped."""
         for line in self.verdict_lines():
             console.print(line)
         if self.title:
             console.print(Text(show_controls(self.title), style="bold"), soft_wrap=True)
-        console.print(self.layer_table(console.width, title=False))
+        if table:
+            _print_table(console, self.layer_table(console.width, title=False, wrap=console.is_terminal))
         for line, code in self.finding_lines():
             console.print(line, soft_wrap=code)
 
@@ -137,6 +143,21 @@ class TerminalReport:
         yield Group(*self.verdict_lines())
         yield self.layer_table(options.max_width)
         yield self.findings()
+
+
+def _print_table(console: Console, table: Table) -> None:
+    """On a terminal, ``table`` at the console's width; elsewhere at the width it needs, so that a
+    row stays one line (a terminal wraps long lines itself, a log file does not)."""
+    if console.is_terminal:
+        console.print(table)
+        return
+    needed = Measurement.get(console, console.options.update_width(2**16), table).maximum
+    width = console.width
+    console.width = max(width, needed)
+    try:
+        console.print(table)
+    finally:
+        console.width = width
 
 
 def _range(low: float, high: float) -> str:

@@ -34,7 +34,7 @@ def checked(tmp_path):
     model = model_file(tmp_path / "src", MODEL)
     summary, junit = tmp_path / "summary.md", tmp_path / "junit.xml"
     before = files(tmp_path / "src")
-    result = invoke("check", model, "--junit", junit,
+    result = invoke("check", model, "--table", "--junit", junit,
                     env={"GITHUB_ACTIONS": "true", "GITHUB_STEP_SUMMARY": str(summary)})
     assert_exit(result, 1)  # the deep sigmoid stack fails the gate
     assert files(tmp_path / "src") == before
