@@ -222,7 +222,7 @@ def _loss(output, inputs, loss_fn, targets: dict, seed: int) -> tuple[torch.Tens
             raise ModelError(f"loss_fn raised: {type(e).__name__}: {e}.") from e
         kind = GIVEN_LOSS
     else:
-        loss, kind = _model_loss(output)
+        loss, kind = model_loss(output)
         if loss is None:
             loss, kind = _default_loss(output, targets, seed), DEFAULT_LOSS
     if not isinstance(loss, torch.Tensor) or loss.numel() != 1 or not loss.is_floating_point():
@@ -238,7 +238,7 @@ def _loss(output, inputs, loss_fn, targets: dict, seed: int) -> tuple[torch.Tens
     return loss.reshape(()), kind
 
 
-def _model_loss(output) -> tuple[torch.Tensor | None, str]:
+def model_loss(output) -> tuple[torch.Tensor | None, str]:
     """The model's own loss and where it was: ``output.loss`` (a ``ModelOutput`` or dict), or the one
     scalar floating-point tensor with a gradient in a tuple output (nanoGPT's ``(logits, loss)``)."""
     loss = output.get("loss") if isinstance(output, dict) else getattr(output, "loss", None)

@@ -16,12 +16,14 @@ guess, and, for a guess that fails, which module was running when it raised.
 from __future__ import annotations
 
 import contextlib
+import inspect
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 import torch.nn as nn
 
+from gradscope.diagnose import model_loss
 from gradscope.errors import UsageError
 
 INFERRED_BATCH = 16
@@ -34,6 +36,9 @@ IMAGE_SIDES = (INFERRED_LENGTH, 28, 64, 224)
 fixes the side): small first, then MNIST's, DCGAN's and ImageNet's."""
 MAX_GUESSES = 8
 """Guesses tried at most: each costs a forward of the model."""
+TARGET_NAMES = ("targets", "labels")
+"""Keyword parameters (default None) of a forward that, given the token ids again, make a language
+model compute its own loss: nanoGPT's and minGPT's ``targets``, Hugging Face's ``labels``."""
 SHOWN_FAILURES = 3
 """Distinct failures an error message spells out."""
 
@@ -190,7 +195,27 @@ def _try(model: nn.Module, guess: Guess) -> tuple[bool, str | None]:
     return guess.layer in watch.reached, None
 
 
-def infer_inputs(model: nn.Module, where: str, seed: int = 0) -> tuple[torch.Tensor, str]:
+def _with_targets(model: nn.Module, ids: torch.Tensor) -> tuple[torch.Tensor | dict, str | None]:
+    """``{first: ids, targets: ids}`` when the forward has one of :data:`TARGET_NAMES` and, given
+    the ids there too, returns its own loss (``gradscope.diagnose.model_loss``); else the ids alone."""
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return ids, None
+    named = {p.name: p for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    target = next((n for n in TARGET_NAMES if n in named and named[n].default is None), None)
+    if target is None or not params or params[0].name == target or params[0].name not in named:
+        return ids, None
+    inputs = {params[0].name: ids, target: ids}
+    try:
+        with _trial(model), torch.enable_grad():  # a loss in a tuple counts when it has a gradient
+            loss, _ = model_loss(model(**inputs))
+    except Exception:  # noqa: BLE001 - the ids do not fit as targets (class labels): keep the ids alone
+        return ids, None
+    return (inputs, target) if loss is not None else (ids, None)
+
+
+def infer_inputs(model: nn.Module, where: str, seed: int = 0) -> tuple[torch.Tensor | dict, str]:
     """Inputs for ``model`` and how they were found: the first guess (:func:`guesses`) its forward
     runs on. Raises a UsageError naming what was tried, and the options and function that give the
     input instead, when none runs; ``where`` (the model file) is named in it."""
@@ -204,7 +229,9 @@ def infer_inputs(model: nn.Module, where: str, seed: int = 0) -> tuple[torch.Ten
         how = "the first layer the input reaches" if reached else "the first guess the model runs on"
         count = sum(map(len, failed.values()))
         earlier = f" ({count} earlier guess{'es' if count > 1 else ''} failed)" if count else ""
-        return guess.inputs, f"inferred from {guess.source}, {how}: {guess}{earlier}"
+        inputs, target = _with_targets(model, guess.inputs) if guess.tokens else (guess.inputs, None)
+        also = f", also passed as {target} so that the model computes its own loss" if target else ""
+        return inputs, f"inferred from {guess.source}, {how}: {guess}{earlier}{also}"
     if not candidates:
         what = f"it has no layer whose parameters fix the input's shape (guesses come from {_guessing_layers()})"
     else:

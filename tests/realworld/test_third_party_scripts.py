@@ -404,9 +404,10 @@ def test_a_config_constructor_is_built_by_a_factory_expression(tmp_path):
     result = run("diagnose", script, "--factory", SMALL_GPT, *FAST, "--json", tmp_path / "report.json")
     assert result.exit_code == 0, result.output
     assert ("inputs inferred from layer transformer.wte (Embedding), the first layer the input reaches: token "
-            "ids of shape (16, 32)") in said(result)
-    model = json.loads((tmp_path / "report.json").read_text())["model"]
-    assert model["class"] == "GPT" and model["factory"] == SMALL_GPT
+            "ids of shape (16, 32), also passed as targets so that the model computes its own loss") in said(result)
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["model"]["class"] == "GPT" and report["model"]["factory"] == SMALL_GPT
+    assert report["options"]["loss"] == "output[1]"  # nanoGPT's (logits, loss), not the default loss
 
 
 def test_a_config_constructor_without_a_factory_names_the_classes_and_the_expression(tmp_path):

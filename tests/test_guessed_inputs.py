@@ -1,0 +1,50 @@
+"""Inputs guessed for a model file that gives none (gradscope/guessed_inputs.py): token ids are
+also passed as a language model's targets when its forward takes them and returns its loss."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from gradscope.guessed_inputs import infer_inputs
+
+
+class LanguageModel(nn.Module):
+    """Hugging Face's convention: forward(input_ids, labels=None) returns a dict with the loss."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.head = nn.Embedding(50, 8), nn.Linear(8, 50)
+
+    def forward(self, input_ids, labels=None):
+        logits = self.head(self.embed(input_ids))
+        out = {"logits": logits}
+        if labels is not None:
+            out["loss"] = F.cross_entropy(logits.view(-1, 50), labels.view(-1))
+        return out
+
+
+class SequenceClassifier(nn.Module):
+    """labels here are one class per sequence: token ids do not fit there."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.head = nn.Embedding(50, 8), nn.Linear(8, 3)
+
+    def forward(self, input_ids, labels=None):
+        logits = self.head(self.embed(input_ids).mean(1))
+        return logits if labels is None else (logits, F.cross_entropy(logits, labels))
+
+
+def test_a_language_model_gets_its_token_ids_as_labels_too():
+    inputs, how = infer_inputs(LanguageModel(), "lm.py")
+    assert set(inputs) == {"input_ids", "labels"} and inputs["labels"] is inputs["input_ids"]
+    assert tuple(inputs["input_ids"].shape) == (16, 32) and inputs["input_ids"].max() < 50
+    assert how.endswith("token ids of shape (16, 32), also passed as labels so that the model computes its own loss")
+
+
+def test_labels_that_are_not_token_shaped_are_left_out():
+    inputs, how = infer_inputs(SequenceClassifier(), "classifier.py")
+    assert isinstance(inputs, torch.Tensor) and tuple(inputs.shape) == (16, 32)
+    assert "also passed" not in how
