@@ -76,7 +76,7 @@ def diagnose(
     >>> deep = nn.Sequential(*[m for _ in range(12) for m in (nn.Linear(32, 32), nn.Sigmoid())])
     >>> report = gradscope.diagnose(deep, torch.randn(64, 32))
     >>> [f.rule for f in report.findings]  # doctest: +NORMALIZE_WHITESPACE
-    ['vanishing-gradient', 'updates-off-band', 'collapsed-representations', 'no-skip-connections',
+    ['vanishing-gradient', 'collapsed-representations', 'updates-off-band', 'no-skip-connections',
      'deep-bounded-activations']
     >>> report.verdict.label
     'fails'

@@ -24,6 +24,7 @@ from gradscope.buffer import Layout, StepBuffer
 from gradscope.layers import (
     FUNCTIONAL_ACTIVATIONS,
     ActivationKind,
+    activation_family,
     functional_layer_name,
     functional_type,
     module_activation,
@@ -112,6 +113,7 @@ class HookManager:
         self._guard = guard
         self._names = {m: name for name, m in model.named_modules()}
         self._kinds = {m: module_activation(m) for m in self._names}
+        self._activation_modules = {m for m in self._names if activation_family(m) is not None}
         self._capture = ActivationCapture(self._on_functional) if functional else None
         self._functional_checked = False
         self._functional_seen = False
@@ -287,8 +289,8 @@ class HookManager:
 
     def _on_functional(self, kind: ActivationKind, out: object, producer: str | None) -> None:
         frame = self._stack[-1] if self._stack else None
-        if frame is None or frame.mode != FULL or self._kinds[frame.module] is not None:
-            return  # outside a recorded forward, or an activation module's own call
+        if frame is None or frame.mode != FULL or frame.module in self._activation_modules:
+            return  # outside a recorded forward, or an activation module's own call (the tanh of a GELU)
         self._functional_seen = True
         index = frame.function_calls[kind.name]
         frame.function_calls[kind.name] += 1

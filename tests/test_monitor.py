@@ -182,6 +182,23 @@ def test_functional_activations_named_by_calling_module():
     train_and_compare(models.Functional(), batch(16, 6, out=2), functional=functional)
 
 
+class NewGELUActivation(nn.Module):
+    """Hugging Face's GPT-2 GELU: a tanh inside, which is part of the GELU, not an activation."""
+
+    def forward(self, x):
+        return 0.5 * x * (1.0 + torch.tanh(0.7978845608 * (x + 0.044715 * torch.pow(x, 3.0))))
+
+
+def test_a_function_inside_an_activation_module_is_not_an_activation_of_its_own():
+    model = nn.Sequential(nn.Linear(6, 8), NewGELUActivation(), nn.Linear(8, 2), nn.Tanh())
+    with gradscope.monitor(model, every=1) as mon:
+        model(torch.randn(4, 6)).sum().backward()
+        mon.step()
+        layers = mon.to_dataframe()["layer"].unique().tolist()
+    assert not [name for name in layers if "tanh#" in name]
+    assert "3" in layers  # the Tanh module is still tracked
+
+
 def test_frozen_parameters_are_not_reported():
     torch.manual_seed(0)
     model = models.mlp()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
@@ -111,6 +111,18 @@ class Rule:
                     v.evidence)
             for v in self.detect(records)
         ]
+
+
+def about_assumed_recipe(violations: list[Violation], records: Records) -> list[Violation]:
+    """A finding about the recipe that gradscope assumed (the user gave no optimizer) is information,
+    never a warning or an error: an assumed default must not make a finding. The model's own
+    problems behind it (a vanishing or exploding gradient) have rules of their own."""
+    dynamics = records.dynamics
+    if dynamics is None or not dynamics.recipe.assumed:
+        return violations
+    note = (f" The recipe was assumed ({dynamics.recipe.text()}, as no optimizer was given), so this is "
+            "informational: give the real optimizer to judge it.")
+    return [replace(v, message=v.message + note, severity=INFO) for v in violations]
 
 
 def log10(values: np.ndarray | float) -> np.ndarray:

@@ -12,7 +12,7 @@ import torch.nn as nn
 from gradscope.layers import RELU
 from gradscope.records import Records
 from gradscope.rules import advice
-from gradscope.rules.base import ERROR, INFO, WARNING, Violation, fmt
+from gradscope.rules.base import ERROR, INFO, WARNING, Violation, about_assumed_recipe, fmt
 from gradscope.rules.example_models import cross_entropy, he, stack, x64
 
 DIVERGED = 10.0
@@ -48,7 +48,8 @@ def detect(records: Records) -> list[Violation]:
         training shrink its effective step by itself. With gradient clipping the severity is at
         most a warning. Under gradscope's default loss (no loss given), whose scale may be far
         from the real one, the curvature thresholds are 10x higher, and a divergence the curvature
-        does not explain by that margin is a warning.
+        does not explain by that margin is a warning. When gradscope assumed the recipe (no
+        optimizer given), the finding is information: an assumed recipe never makes a warning.
 
     Why it matters:
         Along a direction whose curvature exceeds the limit, each step overshoots the minimum by
@@ -71,6 +72,10 @@ def detect(records: Records) -> list[Violation]:
         or warm it up from there over the first few hundred steps; clip the gradient norm; and
         initialise the weights for their activation.
     """
+    return about_assumed_recipe(_violations(records), records)
+
+
+def _violations(records: Records) -> list[Violation]:
     dynamics = records.dynamics
     if dynamics is None:
         return []

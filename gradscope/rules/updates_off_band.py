@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 from gradscope.records import Records
-from gradscope.rules.base import ERROR, WARNING, Violation, fmt
+from gradscope.rules.base import ERROR, WARNING, Violation, about_assumed_recipe, fmt
 from gradscope.rules.example_models import stack, x64
 
 STALLED_BELOW = 1e-4
@@ -33,7 +33,8 @@ def detect(records: Records) -> list[Violation]:
         too small for the model to learn in a normal run); a warning above 0.3 in a model
         without normalisation layers (each step rewrites a third of the weights). Under
         gradscope's default loss (no loss given), whose scale may be far from the real one, both
-        limits are 10x wider.
+        limits are 10x wider. When gradscope assumed the recipe (no optimizer given), the finding
+        is information: an assumed recipe never makes an error.
 
     Why it matters:
         The update ratio is the step size as the model feels it. Far below the band the weights
@@ -55,6 +56,10 @@ def detect(records: Records) -> list[Violation]:
         adaptive optimizer (Adam), whose update ratio is about lr / weight scale. Too large:
         lower the learning rate and add normalisation.
     """
+    return about_assumed_recipe(_violations(records), records)
+
+
+def _violations(records: Records) -> list[Violation]:
     dynamics = records.dynamics
     if dynamics is None or dynamics.nonfinite:
         return []
