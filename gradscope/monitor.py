@@ -21,7 +21,6 @@ import os
 import weakref
 from collections import deque
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
