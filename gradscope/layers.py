@@ -65,6 +65,16 @@ def is_embedding_type(type_name: str) -> bool:
     return "Embedding" in type_name
 
 
+PASS_THROUGH_TYPES = frozenset({"Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout",
+                                "FeatureAlphaDropout", "Identity", "Flatten", "Unflatten"})
+"""Layer types that pass the signal through unchanged (up to dropout's mask): they add no depth."""
+
+
+def is_pass_through_type(type_name: str) -> bool:
+    """Whether a recorded layer type passes the signal through (``"Dropout"``, ``"Identity"`` …)."""
+    return type_name in PASS_THROUGH_TYPES
+
+
 def parameter_kind(name: str) -> str:
     """The last part of a parameter's name: ``"blocks.0.fc.bias"`` → ``"bias"``."""
     return name.rpartition(".")[2]

@@ -19,7 +19,7 @@ HEALTHY = "No findings: gradient flow looks healthy."
 """What a report without findings says when every rule could judge the model."""
 
 DEPTH_PROFILE = Need("depth profile", lambda records: None if signal_profile(records) is not None else (
-    f"fewer than {MIN_LAYERS} layers carry a backpropagated signal"))
+    f"fewer than {MIN_LAYERS} layers (dropout and identity layers not counted) carry a backpropagated signal"))
 STRUCTURE = Need("model structure", lambda records: None if records.structure is not None else (
     "only gradscope.diagnose records it, a training run's history has none"))
 RECIPE_PROBE = Need("recipe probe", lambda records: None if records.dynamics is not None else "none ran")

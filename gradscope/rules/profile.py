@@ -18,11 +18,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gradscope.layers import is_pass_through_type
 from gradscope.records import Records
 from gradscope.rules.base import TINY, log10
 
 MIN_LAYERS = 4
-"""Fewer layers than this in the profile make no depth trend."""
+"""Fewer layers than this in the profile (pass-through layers such as Dropout not counted) make no
+depth trend."""
 
 _MAX_PAIRS_POINTS = 1500
 """Theil–Sen over more layers than this uses evenly spaced ones (the slope barely changes)."""
@@ -110,8 +112,8 @@ def signal_profile(records: Records) -> SignalProfile | None:
     keep = np.isfinite(per_layer) & (per_layer > np.log10(TINY))  # exact zeros: blocked, not a trend
     kept = [name for name, k in zip(layers, keep) if k]
     y = per_layer[keep]
-    if len(kept) < MIN_LAYERS:
-        return None
+    if sum(not is_pass_through_type(records.types.get(name, "")) for name in kept) < MIN_LAYERS:
+        return None  # dropout and identity layers repeat their neighbour's signal: they add no depth
     steps_taken = np.diff(y)
     exempt = np.array([_legitimate_jump(records.types.get(name, "")) for name in kept[1:]])
     adjusted = np.concatenate([[y[0]], y[0] + np.cumsum(np.where(exempt, 0.0, steps_taken))])

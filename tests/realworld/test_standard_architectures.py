@@ -272,23 +272,28 @@ def test_cait_style_vit_is_healthy():
 
 
 class LSTMLanguageModel(nn.Module):
-    def __init__(self) -> None:
+    """pytorch/examples word_language_model's RNNModel: embedding, LSTM, decoder, with dropout
+    (one module, called twice) when ``dropout`` > 0."""
+
+    def __init__(self, dropout: float = 0.0) -> None:
         super().__init__()
+        self.drop = nn.Dropout(dropout)
         self.embed = nn.Embedding(VOCAB, 32)
         self.lstm = nn.LSTM(32, 64, batch_first=True)
         self.head = nn.Linear(64, VOCAB)
 
     def forward(self, ids):
-        return self.head(self.lstm(self.embed(ids))[0])
+        return self.head(self.drop(self.lstm(self.drop(self.embed(ids)))[0]))
 
 
-def test_an_lstm_language_model_says_what_was_not_checked():
+@pytest.mark.parametrize("dropout", [0.0, 0.2])
+def test_an_lstm_language_model_says_what_was_not_checked(dropout):
     torch.manual_seed(0)
-    report = _diagnose(LSTMLanguageModel(), _tokens(), _lm_loss)
+    report = _diagnose(LSTMLanguageModel(dropout), _tokens(), _lm_loss)
     assert report.findings == []
     assert set(report.coverage.not_checked) == {"vanishing-gradient", "exploding-gradient"}
     assert report.no_findings_text.startswith("No findings. Checked: nonfinite-gradient, ")
     assert report.no_findings_text.endswith(
-        "; not checked: vanishing-gradient, exploding-gradient (depth profile: fewer than 4 layers carry a "
-        "backpropagated signal).")
+        "; not checked: vanishing-gradient, exploding-gradient (depth profile: fewer than 4 layers (dropout and "
+        "identity layers not counted) carry a backpropagated signal).")
     assert "healthy" not in report.no_findings_text

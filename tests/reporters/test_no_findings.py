@@ -42,7 +42,7 @@ def test_every_reporter_prints_the_reports_coverage_line(make, complete):
     if not complete:
         assert line.startswith("No findings. Checked: nonfinite-gradient, dead-units, ")
         assert line.endswith("; not checked: vanishing-gradient, exploding-gradient (depth profile: fewer than 4 "
-                             "layers carry a backpropagated signal).")
+                             "layers (dropout and identity layers not counted) carry a backpropagated signal).")
     for name, text in _rendered(report).items():
         assert line in text, name
         assert (HEALTHY in text) == complete, name
