@@ -50,8 +50,21 @@ class MonitorConfig:
     """With ``tensorboard``: apply the rules every this many logged steps and write the findings
     as text when they change."""
 
+    detect: object = "zscore"
+    """Spike detection on every step (gradscope/detectors.py): ``"zscore"`` (default), ``"ratio"``
+    (llm-foundry's rule), ``"rtol"`` (Lightning's SpikeDetection), a ``gradscope.Detector`` with
+    its own parameters, or None to turn the every-step pulse off."""
+
+    guard: object = None
+    """``"skip"``: do not take an optimizer step on which the detector raised an alarm (a spike, a
+    non-finite loss or gradient); parameters and optimizer state are left as they were."""
+
+    record_after: int = 10
+    """After a detection, record every statistic of this many steps (the flight recorder), whatever
+    ``every`` is."""
+
     def __post_init__(self) -> None:
-        for name in ("every", "window", "flush_every", "weights_every"):
+        for name in ("every", "window", "flush_every", "weights_every", "record_after"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise UsageTypeError(
@@ -79,6 +92,11 @@ class MonitorConfig:
             )
         if self.histograms_every is not None and self.tensorboard is None:
             raise UsageError("`histograms_every` writes to TensorBoard; pass tensorboard=DIR as well.")
+        from gradscope.detectors import as_detector
+        from gradscope.guard import check_guard
+
+        self.detect = as_detector(self.detect)
+        self.guard = check_guard(self.guard, self.detect)
         for name in ("functional", "strict"):
             if not isinstance(getattr(self, name), bool):
                 raise UsageTypeError(

@@ -179,7 +179,7 @@ def _run(
     targets: dict[int, torch.Tensor] = {}
     structure = None
     loss_kind = GIVEN_LOSS if loss_fn is not None else DEFAULT_LOSS
-    with Recorder(model, every=1, optimizer=opt) as mon:
+    with Recorder(model, every=1, optimizer=opt, detect=None) as mon:
         for step in range(steps):
             probe = StructureProbe(model) if step == 0 else None
             with probe if probe is not None else nullcontext():

@@ -36,13 +36,17 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 from gradscope.amp import ScalerPatch, check_scaler, record_skip
 from gradscope.buffer import Layout, PendingStep, StepBuffer
 from gradscope.config import MonitorConfig
-from gradscope.distributed import RankAgreement, rank_and_world, unwrap
+from gradscope.detectors import NONFINITE
+from gradscope.distributed import RankAgreement, local, rank_and_world, unwrap
 from gradscope.errors import UsageError, UsageTypeError
+from gradscope.events import SpikeEvent, extended, extends, make_event
+from gradscope.guard import StateSnapshot, all_finite
 from gradscope.failures import FailurePolicy
 from gradscope.hooks import HookManager
 from gradscope.layers import join_name
 from gradscope.params import ParameterStatistics
 from gradscope.history import History
+from gradscope.pulse import PULSE_COLUMNS, Pulse, follow_backward, unfollow_backward
 from gradscope.sinks import Sink, StepRecord, abort_sinks
 from gradscope.stats import STATISTICS
 from gradscope.stats.histograms import HistogramCollector
@@ -80,6 +84,9 @@ class Recorder:
         histograms_every: int | None = None,
         findings_every: int = 10,
         scaler: object = None,
+        detect: object = "zscore",
+        guard: object = None,
+        record_after: int = 10,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise UsageTypeError(
@@ -90,6 +97,7 @@ class Recorder:
             every=every, functional=functional, log_dir=log_dir, window=window,
             flush_every=flush_every, strict=strict, weights_every=weights_every, tensorboard=tensorboard,
             histograms_every=histograms_every, findings_every=findings_every,
+            detect=detect, guard=guard, record_after=record_after,
         )
         self.failures = FailurePolicy(self.config.strict)
         self._guard, self._report, self._warn_once = (
@@ -128,6 +136,7 @@ class Recorder:
         self._registration_handles: list = []
         self._structure_changed = False
         self._active = False
+        self._init_pulse()
 
     # -- the step clock ------------------------------------------------------------------------
 
@@ -137,20 +146,25 @@ class Recorder:
         return self._step
 
     def is_logged(self, step: int) -> bool:
-        return step % self.config.every == 0
+        """Whether step ``step`` records every statistic: one in ``every``, and every step of the
+        flight recorder's window after a detection."""
+        return step % self.config.every == 0 or step <= self._record_until
 
     def weights_logged(self, step: int) -> bool:
         """Whether ``weight_norm`` and ``update_ratio`` are recorded at (logged) step ``step``."""
         every = self.config.every
         return self.is_logged(step) and (step // every) % -(-self.config.weights_every // every) == 0
 
-    def step(self, loss_scale: "torch.Tensor | float | None" = None) -> None:
+    def step(self, loss_scale: "torch.Tensor | float | None" = None, *,
+             loss: "torch.Tensor | float | None" = None) -> None:
         """End the current step when the monitor follows no optimizer: call it once per optimizer
         step, right before ``optimizer.step()``, while the gradients are there. (Called after the
         step and before ``zero_grad()`` it works too, with ``weight_norm`` read after the update.)
 
         ``loss_scale``: the factor the loss was multiplied by before ``backward()`` (a GradScaler's
-        scale), divided out of the backpropagated signal; the gradients must already be unscaled."""
+        scale), divided out of the backpropagated signal; the gradients must already be unscaled.
+        ``loss``: the step's loss for the spike detector, when it should not be taken from the
+        tensor ``backward()`` was called on (see :meth:`observe_loss`)."""
         if self.optimizer is not None:
             raise UsageError(
                 "mon.step() was called, but the monitor follows an optimizer (optimizer= or "
@@ -161,6 +175,9 @@ class Recorder:
             raise UsageError("mon.step() was called outside the `with gradscope.monitor(...)` block.")
         if loss_scale is not None and not isinstance(loss_scale, torch.Tensor):
             loss_scale = torch.tensor(float(loss_scale))
+        if loss is not None:
+            self.observe_loss(loss)
+        self._observe_pulse(loss_scale)
         self._end_step_here(self._parameter_statistics, loss_scale)
 
     def attach_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
@@ -197,6 +214,8 @@ class Recorder:
             )
         self.optimizer = _check_optimizer(optimizer, self.model, attaching=True)
         self.params.sync(self._watched, self._owned())
+        if self._active and self.config.guard is not None and self.detects:
+            self._install_guard()
         if self._active:
             stepped = optimizer in self._stepped_unfollowed
             self._remove_optimizer_hooks()
@@ -240,9 +259,15 @@ class Recorder:
             self._end_step(loss_scale)
 
     def _before_optimizer_step(self, optimizer, args, kwargs):
-        if not self._active or not self.is_logged(self._step):
+        if not self._active:
             return None
         closure = _closure_argument(args, kwargs)
+        if closure is None:
+            self._observe_pulse(self._scale_now())
+        if not self.is_logged(self._step):
+            if closure is not None and self.detects:
+                return _with_closure(args, kwargs, self._recording_first_evaluation(closure))
+            return None
         if closure is None:
             self._guard(ALL_PARAMETERS, "grad_norm", self._parameter_statistics, True)
             return None
@@ -262,8 +287,10 @@ class Recorder:
             if first:
                 first = False
                 if self._active and self._step == step:
-                    self._guard(ALL_PARAMETERS, "grad_norm", self._parameter_statistics, True)
-                    self._guard(ALL_LAYERS, "hooks", self._stop_module_statistics)
+                    self._observe_pulse()
+                    if self.is_logged(step):
+                        self._guard(ALL_PARAMETERS, "grad_norm", self._parameter_statistics, True)
+                        self._guard(ALL_LAYERS, "hooks", self._stop_module_statistics)
             return loss
 
         return recorded_closure
@@ -289,6 +316,7 @@ class Recorder:
     def _scaler_step_ended(self, optimizer, loss_scale) -> None:
         """``scaler.step`` returned, the optimizer step taken or skipped: the step ends."""
         if self._active and optimizer is self.optimizer:
+            self._observe_pulse(loss_scale if isinstance(loss_scale, torch.Tensor) else None)
             if self.is_logged(self._step):
                 self._guard("", "amp_skipped", record_skip, self.scaler, optimizer, self.layout, self.buffer)
             self._end_step(loss_scale if isinstance(loss_scale, torch.Tensor) else None)
@@ -329,6 +357,7 @@ class Recorder:
             if self._histograms.rows:
                 self._guard(ALL_LAYERS, "histograms", self._histograms.send, step, self._sinks)
         self.hooks.end_step()
+        self._guard(ALL_PARAMETERS, "pulse", self._pulse_step_ended, step)
         self._step += 1
         if self.is_logged(self._step):
             if self._structure_changed:  # followed only where it matters: before a logged step
@@ -382,6 +411,288 @@ class Recorder:
         return every is not None and any(hasattr(s, "log_histograms") for s in self._sinks) \
             and (step // self.config.every) % every == 0
 
+    # -- the pulse: every step's loss and gradient norm, spikes, the guard ---------------------
+
+    def _init_pulse(self) -> None:
+        self._pulse: Pulse | None = None
+        self._pulse_failed = False
+        self._observed_step: int | None = None
+        self._step_alarm: torch.Tensor | None = None
+        self._given_loss: torch.Tensor | None = None
+        self._touched = False
+        self._forward_seen = False
+        self._record_until = -1
+        self._pulse_read_upto = -1
+        self._last_ring: tuple[np.ndarray, int] | None = None
+        self._pulse_rows: list[np.ndarray] = []
+        self._pulse_steps: list[np.ndarray] = []
+        self.events: list[SpikeEvent] = []
+        """The detections so far (gradscope/events.py), oldest first."""
+        self.skipped_steps: list[int] = []
+        """Steps whose optimizer update the guard skipped."""
+        self._pulse_handles: list = []
+        self._guard_restore: Callable[[], None] | None = None
+        self._snapshot: StateSnapshot | None = None
+        self._host_arithmetic: bool | None = None
+        """The pulse's arithmetic in numpy (True), torch (False) or by device (None: numpy on
+        the CPU); tests set False to run the GPU's path on the CPU."""
+
+    @property
+    def detects(self) -> bool:
+        return self.config.detect is not None and not self._pulse_failed
+
+    def observe_loss(self, loss: "torch.Tensor | float") -> None:
+        """Give the detector this step's loss; called once per micro-batch under gradient
+        accumulation, the values add up (as the losses of the step's backward passes do).
+        Without it the loss is taken from the tensor ``backward()`` is called on when that
+        backward reaches the model, summed over the step's backward passes; with it, those are
+        ignored for this step. Never a wait for the device: the value stays where it is."""
+        if not isinstance(loss, torch.Tensor):
+            try:
+                loss = torch.tensor(float(loss))
+            except (TypeError, ValueError):
+                raise UsageTypeError(
+                    f"Expected the loss to be a tensor or a number but got {type(loss).__name__}; "
+                    "pass the loss tensor of this step (mon.observe_loss(loss))."
+                ) from None
+        loss = loss.detach()
+        self._given_loss = loss if self._given_loss is None else self._given_loss + loss.to(self._given_loss.device)
+
+    def pulse_history(self) -> pd.DataFrame:
+        """Every step's pulse read so far: step, loss, grad_norm (total), z_loss, z_grad, alarm
+        (bits, gradscope.detectors), skipped, micro-batch columns, and each parameter's gradient
+        norm (``grad_norm/<parameter>``, estimated from a sample, gradscope/pulse.py)."""
+        self._read_pulse(wait=True)
+        names = list(PULSE_COLUMNS) + [f"grad_norm/{n}" for n in (self._pulse.names if self._pulse else [])]
+        if not self._pulse_rows:
+            return pd.DataFrame(columns=["step", *names])
+        rows = np.concatenate(self._pulse_rows)
+        frame = pd.DataFrame(rows[:, :len(names)], columns=names)
+        frame.insert(0, "step", np.concatenate(self._pulse_steps))
+        return frame
+
+    def _start_pulse(self) -> None:
+        if not self.detects:
+            return
+        follow_backward(self)
+        self._pulse_handles.append(lambda: unfollow_backward(self))
+        if not self.compiled:
+            handle = self._watched.register_forward_hook(_ForwardHook(self))
+            self._pulse_handles.append(handle.remove)
+        if self.config.guard is not None and self.optimizer is not None:
+            self._install_guard()
+
+    def _stop_pulse(self) -> None:
+        handles, self._pulse_handles = self._pulse_handles, []
+        for remove in reversed(handles):
+            remove()
+        self._remove_guard()
+
+    def wants_backward(self) -> bool:
+        """Whether a ``backward()`` call now may carry this model's loss (gradscope/pulse.py)."""
+        return self._active and self.detects and not self.hooks.paused
+
+    def backward_starting(self) -> None:
+        # a compiled forward takes no output hooks, and a root whose forward never runs (a
+        # LightningModule's training_step calls its layers): there every backward counts
+        self._touched = self.compiled or not self._forward_seen
+
+    def backward_ended(self, tensor: torch.Tensor) -> None:
+        if not self._touched or not self._active:
+            return
+        self._touched = False
+        self._guard(ALL_PARAMETERS, "pulse", self._count_backward, tensor)
+
+    def _count_backward(self, tensor: torch.Tensor) -> None:
+        pulse = self._pulse_for_step()
+        if pulse is None:
+            return
+        loss = tensor if tensor.numel() == 1 and tensor.is_floating_point() else None
+        if loss is not None:
+            pulse.add_loss(loss)
+        pulse.backward_done(loss)
+
+    def _pulse_forward(self, module, args, output) -> None:
+        """Marks the backward passes that reach the model's output (the root's forward hook)."""
+        if self.hooks.paused or not torch.is_grad_enabled():
+            return
+        self._forward_seen = True
+        for t in _output_tensors(output):
+            if t.requires_grad:
+                t.register_hook(self._mark_touched)
+
+    def _mark_touched(self, grad):
+        self._touched = True
+
+    def _pulse_for_step(self) -> Pulse | None:
+        """The pulse, made at first use (the parameters and their device are known by then)."""
+        if self._pulse is None and not self._pulse_failed:
+            params = [(n, p) for n, p in self._watched.named_parameters() if p.requires_grad]
+            devices = {local(p.detach()).device for _, p in params}
+            if not params or len(devices) > 1:
+                self._pulse_failed = True
+                if params:
+                    self._warn_once(ALL_PARAMETERS, "pulse",
+                                    f"the model's parameters are on {len(devices)} devices; spike detection "
+                                    "needs them on one and is off for this run.")
+                return None
+            window = max(128, self.config.every, self.config.detect.window)
+            self._pulse = Pulse([n for n, _ in params], [p for _, p in params], self.config.detect, window,
+                                self._host_arithmetic)
+        return self._pulse
+
+    def _observe_pulse(self, loss_scale: torch.Tensor | None = None,
+                       finite: torch.Tensor | None = None) -> torch.Tensor | None:
+        """Take this step's pulse (once per step): the alarm bits on the device, or None."""
+        if not self._active or not self.detects:
+            return None
+        if self._observed_step == self._step:
+            return self._step_alarm
+        self._observed_step = self._step
+        self._step_alarm = None
+        self._guard(ALL_PARAMETERS, "pulse", self._take_pulse, loss_scale, finite)
+        return self._step_alarm
+
+    def _take_pulse(self, loss_scale, finite) -> None:
+        pulse = self._pulse_for_step()
+        if pulse is None:
+            return
+        given, self._given_loss = self._given_loss, None
+        alarm = pulse.observe(self._step, given, loss_scale, finite)
+        pulse.send_alarm(self._step, alarm)
+        self._step_alarm = alarm
+
+    def _pulse_step_ended(self, step: int) -> None:
+        """Host side of the step's pulse: alarms that landed become events (and open the flight
+        recorder's window); on a logged step the ring is read into the pulse history."""
+        pulse = self._pulse
+        if pulse is None:
+            return
+        if self._observed_step != step:
+            self._observe_pulse()  # a step that ended without passing an observation point
+        self._step_alarm = None
+        landed = pulse.landed_alarms()
+        if landed:
+            self._read_pulse(wait=True)
+            for alarm_step, bits in landed:
+                self._detected(alarm_step, bits)
+        elif self.is_logged(step) or (step + 1) % pulse.window == 0:
+            self._read_pulse(wait=False)
+        pulse.next_step()
+
+    def _read_pulse(self, wait: bool) -> None:
+        """Copy the ring rows not read yet into the pulse history."""
+        pulse = self._pulse
+        if pulse is None or pulse.last_step is None or pulse.last_step <= self._pulse_read_upto:
+            return
+        if not wait and pulse.device.type != "cpu":
+            wait = True  # read at most once per logged step: the ring is small
+        ring = pulse.read()
+        first = max(self._pulse_read_upto + 1, pulse.last_step - pulse.window + 1)
+        steps = np.arange(first, pulse.last_step + 1)
+        self._pulse_rows.append(ring[steps % pulse.window])
+        self._pulse_steps.append(steps)
+        self._pulse_read_upto = pulse.last_step
+        self._last_ring = (ring, first)
+
+    def _detected(self, step: int, bits: int) -> None:
+        pulse = self._pulse
+        ring, _ = self._last_ring
+        first = max(0, pulse.last_step - pulse.window + 1)
+        skipped = self.config.guard is not None and self._guard_restore is not None
+        lr = None
+        if self.optimizer is not None and self.optimizer.param_groups:
+            value = self.optimizer.param_groups[0].get("lr")
+            lr = float(value) if isinstance(value, (int, float)) or torch.is_tensor(value) else None
+        if skipped:
+            self.skipped_steps.append(step)
+        if self.events and extends(self.events[-1], step, bits):
+            # the same episode: counted, no new event and no new flight-recorder window
+            self.events[-1] = extended(self.events[-1], step, skipped)
+            return
+        event = make_event(step, bits, ring, pulse.window, pulse.names, pulse.band(),
+                           skipped=skipped, rank=self.rank, lr=lr, first_step=first)
+        self.events.append(event)
+        self._record_until = max(self._record_until, self._step + self.config.record_after)
+        for sink in self._sinks:
+            if hasattr(sink, "log_event"):
+                self._guard(ALL_LAYERS, _sink_name(sink), sink.log_event, event)
+
+    # -- the guard ----------------------------------------------------------------------------
+
+    def _install_guard(self) -> None:
+        optimizer = self.optimizer
+        original = optimizer.step
+        had_own = "step" in vars(optimizer)
+        self._snapshot = StateSnapshot(optimizer)
+
+        def guarded_step(*args, **kwargs):
+            if not self._active or _closure_argument((optimizer, *args), kwargs) is not None:
+                return original(*args, **kwargs)
+            return self._guarded_step(original, args, kwargs)
+
+        guarded_step.__wrapped__ = original
+        optimizer.step = guarded_step
+
+        def restore() -> None:
+            if vars(optimizer).get("step") is guarded_step:
+                if had_own:
+                    optimizer.step = original
+                else:
+                    del optimizer.step
+
+        self._guard_restore = restore
+
+    def _remove_guard(self) -> None:
+        restore, self._guard_restore = self._guard_restore, None
+        if restore is not None:
+            restore()
+
+    def _guarded_step(self, original, args, kwargs):
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        finite = None
+        try:
+            finite = all_finite(params)
+        except Exception as e:  # noqa: BLE001 - the step goes on unguarded
+            self._report(ALL_PARAMETERS, "guard", e)
+        alarm = self._observe_pulse(self._scale_now(), finite)
+        if alarm is None:
+            return original(*args, **kwargs)
+        on_host = self._pulse.on_host
+        why_not = None if on_host else self._snapshot.restorable(alarm.device)
+        if on_host or why_not is not None:
+            if why_not == "state on another device":
+                self._warn_once(ALL_PARAMETERS, "guard sync",
+                                "guard='skip': the optimizer keeps state on the host (torch's Adam keeps "
+                                "its step count on the CPU unless capturable=True or fused=True), so the "
+                                "guard reads the alarm from the GPU before each step: one wait per step.")
+            if int(alarm[0]):  # on the CPU this reads memory in place
+                self._skip_step()
+                return None
+            return original(*args, **kwargs)
+        self._snapshot.take()
+        out = original(*args, **kwargs)
+        skip = (alarm != 0).reshape(())
+        self._snapshot.put_back_where(skip)
+        if self._pulse is not None:
+            self._pulse.mark_skipped(self._step, skip.float().reshape(()))
+        return out
+
+    def _scale_now(self) -> torch.Tensor | None:
+        if self.scaler is None:
+            return None
+        scale = getattr(self.scaler, "_scale", None)
+        return scale if isinstance(scale, torch.Tensor) else None
+
+    def _skip_step(self) -> None:
+        """The guard skipped this step's update: it ends as if taken (statistics recorded)."""
+        if self._pulse is not None:
+            self._pulse.mark_skipped(self._step, 1.0)
+        if self.is_logged(self._step):
+            self._guard(ALL_PARAMETERS, "grad_norm", self._parameter_statistics, False)
+        if self.scaler is None:  # with a scaler, the step ends when scaler.step() returns
+            self._end_step()
+
     # -- landed steps: history and sinks -------------------------------------------------------
 
     def _drain(self, wait: bool) -> None:
@@ -423,6 +734,8 @@ class Recorder:
             self._registration_handles.append(register_module_parameter_registration_hook(self._on_registration))
             undo.append(self._abort_open_sinks)
             self._sinks = self._open_sinks()
+            undo.append(self._stop_pulse)
+            self._start_pulse()
             self._follow_new_structure()  # the model may have changed since the last block
             if self.is_logged(self._step):
                 undo.append(self.hooks.detach)
@@ -468,6 +781,8 @@ class Recorder:
                     self._report(ALL_LAYERS, what, e)
 
         attempt("step buffer", self.buffer.discard)  # a step that never reached its optimizer step
+        attempt("pulse", self._stop_pulse)
+        attempt("pulse", self._read_pulse, True)
         attempt("history", self._drain, True)
         attempt("history", self._final_flush)
         sinks, self._sinks = self._sinks, []
@@ -609,6 +924,44 @@ class Recorder:
             "and the write is retried with a growing interval. Steps that do not fit are listed "
             "as lost_steps in meta.json.",
         )
+
+
+class _ForwardHook:
+    """The root's forward hook of the pulse: holds the monitor weakly, and a copy of the model
+    (``copy.deepcopy``, an EMA model) gets a hook that does nothing instead of a second monitor."""
+
+    def __init__(self, recorder: Recorder) -> None:
+        self._recorder = weakref.ref(recorder)
+
+    def __call__(self, module, args, output) -> None:
+        recorder = self._recorder()
+        if recorder is not None:
+            recorder._pulse_forward(module, args, output)
+
+    def __deepcopy__(self, memo) -> "_NoHook":
+        return _NoHook()
+
+
+class _NoHook:
+    def __call__(self, module, args, output) -> None:
+        return None
+
+
+def _output_tensors(output: object, limit: int = 8) -> list[torch.Tensor]:
+    """The tensors of a forward's output (a tensor, a tuple/list, a dict or ModelOutput), at most
+    ``limit`` of them."""
+    if isinstance(output, torch.Tensor):
+        return [output]
+    values = output.values() if isinstance(output, dict) else output if isinstance(output, (tuple, list)) else ()
+    found: list[torch.Tensor] = []
+    for value in values:
+        if isinstance(value, torch.Tensor):
+            found.append(value)
+        elif isinstance(value, (tuple, list, dict)):
+            found.extend(_output_tensors(value, limit - len(found)))
+        if len(found) >= limit:
+            break
+    return found[:limit]
 
 
 def _sink_name(sink: Sink) -> str:

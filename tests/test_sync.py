@@ -75,24 +75,41 @@ def counted_steps(device: str, every: int, steps: int, monitored: bool, monkeypa
         not torch.cuda.is_available(), reason="needs a CUDA device")]),
 ])
 @pytest.mark.parametrize("tensorboard", [False, True])
-def test_at_most_one_host_copy_per_logged_step_and_no_sync(device, tensorboard, monkeypatch, tmp_path):
+@pytest.mark.parametrize("guard", [None, "skip"])
+def test_at_most_one_host_copy_per_logged_step_and_no_sync(device, tensorboard, guard, monkeypatch, tmp_path):
+    """With spike detection on (the default) and the guard, no step waits for the device."""
     options = {"tensorboard": tmp_path / "tb", "findings_every": 1} if tensorboard else {}
+    options["guard"] = guard
     logs = counted_steps(device, every=3, steps=7, monitored=True, monkeypatch=monkeypatch, **options)
     for step, (log, copies) in enumerate(logs):
         logged = step % 3 == 0
         assert log.syncs == [], f"step {step} made the host wait: {log.syncs}"
-        # one (non-blocking) device-to-host copy per logged step, none otherwise; none on a CPU
-        assert len(log.device_to_host) == (1 if logged and device == "cuda" else 0), step
+        # the step buffer: one (non-blocking) device-to-host copy per logged step; the pulse: its
+        # alarm bits every step and its ring on a logged step; nothing on a CPU
+        assert len(log.device_to_host) == ((2 if logged else 1) if device == "cuda" else 0), step
         assert copies == (1 if logged else 0), step
 
 
-def test_unlogged_steps_do_no_tensor_work():
+def test_unlogged_steps_do_no_tensor_work_without_detection():
     plain = counted_steps("cpu", every=3, steps=3, monitored=False)
-    watched = counted_steps("cpu", every=3, steps=3, monitored=True)
+    watched = counted_steps("cpu", every=3, steps=3, monitored=True, detect=None)
     for step in (1, 2):
         assert watched[step][0].ops == plain[step][0].ops, step
     # and the logged step did do work of its own, so the comparison can fail
     assert len(watched[0][0].ops) > len(plain[0][0].ops)
+
+
+def test_unlogged_steps_with_detection_only_read_a_sample_of_each_gradient():
+    """The pulse on the CPU: one strided view per large gradient, one foreach norm, a stack, and
+    the loss detached; the arithmetic after that runs in numpy on the same memory."""
+    plain = counted_steps("cpu", every=3, steps=3, monitored=False)
+    watched = counted_steps("cpu", every=3, steps=3, monitored=True)
+    for step in (1, 2):
+        extra = list(watched[step][0].ops)
+        for op in plain[step][0].ops:
+            extra.remove(op)
+        assert set(extra) <= {"_foreach_norm", "stack", "detach", "view", "as_strided"}, extra
+        assert extra.count("_foreach_norm") == 1 and len(extra) <= 8, extra
 
 
 def test_op_log_sees_a_sync_when_there_is_one():

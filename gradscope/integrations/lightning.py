@@ -44,6 +44,11 @@ class GradscopeCallback(_pl.Callback):
             options.pop("tensorboard", None)
         self.monitor = Monitor(pl_module, self.every, **options).start()
 
+    def on_before_backward(self, trainer, pl_module, loss) -> None:
+        """The loss goes to the spike detector (added up over accumulated micro-batches)."""
+        if self.monitor is not None and self.monitor._active and self.monitor.detects:
+            self.monitor.observe_loss(loss)
+
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         if self.monitor is not None and self.monitor._active:
             scaler = getattr(trainer.precision_plugin, "scaler", None)

@@ -1,0 +1,159 @@
+"""Spike events: what the host makes of a step whose pulse raised an alarm (gradscope/pulse.py).
+
+An event names the step, what was detected (loss spike, gradient spike, non-finite loss or
+gradient), the numbers (loss, gradient norm, their z-scores), whether the guard skipped the step,
+and where the spike began:
+
+- the **layer**: among the parameters whose gradient norm left its own running band in the steps
+  up to the detection and stayed out of it, the one that left first; of those that left on the
+  same step, the first in backward order (the one nearest the loss). Its band is the detector's
+  running mean and standard deviation of its log gradient norm, from the steps before the spike;
+- the **micro-batch**, under gradient accumulation: the one after which the accumulated gradient
+  norm grew most, and the one with the highest loss;
+- the **rank** that detected it under DDP/FSDP2 (each rank runs its detector on its own loss and
+  gradients).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+import numpy as np
+
+from gradscope.detectors import GRAD_NONFINITE, GRAD_SPIKE, alarm_names
+from gradscope.pulse import (
+    ALARM, FIRST_PARAMETER, GRAD_NORM, LOSS, MICRO_COUNT, MICRO_GRAD, MICRO_LOSS, SKIPPED, Z_GRAD, Z_LOSS,
+)
+
+BAND = 3.0
+"""A parameter's gradient norm is out of its band this many running standard deviations above its
+running mean (of the log norm)."""
+
+QUIET = 10
+"""Steps without an alarm that end an episode."""
+
+LOOK_BACK = 20
+"""Steps before a detection searched for the layer whose gradient norm moved first."""
+
+
+@dataclass(frozen=True)
+class SpikeEvent:
+    """One detection, as the run directory, the sinks and the rules receive it."""
+
+    step: int
+    alarms: list[str]
+    loss: float
+    grad_norm: float
+    z_loss: float
+    z_grad: float
+    skipped: bool
+    layer: str | None = None
+    """The parameter whose gradient norm left its band first (None when none did)."""
+    layer_left_at: int | None = None
+    """The step at which it left its band."""
+    layer_ratio: float | None = None
+    """Its gradient norm at the detection over its band's centre."""
+    micro_batch: int | None = None
+    micro_batches: int = 1
+    rank: int = 0
+    lr: float | None = None
+    last_step: int | None = None
+    """The last step of the episode: alarms of the same kinds on the steps that follow, with
+    fewer than ``QUIET`` steps between them, extend the event instead of making new ones."""
+    alarm_steps: int = 1
+    """Steps of the episode that raised an alarm."""
+    skipped_steps: int = 0
+    """Steps of the episode whose update the guard skipped."""
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        for key, value in out.items():
+            if isinstance(value, float) and not np.isfinite(value):
+                out[key] = None if np.isnan(value) else ("inf" if value > 0 else "-inf")
+        return out
+
+    @property
+    def text(self) -> str:
+        """One line: ``step 412: gradient spike (z 9.1, norm 3.2e+01), skipped; began in
+        blocks.3.attn.qkv.weight at step 409 (4.1x its band)``."""
+        what = ", ".join(self.alarms)
+        numbers = []
+        if self.alarms and any("loss" in a for a in self.alarms):
+            numbers.append(f"loss {self.loss:.4g}" + (f", z {self.z_loss:.1f}" if self.z_loss else ""))
+        if any("gradient" in a for a in self.alarms):
+            numbers.append(f"gradient norm {self.grad_norm:.3g}" + (f", z {self.z_grad:.1f}" if self.z_grad else ""))
+        line = f"step {self.step}: {what} ({'; '.join(numbers)})" if numbers else f"step {self.step}: {what}"
+        if self.last_step is not None and self.last_step != self.step:
+            line += f", through step {self.last_step} ({self.alarm_steps} steps with an alarm)"
+        if self.skipped_steps:
+            line += f", {self.skipped_steps} update{'s' if self.skipped_steps > 1 else ''} skipped"
+        if self.layer is not None:
+            line += f"; began in {self.layer}"
+            if self.layer_left_at is not None and self.layer_left_at != self.step:
+                line += f" at step {self.layer_left_at}"
+            if self.layer_ratio is not None:
+                line += f" ({self.layer_ratio:.3g}x its band)"
+        if self.micro_batches > 1 and self.micro_batch is not None:
+            line += f"; micro-batch {self.micro_batch} of {self.micro_batches}"
+        if self.rank:
+            line += f"; rank {self.rank}"
+        return line
+
+
+def make_event(step: int, bits: int, ring: np.ndarray, window: int, names: list[str],
+               band: tuple[np.ndarray, np.ndarray], *, skipped: bool, rank: int, lr: float | None,
+               first_step: int) -> SpikeEvent:
+    """The event of ``step`` from the pulse ring read on the host (``ring``: ``window`` rows) and
+    the detector's band of each parameter; ``names`` in registration (about forward) order;
+    ``first_step``: the first step the ring holds."""
+    row = ring[step % window]
+    layer, left_at, ratio = attribute(step, ring, window, names, band, first_step)
+    micro_count = int(row[MICRO_COUNT])
+    if micro_count > 1:
+        micro = int(row[MICRO_GRAD] if bits & (GRAD_SPIKE | GRAD_NONFINITE) else row[MICRO_LOSS])
+    else:
+        micro = None
+    return SpikeEvent(
+        step=step, alarms=alarm_names(bits), loss=float(row[LOSS]), grad_norm=float(row[GRAD_NORM]),
+        z_loss=round(float(row[Z_LOSS]), 2), z_grad=round(float(row[Z_GRAD]), 2),
+        skipped=skipped, skipped_steps=int(skipped), layer=layer, layer_left_at=left_at, layer_ratio=ratio,
+        micro_batch=micro, micro_batches=max(micro_count, 1), rank=rank, lr=lr,
+    )
+
+
+def attribute(step: int, ring: np.ndarray, window: int, names: list[str],
+              band: tuple[np.ndarray, np.ndarray], first_step: int
+              ) -> tuple[str | None, int | None, float | None]:
+    """(parameter, the step it left its band, its norm over the band's centre at ``step``) for the
+    parameter whose gradient norm left its band first and stayed out through ``step``."""
+    mean, std = band
+    if not names or not np.any(std > 0):
+        return None, None, None
+    steps = [s for s in range(max(first_step, step - LOOK_BACK, step - window + 1), step + 1)]
+    norms = np.stack([ring[s % window, FIRST_PARAMETER:FIRST_PARAMETER + len(names)] for s in steps])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = (np.log(norms) - mean) / np.where(std > 0, std, np.inf)
+    z = np.where(np.isnan(norms) | np.isinf(norms), np.inf, np.nan_to_num(z, nan=-np.inf))
+    out = z > BAND
+    # out of the band from some step through the detection, without a gap
+    stays = np.flip(np.logical_and.accumulate(np.flip(out, axis=0), axis=0), axis=0)
+    if not stays[-1].any():
+        return None, None, None
+    first_row = int(np.argmax(stays.any(axis=1)))
+    candidates = np.flatnonzero(stays[first_row])
+    chosen = int(candidates.max())  # backward order: the latest registered runs first
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        ratio = float(norms[-1, chosen] / np.exp(mean[chosen]))
+    return names[chosen], steps[first_row], (round(ratio, 3) if np.isfinite(ratio) else None)
+
+
+def extends(event: SpikeEvent, step: int, bits: int) -> bool:
+    """Whether an alarm at ``step`` continues ``event``'s episode: the same kinds of alarm, within
+    ``QUIET`` steps of its last one."""
+    last = event.last_step if event.last_step is not None else event.step
+    return alarm_names(bits) == event.alarms and step - last <= QUIET
+
+
+def extended(event: SpikeEvent, step: int, skipped: bool) -> SpikeEvent:
+    return replace(event, last_step=step, alarm_steps=event.alarm_steps + 1,
+                   skipped_steps=event.skipped_steps + int(skipped))

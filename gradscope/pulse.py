@@ -1,0 +1,278 @@
+"""The pulse: a few scalars of every step, logged or not, kept on the device.
+
+On every optimizer step the pulse takes the step's loss, the gradient norm of each parameter and
+the total, runs the detector (gradscope/detectors.py) on them and writes one row into a ring on
+the device: ``[loss, total gradient norm, z of the loss, z of the gradient norm, alarm bits,
+skipped, each parameter's gradient norm]``. Nothing is read back on an unlogged step: the ring is
+copied to the host once per logged step (so the history keeps every step's loss and gradient norm
+even at ``every=100``), and the alarm bits of each step follow in a tiny non-blocking copy, so the
+host learns of a spike without waiting for the device. On the CPU, where reading memory is no
+device synchronisation, both are read in place.
+
+Each parameter's gradient norm is read from a fixed strided sample of at most :data:`SAMPLE`
+elements and scaled by ``sqrt(numel / sampled)``: an estimate for large tensors (exact for those of
+at most ``SAMPLE`` elements), which keeps the every-step cost to a fraction of one pass over the
+gradients. Exact per-parameter norms are recorded on logged steps as ``grad_norm``, and the guard
+(gradscope/guard.py) reads every element when it decides on a non-finite gradient.
+
+The loss arrives in one of two ways: ``mon.step(loss=...)`` / ``mon.observe_loss(loss)``, or by
+itself, from the tensor ``backward()`` is called on, when that backward reaches the model (a scalar
+tensor; with a GradScaler the scale is divided out). Several backward passes in one step (gradient
+accumulation) are micro-batches: their losses add up, and each one's loss and the accumulated
+gradient norm after it are kept for the step, to say which micro-batch a spike came from.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+
+import numpy as np
+import torch
+
+from gradscope.detectors import GRAD_NONFINITE, Detector
+from gradscope.distributed import is_dtensor, local
+
+SAMPLE = 1024
+"""Elements of each parameter's gradient read on every step (all of them for smaller tensors)."""
+
+MICRO_BATCHES = 64
+"""Micro-batches per step kept apart; later ones share the last slot."""
+
+(LOSS, GRAD_NORM, Z_LOSS, Z_GRAD, ALARM, SKIPPED, MICRO_COUNT, MICRO_LOSS, MICRO_GRAD,
+ FIRST_PARAMETER) = range(10)
+"""Columns of a ring row."""
+PULSE_COLUMNS = ("loss", "grad_norm", "z_loss", "z_grad", "alarm", "skipped", "micro_batches",
+                 "micro_batch_loss", "micro_batch_grad")
+"""Names of the columns before the parameters' norms, as ``Recorder.pulse_history()`` gives them."""
+
+
+class Pulse:
+    """The every-step scalars of the parameters ``names``/``params`` (on one device) and their
+    detector, in a ring of ``window`` rows.
+
+    On a GPU the ring, the loss and the detector's state are tensors there; on the CPU they are
+    numpy arrays (the host is the device: numpy's cost per call on a few numbers is a fraction of
+    torch's, and the per-step budget is a few tens of microseconds)."""
+
+    def __init__(self, names: list[str], params: list[torch.nn.Parameter], detector: Detector,
+                 window: int, host_arithmetic: bool | None = None) -> None:
+        self.names = list(names)
+        self.params = list(params)
+        self.device = local(self.params[0].detach()).device
+        self.on_host = self.device.type == "cpu" if host_arithmetic is None else host_arithmetic
+        xp = self.xp = np if self.on_host else torch
+        self.window = window
+        self.detector = detector
+        self._sharded = any(is_dtensor(p) for p in self.params)
+        sizes = [local(p.detach()).numel() for p in self.params]
+        self._strides = [max(1, n // SAMPLE) for n in sizes]
+        sampled = [len(range(0, n, s)) for n, s in zip(sizes, self._strides)]
+        scale = [math.sqrt(n / max(m, 1)) for n, m in zip(sizes, sampled)]
+        self._sampled = sampled
+        self._new = (lambda shape, value: np.full(shape, value)) if self.on_host \
+            else (lambda shape, value: torch.full(shape, value, device=self.device))
+        self.ring = self._new((window, FIRST_PARAMETER + len(self.params)), float("nan"))
+        self._scale = np.array(scale) if self.on_host else torch.tensor(scale, device=self.device)
+        self._state = detector.state(2 + len(self.params), self.device, xp)
+        self.loss = self._new((1,), 0.0)
+        """The losses of this step's backward passes, summed (in the scale ``backward()`` got)."""
+        self.losses_seen = 0
+        self.micro = self._new((MICRO_BATCHES, 2), 0.0)
+        """Per micro-batch of this step: its loss and the accumulated gradient norm after it."""
+        self.backwards = 0
+        self._accumulating = False
+        self._alarm_host: list[tuple[int, object, object]] = []
+        self.last_step: int | None = None
+        self._cat = np.concatenate if xp is np else torch.cat
+
+    # -- during the step -----------------------------------------------------------------------
+
+    def _value(self, t: torch.Tensor):
+        """A 1-element loss as a 1-element array of this pulse's kind."""
+        t = t.detach().reshape(1)
+        if self.on_host:
+            return (t if t.dtype in (torch.float32, torch.float64) else t.float()).cpu().numpy()
+        return t.to(device=self.device, dtype=torch.float32)
+
+    def add_loss(self, loss: torch.Tensor) -> None:
+        """One backward pass's loss (a 1-element tensor)."""
+        self.loss += self._value(loss)
+        self.losses_seen += 1
+
+    def backward_done(self, loss: torch.Tensor | None) -> None:
+        """A backward pass through the model ended: under gradient accumulation (more than one
+        pass per step, seen on the previous step or this one) its micro-batch row is kept."""
+        slot = min(self.backwards, MICRO_BATCHES - 1)
+        self.backwards += 1
+        if self.backwards > 1:
+            self._accumulating = True
+        if not self._accumulating:
+            return
+        norms = self._sampled_norms()
+        self.micro[slot, 0:1] = self._value(loss) if loss is not None else float("nan")
+        self.micro[slot, 1:2] = ((norms * norms).sum() ** 0.5).reshape(1)
+
+    def observe(self, step: int, loss: torch.Tensor | None = None,
+                loss_scale: torch.Tensor | None = None, finite: torch.Tensor | None = None):
+        """The step's row: gradient norms, the loss (``loss`` if given, else the backward passes'
+        sum, divided by ``loss_scale``), the detector. ``finite``: whether every gradient element
+        is finite, when checked in full (the guard). Returns the alarm bits, a 1-element array
+        (a tensor on the device on a GPU)."""
+        xp = self.xp
+        norms = self._sampled_norms()
+        if loss is not None:  # given by the user: as it is
+            self.loss[:] = self._value(loss)
+            self.losses_seen = max(self.losses_seen, 1)
+        elif loss_scale is not None:  # taken from backward(): scaled by the GradScaler
+            self.loss[:] = self.loss / self._value(loss_scale)
+        loss_value = self.loss if self.losses_seen else self.loss * float("nan")
+        total = ((norms * norms).sum() ** 0.5).reshape(1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            y = self._cat((loss_value, xp.log(total), xp.log(norms)))
+            alarm, z = self._state.update(y, self.losses_seen > 0)
+        if finite is not None:
+            finite = finite.reshape(1).cpu().numpy() if self.on_host else finite.reshape(1)
+            alarm = xp.where(finite | (alarm >= GRAD_NONFINITE), alarm, alarm + float(GRAD_NONFINITE))
+        self.ring[step % self.window] = self._cat((loss_value, total, z[0:2], alarm, self._micro_columns(), norms))
+        self.last_step = step
+        return alarm
+
+    def _micro_columns(self):
+        """[skipped (0 until the guard says), micro-batches, the one with the highest loss, the
+        one after which the accumulated gradient norm grew most]."""
+        n = min(self.backwards, MICRO_BATCHES)
+        columns = self._new((4,), 0.0)
+        columns[1] = float(n)
+        if self._accumulating and n >= 2:
+            rows = self.micro[:n]
+            squares = rows[:, 1] * rows[:, 1]
+            growth = squares - self._cat((squares[:1] * 0.0, squares[:-1]))
+            columns[2:3] = rows[:, 0].argmax().reshape(1) * 1.0
+            columns[3:4] = growth.argmax().reshape(1) * 1.0
+        return columns
+
+    def mark_skipped(self, step: int, skipped) -> None:
+        """The guard's decision for ``step`` (a number, or a 0-dim tensor on the device)."""
+        self.ring[step % self.window, SKIPPED] = skipped
+
+    def next_step(self) -> None:
+        self.loss[:] = 0.0
+        self.losses_seen = 0
+        if self.backwards <= 1:
+            self._accumulating = False
+        self.backwards = 0
+
+    def _sampled_norms(self):
+        """Each parameter's estimated gradient norm (0 without a gradient), one array."""
+        grads = [p.grad for p in self.params]
+        if self._sharded:
+            grads = [None if g is None else local(g) for g in grads]
+        positions = [i for i, g in enumerate(grads) if g is not None]
+        # a strided view reads every stride-th element: one op per large tensor, no copy
+        samples = [
+            grads[i] if self._strides[i] == 1 else
+            grads[i].as_strided((self._sampled[i],), (self._strides[i],)) if grads[i].is_contiguous() else
+            grads[i].reshape(-1)[::self._strides[i]]
+            for i in positions
+        ]
+        if not samples:
+            return self._new((len(self.params),), 0.0)
+        norms = torch._foreach_norm(samples)
+        found = torch.stack(norms if len({n.dtype for n in norms}) == 1 else [n.float() for n in norms])
+        if found.dtype not in (torch.float32, torch.float64):
+            found = found.float()  # half precision: numpy has no bfloat16
+        found = found.numpy().astype(np.float64) if self.on_host else found
+        if len(positions) < len(self.params):
+            full = self._new((len(self.params),), 0.0)
+            full[positions] = found
+            found = full
+        return found * self._scale
+
+    # -- on the host ---------------------------------------------------------------------------
+
+    def send_alarm(self, step: int, alarm) -> None:
+        """Start the alarm bits' trip to the host (non-blocking on CUDA; in place on the CPU)."""
+        if self.on_host:
+            self._alarm_host.append((step, int(alarm[0]), None))
+            return
+        if alarm.device.type != "cuda":  # torch arithmetic on the CPU (tests of the GPU's path)
+            self._alarm_host.append((step, alarm.clone(), None))
+            return
+        host = torch.empty(1, dtype=alarm.dtype, pin_memory=True)
+        host.copy_(alarm, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        self._alarm_host.append((step, host, event))
+
+    def landed_alarms(self, wait: bool = False) -> list[tuple[int, int]]:
+        """(step, alarm bits) of the steps whose bits reached the host, oldest first; only those
+        with an alarm."""
+        out = []
+        while self._alarm_host:
+            step, host, event = self._alarm_host[0]
+            if event is not None and not wait and not event.query():
+                break
+            if event is not None:
+                event.synchronize()
+            if isinstance(host, torch.Tensor):
+                host = int(host.numpy()[0])
+            self._alarm_host.pop(0)
+            if host:
+                out.append((step, host))
+        return out
+
+    def read(self) -> np.ndarray:
+        """The whole ring on the host (float64); a wait for the device on a GPU."""
+        if self.on_host:
+            return self.ring.copy()
+        return self.ring.detach().to("cpu", torch.float64).numpy()
+
+    def band(self) -> tuple[np.ndarray, np.ndarray]:
+        """The detector's running mean and standard deviation of the log gradient norm of each
+        parameter (zscore; zeros for the loss rules), on the host."""
+        mean, var = self._state.mean[2:], self._state.var[2:]
+        if not self.on_host:
+            mean, var = (t.detach().to("cpu", torch.float64).numpy() for t in (mean, var))
+        return np.array(mean, dtype=float), np.sqrt(np.array(var, dtype=float))
+
+
+_ACTIVE: "weakref.WeakSet" = weakref.WeakSet()
+_ORIGINAL_BACKWARD = None
+
+
+def follow_backward(owner) -> None:
+    """Route ``Tensor.backward`` calls to ``owner.backward_called(tensor, run)`` while any owner
+    follows them (the patch is installed once and removed with the last owner)."""
+    global _ORIGINAL_BACKWARD
+    if _ORIGINAL_BACKWARD is None:
+        _ORIGINAL_BACKWARD = torch.Tensor.backward
+        original = _ORIGINAL_BACKWARD
+
+        def backward(self, *args, **kwargs):
+            owners = [o for o in list(_ACTIVE) if o.wants_backward()]
+            if not owners:
+                return original(self, *args, **kwargs)
+            for o in owners:
+                o.backward_starting()
+            try:
+                return original(self, *args, **kwargs)
+            finally:
+                for o in owners:
+                    o.backward_ended(self)
+
+        backward.__doc__ = original.__doc__
+        backward.__wrapped__ = original
+        torch.Tensor.backward = backward
+    _ACTIVE.add(owner)
+
+
+def unfollow_backward(owner) -> None:
+    """Stop routing to ``owner``; the last one out puts ``Tensor.backward`` back, unless something
+    wrapped it after gradscope did (then the wrapper stays, passing every call straight through)."""
+    global _ORIGINAL_BACKWARD
+    _ACTIVE.discard(owner)
+    if not len(_ACTIVE) and _ORIGINAL_BACKWARD is not None \
+            and getattr(torch.Tensor.backward, "__wrapped__", None) is _ORIGINAL_BACKWARD:
+        torch.Tensor.backward = _ORIGINAL_BACKWARD
+        _ORIGINAL_BACKWARD = None
