@@ -43,7 +43,7 @@ class Monitor(Recorder):
         return build_report(self.to_dataframe(), self.layers, None, self.model_summary(), {
             "steps": self.history.steps_logged, "every": self.config.every, "loss": "training loop",
             "last_step": self.history.last_step,
-        })
+        }, pulse=self.pulse_history() if self.detects else None, events=self.event_dicts())
 
     def save_html(self, path: str | os.PathLike, title: str | None = None) -> Path:
         """Write the self-contained HTML report of the history so far (gradscope.reporters.html)."""

@@ -21,9 +21,7 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 
 from gradscope.detectors import GRAD_NONFINITE, GRAD_SPIKE, alarm_names
-from gradscope.pulse import (
-    ALARM, FIRST_PARAMETER, GRAD_NORM, LOSS, MICRO_COUNT, MICRO_GRAD, MICRO_LOSS, SKIPPED, Z_GRAD, Z_LOSS,
-)
+from gradscope.pulse import FIRST_PARAMETER, GRAD_NORM, LOSS, MICRO_COUNT, MICRO_GRAD, MICRO_LOSS, Z_GRAD, Z_LOSS
 
 BAND = 3.0
 """A parameter's gradient norm is out of its band this many running standard deviations above its
@@ -79,9 +77,9 @@ class SpikeEvent:
         what = ", ".join(self.alarms)
         numbers = []
         if self.alarms and any("loss" in a for a in self.alarms):
-            numbers.append(f"loss {self.loss:.4g}" + (f", z {self.z_loss:.1f}" if self.z_loss else ""))
+            numbers.append(f"loss {self.loss:.4g}" + (f", z {self.z_loss:.3g}" if self.z_loss == self.z_loss and self.z_loss else ""))
         if any("gradient" in a for a in self.alarms):
-            numbers.append(f"gradient norm {self.grad_norm:.3g}" + (f", z {self.z_grad:.1f}" if self.z_grad else ""))
+            numbers.append(f"gradient norm {self.grad_norm:.3g}" + (f", z {self.z_grad:.3g}" if self.z_grad == self.z_grad and self.z_grad else ""))
         line = f"step {self.step}: {what} ({'; '.join(numbers)})" if numbers else f"step {self.step}: {what}"
         if self.last_step is not None and self.last_step != self.step:
             line += f", through step {self.last_step} ({self.alarm_steps} steps with an alarm)"

@@ -36,7 +36,6 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 from gradscope.amp import ScalerPatch, check_scaler, record_skip
 from gradscope.buffer import Layout, PendingStep, StepBuffer
 from gradscope.config import MonitorConfig
-from gradscope.detectors import NONFINITE
 from gradscope.distributed import RankAgreement, local, rank_and_world, unwrap
 from gradscope.errors import UsageError, UsageTypeError
 from gradscope.events import SpikeEvent, extended, extends, make_event
@@ -341,6 +340,7 @@ class Recorder:
         if self._stepped_unfollowed:
             self._stepped_unfollowed.clear()
         step = self._step
+        self._guard(ALL_PARAMETERS, "pulse", self._pulse_step_ended, step)
         if self.is_logged(step):
             try:
                 rescales = self._rescale.rescales(loss_scale, self.world_size, self.buffer.primary_device)
@@ -357,7 +357,6 @@ class Recorder:
             if self._histograms.rows:
                 self._guard(ALL_LAYERS, "histograms", self._histograms.send, step, self._sinks)
         self.hooks.end_step()
-        self._guard(ALL_PARAMETERS, "pulse", self._pulse_step_ended, step)
         self._step += 1
         if self.is_logged(self._step):
             if self._structure_changed:  # followed only where it matters: before a logged step
@@ -457,6 +456,10 @@ class Recorder:
                 ) from None
         loss = loss.detach()
         self._given_loss = loss if self._given_loss is None else self._given_loss + loss.to(self._given_loss.device)
+
+    def event_dicts(self) -> list[dict]:
+        """The spike events as dicts (``SpikeEvent.to_dict()`` plus the one-line ``text``)."""
+        return [{**e.to_dict(), "text": e.text} for e in self.events]
 
     def pulse_history(self) -> pd.DataFrame:
         """Every step's pulse read so far: step, loss, grad_norm (total), z_loss, z_grad, alarm

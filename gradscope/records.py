@@ -31,6 +31,11 @@ class Records:
     structure: ModelStructure | None = None
     dynamics: Dynamics | None = None
     """What ``diagnose``'s recipe probe measured (None without one)."""
+    pulse: pd.DataFrame | None = None
+    """A monitored training run's every-step loss and gradient norm (``Recorder.pulse_history``:
+    step, loss, grad_norm, z_loss, z_grad, alarm, skipped, …); None outside a training run."""
+    events: tuple = ()
+    """A monitored run's spike events as dicts (``SpikeEvent.to_dict()`` plus its ``text``)."""
 
     @cached_property
     def steps(self) -> list[int]:

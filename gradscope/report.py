@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from gradscope.probe import Dynamics
-from gradscope.rundir import meta_layers, read_history, read_meta
+from gradscope.rundir import meta_layers, read_history, read_meta, read_training
 from gradscope.rules import SEVERITIES, Coverage, Finding, Records, rule_coverage, run_rules
 from gradscope.rules.base import json_safe
 from gradscope.structure import ModelStructure
@@ -38,6 +38,10 @@ class Report:
     """Whether the model trains under the recipe: trains / at-risk / fails (``gradscope.verdict``)."""
     coverage: Coverage | None = None
     """Which rules could judge the model and which lacked what they need (``gradscope.rules.coverage``)."""
+    pulse: pd.DataFrame | None = None
+    """A training run's every-step loss and gradient norm (``Recorder.pulse_history``), or None."""
+    events: list[dict] = field(default_factory=list)
+    """A training run's spike events (``SpikeEvent.to_dict()`` with its ``text``), oldest first."""
 
     @property
     def no_findings_text(self) -> str:
@@ -60,6 +64,7 @@ class Report:
             "options": self.options,
             "findings": [f.to_dict() for f in self.findings],
             "coverage": self.coverage.to_dict() if self.coverage is not None else None,
+            "events": self.events,
             "layers": self._layer_rows(),
         })
 
@@ -86,13 +91,17 @@ def build_report(
     model: dict,
     options: dict,
     dynamics: Dynamics | None = None,
+    pulse: pd.DataFrame | None = None,
+    events: list[dict] | None = None,
 ) -> Report:
-    """Apply the rules to ``history`` and summarise it per layer. Steps a GradScaler skipped
-    (``amp_skipped``) are left out of the rules: their Inf/NaN gradients were discarded by design."""
-    records = Records(without_skipped_steps(history), layers, structure, dynamics)
+    """Apply the rules to ``history`` (and a training run's ``pulse`` and spike ``events``) and
+    summarise it per layer. Steps a GradScaler skipped (``amp_skipped``) are left out of the
+    rules: their Inf/NaN gradients were discarded by design."""
+    events = list(events or [])
+    records = Records(without_skipped_steps(history), layers, structure, dynamics, pulse, tuple(events))
     findings = run_rules(records)
     return Report(model, findings, layer_summary(history, layers), history, structure, options, dynamics,
-                  decide(findings, dynamics), rule_coverage(records))
+                  decide(findings, dynamics), rule_coverage(records), pulse, events)
 
 
 def without_skipped_steps(history: pd.DataFrame) -> pd.DataFrame:
@@ -115,4 +124,4 @@ def load_run_report(run_dir: str | os.PathLike) -> Report:
         "status": meta.get("status"), "loss": "training loop", "command": meta.get("command"),
         "gradscope_version": meta.get("gradscope_version"), "torch_version": meta.get("torch_version"),
     }
-    return build_report(history, layers, None, model, options)
+    return build_report(history, layers, None, model, options, **read_training(run_dir))

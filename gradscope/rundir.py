@@ -66,6 +66,43 @@ def write_findings(run_dir: Path, findings: list[dict]) -> None:
                  json.dumps({"format": FORMAT, "format_version": FORMAT_VERSION, "findings": findings}, indent=2))
 
 
+EVENTS_FILE = "events.jsonl"
+PULSE_FILE = "pulse.parquet"
+
+
+def append_event(run_dir: Path, event: dict) -> None:
+    """One spike event as a JSON line of ``events.jsonl``, appended as it happens."""
+    with open(Path(run_dir) / EVENTS_FILE, "a", encoding="utf-8") as f:
+        f.write(json.dumps(event, allow_nan=False) + "\n")
+
+
+def write_events(run_dir: Path, events: list[dict]) -> None:
+    """``events.jsonl`` at the end of the run: every episode as it ended (rewritten atomically)."""
+    write_atomic(Path(run_dir) / EVENTS_FILE, "".join(json.dumps(e, allow_nan=False) + "\n" for e in events))
+
+
+def write_pulse(run_dir: Path, pulse: pd.DataFrame) -> None:
+    """``pulse.parquet``: every step's loss, gradient norm, z-scores, alarm bits and skips (the
+    per-parameter columns are left out: they are estimates, kept for attribution)."""
+    columns = [c for c in pulse.columns if not str(c).startswith("grad_norm/")]
+    path = Path(run_dir) / PULSE_FILE
+    tmp = path.with_suffix(".tmp")
+    pulse[columns].to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def read_training(run_dir: str | os.PathLike) -> dict:
+    """The pulse and the events of a run directory, where the run wrote them ({} otherwise)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / PULSE_FILE).exists():
+        return {}
+    events = []
+    if (run_dir / EVENTS_FILE).exists():
+        events = [json.loads(line) for line in (run_dir / EVENTS_FILE).read_text(encoding="utf-8").splitlines()
+                  if line.strip()]
+    return {"pulse": pd.read_parquet(run_dir / PULSE_FILE), "events": events}
+
+
 def read_meta(run_dir: str | os.PathLike) -> dict:
     """The run's ``meta.json``, checked for format and version."""
     path = Path(run_dir) / META_FILE

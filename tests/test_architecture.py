@@ -16,7 +16,8 @@ import gradscope
 PACKAGE = Path(gradscope.__file__).parent
 CAPTURE = ["hooks.py", "params.py", "buffer.py", "history.py", "rundir.py", "distributed.py",
            "amp.py", "monitor.py", "config.py", "errors.py", "failures.py", "stats/__init__.py",
-           "stats/reductions.py", "stats/histograms.py", "stats/rescale.py", "sinks/__init__.py"]
+           "stats/reductions.py", "stats/histograms.py", "stats/rescale.py", "sinks/__init__.py",
+           "pulse.py", "detectors.py", "guard.py", "events.py"]
 READ_SIDE = ("gradscope.rules", "gradscope.report", "gradscope.reporters", "gradscope.api",
              "gradscope.diagnose", "gradscope.sinks.tensorboard", "gradscope.sinks.run_directory")
 

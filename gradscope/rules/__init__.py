@@ -8,7 +8,7 @@ evidence it needs to judge (``gradscope.rules.coverage``), in the order findings
 
 >>> import gradscope
 >>> rule = find_rule("dead-units")
->>> [f.rule for f in gradscope.diagnose(**rule.pair(bad=True)).findings]
+>>> [f.rule for f in gradscope.diagnose(**rule.pair(bad=True)).findings]  # report_of(pair) for run rules
 ['dead-units', 'updates-off-band']
 """
 
@@ -27,14 +27,17 @@ from gradscope.rules import (
     nonfinite_gradient,
     post_ln_transformer,
     saturated_activations,
+    skipped_updates,
     stalled_updates,
+    training_divergence,
+    training_spike,
     unstable_learning_rate,
     updates_off_band,
     vanishing_gradient,
 )
 from gradscope.records import Records
 from gradscope.rules.base import ERROR, INFO, SEVERITIES, WARNING, Finding, Need, Rule, Violation
-from gradscope.rules.coverage import DEPTH_PROFILE, RECIPE_PROBE, STRUCTURE, Coverage
+from gradscope.rules.coverage import DEPTH_PROFILE, RECIPE_PROBE, STRUCTURE, TRAINING_RUN, Coverage
 
 
 def _rule(code: str, slug: str, severity: str, summary: str, module, decides: bool = False,
@@ -66,6 +69,15 @@ RULES: tuple[Rule, ...] = (
     _rule("GS109", "collapsed-representations", ERROR,
           "The samples' representations become nearly identical with depth (correlation 0.999+).",
           collapsed_representations, decides=True, needs=(RECIPE_PROBE, STRUCTURE)),
+    _rule("GS110", "training-divergence", ERROR,
+          "The loss or gradient norm became NaN/Inf during training; the alarms before it and where they began.",
+          training_divergence, decides=True, needs=(TRAINING_RUN,)),
+    _rule("GS111", "training-spike", WARNING,
+          "Loss or gradient-norm spikes during training, with the layer where each began.", training_spike,
+          needs=(TRAINING_RUN,)),
+    _rule("GS112", "skipped-updates", INFO,
+          "Optimizer updates the guard (guard=\"skip\") skipped, and why.", skipped_updates,
+          needs=(TRAINING_RUN,)),
     _rule("GS201", "no-skip-connections", INFO,
           "A stack of 10+ weight layers with no skip connection around them.", no_skip_connections,
           needs=(STRUCTURE,)),
@@ -96,6 +108,8 @@ def rule_coverage(records: Records, rules: tuple[Rule, ...] = RULES) -> Coverage
     """Which rules judged ``records`` and which could not for lack of what they need."""
     checked, not_checked = [], {}
     for rule in rules:
+        if rule.needs_training_run and records.pulse is None:
+            continue  # about training runs: not a question gradscope.diagnose's probe answers
         reason = rule.missing(records)
         if reason is None:
             checked.append(rule.slug)

@@ -128,3 +128,61 @@ def clip_code(max_norm: float) -> str:
         f"torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm={max_norm:.2g})",
         "optimizer.step()",
     )
+
+
+ATTENTION_WORDS = ("attn", "attention", "qkv", "query", "key", "q_proj", "k_proj", "c_attn", "wq", "wk")
+OUTPUT_WORDS = ("lm_head", "head", "output", "out_proj_final", "classifier", "logits", "decoder")
+
+
+def spike_events(records) -> list[dict]:
+    """The monitor's spike events (gradscope/events.py) as dicts, each with its one-line ``text``
+    and whether it is about a non-finite loss or gradient."""
+    out = []
+    if records.pulse is None:
+        return out
+    for event in records.events:
+        event = dict(event)
+        event["nonfinite"] = any("non-finite" in a for a in event.get("alarms", []))
+        out.append(event)
+    return out
+
+
+def clip_threshold(records) -> float | None:
+    """The 99th percentile of the total gradient norm over the pulse's steps without an alarm:
+    a clipping threshold that leaves ordinary steps alone and cuts spikes."""
+    pulse = records.pulse
+    if pulse is None or pulse.empty:
+        return None
+    quiet = pulse[(pulse["alarm"] == 0)]["grad_norm"].to_numpy(dtype=float)
+    quiet = quiet[quiet == quiet]
+    if len(quiet) < 10:
+        return None
+    import numpy as np
+
+    return float(np.percentile(quiet, 99))
+
+
+def instability_fix(events: list[dict], records) -> str:
+    """What to change after spikes began in the events' layers: the learning rate, clipping at a
+    measured threshold, qk-norm or a z-loss by where they began, and the guard."""
+    lines = []
+    lr = next((e.get("lr") for e in events if e.get("lr")), None)
+    if lr:
+        lines.append(f"Lower the learning rate (now {lr:.3g}; try {lr / 3:.2g}) or warm it up over the "
+                     "first few hundred steps.")
+    else:
+        lines.append("Lower the learning rate, or warm it up over the first few hundred steps.")
+    threshold = clip_threshold(records)
+    if threshold is not None:
+        lines.append(f"Clip the gradient norm at {threshold:.3g}, the 99th percentile of the measured "
+                     "norms on steps without an alarm:\n" + clip_code(threshold))
+    layers = [str(e.get("layer") or "") for e in events]
+    if any(any(w in name.lower() for w in ATTENTION_WORDS) for name in layers):
+        lines.append("The spike began in an attention projection: normalise queries and keys "
+                     "(qk-norm, a LayerNorm or RMSNorm on q and k per head) so the attention logits "
+                     "cannot grow without bound.")
+    if any(any(w in name.lower().split(".")[0] or w in name.lower() for w in OUTPUT_WORDS) for name in layers):
+        lines.append("The spike began in the output layer: add a z-loss (1e-4 * logsumexp(logits)**2) "
+                     "to keep the output logits from drifting.")
+    lines.append('Train with gradscope.monitor(..., guard="skip") to skip the update of a spiking step.')
+    return " ".join(lines[:1]) + ("\n" + "\n".join(lines[1:]) if len(lines) > 1 else "")

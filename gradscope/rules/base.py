@@ -87,6 +87,12 @@ class Rule:
     means "not checked", not "fine"."""
 
     @property
+    def needs_training_run(self) -> bool:
+        """Whether it judges a monitored training run (its ``pair`` has a ``run()``), not
+        ``gradscope.diagnose``'s probe."""
+        return any(need.name == "training run" for need in self.needs)
+
+    @property
     def doc(self) -> str:
         return inspect.getdoc(self.detect) or ""
 

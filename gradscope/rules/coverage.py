@@ -23,6 +23,9 @@ DEPTH_PROFILE = Need("depth profile", lambda records: None if signal_profile(rec
 STRUCTURE = Need("model structure", lambda records: None if records.structure is not None else (
     "only gradscope.diagnose records it, a training run's history has none"))
 RECIPE_PROBE = Need("recipe probe", lambda records: None if records.dynamics is not None else "none ran")
+TRAINING_RUN = Need("training run", lambda records: (
+    "not a monitored training run (gradscope.diagnose takes a few probe steps)" if records.pulse is None
+    else "no step reached the spike detector" if records.pulse.empty else None))
 
 
 @dataclass(frozen=True)

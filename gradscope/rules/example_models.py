@@ -60,3 +60,45 @@ def cross_entropy(classes: int = 10, batch: int = 64):
     findings scale with the loss (gradscope's default loss gets a margin for its scale)."""
     labels = torch.randint(0, classes, (batch,), generator=torch.Generator().manual_seed(1))
     return lambda output: nn.functional.cross_entropy(output, labels)
+
+
+def spiking_run(corrupt_at: int | None, momentum: float = 0.0, guard: str | None = None,
+                steps: int = 300) -> dict:
+    """The training-run pair of the instability rules: a small ReLU MLP learning a linear map
+    with SGD (lr 0.01), ``gradscope.monitor(every=100)`` around the loop; at step ``corrupt_at``
+    one batch comes with inputs 30x too large (a corrupt batch). ``run()`` trains a fresh copy
+    and returns the monitor's report; ``model`` and ``inputs`` are the model and a batch."""
+    def build() -> nn.Sequential:
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 1))
+
+    def run():
+        import gradscope
+
+        model = build()
+        generator = torch.Generator().manual_seed(1)
+        x_all = torch.randn(2000, 20, generator=generator)
+        y_all = x_all[:, :1] * 2
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=momentum)
+        with gradscope.monitor(model, every=100, optimizer=opt, guard=guard) as mon:
+            for step in range(steps):
+                index = torch.randint(0, 2000, (32,), generator=generator)
+                x = x_all[index] * (30.0 if step == corrupt_at else 1.0)
+                loss = nn.functional.mse_loss(model(x), y_all[index])
+                loss.backward()
+                opt.step()
+                opt.zero_grad()
+        return mon.report()
+
+    return {"model": build(), "inputs": torch.randn(32, 20, generator=torch.Generator().manual_seed(2)),
+            "run": run}
+
+
+def report_of(pair: dict):
+    """The report a rule's pair yields: its training ``run()`` for the rules that judge a
+    training run, else ``gradscope.diagnose(**pair)``."""
+    import gradscope
+
+    if "run" in pair:
+        return pair["run"]()
+    return gradscope.diagnose(**pair)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gradscope.rundir import META_FILE, write_findings, write_meta
+from gradscope.rundir import META_FILE, append_event, write_events, write_findings, write_meta, write_pulse
 from gradscope.sinks import RunView, StepRecord
 
 
@@ -28,12 +28,22 @@ class RunDirectorySink:
     def abort(self) -> None:
         (self.run_dir / META_FILE).unlink(missing_ok=True)
 
+    def log_event(self, event) -> None:
+        """A spike event, one JSON line in ``events.jsonl`` as it happens (nothing is skipped
+        silently: a guarded step's line says ``"skipped": true``)."""
+        append_event(self.run_dir, {**event.to_dict(), "text": event.text})
+
     def close(self) -> None:
         self._write_meta("complete")
         from gradscope.report import build_report
 
         history = self._run.to_dataframe()
-        findings = build_report(history, self._run.layers, None, self._run.model_summary(), {}).findings
+        training = {}
+        if getattr(self._run, "detects", False):
+            training = {"pulse": self._run.pulse_history(), "events": self._run.event_dicts()}
+            write_pulse(self.run_dir, training["pulse"])
+            write_events(self.run_dir, training["events"])
+        findings = build_report(history, self._run.layers, None, self._run.model_summary(), {}, **training).findings
         write_findings(self.run_dir, [f.to_dict() for f in findings])
 
     def _write_meta(self, status: str) -> None:

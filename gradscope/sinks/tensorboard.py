@@ -84,7 +84,21 @@ class TensorBoardSink:
         recent = self._run.recent_history()
         steps = sorted(recent["step"].unique())[-FINDINGS_WINDOW:]
         recent = recent[recent["step"].isin(steps)]
-        return build_report(recent, self._run.layers, None, self._run.model_summary(), {})
+        return build_report(recent, self._run.layers, None, self._run.model_summary(), {}, **self._training())
+
+    def _training(self) -> dict:
+        """The run's pulse and spike events, for the training-run rules (none without detection)."""
+        if not getattr(self._run, "detects", False):
+            return {}
+        return {"pulse": self._run.pulse_history(), "events": self._run.event_dicts()}
+
+    def log_event(self, event) -> None:
+        """A spike event (gradscope/events.py) as it happens: its line under ``gradscope/events``
+        and a marker scalar ``gradscope/spike`` (1 at the step; with the guard, ``gradscope/skipped``)."""
+        self.writer.add_text("gradscope/events", event.text, event.step)
+        self.writer.add_scalar("gradscope/spike", 1.0, event.step)
+        if event.skipped:
+            self.writer.add_scalar("gradscope/skipped", 1.0, event.step)
 
     def log_findings(self, report: Report, step: int) -> None:
         """The report's findings as a markdown table (or what was checked, where there is none),
@@ -130,7 +144,8 @@ class TensorBoardSink:
                 from gradscope.report import build_report
 
                 history = self._run.to_dataframe()
-                report = build_report(history, self._run.layers, None, self._run.model_summary(), {})
+                report = build_report(history, self._run.layers, None, self._run.model_summary(), {},
+                                      **self._training())
                 self.log_findings(report, self._last_step)
         finally:
             self.writer.flush()

@@ -11,6 +11,7 @@ import torch
 
 import gradscope
 from gradscope.rules import RULES
+from gradscope.rules.example_models import report_of
 
 RULES_DIR = Path(gradscope.__file__).parent / "rules"
 
@@ -32,8 +33,8 @@ def test_no_rule_module_carries_its_own_code():
 @pytest.mark.parametrize("rule", RULES, ids=[r.slug for r in RULES])
 def test_bad_model_yields_the_finding_and_good_model_does_not(rule):
     torch.manual_seed(0)
-    bad = gradscope.diagnose(**rule.pair(bad=True))
-    good = gradscope.diagnose(**rule.pair(bad=False))
+    bad = report_of(rule.pair(bad=True))
+    good = report_of(rule.pair(bad=False))
     found = [f for f in bad.findings if f.rule == rule.slug]
     assert found, f"{rule.slug} not found; got {[f.rule for f in bad.findings]}"
     assert all(f.code == rule.code for f in found)

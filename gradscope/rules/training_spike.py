@@ -1,0 +1,62 @@
+"""The training-spike rule: what it detects, its fix, and its bad/good training-run pair.
+
+Its code and severity are in the registry, ``gradscope.rules.RULES``."""
+
+from __future__ import annotations
+
+from gradscope.records import Records
+from gradscope.rules.advice import instability_fix, spike_events
+from gradscope.rules.base import Violation
+from gradscope.rules.example_models import spiking_run
+
+
+def detect(records: Records) -> list[Violation]:
+    """What it checks:
+        Spikes of the loss or of the total gradient norm during training, caught on the step they
+        happen whatever ``every`` is: the monitor's pulse (gradscope/pulse.py) keeps every step's
+        loss and gradient norms on the device, and its detector (by default a running z-score
+        of the loss and of the log gradient norm, 6 standard deviations) raises an alarm. Each
+        episode names the step, the numbers, and the layer where the spike began: the parameter
+        whose gradient norm left its own running band first (of those that left on the same step,
+        the one nearest the loss), and the micro-batch under gradient accumulation.
+
+    Why it matters:
+        A spike is where a run starts to go wrong: the loss jumps, the optimizer's moments fill
+        with one huge gradient, and the run either recovers slowly or diverges a few steps later.
+        Lightning's SpikeDetection and llm-foundry's kill-loss-spike rule say that the loss
+        spiked; knowing which layer moved first (the attention's query/key projection whose
+        logits grow, the output layer) says what to fix.
+
+    Example:
+        A pre-LN GPT trained with AdamW at a learning rate ten times too high: the attention
+        logits grow, the gradient norm of a query/key projection leaves its band, and the loss
+        spikes a few steps later.
+
+        >>> import gradscope
+        >>> # with gradscope.monitor(model, every=100, optimizer=opt) as mon: ...train...
+        >>> # [f.message for f in mon.findings() if f.rule == "training-spike"]
+
+    Fix:
+        Lower the learning rate (or warm it up), clip the gradient norm at a threshold taken from
+        the measured gradient norms (the printed ``max_norm`` is their 99th percentile on the
+        steps without an alarm), add qk-norm when the spike begins in an attention projection and
+        a z-loss when it begins in the output layer; ``monitor(..., guard="skip")`` skips the
+        update of a spiking step, leaving the parameters and the optimizer's state untouched.
+    """
+    events = [e for e in spike_events(records) if not e.get("nonfinite")]
+    if not events:
+        return []
+    layers = list(dict.fromkeys(e["layer"] for e in events if e.get("layer")))
+    listed = "; ".join(e["text"] for e in events[:3])
+    more = f" (and {len(events) - 3} more)" if len(events) > 3 else ""
+    message = (f"{len(events)} spike episode{'s' if len(events) > 1 else ''} during training: "
+               f"{listed}{more}.")
+    return [Violation(layers or ["(model)"], message, instability_fix(events, records),
+                      {"episodes": len(events), "steps": [e["step"] for e in events],
+                       "layers": layers})]
+
+
+def pair(bad: bool) -> dict:
+    """A small MLP trained for 300 steps with SGD; the bad run gets a corrupt batch (inputs 30x
+    too large) at step 200, the good run does not."""
+    return spiking_run(corrupt_at=200 if bad else None)
