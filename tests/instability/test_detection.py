@@ -1,0 +1,177 @@
+"""Detection, attribution, the flight recorder and the guard, on real training loops."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import gradscope
+from gradscope.detectors import Detector, DetectorState
+
+
+def regression(seed: int = 0):
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 1))
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2000, 20, generator=g)
+    return model, x, x[:, :1] * 2, g
+
+
+def train(model, x_all, y_all, g, opt, mon, steps, corrupt=(), grad_scale=None, accumulate=1, corrupt_micro=None):
+    for step in range(steps):
+        for micro in range(accumulate):
+            index = torch.randint(0, len(x_all), (32,), generator=g)
+            bad = step in corrupt and (corrupt_micro is None or micro == corrupt_micro)
+            x = x_all[index] * (30.0 if bad else 1.0)
+            loss = F.mse_loss(model(x), y_all[index]) / accumulate
+            loss.backward()
+        if grad_scale is not None and step in grad_scale[0]:
+            for p in grad_scale[1].parameters():
+                p.grad.mul_(grad_scale[2])
+        opt.step()
+        opt.zero_grad()
+
+
+def test_a_stable_run_raises_no_alarm_and_a_corrupt_batch_is_caught_on_its_step_at_every_100():
+    model, x, y, g = regression()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with gradscope.monitor(model, every=100, optimizer=opt) as mon:
+        train(model, x, y, g, opt, mon, 600, corrupt=(450,))
+    [event] = mon.events[:1]
+    assert event.step == 450 and "gradient spike" in event.alarms and "loss spike" in event.alarms
+    assert all(e.step >= 450 for e in mon.events)  # 450 stable steps, no false alarm
+    logged = set(mon.to_dataframe()["step"].unique())
+    assert set(range(451, 461)) <= logged  # the flight recorder: every step after the detection
+    assert 462 not in logged or any(e.step > 450 for e in mon.events)
+
+
+def test_the_layer_whose_gradient_left_its_band_first_is_named():
+    """Gradients of one layer alone are scaled 50x on steps 300-302: that layer, not the last one
+    (first in backward order), is where the spike began."""
+    model, x, y, g = regression()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-4)
+    with gradscope.monitor(model, every=100, optimizer=opt) as mon:
+        train(model, x, y, g, opt, mon, 320, grad_scale=((300, 301, 302), model[2], 50.0))
+    [event] = mon.events
+    assert event.step == 300 and event.alarms == ["gradient spike"]
+    assert event.layer in ("2.weight", "2.bias") and event.layer_left_at == 300
+    assert event.layer_ratio == pytest.approx(50.0, rel=0.3)
+
+
+def test_the_corrupt_micro_batch_is_named_under_gradient_accumulation():
+    model, x, y, g = regression()
+    opt = torch.optim.SGD(model.parameters(), lr=0.001)
+    with gradscope.monitor(model, every=100, optimizer=opt) as mon:
+        train(model, x, y, g, opt, mon, 260, corrupt=(250,), accumulate=4, corrupt_micro=2)
+    event = mon.events[0]
+    assert event.step == 250 and event.micro_batches == 4 and event.micro_batch == 2
+    assert "micro-batch 2 of 4" in event.text
+
+
+@pytest.mark.parametrize("host_arithmetic", [None, False], ids=["cpu", "gpu-path"])
+@pytest.mark.parametrize("optimizer", ["sgd-momentum", "adamw"])
+def test_the_guard_leaves_parameters_and_optimizer_state_bit_identical(host_arithmetic, optimizer):
+    model, x, y, g = regression()
+    opt = (torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9) if optimizer == "sgd-momentum"
+           else torch.optim.AdamW(model.parameters(), lr=1e-3))
+    mon = gradscope.monitor(model, every=100, optimizer=opt, guard="skip")
+    mon._host_arithmetic = host_arithmetic
+    with mon:
+        train(model, x, y, g, opt, mon, 200)
+        before = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
+        train(model, x, y, g, opt, mon, 1, corrupt=(0,))  # step 200: a corrupt batch
+        after = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
+        train(model, x, y, g, opt, mon, 50)
+    for k in after[0]:
+        assert torch.equal(before[0][k], after[0][k]), k
+    for i, state in after[1]["state"].items():
+        for k, v in state.items():
+            assert torch.equal(torch.as_tensor(before[1]["state"][i][k]), torch.as_tensor(v)), (i, k)
+    assert mon.skipped_steps == [200]
+    assert torch.isfinite(F.mse_loss(model(x), y))  # and training went on
+    findings = {f.rule: f for f in mon.findings()}
+    assert "skipped-updates" in findings and "1 optimizer update" in findings["skipped-updates"].message
+
+
+def test_without_the_guard_the_same_batch_changes_the_weights():
+    """The other side of the guard test: the corrupt batch does move the weights when not guarded."""
+    model, x, y, g = regression()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    with gradscope.monitor(model, every=100, optimizer=opt) as mon:
+        train(model, x, y, g, opt, mon, 200)
+        before = copy.deepcopy(model.state_dict())
+        train(model, x, y, g, opt, mon, 1, corrupt=(0,))
+    assert not all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert mon.skipped_steps == []
+
+
+def test_a_nonfinite_gradient_is_skipped_by_the_guard_even_outside_the_sample():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with gradscope.monitor(model, every=100, optimizer=opt, guard="skip") as mon:
+        for step in range(3):
+            F.mse_loss(model(torch.randn(8, 256)), torch.randn(8, 1)).backward()
+            if step == 2:
+                model[0].weight.grad[0, 1] = float("nan")  # element 1: the sample reads 0, 65, …
+            before = model[0].weight.detach().clone()
+            opt.step()
+            opt.zero_grad()
+    assert torch.equal(before, model[0].weight.detach())
+    assert mon.skipped_steps == [2] and "non-finite gradient" in mon.events[0].alarms
+
+
+def test_events_reach_the_run_directory_and_tensorboard(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    model, x, y, g = regression()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with gradscope.monitor(model, every=100, optimizer=opt, guard="skip", log_dir=tmp_path / "run",
+                           tensorboard=tmp_path / "tb") as mon:
+        train(model, x, y, g, opt, mon, 300, corrupt=(250,))
+    lines = [json.loads(line) for line in (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
+    assert [(e["step"], e["skipped"]) for e in lines] == [(250, True)]
+    report = gradscope.load_run_report(tmp_path / "run") if hasattr(gradscope, "load_run_report") else None
+    if report is not None:
+        assert "skipped-updates" in [f.rule for f in report.findings]
+    accumulator = EventAccumulator(str(tmp_path / "tb"), size_guidance={"scalars": 0, "tensors": 0})
+    accumulator.Reload()
+    assert [e.step for e in accumulator.Scalars("gradscope/skipped")] == [250]
+    assert [e.step for e in accumulator.Scalars("gradscope/spike")] == [250]
+
+
+def test_the_loss_rules_options_match_their_definitions():
+    """ratio (llm-foundry: above 2x the mean of the last 100, 4 steps in a row) and rtol
+    (Lightning: not better than the last accepted, and 2x the running mean away from it) on a
+    hand-made loss trace."""
+    loss = np.full(160, 1.0)
+    loss[120:130] = 3.0  # ten steps at 3x
+    for kind, first in (("ratio", 123), ("rtol", 120)):
+        state = DetectorState(Detector(kind), 2, np)
+        fired = []
+        for step, value in enumerate(loss):
+            alarm, _ = state.update(np.array([value, 0.0]))
+            if alarm[0]:
+                fired.append(step)
+        assert fired[0] == first, (kind, fired)
+
+
+def test_numpy_and_torch_arithmetic_raise_the_same_alarms():
+    rng = np.random.default_rng(0)
+    trace = np.column_stack([1 + 0.05 * rng.standard_normal(400), rng.standard_normal((400, 3)) * 0.1])
+    trace[300, 1] += 3.0
+    trace[350, 0] += 2.0
+    for kind in ("zscore", "ratio", "rtol"):
+        a, b = DetectorState(Detector(kind), 4, np), DetectorState(Detector(kind), 4, torch, torch.device("cpu"))
+        for row in trace:
+            alarm_a, z_a = a.update(row.copy())
+            alarm_b, z_b = b.update(torch.tensor(row, dtype=torch.float32))
+            assert int(alarm_a[0]) == int(alarm_b[0])
+            assert np.allclose(z_a, z_b.numpy(), rtol=1e-3, atol=1e-3)

@@ -1,0 +1,131 @@
+"""The pulse: every step's loss and gradient norms against a float64 autograd reference, on
+unlogged steps too, with both arithmetics (numpy on the CPU, torch as on a GPU)."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import gradscope
+from gradscope.pulse import SAMPLE
+
+
+def small_mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3))
+
+
+def batches(n: int, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(8, 6, generator=g), torch.randn(8, 3, generator=g)) for _ in range(n)]
+
+
+def reference_trace(model: nn.Module, data, lr: float):
+    """Per step: the loss and the total and per-parameter gradient norms, in float64 autograd."""
+    ref = copy.deepcopy(model).double()
+    opt = torch.optim.SGD(ref.parameters(), lr=lr)
+    rows = []
+    for x, y in data:
+        loss = F.mse_loss(ref(x.double()), y.double())
+        grads = torch.autograd.grad(loss, list(ref.parameters()))
+        norms = [float(g.norm()) for g in grads]
+        rows.append((float(loss.detach()), math.sqrt(sum(n * n for n in norms)), norms))
+        for p, g in zip(ref.parameters(), grads):
+            p.grad = g
+        opt.step()
+    return rows
+
+
+@pytest.mark.parametrize("host_arithmetic", [None, False], ids=["numpy", "torch"])
+def test_every_step_loss_and_gradient_norms_match_float64_autograd(host_arithmetic):
+    model, data = small_mlp(), batches(12)
+    expected = reference_trace(model, data, lr=0.05)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    mon = gradscope.monitor(model, every=5, optimizer=opt)
+    mon._host_arithmetic = host_arithmetic
+    with mon:
+        for x, y in data:
+            F.mse_loss(model(x), y).backward()  # the loss comes from the tensor backward() is called on
+            opt.step()
+            opt.zero_grad()
+    pulse = mon.pulse_history()
+    assert pulse["step"].tolist() == list(range(12))  # every step, though only 0, 5, 10 are logged
+    assert all(p.numel() <= SAMPLE for p in model.parameters())  # every element read: exact norms
+    names = [n for n, _ in model.named_parameters()]
+    for step, (loss, total, norms) in enumerate(expected):
+        row = pulse.iloc[step]
+        assert row["loss"] == pytest.approx(loss, rel=1e-5)
+        assert row["grad_norm"] == pytest.approx(total, rel=1e-5)
+        assert [row[f"grad_norm/{n}"] for n in names] == pytest.approx(norms, rel=1e-5)
+    assert mon.events == []
+
+
+def test_a_large_gradient_is_estimated_from_a_sample_within_a_few_percent():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 1))  # 65536 weights > SAMPLE
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x, y = torch.randn(64, 256), torch.randn(64, 1)
+    with gradscope.monitor(model, every=1, optimizer=opt) as mon:
+        F.mse_loss(model(x), y).backward()
+        exact = float(model[0].weight.grad.double().norm())
+        opt.step()
+    estimate = mon.pulse_history()["grad_norm/0.weight"].iloc[0]
+    assert estimate == pytest.approx(exact, rel=0.1)
+    assert estimate != pytest.approx(exact, rel=1e-6)  # a sample, not the whole tensor
+
+
+def test_the_loss_given_with_step_or_observe_loss_is_used_and_a_missing_loss_raises_nothing():
+    model, data = small_mlp(), batches(6)
+    with gradscope.monitor(model, every=1) as mon:
+        for i, (x, y) in enumerate(data):
+            with torch.no_grad():
+                pass
+            loss = F.mse_loss(model(x), y)
+            torch.autograd.backward(loss)  # not Tensor.backward: the loss does not arrive by itself
+            if i % 2 == 0:
+                mon.step(loss=loss * 10)
+            else:
+                mon.step()
+    pulse = mon.pulse_history()
+    assert np.isfinite(pulse["loss"].iloc[0]) and pulse["loss"].iloc[0] > 0
+    assert np.isnan(pulse["loss"].iloc[1])  # no loss arrived: none is made up
+    assert (pulse["alarm"] == 0).all() and mon.events == []
+
+
+def test_gradient_accumulation_adds_the_micro_batches_losses():
+    model, data = small_mlp(), batches(8)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    expected = []
+    with gradscope.monitor(model, every=2, optimizer=opt) as mon:
+        for i in range(0, 8, 4):
+            total = 0.0
+            for x, y in data[i:i + 4]:
+                loss = F.mse_loss(model(x), y) / 4
+                total += float(loss.detach())
+                loss.backward()
+            expected.append(total)
+            opt.step()
+            opt.zero_grad()
+    pulse = mon.pulse_history()
+    assert pulse["loss"].tolist() == pytest.approx(expected, rel=1e-6)
+    assert pulse["micro_batches"].tolist() == [4, 4]
+
+
+def test_a_copy_of_the_model_made_during_training_is_not_monitored():
+    model, data = small_mlp(), batches(3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with gradscope.monitor(model, every=1, optimizer=opt) as mon:
+        for x, y in data:
+            loss = F.mse_loss(model(x), y)
+            ema = copy.deepcopy(model)  # an EMA model, a checkpoint copy
+            F.mse_loss(ema(x), y).backward()  # its backward reaches another model: not this loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+    assert mon.pulse_history()["micro_batches"].tolist() == [1, 1, 1]
