@@ -51,7 +51,7 @@ def _lightning_is_spike(loss: float, last_accepted: float, accepted: deque, atol
         return True
     if loss - last_accepted <= 0.0:
         return False
-    mean = sum(accepted) / len(accepted) if accepted else 0.0
+    mean = sum(accepted) / len(accepted) if accepted else math.nan  # MeanMetric of nothing: 0/0
     within_atol = atol is None or abs(loss - mean) >= abs(atol)
     within_rtol = rtol is None or abs(loss - mean) >= abs(rtol * mean)
     return within_atol and within_rtol
