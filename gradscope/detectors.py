@@ -35,7 +35,7 @@ ALARM_NAMES = {LOSS_SPIKE: "loss spike", GRAD_SPIKE: "gradient spike",
                LOSS_NONFINITE: "non-finite loss", GRAD_NONFINITE: "non-finite gradient"}
 
 _DEFAULTS = {
-    "zscore": {"threshold": 6.0, "window": 100, "warmup": 50, "patience": 1},
+    "zscore": {"threshold": 8.0, "window": 100, "warmup": 50, "patience": 1},
     "ratio": {"threshold": 2.0, "window": 100, "warmup": 100, "patience": 4},
     "rtol": {"threshold": 2.0, "window": 10, "warmup": 1, "patience": 1},
 }
@@ -52,7 +52,7 @@ class Detector:
     ``warmup``: steps seen before the first spike can be raised; ``patience``: steps in a row.
 
     >>> Detector("zscore").threshold
-    6.0
+    8.0
     >>> Detector("ratio", threshold=3).window
     100
     """

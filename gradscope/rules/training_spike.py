@@ -15,7 +15,7 @@ def detect(records: Records) -> list[Violation]:
         Spikes of the loss or of the total gradient norm during training, caught on the step they
         happen whatever ``every`` is: the monitor's pulse (gradscope/pulse.py) keeps every step's
         loss and gradient norms on the device, and its detector (by default a running z-score
-        of the loss and of the log gradient norm, 6 standard deviations) raises an alarm. Each
+        of the loss and of the log gradient norm, 8 standard deviations) raises an alarm. Each
         episode names the step, the numbers, and the layer where the spike began: the parameter
         whose gradient norm left its own running band first (of those that left on the same step,
         the one nearest the loss), and the micro-batch under gradient accumulation.
