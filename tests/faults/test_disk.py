@@ -69,7 +69,9 @@ def test_a_full_disk_costs_no_more_per_step_than_a_healthy_one(disk):
         model = models.mlp()
         opt = torch.optim.SGD(model.parameters(), lr=0.05)
         with pytest.warns() if fill else _nothing():
-            with gradscope.monitor(model, optimizer=opt, log_dir=disk.path / f"run-{fill}",
+            # the healthy run writes outside the small disk, which it would fill on its own
+            run_dir = disk.path / "run-full" if fill else disk.path.parent / "run-healthy"
+            with gradscope.monitor(model, optimizer=opt, log_dir=run_dir,
                                    flush_every=5, window=100):
                 if fill:
                     disk.fill()
