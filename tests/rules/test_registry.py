@@ -32,8 +32,9 @@ def test_no_rule_module_carries_its_own_code():
 @pytest.mark.parametrize("rule", RULES, ids=[r.slug for r in RULES])
 def test_bad_model_yields_the_finding_and_good_model_does_not(rule):
     torch.manual_seed(0)
-    bad = gradscope.diagnose(**rule.pair(bad=True))
-    good = gradscope.diagnose(**rule.pair(bad=False))
+    front = getattr(gradscope, rule.front)  # gradscope.diagnose, or gradscope.coordcheck for the width rules
+    bad = front(**rule.pair(bad=True))
+    good = front(**rule.pair(bad=False))
     found = [f for f in bad.findings if f.rule == rule.slug]
     assert found, f"{rule.slug} not found; got {[f.rule for f in bad.findings]}"
     assert all(f.code == rule.code for f in found)
