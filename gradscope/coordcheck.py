@@ -112,6 +112,7 @@ def coordcheck(
                     progress(done, runs)
     table = pd.DataFrame(rows, columns=COLUMNS)
     _check_same_layers(table, widths)
+    order = [name for name in order if name in set(table["layer"])]  # containers are not measured
     layers = pd.DataFrame({
         "layer": order,
         "type": [types[n] for n in order],

@@ -139,8 +139,9 @@ class CoordReport:
 
     @property
     def no_findings_text(self) -> str:
-        return (f"No findings: every layer's output and its change per update are flat in width "
-                f"(|slope| < {FLAT_SLOPE:g}), as µP wants.")
+        return (f"No findings: what the width rules judge (the model's output, attention logits that grow, the "
+                f"input and hidden layers' updates and initial activations) is flat in width (|slope| < "
+                f"{FLAT_SLOPE:g}), as µP wants.")
 
     def to_dict(self) -> dict:
         return json_safe({

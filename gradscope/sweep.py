@@ -136,9 +136,9 @@ class WidthSweep:
         return self._slope_index.get((layer, metric, step), Slope(float("nan"), float("nan"), 0))
 
     def last_step(self, metric: str) -> int:
-        """The last step at which ``metric`` is measured: ``steps`` for activations, ``steps - 1``
-        for what an update does."""
-        return self.steps if metric in (ACT_RMS, SIGNAL_RMS) else self.steps - 1
+        """The last step at which ``metric`` is measured: ``steps`` for activations (a last forward
+        follows the last update), ``steps - 1`` for the signal and what an update does."""
+        return self.steps if metric == ACT_RMS else self.steps - 1
 
     def first(self, layer: str, metric: str) -> Slope:
         """The slope at the first step where it is defined: what an update does is judged on the
@@ -205,7 +205,10 @@ class WidthSweep:
 
 
 def slope_list(found: dict[str, Slope], limit: int = 4) -> str:
-    """``"fc (+1.02 ± 0.03), proj (+0.98 ± 0.05)"`` and how many more."""
+    """``"fc (+1.02 ± 0.03), proj (+0.98 ± 0.05)"`` and how many more; the slope alone for the
+    model's output."""
+    if list(found) == [""]:
+        return found[""].text()
     items = [f"{layer or '(model output)'} ({slope.text()})" for layer, slope in list(found.items())[:limit]]
     more = len(found) - limit
     return ", ".join(items) + (f" and {more} more" if more > 0 else "")

@@ -44,7 +44,7 @@ def detect(sweep: WidthSweep) -> list[Violation]:
     sizes = {layer: sizes[layer] for layer in growing}
     changes = {layer: changes[layer] for layer in growing}
     message = (f"The model's output grows with width: the change the first update makes to it has log-log slope "
-               f"{slope_list(changes)} against width, its RMS after {sweep.steps} updates {slope_list(sizes)} "
+               f"{slope_list(changes)} against width, its RMS after {sweep.steps} updates slope {slope_list(sizes)} "
                f"(under µP both are flat, |slope| < 0.25). Readout layers: {', '.join(readouts) or 'none found'}.")
     fix = ("Multiply the readout's output by base_width / width (µP's output multiplier, as mup's MuReadout "
            "does) and initialise the readout weights to zero; or, without a multiplier, initialise them with "
