@@ -205,10 +205,10 @@ class WidthSweep:
 
 
 def slope_list(found: dict[str, Slope], limit: int = 4) -> str:
-    """``"fc (+1.02 ± 0.03), proj (+0.98 ± 0.05)"`` and how many more; the slope alone for the
+    """``"fc: +1.02 ± 0.03; proj: +0.98 ± 0.05"`` and how many more; the slope alone for the
     model's output."""
     if list(found) == [""]:
         return found[""].text()
-    items = [f"{layer or '(model output)'} ({slope.text()})" for layer, slope in list(found.items())[:limit]]
+    items = [f"{layer or '(model output)'}: {slope.text()}" for layer, slope in list(found.items())[:limit]]
     more = len(found) - limit
-    return ", ".join(items) + (f" and {more} more" if more > 0 else "")
+    return "; ".join(items) + (f"; and {more} more" if more > 0 else "")
