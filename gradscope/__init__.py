@@ -18,6 +18,7 @@ import typing as _typing
 
 if _typing.TYPE_CHECKING:  # what the table below gives, for type checkers and editors
     from gradscope import fixes
+    from gradscope.coordcheck import coordcheck
     from gradscope.diagnose import ModelError, diagnose
     from gradscope.errors import GradscopeWarning, UsageError, UsageTypeError
     from gradscope.api import Monitor, monitor
@@ -38,6 +39,7 @@ _PUBLIC: dict[str, tuple[str, str | None]] = {
     "UsageError": ("gradscope.errors", "UsageError"),
     "UsageTypeError": ("gradscope.errors", "UsageTypeError"),
     "__version__": ("gradscope.version", "__version__"),
+    "coordcheck": ("gradscope.coordcheck", "coordcheck"),
     "diagnose": ("gradscope.diagnose", "diagnose"),
     "fixes": ("gradscope.fixes", None),
     "monitor": ("gradscope.api", "monitor"),
@@ -45,9 +47,9 @@ _PUBLIC: dict[str, tuple[str, str | None]] = {
 
 __all__ = list(_PUBLIC)
 
-# `gradscope.monitor` and `gradscope.diagnose` are the functions, though submodules of the same
+# `gradscope.monitor`, `gradscope.diagnose` and `gradscope.coordcheck` are the functions, though submodules of the same
 # names exist: importing a submodule binds it on its package, which would hide the function.
-_FUNCTIONS_OVER_MODULES = frozenset({"diagnose", "monitor"})
+_FUNCTIONS_OVER_MODULES = frozenset({"coordcheck", "diagnose", "monitor"})
 
 
 def __getattr__(name: str) -> object:

@@ -3,6 +3,7 @@
 ``diagnose FILE`` loads a model file and its training recipe (gradscope.loading), runs
 gradscope.diagnose and renders the report, verdict first (gradscope.reporters); ``check FILE``
 gates it against a baseline (gradscope.baseline);
+``coordcheck FILE`` runs the µP coordinate check over widths (gradscope.coordcheck);
 ``rules`` and ``explain`` read the rule registry. Usage errors exit 2 with a short message: bad
 options, a model file that raises or exits, an output that cannot be written. User text (paths,
 names, exception messages) is printed as text, never as rich markup, with control characters
@@ -374,6 +375,100 @@ def check(
             write_junit(report, comparison, junit, Path(file).stem)
     _out.print("Gradient-flow check " + ("FAILED." if comparison.failed else "passed."))
     raise typer.Exit(code=1 if comparison.failed else 0)
+
+
+def _widths(value: str) -> str:
+    try:
+        widths = [int(w) for w in value.replace(" ", "").split(",") if w]
+    except ValueError:
+        widths = []
+    if len(set(widths)) < 2 or any(w < 1 for w in widths):
+        raise typer.BadParameter(f"{value!r} is not a list of 2 or more different positive widths; give e.g. "
+                                 "64,128,256,512.")
+    return value
+
+
+@app.command()
+def coordcheck(
+    file: Annotated[Path, typer.Argument(help="Python file with build_model(width) (the model at a width), and "
+                                              "optionally example_input(width), loss_fn and build_optimizer(model).",
+                                         show_default=False)],
+    script_args: ScriptArgs = None,
+    widths: Annotated[str, typer.Option("--widths", callback=_widths, help="The widths to compare, e.g. 64,128,256,512.")] = "64,128,256,512",
+    steps: Annotated[int, typer.Option("--steps", min=1, help="Training steps (updates) per width and seed.")] = 5,
+    seeds: Annotated[int, typer.Option("--seeds", min=1, help="Seeds per width (0, 1, …): each slope's error bar is their spread.")] = 3,
+    factory: Annotated[Optional[str], typer.Option("--factory", help="Name of the function in FILE that builds the model at a width (default build_model).")] = None,
+    optimizer: Annotated[Optional[OptimizerName], typer.Option("--optimizer", help="The optimizer of every run (default: build_optimizer(model) in FILE, else adam). Any recipe option overrides build_optimizer.", show_default=False)] = None,
+    lr: LearningRate = None,
+    momentum: Momentum = None,
+    weight_decay: WeightDecay = None,
+    json: JsonOut = None,
+    html: HtmlOut = None,
+    markdown: MarkdownOut = None,
+    fail_on: Annotated[FailOn, typer.Option("--fail-on", help="Exit 1 when a finding at this severity or above is found (info, warning, error); never: exit 0.")] = FailOn.never,
+    debug: Debug = False,
+) -> None:
+    """The µP coordinate check: train the model a few steps at several widths and seeds, and say
+    which layers' activations or updates grow or shrink with width, and the fix."""
+    from gradscope.coordcheck import coordcheck as run_coordcheck
+    from gradscope.loading import RecipeOptions, _file_optimizer, load_width_family
+    from gradscope.reporters.terminal import CoordTerminalReport
+
+    if fail_on in (FailOn.at_risk, FailOn.fails):
+        _fail_usage(UsageError(f"--fail-on {fail_on.value} gates on diagnose's verdict, which the coordinate check "
+                               "has none of; give a severity: info, warning or error."), debug)
+    sizes = sorted({int(w) for w in widths.replace(" ", "").split(",") if w})
+    options = RecipeOptions(optimizer.value if optimizer is not None else None, lr, momentum, weight_decay)
+    try:
+        family = load_width_family(file, factory, 0, list(script_args or []))
+        if options.given:
+            recipe = RecipeOptions(options.optimizer or "adam", lr, momentum, weight_decay).build
+        elif family.make_optimizer is not None:
+            recipe = lambda model: _file_optimizer(family, model)  # noqa: E731 - checked like diagnose's
+        else:
+            recipe = RecipeOptions("adam").build
+        if _out.is_terminal:
+            from rich.progress import Progress
+
+            with Progress(transient=True, console=_err) as bar:
+                task = bar.add_task(f"{len(sizes)} widths × {seeds} seeds", total=len(sizes) * seeds)
+                report = run_coordcheck(family.build_model, sizes, family.inputs, family.loss_fn, recipe, steps=steps,
+                                        seeds=seeds, progress=lambda done, total: bar.update(task, completed=done))
+        else:
+            report = run_coordcheck(family.build_model, sizes, family.inputs, family.loss_fn, recipe, steps=steps,
+                                    seeds=seeds)
+    except Exception as e:  # noqa: BLE001 - anything the user's file does wrong is exit 2
+        _fail_usage(e, debug)
+    except KeyboardInterrupt:
+        raise
+    except BaseException as e:
+        _fail_usage(_exited(e, file, "running", list(script_args or [])), debug)
+    report.options.update({"file": str(file), "factory": family.factory, "inputs": family.inputs_from})
+    title = f"{file}: {family.factory}, inputs {family.inputs_from}"
+    CoordTerminalReport(report, title).print(_out)
+    _write_coordcheck(report, title, debug, json, markdown, html)
+    worst = report.worst
+    from gradscope.rules import SEVERITIES
+
+    failed = fail_on != FailOn.never and worst is not None and SEVERITIES.index(worst) >= SEVERITIES.index(fail_on.value)
+    raise typer.Exit(code=int(failed))
+
+
+def _write_coordcheck(report, title: str, debug: bool, json_path=None, markdown_path=None, html_path=None) -> None:
+    from gradscope.atomic import write_atomic
+    from gradscope.reporters.markdown import coordcheck_markdown
+
+    if json_path is not None:
+        with _writing("the JSON report", json_path, debug):
+            write_atomic(json_path, report.to_json() + "\n")
+    if markdown_path is not None:
+        with _writing("the markdown report", markdown_path, debug):
+            write_atomic(markdown_path, coordcheck_markdown(report, title))
+    if html_path is not None:
+        from gradscope.reporters.html import write_coordcheck_html
+
+        with _writing("the HTML report", html_path, debug):
+            write_coordcheck_html(report, html_path, title)
 
 
 RunDir = Annotated[Path, typer.Argument(help="A run directory written by gradscope.monitor(..., log_dir=RUN_DIR).", show_default=False)]

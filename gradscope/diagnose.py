@@ -145,7 +145,7 @@ def _probe(model, args, kwargs, inputs, loss_fn, optimizer, probe_steps, clip_gr
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)  # the same dropout masks at every evaluation
             output = model(*args, **kwargs)
-        loss, kind["loss"] = _loss(output, inputs, loss_fn, targets, seed)
+        loss, kind["loss"] = training_loss(output, inputs, loss_fn, targets, seed)
         return loss
 
     assumed = optimizer is None
@@ -170,7 +170,7 @@ def _materialize_lazy(model: nn.Module, args: tuple, kwargs: dict, inputs: objec
     except Exception as e:
         raise ModelError(
             f"Initialising the model's lazy modules with a forward raised {type(e).__name__}: {e}. "
-            f"Inputs given: {_describe(inputs)}; check that they fit the model."
+            f"Inputs given: {describe(inputs)}; check that they fit the model."
         ) from e
 
 
@@ -190,10 +190,10 @@ def _run(
                     raise ModelError(
                         "The model raised in forward"
                         + (f" at module {where!r} ({type(model.get_submodule(where)).__name__})" if where else "")
-                        + f": {type(e).__name__}: {e}. Inputs given: {_describe(inputs)}; check that "
+                        + f": {type(e).__name__}: {e}. Inputs given: {describe(inputs)}; check that "
                         "they fit the model."
                     ) from e
-            loss, loss_kind = _loss(output, inputs, loss_fn, targets, seed)
+            loss, loss_kind = training_loss(output, inputs, loss_fn, targets, seed)
             if probe is not None:
                 structure = probe.structure(loss, batch, mon.hooks.layer_types, mon.hooks.module_order)
             try:
@@ -213,7 +213,9 @@ def _run(
     return history, layers, structure, loss_kind
 
 
-def _loss(output, inputs, loss_fn, targets: dict, seed: int) -> tuple[torch.Tensor, str]:
+def training_loss(output, inputs, loss_fn, targets: dict, seed: int) -> tuple[torch.Tensor, str]:
+    """The loss of one forward and where it came from: ``loss_fn``, the model's own, or the default
+    (``targets`` keeps the default loss's fixed targets between calls)."""
     if loss_fn is not None:
         try:
             takes_inputs = _positional_arity(loss_fn) >= 2
@@ -228,7 +230,7 @@ def _loss(output, inputs, loss_fn, targets: dict, seed: int) -> tuple[torch.Tens
     if not isinstance(loss, torch.Tensor) or loss.numel() != 1 or not loss.is_floating_point():
         raise UsageError(
             f"The loss must be a floating-point scalar tensor, but {kind} gave "
-            f"{_describe(loss)}; return e.g. loss.mean()."
+            f"{describe(loss)}; return e.g. loss.mean()."
         )
     if not loss.requires_grad:
         raise UsageError(
@@ -256,7 +258,7 @@ def _default_loss(output, targets: dict, seed: int) -> torch.Tensor:
     tensors = [t for t in floating_tensors(output) if t.requires_grad]
     if not tensors:
         raise UsageError(
-            f"The model's output ({_describe(output)}) holds no floating-point tensor that requires "
+            f"The model's output ({describe(output)}) holds no floating-point tensor that requires "
             "grad, so there is no default loss; pass loss_fn=lambda output, inputs: ... ."
         )
     total = None
@@ -312,13 +314,14 @@ def _batch_size(args: tuple, kwargs: dict) -> int | None:
     return None
 
 
-def _describe(obj: object) -> str:
+def describe(obj: object) -> str:
+    """What a user passed, for a message: ``tensor of shape (8, 16) and dtype float32``."""
     if isinstance(obj, torch.Tensor):
         return f"tensor of shape {tuple(obj.shape)} and dtype {str(obj.dtype).removeprefix('torch.')}"
     if isinstance(obj, (tuple, list)):
-        return f"{type(obj).__name__} of ({', '.join(_describe(x) for x in obj[:4])})"
+        return f"{type(obj).__name__} of ({', '.join(describe(x) for x in obj[:4])})"
     if isinstance(obj, dict):
-        return "dict of {" + ", ".join(f"{k!r}: {_describe(v)}" for k, v in list(obj.items())[:6]) + "}"
+        return "dict of {" + ", ".join(f"{k!r}: {describe(v)}" for k, v in list(obj.items())[:6]) + "}"
     return type(obj).__name__
 
 

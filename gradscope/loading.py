@@ -200,6 +200,12 @@ def load(
         module = load_module(path)
         model, source = _find_model(module, path, factory)
         inputs, inputs_from = _find_inputs(module, path, model, input_shape, input_dtype, seed)
+    loss_fn, make_optimizer = _recipe_functions(module, path)
+    return LoadedModel(path, model, inputs, loss_fn, source, inputs_from, make_optimizer)
+
+
+def _recipe_functions(module, path: Path) -> tuple[Callable | None, Callable | None]:
+    """The file's optional ``loss_fn`` and ``build_optimizer``, checked to be functions."""
     loss_fn = getattr(module, "loss_fn", None)
     if loss_fn is not None and not callable(loss_fn):
         raise UsageError(f"{path}: `loss_fn` must be a function loss_fn(output, inputs), got {type(loss_fn).__name__}.")
@@ -207,7 +213,83 @@ def load(
     if make_optimizer is not None and not callable(make_optimizer):
         raise UsageError(f"{path}: `{OPTIMIZER_FACTORY}` must be a function {OPTIMIZER_FACTORY}(model) that "
                          f"returns a torch.optim.Optimizer, got {type(make_optimizer).__name__}.")
-    return LoadedModel(path, model, inputs, loss_fn, source, inputs_from, make_optimizer)
+    return loss_fn, make_optimizer
+
+
+@dataclass
+class WidthFamily:
+    """A model file for ``gradscope coordcheck``: ``build_model(width)``, the inputs at a width, the
+    optional loss and ``build_optimizer(model)``."""
+
+    path: Path
+    build_model: Callable[[int], nn.Module]
+    inputs: Callable[[int], object]
+    inputs_from: str
+    loss_fn: Callable | None
+    factory: str
+    make_optimizer: Callable | None = None
+
+
+def load_width_family(path: str | Path, factory: str | None = None, seed: int = 0,
+                      script_args: Sequence[str] = ()) -> WidthFamily:
+    """Run the file at ``path`` (as :func:`load` does) and find a model factory that takes the width
+    (``build_model(width)``, or the function named by ``factory``) and the inputs at a width: the
+    file's ``example_input(width)`` (or ``example_input()``, or a value, the same at every width),
+    else inputs inferred from the model of that width."""
+    path = Path(path)
+    with script_argv(path, script_args):
+        module = load_module(path)
+    names = [factory] if factory else list(FACTORIES)
+    found = next(((name, getattr(module, name)) for name in names if getattr(module, name, None) is not None), None)
+    if found is None or isinstance(found[1], nn.Module) or not callable(found[1]):
+        what = "is not a function" if found is not None else "has none"
+        raise UsageError(
+            f"{path}: the coordinate check needs a function that builds the model at a given width, "
+            f"`def build_model(width): ...`, looked for {', '.join(f'{n}(width)' for n in names)}: {path.name} {what}. "
+            "Add one, or name yours with --factory NAME.")
+    name, build = found
+    if _positional_count(build) < 1:
+        raise UsageError(f"{path}: {name}() takes no width; the coordinate check calls {name}(width) at each width "
+                         f"(e.g. `def {name}(width): return MLP(hidden=width)`).")
+    loss_fn, make_optimizer = _recipe_functions(module, path)
+    example = next(((n, getattr(module, n)) for n in INPUTS if getattr(module, n, None) is not None), None)
+    if example is not None:
+        label, given = example
+        takes_width = callable(given) and _positional_count(given) >= 1
+
+        def inputs(width: int):
+            try:
+                value = (given(width) if takes_width else given()) if callable(given) else given
+            except Exception as e:
+                raise UsageError(f"{path}: {label}({width if takes_width else ''}) raised {raised(e)}{where_in(e, path)}") from e
+            if not isinstance(value, (torch.Tensor, tuple, list, dict)):
+                raise UsageError(f"{path}: {label}() returned {type(value).__name__}; return a tensor, a tuple of "
+                                 "positional arguments or a dict of keyword arguments.")
+            return tuple(value) if isinstance(value, list) else value
+
+        return WidthFamily(path, build, inputs, f"{label}({'width' if takes_width else ''})", loss_fn, f"{name}(width)",
+                           make_optimizer)
+    inferred: dict[int, object] = {}
+
+    def inputs(width: int):
+        if width not in inferred:
+            with torch.random.fork_rng(devices=[]):
+                inferred[width] = infer_inputs(build(width), str(path), seed)[0]
+        return inferred[width]
+
+    return WidthFamily(path, build, inputs, "inferred from the layers at each width", loss_fn, f"{name}(width)",
+                       make_optimizer)
+
+
+def _positional_count(fn) -> int:
+    """How many positional arguments ``fn`` can take (2**31 for ``*args``); 1 when unknown."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return 1
+    if any(p.kind == p.VAR_POSITIONAL for p in params):
+        return 2**31
+    return sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params)
 
 
 def choose_optimizer(loaded: LoadedModel, model: nn.Module, options: RecipeOptions

@@ -13,10 +13,11 @@ import pandas as pd
 
 from gradscope.probe import Dynamics
 from gradscope.rundir import meta_layers, read_history, read_meta, read_training
-from gradscope.rules import SEVERITIES, Coverage, Finding, Records, rule_coverage, run_rules
+from gradscope.rules import COORDCHECK_RULES, SEVERITIES, Coverage, Finding, Records, rule_coverage, run_rules
 from gradscope.rules.base import json_safe
 from gradscope.structure import ModelStructure
 from gradscope.summary import layer_summary
+from gradscope.sweep import FLAT_SLOPE, WidthSweep
 from gradscope.verdict import Verdict, decide
 
 REPORT_VERSION = 1
@@ -125,3 +126,48 @@ def load_run_report(run_dir: str | os.PathLike) -> Report:
         "gradscope_version": meta.get("gradscope_version"), "torch_version": meta.get("torch_version"),
     }
     return build_report(history, layers, None, model, options, **read_training(run_dir))
+
+
+COORDCHECK_VERSION = 1
+
+
+@dataclass
+class CoordReport:
+    """What :func:`gradscope.coordcheck` found: the width sweep (its long table, slopes and per-layer
+    verdicts) and the findings of the coordinate-check rules."""
+
+    sweep: WidthSweep
+    findings: list[Finding]
+    options: dict = field(default_factory=dict)
+
+    @property
+    def worst(self) -> str | None:
+        if not self.findings:
+            return None
+        return max((f.severity for f in self.findings), key=SEVERITIES.index)
+
+    @property
+    def no_findings_text(self) -> str:
+        return (f"No findings: what the width rules judge (the model's output, attention logits that grow, the "
+                f"input and hidden layers' updates and initial activations) is flat in width (|slope| < "
+                f"{FLAT_SLOPE:g}), as µP wants.")
+
+    def to_dict(self) -> dict:
+        return json_safe({
+            "version": COORDCHECK_VERSION,
+            "options": self.options,
+            "flat_slope": FLAT_SLOPE,
+            "findings": [f.to_dict() for f in self.findings],
+            "layers": self.sweep.layer_table().to_dict(orient="records"),
+            "slopes": self.sweep.slopes.to_dict(orient="records"),
+            "measurements": self.sweep.table.to_dict(orient="records"),
+        })
+
+    def to_json(self, indent: int | None = 2) -> str:
+        """The report as JSON (the format ``gradscope coordcheck --json`` writes: docs/coordcheck.md)."""
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+
+
+def build_coord_report(sweep: WidthSweep, options: dict) -> CoordReport:
+    """Apply the coordinate-check rules to ``sweep``."""
+    return CoordReport(sweep, run_rules(sweep, COORDCHECK_RULES), options)

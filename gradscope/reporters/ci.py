@@ -13,7 +13,7 @@ from gradscope.report import Report
 from gradscope.reporters.escape import markdown_text, show_controls
 from gradscope.reporters.markdown import report_markdown
 from gradscope.reporters.verdict import comparison_lines, verdict_text
-from gradscope.rules import RULES
+from gradscope.rules import DIAGNOSE_RULES
 from gradscope.verdict import TRAINS
 
 
@@ -84,7 +84,7 @@ def write_junit(report: Report, comparison: Comparison, path: str | Path, name: 
         ET.SubElement(case, "failure", message=show_controls(" ".join(fails)), type="verdict").text = said
     elif said:
         ET.SubElement(case, "system-out").text = said
-    for rule in RULES:
+    for rule in DIAGNOSE_RULES:
         case = ET.SubElement(suite, "testcase", classname=f"gradscope.{name}", name=f"{rule.code} {rule.slug}")
         for f in report.findings:
             if f.rule != rule.slug:
@@ -100,6 +100,6 @@ def write_junit(report: Report, comparison: Comparison, path: str | Path, name: 
         failures += 1
         ET.SubElement(case, "failure", message=f"{len(comparison.moved)} layers moved").text = "\n".join(
             show_controls(f"{layer}: {old:.3e} -> {new:.3e}") for layer, (old, new) in comparison.moved.items())
-    suite.set("tests", str(len(RULES) + 2))
+    suite.set("tests", str(len(DIAGNOSE_RULES) + 2))
     suite.set("failures", str(failures))
     write_atomic(path, ET.tostring(suite, encoding="utf-8", xml_declaration=True))

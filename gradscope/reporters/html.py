@@ -31,6 +31,8 @@ from gradscope.reporters.verdict import verdict_text
 from gradscope.rules import SEVERITIES
 from gradscope.verdict import AT_RISK, FAILS, TRAINS
 from gradscope.layers import leaf_layers, parameter_owner
+from gradscope.sweep import (ACT_RMS, ATTENTION, DELTA_RMS, FLAT_SLOPE, HIDDEN, INPUT, OTHER, OUTPUT, READOUT,
+                             WidthSweep)
 from gradscope.version import __version__
 
 MAX_STEPS = 200
@@ -62,6 +64,8 @@ h2 { font-size: 17px; margin: 0 0 10px 0; }
 .note { color: #57606a; font-size: 13px; }
 .grid { display: grid; grid-template-columns: 1fr 1fr; gap: 18px; }
 @media (max-width: 1000px) { .grid { grid-template-columns: 1fr; } }
+table.slopes { border-collapse: collapse; font-size: 13px; }
+table.slopes td, table.slopes th { border-bottom: 1px solid #d0d7de; padding: 3px 10px; text-align: left; }
 """
 
 
@@ -282,7 +286,6 @@ def _verdict_html(report: Report) -> str:
 
 def render_html(report: Report, title: str) -> str:
     """The whole page as a string."""
-    counts = {s: sum(f.severity == s for f in report.findings) for s in reversed(SEVERITIES)}
     meta_bits = [
         f"{html.escape(str(report.model.get('class', 'model')))}",
         f"{int(report.model.get('parameters', 0)):,} parameters",
@@ -291,6 +294,14 @@ def render_html(report: Report, title: str) -> str:
     if report.options.get("loss"):
         meta_bits.append(f"loss: {html.escape(str(report.options['loss']))}")
     meta_bits.append(f"gradscope {__version__}")
+    sections = _sections(_Figures(report).all())
+    return _page(title, meta_bits, _verdict_html(report), _findings_html(report),
+                 "".join(sections[:1]) + f'<div class="grid">{"".join(sections[1:])}</div>')
+
+
+def _findings_html(report) -> str:
+    """The findings section: counts by severity, then each finding with its layers and fix."""
+    counts = {s: sum(f.severity == s for f in report.findings) for s in reversed(SEVERITIES)}
     findings_html = []
     for f in report.findings:
         layers = ", ".join(_label(n) for n in f.layers[:20]) + (f" and {len(f.layers) - 20} more" if len(f.layers) > 20 else "")
@@ -304,16 +315,26 @@ def render_html(report: Report, title: str) -> str:
         )
     if not report.findings:
         findings_html.append(f'<p class="note">{html.escape(report.no_findings_text)}</p>')
+    counts_html = "".join(
+        f'<span style="color:{COLORS[s]}">{n} {s}{"s" if n != 1 else ""}</span>' for s, n in counts.items())
+    return f'<section><h2>Findings</h2><div class="counts">{counts_html}</div>{"".join(findings_html)}</section>'
+
+
+def _sections(figures: list[tuple[str, go.Figure | None, str]]) -> list[str]:
+    """Each (title, figure or None, note) as a section: the figure's div, or the note."""
     sections = []
-    for i, (name, figure, empty_note) in enumerate(_Figures(report).all()):
+    for i, (name, figure, empty_note) in enumerate(figures):
         if figure is None:
             sections.append(f'<section><h2>{html.escape(name)}</h2><p class="note">{html.escape(empty_note)}</p></section>')
             continue
         div = pio.to_html(figure, full_html=False, include_plotlyjs=False, div_id=f"gs-figure-{i}",
                           config={"responsive": True, "displaylogo": False})
         sections.append(f"<section><h2>{html.escape(name)}</h2>{div}</section>")
-    counts_html = "".join(
-        f'<span style="color:{COLORS[s]}">{n} {s}{"s" if n != 1 else ""}</span>' for s, n in counts.items())
+    return sections
+
+
+def _page(title: str, meta_bits: list[str], banner: str, findings: str, body: str) -> str:
+    """The self-contained page: plotly.js inlined once in the head."""
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>
@@ -325,11 +346,10 @@ def render_html(report: Report, title: str) -> str:
 </head>
 <body>
 <header><h1>gradscope: {html.escape(title)}</h1><div class="meta">{" · ".join(meta_bits)}</div></header>
-{_verdict_html(report)}
+{banner}
 <main>
-<section><h2>Findings</h2><div class="counts">{counts_html}</div>{"".join(findings_html)}</section>
-{"".join(sections[:1])}
-<div class="grid">{"".join(sections[1:])}</div>
+{findings}
+{body}
 </main>
 </body>
 </html>
@@ -338,3 +358,119 @@ def render_html(report: Report, title: str) -> str:
 
 def write_html(report: Report, path: str | os.PathLike, title: str) -> Path:
     return write_atomic(path, render_html(report, title))
+
+
+# ---------------------------------------------------------------------------------------------
+# The coordinate check (gradscope.coordcheck)
+
+MAX_PANELS = 12
+ROLE_PANELS = ((INPUT, "input layers and embeddings"), (HIDDEN, "hidden layers"), (ATTENTION, "attention logits"),
+               (OUTPUT, "model output"), (READOUT, "readout layers"))
+
+
+def coord_groups(sweep: WidthSweep) -> list[tuple[str, list[str]]]:
+    """The panels of the coordinate-check figure: µP's layer roles first (the readout layers only
+    where the model's output was not measured), then the other layers by type, in forward order."""
+    groups = []
+    for role, title in ROLE_PANELS:
+        layers = sweep.of_role(role)
+        if layers and not (role == READOUT and sweep.of_role(OUTPUT)):
+            groups.append((title, layers))
+    by_type: dict[str, list[str]] = {}
+    for layer in sweep.of_role(OTHER):
+        by_type.setdefault(sweep.types[layer], []).append(layer)
+    groups += [(type_name, layers) for type_name, layers in by_type.items()]
+    return groups[:MAX_PANELS]
+
+
+def coord_figure(sweep: WidthSweep, metric: str, pick) -> go.Figure | None:
+    """One panel per group of layers: ``metric`` against width on log-log axes, one line per step
+    (the geometric mean over the group's layers and the seeds); each panel's title gives the slopes
+    ``pick(layer, metric)`` of its layers (their range, mean ± spread over seeds)."""
+    from plotly.colors import sample_colorscale
+    from plotly.subplots import make_subplots
+
+    table = sweep.table[(sweep.table["metric"] == metric) & (sweep.table["value"] > 0)]
+    if table.empty:
+        return None
+    logs = np.log(table["value"].astype(float)).groupby([table["layer"], table["step"], table["width"]]).mean()
+    groups = coord_groups(sweep)
+    steps = sorted(int(s) for s in table["step"].unique())
+    colors = sample_colorscale("Viridis", [i / max(len(steps) - 1, 1) for i in range(len(steps))])
+    titles = []
+    for name, layers in groups:
+        slopes = [pick(layer, metric) for layer in layers]
+        finite = sorted((s for s in slopes if math.isfinite(s.mean)), key=lambda s: s.mean)
+        where = ("slope " + (finite[0].text() if len(finite) == 1 else f"{finite[0].mean:+.2f} … {finite[-1].mean:+.2f}")
+                 if finite else "no slope")
+        titles.append(f"<b>{_label(name)}</b> ({len(layers)})<br>{where}")
+    cols = min(4, len(groups))
+    rows = math.ceil(len(groups) / cols)
+    figure = make_subplots(rows=rows, cols=cols, subplot_titles=titles, horizontal_spacing=0.07,
+                           vertical_spacing=0.5 / rows)
+    for g, (name, layers) in enumerate(groups):
+        row, col = divmod(g, cols)
+        span = [v for layer in layers for v in logs.loc[layer].to_numpy() if np.isfinite(v)] if any(
+            layer in logs.index.get_level_values(0) for layer in layers) else []
+        if span:  # at least a decade: a flat line must look flat, not fill the panel with noise
+            low, high = np.log10(np.exp(min(span))), np.log10(np.exp(max(span)))
+            middle, half = (low + high) / 2, max((high - low) / 2 * 1.15, 0.5)
+            figure.update_yaxes(range=[middle - half, middle + half], row=row + 1, col=col + 1)
+        for i, step in enumerate(steps):
+            points = [logs.get((layer, step, width)) for layer in layers for width in sweep.widths]
+            values = np.array([np.nan if p is None else p for p in points], dtype=float).reshape(len(layers), -1)
+            with np.errstate(all="ignore"):
+                y = np.exp(np.nanmean(values, axis=0)) if np.isfinite(values).any() else None
+            if y is None:
+                continue
+            figure.add_scatter(
+                x=list(sweep.widths), y=_finite(y), mode="lines+markers", name=f"{step} updates" if step != 1 else "1 update", legendgroup=str(step),
+                showlegend=g == 0, line={"color": colors[i], "width": 2}, marker={"size": 5},
+                hovertemplate=f"{_label(name)}<br>step {step}<br>width %{{x}}<br>%{{y:.3e}}<extra></extra>",
+                row=row + 1, col=col + 1)
+    figure.update_layout(template="none", height=80 + 300 * rows, margin={"t": 60, "l": 60, "r": 20},
+                         legend={"title": {"text": "after"}}, font={"size": 11})
+    figure.update_annotations(font_size=12)
+    figure.update_xaxes(type="log", tickvals=list(sweep.widths), ticktext=[str(w) for w in sweep.widths],
+                        title_text="width")
+    figure.update_yaxes(type="log", exponentformat="power")
+    return figure
+
+
+def _slopes_table_html(sweep: WidthSweep) -> str:
+    def cell(mean, spread):
+        return "" if not math.isfinite(mean) else f"{mean:+.2f} ± {spread:.2f}"
+
+    rows = "".join(
+        f"<tr><td>{_label(r.layer or '(model output)')}</td><td>{html.escape(str(r.type))}</td><td>{r.role}</td>"
+        f"<td>{r.verdict}</td><td>{cell(r.act_rms_slope, r.act_rms_spread)}</td>"
+        f"<td>{cell(r.first_delta_rms_slope, r.first_delta_rms_spread)}</td>"
+        f"<td>{cell(r.init_act_rms_slope, r.init_act_rms_spread)}</td>"
+        f"<td>{cell(r.signal_rms_slope, r.signal_rms_spread)}</td><td>{cell(r.update_norm_slope, r.update_norm_spread)}</td></tr>"
+        for r in sweep.layer_table().itertuples(index=False))
+    return ('<table class="slopes"><tr><th>layer</th><th>type</th><th>role</th><th>verdict</th><th>act</th><th>Δ</th>'
+            f"<th>init</th><th>signal</th><th>‖Δw‖</th></tr>{rows}</table>")
+
+
+def render_coordcheck_html(report, title: str) -> str:
+    """The coordinate check's page: the findings, the classic figure (activation size against
+    width, one panel per layer group, one line per step), the change per update, the slopes."""
+    sweep = report.sweep
+    meta_bits = [f"widths {', '.join(map(str, sweep.widths))}", f"{len(sweep.seeds)} seeds",
+                 f"{sweep.steps} steps of {html.escape(sweep.optimizer)}", f"flat: |slope| < {FLAT_SLOPE:g}",
+                 f"gradscope {__version__}"]
+    sections = _sections([
+        ("Activation size against width (RMS of the output entries, per layer group; one line per step)",
+         coord_figure(sweep, ACT_RMS, sweep.final), "No activations were measured."),
+        ("Change of the output per update against width (RMS of output after − before, same input)",
+         coord_figure(sweep, DELTA_RMS, sweep.first), "No update changed an output."),
+    ])
+    table = ('<section><h2>Slopes against width, mean ± std over seeds</h2><p class="note">act: activation RMS after '
+             "the last update; Δ: change of the output by the first update that moves it; init: activation RMS at "
+             "step 0; signal: backpropagated gradient RMS; ‖Δw‖: update norm.</p>"
+             f"{_slopes_table_html(sweep)}</section>")
+    return _page(f"coordcheck {title}", meta_bits, "", sections[0], _findings_html(report) + "".join(sections[1:]) + table)
+
+
+def write_coordcheck_html(report, path: str | os.PathLike, title: str) -> Path:
+    return write_atomic(path, render_coordcheck_html(report, title))

@@ -9,6 +9,7 @@ from gradscope.layers import leaf_layers
 from gradscope.report import Report
 from gradscope.reporters.escape import markdown_fence, markdown_text, show_controls
 from gradscope.reporters.verdict import verdict_text
+from gradscope.sweep import FLAT_SLOPE
 
 
 def _cell(value, percent: bool = False) -> str:
@@ -65,4 +66,36 @@ def report_markdown(report: Report, title: str) -> str:
         "| layer | type | signal | weight grad | dead | saturated |",
         "| --- | --- | --- | --- | --- | --- |",
         *rows, "", "</details>", "",
+    ])
+
+
+def _slope(mean: float, spread: float) -> str:
+    if not math.isfinite(mean):
+        return ""
+    return f"{mean:+.2f} ± {spread:.2f}" if math.isfinite(spread) else f"{mean:+.2f}"
+
+
+def coordcheck_markdown(report, title: str) -> str:
+    """A :class:`~gradscope.report.CoordReport` as markdown: the settings, the findings, the
+    per-layer table of verdicts and slopes."""
+    sweep = report.sweep
+    rows = [
+        f"| {markdown_text(r.layer or '(model output)')} | {markdown_text(str(r.type))} | {r.role} | {r.verdict} | "
+        f"{_slope(r.act_rms_slope, r.act_rms_spread)} | {_slope(r.first_delta_rms_slope, r.first_delta_rms_spread)} | "
+        f"{_slope(r.init_act_rms_slope, r.init_act_rms_spread)} | {_slope(r.signal_rms_slope, r.signal_rms_spread)} | "
+        f"{_slope(r.update_norm_slope, r.update_norm_spread)} |"
+        for r in sweep.layer_table().itertuples(index=False)
+    ]
+    counts = ", ".join(f"{sum(f.severity == s for f in report.findings)} {s}" for s in ("error", "warning", "info"))
+    return "\n".join([
+        f"## gradscope coordcheck: {markdown_text(title)}", "",
+        f"Widths {', '.join(map(str, sweep.widths))}, {len(sweep.seeds)} seeds, {sweep.steps} steps of "
+        f"{markdown_text(sweep.optimizer)}. Findings: {counts}.", "",
+        findings_markdown(report),
+        "Log-log slope of each quantity against width, mean ± std over seeds (flat: |slope| < "
+        f"{FLAT_SLOPE:g}); act: activation RMS after the last update; Δ: change of the output "
+        "by the first update that moves it; init: activation RMS at step 0.", "",
+        "| layer | type | role | verdict | act | Δ | init | signal | ‖Δw‖ |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        *rows, "",
     ])

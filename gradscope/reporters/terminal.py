@@ -20,6 +20,7 @@ from gradscope.report import Report
 from gradscope.reporters.escape import show_controls
 from gradscope.reporters.verdict import verdict_text
 from gradscope.rules import SEVERITIES
+from gradscope.sweep import FLAT_SLOPE
 from gradscope.verdict import AT_RISK, FAILS, TRAINS
 
 STYLES = {"error": "bold red", "warning": "yellow", "info": "cyan"}
@@ -105,24 +106,8 @@ class TerminalReport:
 
     def finding_lines(self) -> list[tuple[Text, bool]]:
         """The findings as (line, is_code); code lines are printed unwrapped, to copy and paste."""
-        lines: list[tuple[Text, bool]] = []
-        if not self.report.findings:
-            complete = self.report.coverage is not None and self.report.coverage.complete
-            lines.append((Text(self.report.no_findings_text, style="green" if complete else ""), False))
-        for f in self.report.findings:
-            lines += [
-                (Text(""), False),
-                (Text(f"{f.severity.upper()} {f.code} {f.rule}", style=STYLES[f.severity]), False),
-                (Text(show_controls(f.message)), False),
-                (Text("Fix:", style="bold"), False),
-            ]
-            for line in f.fix.splitlines():
-                code = line.startswith("    ")
-                lines.append((Text(show_controls(line), style="dim" if code and not self.plain else ""), code))
-        counts = {s: sum(f.severity == s for f in self.report.findings) for s in reversed(SEVERITIES)}
-        summary = ", ".join(f"{n} {s}{'s' if n != 1 else ''}" for s, n in counts.items())
-        lines += [(Text(""), False), (Text(summary), False)]
-        return lines
+        complete = self.report.coverage is not None and self.report.coverage.complete
+        return finding_lines(self.report.findings, self.report.no_findings_text, complete, self.plain)
 
     def findings(self) -> Group:
         return Group(*(line for line, _ in self.finding_lines()))
@@ -143,6 +128,81 @@ class TerminalReport:
         yield Group(*self.verdict_lines())
         yield self.layer_table(options.max_width)
         yield self.findings()
+
+
+def finding_lines(findings: list, no_findings_text: str, healthy: bool, plain: bool = False
+                  ) -> list[tuple[Text, bool]]:
+    """Findings as (line, is_code), then the counts; ``no_findings_text`` (green when ``healthy``)
+    where there is none."""
+    lines: list[tuple[Text, bool]] = []
+    if not findings:
+        lines.append((Text(no_findings_text, style="green" if healthy else ""), False))
+    for f in findings:
+        lines += [
+            (Text(""), False),
+            (Text(f"{f.severity.upper()} {f.code} {f.rule}", style=STYLES[f.severity]), False),
+            (Text(show_controls(f.message)), False),
+            (Text("Fix:", style="bold"), False),
+        ]
+        for line in f.fix.splitlines():
+            code = line.startswith("    ")
+            lines.append((Text(show_controls(line), style="dim" if code and not plain else ""), code))
+    counts = {s: sum(f.severity == s for f in findings) for s in reversed(SEVERITIES)}
+    summary = ", ".join(f"{n} {s}{'s' if n != 1 else ''}" for s, n in counts.items())
+    lines += [(Text(""), False), (Text(summary), False)]
+    return lines
+
+
+class CoordTerminalReport:
+    """``CoordTerminalReport(report).print(console)``: the coordinate check's per-layer table (the
+    verdict and the log-log slopes against width, mean ± spread over seeds), then the findings."""
+
+    def __init__(self, report, title: str | None = None, plain: bool = False) -> None:
+        self.report = report
+        self.title = title
+        self.plain = plain
+
+    def table(self, wrap: bool = True) -> Table:
+        sweep = self.report.sweep
+        options = self.report.options
+        table = Table(show_edge=False, pad_edge=False, caption_justify="left", caption=(
+            f"log-log slope against width (widths {', '.join(map(str, sweep.widths))}; mean ± std over "
+            f"{len(sweep.seeds)} seeds; {sweep.steps} steps of {options.get('optimizer', sweep.optimizer)}); "
+            f"flat: |slope| < {FLAT_SLOPE:g}. act: activation RMS after the last update; Δ: change of the "
+            "output by the first update that moves it; init: activation RMS at step 0."))
+        table.add_column("layer", overflow="fold", ratio=1, no_wrap=not wrap)
+        table.add_column("type", overflow="fold", max_width=18 if wrap else None, no_wrap=not wrap)
+        table.add_column("role", no_wrap=True)
+        table.add_column("verdict", no_wrap=True)
+        for heading in ("act", "Δ", "init", "signal", "‖Δw‖"):
+            table.add_column(heading, justify="right", no_wrap=True)
+        flagged = {layer: f.severity for f in sorted(self.report.findings, key=lambda f: SEVERITIES.index(f.severity))
+                   for layer in f.layers}
+        for row in sweep.layer_table().itertuples(index=False):
+            cells = [_slope(row.act_rms_slope, row.act_rms_spread), _slope(row.first_delta_rms_slope, row.first_delta_rms_spread),
+                     _slope(row.init_act_rms_slope, row.init_act_rms_spread),
+                     _slope(row.signal_rms_slope, row.signal_rms_spread), _slope(row.update_norm_slope, row.update_norm_spread)]
+            table.add_row(escape(show_controls(row.layer or "(model output)")), escape(show_controls(row.type)), row.role,
+                          row.verdict, *cells, style=STYLES.get(flagged.get(row.layer, ""), ""))
+        return table
+
+    def print(self, console: Console) -> None:
+        if self.title:
+            console.print(Text(show_controls(self.title), style="bold"), soft_wrap=True)
+        _print_table(console, self.table(wrap=console.is_terminal))
+        for line, code in finding_lines(self.report.findings, self.report.no_findings_text, True, self.plain):
+            console.print(line, soft_wrap=code)
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield self.table()
+        yield Group(*(line for line, _ in finding_lines(self.report.findings, self.report.no_findings_text, True,
+                                                        self.plain)))
+
+
+def _slope(mean: float, spread: float) -> str:
+    if not math.isfinite(mean):
+        return ""
+    return f"{mean:+.2f}±{spread:.2f}" if math.isfinite(spread) else f"{mean:+.2f}"
 
 
 def _print_table(console: Console, table: Table) -> None:

@@ -1,8 +1,9 @@
 """The rules engine: records in, findings out.
 
 ``RULES`` is the one registry: a row per rule with its code, slug, default severity and summary,
-the ``detect`` and the bad/good model ``pair`` of the module named after the slug, and the
-evidence it needs to judge (``gradscope.rules.coverage``), in the order findings are reported. The printed ``GS204 deep-bounded-activations`` lives in
+the ``detect`` and the bad/good model ``pair`` of the module named after the slug, the
+evidence it needs to judge (``gradscope.rules.coverage``) and the front whose records it reads
+(``diagnose``, or ``coordcheck`` for the width rules GS3xx), in the order findings are reported. The printed ``GS204 deep-bounded-activations`` lives in
 ``gradscope/rules/deep_bounded_activations.py``; its ``detect`` docstring is its documentation
 (``gradscope explain``, docs/rules/).
 
@@ -20,12 +21,17 @@ from gradscope.rules import (
     collapsed_representations,
     dead_units,
     deep_bounded_activations,
+    attention_logits_grow_with_width,
     deep_narrow_relu,
     exploding_gradient,
+    hidden_updates_scale_with_width,
     init_mismatch,
+    init_scales_with_width,
+    input_updates_scale_with_width,
     no_skip_connections,
     nonfinite_gradient,
     post_ln_transformer,
+    readout_grows_with_width,
     saturated_activations,
     skipped_updates,
     stalled_updates,
@@ -36,13 +42,14 @@ from gradscope.rules import (
     vanishing_gradient,
 )
 from gradscope.records import Records
-from gradscope.rules.base import ERROR, INFO, SEVERITIES, WARNING, Finding, Need, Rule, Violation
+from gradscope.rules.base import (COORDCHECK, DIAGNOSE, ERROR, INFO, SEVERITIES, WARNING, Finding, Need, Rule,
+                                  Violation)
 from gradscope.rules.coverage import DEPTH_PROFILE, RECIPE_PROBE, STRUCTURE, TRAINING_RUN, Coverage
 
 
 def _rule(code: str, slug: str, severity: str, summary: str, module, decides: bool = False,
-          needs: tuple[Need, ...] = ()) -> Rule:
-    return Rule(code, slug, severity, summary, module.detect, module.pair, decides, needs)
+          needs: tuple[Need, ...] = (), front: str = DIAGNOSE) -> Rule:
+    return Rule(code, slug, severity, summary, module.detect, module.pair, decides, needs, front)
 
 
 RULES: tuple[Rule, ...] = (
@@ -95,16 +102,35 @@ RULES: tuple[Rule, ...] = (
     _rule("GS206", "deep-narrow-relu", WARNING,
           "A deep ReLU stack whose sum of 1/width reaches 1 (Hanin & Rolnick 2018).", deep_narrow_relu,
           decides=True, needs=(STRUCTURE,)),
+    _rule("GS301", "readout-grows-with-width", ERROR,
+          "The model's output (logits) grows with width after a few updates: readout multiplier or init.",
+          readout_grows_with_width, front=COORDCHECK),
+    _rule("GS302", "attention-logits-grow-with-width", ERROR,
+          "Attention logits grow with width: scale them by 1/d_head, not 1/sqrt(d_head).",
+          attention_logits_grow_with_width, front=COORDCHECK),
+    _rule("GS303", "hidden-updates-scale-with-width", WARNING,
+          "Hidden layers' change per update grows or shrinks with width: hidden learning rate.",
+          hidden_updates_scale_with_width, front=COORDCHECK),
+    _rule("GS304", "input-updates-scale-with-width", WARNING,
+          "Input layers' (embeddings') change per update grows or shrinks with width: their learning rate.",
+          input_updates_scale_with_width, front=COORDCHECK),
+    _rule("GS305", "init-scales-with-width", WARNING,
+          "Activations at initialisation grow or shrink with width: init variance not 1/fan_in.",
+          init_scales_with_width, front=COORDCHECK),
 )
+DIAGNOSE_RULES = tuple(rule for rule in RULES if rule.front == DIAGNOSE)
+"""The rules ``gradscope.diagnose``, a monitor's and a run directory's reports apply."""
+COORDCHECK_RULES = tuple(rule for rule in RULES if rule.front == COORDCHECK)
+"""The rules ``gradscope.coordcheck`` applies to a width sweep."""
 
 
-def run_rules(records: Records, rules: tuple[Rule, ...] = RULES) -> list[Finding]:
+def run_rules(records: Records, rules: tuple[Rule, ...] = DIAGNOSE_RULES) -> list[Finding]:
     """Every rule's findings, most severe first, then in registry order."""
     findings = [f for rule in rules for f in rule.check(records)]
     return sorted(findings, key=lambda f: -SEVERITIES.index(f.severity))
 
 
-def rule_coverage(records: Records, rules: tuple[Rule, ...] = RULES) -> Coverage:
+def rule_coverage(records: Records, rules: tuple[Rule, ...] = DIAGNOSE_RULES) -> Coverage:
     """Which rules judged ``records`` and which could not for lack of what they need."""
     checked, not_checked = [], {}
     for rule in rules:
@@ -128,6 +154,6 @@ def find_rule(key: str) -> Rule:
 
 
 __all__ = [
-    "ERROR", "INFO", "RULES", "SEVERITIES", "WARNING", "Coverage", "Finding", "Need", "Records", "Rule", "Violation",
-    "find_rule", "rule_coverage", "run_rules",
+    "COORDCHECK", "COORDCHECK_RULES", "DIAGNOSE", "DIAGNOSE_RULES", "ERROR", "INFO", "RULES", "SEVERITIES",
+    "WARNING", "Coverage", "Finding", "Need", "Records", "Rule", "Violation", "find_rule", "rule_coverage", "run_rules",
 ]

@@ -14,6 +14,9 @@ import numpy as np
 from gradscope.records import Records
 
 ERROR, WARNING, INFO = "error", "warning", "info"
+DIAGNOSE, COORDCHECK = "diagnose", "coordcheck"
+"""The fronts whose records rules read: ``gradscope.diagnose`` (and a monitor's history) give
+:class:`Records`, ``gradscope.coordcheck`` a width sweep (``gradscope.sweep.WidthSweep``)."""
 SEVERITIES = (INFO, WARNING, ERROR)
 """In increasing order; ``SEVERITIES.index`` compares them."""
 
@@ -67,7 +70,8 @@ class Need:
 class Rule:
     """A row of the registry: code, slug, default severity and summary, the rule module's pure
     ``detect(records) -> list[Violation]``, its bad/good model ``pair(bad) -> dict`` (the
-    keyword arguments of ``gradscope.diagnose``) and the evidence it ``needs`` to judge at all.
+    keyword arguments of ``gradscope.<front>``: ``gradscope.diagnose`` for most rules,
+    ``gradscope.coordcheck`` for the width rules) and the evidence it ``needs`` to judge at all.
 
     The docstring of ``detect`` (What it checks / Why it matters / Example / Fix) is the rule's
     documentation: ``gradscope explain`` and docs/rules/ are generated from it.
@@ -85,6 +89,9 @@ class Rule:
     needs: tuple[Need, ...] = ()
     """What the records must hold for ``detect`` to judge them; where one is missing, no finding
     means "not checked", not "fine"."""
+    front: str = DIAGNOSE
+    """The front whose records ``detect`` reads and whose keyword arguments ``pair`` returns:
+    ``DIAGNOSE`` (Records) or ``COORDCHECK`` (a width sweep)."""
 
     @property
     def needs_training_run(self) -> bool:

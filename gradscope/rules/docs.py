@@ -63,7 +63,7 @@ def rule_markdown(rule: Rule) -> str:
         (f"`gradscope.rules.find_rule(\"{rule.code}\").pair(bad=True)[\"run\"]()` trains the bad run under "
          f"`gradscope.monitor` and its report has this finding; `bad=False` does not (`pair` in `{path}`, "
          "checked by the tests):" if rule.needs_training_run else
-         f"`gradscope.diagnose(**gradscope.rules.find_rule(\"{rule.code}\").pair(bad=True))` yields this "
+         f"`gradscope.{rule.front}(**gradscope.rules.find_rule(\"{rule.code}\").pair(bad=True))` yields this "
          f"finding; `bad=False` does not (`pair` in `{path}`, checked by the tests):"),
         "",
         "```python", pair, "```", "",
@@ -78,7 +78,8 @@ def index_markdown() -> str:
         "# Rules",
         "",
         "Every rule gradscope applies, in the order findings are reported within a severity. "
-        "`gradscope.diagnose(...)` and `mon.findings()` apply all of them; the slugs and codes are "
+        "`gradscope.diagnose(...)` and `mon.findings()` apply the GS1xx and GS2xx rules, "
+        "`gradscope.coordcheck(...)` ([../coordcheck.md](../coordcheck.md)) the GS3xx width rules; the slugs and codes are "
         "stable. How the thresholds were chosen: [../diagnose.md](../diagnose.md#how-the-thresholds-were-chosen).",
         "",
         "| code | rule | severity | what |",

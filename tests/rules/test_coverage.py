@@ -11,11 +11,11 @@ import torch
 
 import gradscope
 from gradscope.records import Records
-from gradscope.rules import RULES, find_rule, rule_coverage
+from gradscope.rules import DIAGNOSE_RULES, find_rule, rule_coverage
 from gradscope.rules.coverage import DEPTH_PROFILE, HEALTHY, RECIPE_PROBE, STRUCTURE, TRAINING_RUN
 from gradscope.rules.example_models import report_of
 
-NEEDS = [(rule, need) for rule in RULES for need in rule.needs]
+NEEDS = [(rule, need) for rule in DIAGNOSE_RULES for need in rule.needs]
 
 
 def _bad_report(rule):
@@ -60,7 +60,7 @@ def test_without_what_it_needs_a_rule_finds_nothing_and_says_so(rule, need):
 def test_every_rule_judges_what_diagnose_records_of_a_deep_model():
     torch.manual_seed(0)
     coverage = gradscope.diagnose(**find_rule("init-mismatch").pair(bad=False)).coverage
-    assert coverage.complete and coverage.checked == [r.slug for r in RULES if not r.needs_training_run]
+    assert coverage.complete and coverage.checked == [r.slug for r in DIAGNOSE_RULES if not r.needs_training_run]
     assert coverage.no_findings_text() == HEALTHY
 
 
@@ -71,7 +71,7 @@ def test_a_monitor_history_has_neither_structure_nor_probe():
         model(torch.randn(16, 8)).pow(2).mean().backward()
         mon.step()
     coverage = mon.report().coverage
-    assert set(coverage.not_checked) == {r.slug for r in RULES if STRUCTURE in r.needs or RECIPE_PROBE in r.needs}
+    assert set(coverage.not_checked) == {r.slug for r in DIAGNOSE_RULES if STRUCTURE in r.needs or RECIPE_PROBE in r.needs}
     assert coverage.not_checked["no-skip-connections"] == (
         "model structure: only gradscope.diagnose records it, a training run's history has none")
     assert coverage.not_checked["updates-off-band"] == "recipe probe: none ran"

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 import gradscope
-from gradscope.rules import RULES, find_rule
+from gradscope.rules import DIAGNOSE_RULES, find_rule
 from tests.zoo import BROKEN
 
 LOOP_STEPS = 2
@@ -62,7 +62,8 @@ def total_grad_norm(model: nn.Module) -> float:
     return math.sqrt(sum(float(p.grad.double().pow(2).sum()) for p in model.parameters() if p.grad is not None))
 
 
-CASES = [(rule.slug, lambda rule=rule: rule.pair(bad=True)) for rule in RULES if not rule.needs_training_run] + [
+CASES = [(rule.slug, lambda rule=rule: rule.pair(bad=True)) for rule in DIAGNOSE_RULES
+         if not rule.needs_training_run] + [
     (name, lambda name=name: dict(zip(("model", "inputs"), BROKEN[name][0]()))) for name in BROKEN
 ]
 
