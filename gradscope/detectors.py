@@ -165,9 +165,9 @@ class DetectorState:
         spike, else 0.0."""
         xp, d = self.xp, self.detector
         filled = ~xp.isnan(self.losses)
-        count = filled.sum() if xp is np else filled.sum().clamp(min=1)
-        mean = xp.where(filled, self.losses, 0.0 * self.losses).sum() / max(count, 1) if xp is np \
-            else xp.where(filled, self.losses, 0.0 * self.losses).sum() / count
+        count = filled.sum()
+        # an empty window averages to 0 (count + 1 avoids a division by zero without a branch)
+        mean = xp.where(filled, self.losses, 0.0 * self.losses).sum() / (count + (count == 0))
         finite = xp.isfinite(loss)
         warm = self.seen >= d.warmup
         if ratio:

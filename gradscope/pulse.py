@@ -4,7 +4,7 @@ On every optimizer step the pulse takes the step's loss, the gradient norm of ea
 the total, runs the detector (gradscope/detectors.py) on them and writes one row into a ring on
 the device: ``[loss, total gradient norm, z of the loss, z of the gradient norm, alarm bits,
 skipped, each parameter's gradient norm]``. Nothing is read back on an unlogged step: the ring is
-copied to the host once per logged step (so the history keeps every step's loss and gradient norm
+copied to the host once per logged step (a blocking copy on a GPU; so the history keeps every step's loss and gradient norm
 even at ``every=100``), and the alarm bits of each step follow in a tiny non-blocking copy, so the
 host learns of a spike without waiting for the device. On the CPU, where reading memory is no
 device synchronisation, both are read in place.

@@ -3,6 +3,8 @@ rules call; nothing here touches a model."""
 
 from __future__ import annotations
 
+import numpy as np
+
 from gradscope.layers import activation_display, is_functional
 from gradscope.rules.base import fmt
 from gradscope.structure import ModelStructure, WeightLayer
@@ -131,7 +133,9 @@ def clip_code(max_norm: float) -> str:
 
 
 ATTENTION_WORDS = ("attn", "attention", "qkv", "query", "key", "q_proj", "k_proj", "c_attn", "wq", "wk")
-OUTPUT_WORDS = ("lm_head", "head", "output", "out_proj_final", "classifier", "logits", "decoder")
+"""Parts of a parameter's name that place it in an attention block."""
+OUTPUT_MODULES = ("lm_head", "head", "classifier", "logits", "output_layer")
+"""Names of the module that holds an output layer's parameters."""
 
 
 def spike_events(records) -> list[dict]:
@@ -154,12 +158,16 @@ def clip_threshold(records) -> float | None:
     if pulse is None or pulse.empty:
         return None
     quiet = pulse[(pulse["alarm"] == 0)]["grad_norm"].to_numpy(dtype=float)
-    quiet = quiet[quiet == quiet]
+    quiet = quiet[np.isfinite(quiet)]
     if len(quiet) < 10:
         return None
-    import numpy as np
-
     return float(np.percentile(quiet, 99))
+
+
+def _owner(parameter: str) -> str:
+    """The name of the module that holds ``parameter``: ``"lm_head"`` for ``"lm_head.weight"``."""
+    parts = parameter.lower().split(".")
+    return parts[-2] if len(parts) > 1 else ""
 
 
 def instability_fix(events: list[dict], records) -> str:
@@ -181,7 +189,7 @@ def instability_fix(events: list[dict], records) -> str:
         lines.append("The spike began in an attention projection: normalise queries and keys "
                      "(qk-norm, a LayerNorm or RMSNorm on q and k per head) so the attention logits "
                      "cannot grow without bound.")
-    if any(any(w in name.lower().split(".")[0] or w in name.lower() for w in OUTPUT_WORDS) for name in layers):
+    if any(_owner(name) in OUTPUT_MODULES for name in layers):
         lines.append("The spike began in the output layer: add a z-loss (1e-4 * logsumexp(logits)**2) "
                      "to keep the output logits from drifting.")
     lines.append('Train with gradscope.monitor(..., guard="skip") to skip the update of a spiking step.')

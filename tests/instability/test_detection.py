@@ -6,6 +6,7 @@ import copy
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn as nn
@@ -13,6 +14,7 @@ import torch.nn.functional as F
 
 import gradscope
 from gradscope.detectors import Detector, DetectorState
+from gradscope.report import load_run_report
 
 
 def regression(seed: int = 0):
@@ -138,9 +140,8 @@ def test_events_reach_the_run_directory_and_tensorboard(tmp_path):
         train(model, x, y, g, opt, mon, 300, corrupt=(250,))
     lines = [json.loads(line) for line in (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
     assert [(e["step"], e["skipped"]) for e in lines] == [(250, True)]
-    report = gradscope.load_run_report(tmp_path / "run") if hasattr(gradscope, "load_run_report") else None
-    if report is not None:
-        assert "skipped-updates" in [f.rule for f in report.findings]
+    report = load_run_report(tmp_path / "run")  # events.jsonl and pulse.parquet read back
+    assert "skipped-updates" in [f.rule for f in report.findings]
     accumulator = EventAccumulator(str(tmp_path / "tb"), size_guidance={"scalars": 0, "tensors": 0})
     accumulator.Reload()
     assert [e.step for e in accumulator.Scalars("gradscope/skipped")] == [250]
@@ -175,3 +176,20 @@ def test_numpy_and_torch_arithmetic_raise_the_same_alarms():
             alarm_b, z_b = b.update(torch.tensor(row, dtype=torch.float32))
             assert int(alarm_a[0]) == int(alarm_b[0])
             assert np.allclose(z_a, z_b.numpy(), rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("layer, qk_norm, z_loss", [
+    ("blocks.0.attn.qkv.weight", True, False),
+    ("lm_head.weight", False, True),
+    ("bert.encoder.layer.0.attention.output.dense.weight", True, False),
+    ("blocks.0.mlp.fc.weight", False, False),
+])
+def test_the_fix_names_qk_norm_or_a_z_loss_by_where_the_spike_began(layer, qk_norm, z_loss):
+    from gradscope.records import Records
+    from gradscope.rules.advice import instability_fix
+
+    pulse = pd.DataFrame({"step": range(20), "alarm": [0] * 19 + [3], "grad_norm": [1.0] * 19 + [50.0]})
+    records = Records(pd.DataFrame(columns=["step", "layer", "metric", "value"]), pd.DataFrame(), pulse=pulse)
+    fix = instability_fix([{"layer": layer, "lr": 0.01}], records)
+    assert ("qk-norm" in fix) == qk_norm and ("z-loss" in fix) == z_loss
+    assert "try 0.0033" in fix and "max_norm=1" in fix  # the 99th percentile of the quiet steps' norms

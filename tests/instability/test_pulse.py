@@ -84,8 +84,6 @@ def test_the_loss_given_with_step_or_observe_loss_is_used_and_a_missing_loss_rai
     model, data = small_mlp(), batches(6)
     with gradscope.monitor(model, every=1) as mon:
         for i, (x, y) in enumerate(data):
-            with torch.no_grad():
-                pass
             loss = F.mse_loss(model(x), y)
             torch.autograd.backward(loss)  # not Tensor.backward: the loss does not arrive by itself
             if i % 2 == 0:
