@@ -10,6 +10,7 @@ counted. Prints
 markdown tables with the machine, torch version and command.
 
 Run: python benchmarks/overhead.py [--models mlp,cnn,gpt] [--rounds 7] [--steps 20] [--no-peers]
+     [--threads 1]
 On a GPU: python benchmarks/overhead.py --device cuda --models gpt2-small,resnet50
 """
 
@@ -213,7 +214,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--steps", type=int, default=20, help="steps per block")
     parser.add_argument("--no-peers", action="store_true", help="gradscope and plain only")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     where = (torch.cuda.get_device_name() if args.device == "cuda"
              else f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads")
     print(f"torch {torch.__version__}, gradscope {gradscope.__version__}, {args.device}: {where}")

@@ -82,7 +82,7 @@ def monitor(
 
     Options: ``functional`` (capture ``F.relu``-style activations, default True), ``log_dir``
     (stream the history to a run directory), ``window``, ``flush_every``, ``strict``,
-    ``weights_every`` (record ``weight_norm``/``update_ratio`` every this many steps, default 10),
+    ``weights_every`` (record ``weight_norm``/``update_ratio`` on one logged step in this many, default 10),
     ``scaler`` (a ``torch.amp.GradScaler``: statistics unscaled, skipped steps recorded),
     ``tensorboard`` (a log directory or a ``SummaryWriter``), ``histograms_every``,
     ``findings_every``.

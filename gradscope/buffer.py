@@ -161,13 +161,20 @@ class StepBuffer:
         self.primary_device = primary_device
         self._parts: dict[torch.device, _DeviceParts] = {}
         self._counts: dict[int, float] = {}
+        self._on_cpu: dict[int, float] = {}
+        """Results of CPU tensors already on the host, summed into the CPU's buffer."""
         self._device_buffers: dict[torch.device, torch.Tensor] = {}
         self._index_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     # -- called from hooks ---------------------------------------------------------------------
 
-    def add(self, offset: int, value: torch.Tensor, square: bool = False) -> None:
-        """Queue ``value`` (squared at the step end if ``square``) to be summed at ``offset``."""
+    def add(self, offset: int, value: torch.Tensor | float, square: bool = False) -> None:
+        """Queue ``value`` (squared at the step end if ``square``) to be summed at ``offset``. A
+        Python float is a CPU tensor's result already read (gradscope.stats.reductions): it is
+        added on the host, counted as the CPU's."""
+        if value.__class__ is float:
+            self._on_cpu[offset] = self._on_cpu.get(offset, 0.0) + (value * value if square else value)
+            return
         parts = self._parts.get(value.device)
         if parts is None:
             parts = self._parts[value.device] = _DeviceParts()
@@ -204,6 +211,7 @@ class StepBuffer:
         """Drop what the current step queued (the step did not complete)."""
         self._parts.clear()
         self._counts.clear()
+        self._on_cpu.clear()
 
     # -- called at the step end ----------------------------------------------------------------
 
@@ -218,13 +226,20 @@ class StepBuffer:
         first summed into the primary device's, so that all of the step is reduced.
         """
         size = self.layout.size
-        devices = [d for d in self._parts if d != self.primary_device] + [self.primary_device]
+        cpu = torch.device("cpu")
+        queued = list(self._parts) + ([cpu] if self._on_cpu and cpu not in self._parts else [])
+        devices = [d for d in queued if d != self.primary_device] + [self.primary_device]
         buffers = []
         try:
             for device in devices:
                 buffer = self._buffer(device, size)
                 buffer.zero_()
                 self._accumulate(device, buffer)
+                if device.type == "cpu" and self._on_cpu:
+                    values = np.zeros(size)
+                    for offset, value in self._on_cpu.items():
+                        values[offset] = value
+                    buffer.add_(torch.from_numpy(values))
                 for offsets, factor in rescales or ():
                     if offsets:
                         index = self._offsets_tensor(device, offsets)

@@ -34,9 +34,9 @@ class MonitorConfig:
 
     weights_every: int = 10
     """``weight_norm`` and ``update_ratio`` (a pass over the weights and a copy of them kept across
-    ``optimizer.step()``) are recorded on one logged step in ``ceil(weights_every / every)``: every
-    10th step by default, every logged step when ``every >= weights_every``. Weights move slowly;
-    pass 1 to record them at every logged step."""
+    ``optimizer.step()``, the dearest statistics of a logged step) are recorded on one logged step
+    in ``weights_every``: every 10th step at ``every=1``, every 100th at ``every=10``. Weights move
+    slowly; pass 1 to record them at every logged step."""
 
     tensorboard: object = None
     """A TensorBoard log directory, or a ``torch.utils.tensorboard.SummaryWriter``, to write each

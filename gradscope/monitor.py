@@ -151,8 +151,7 @@ class Recorder:
 
     def weights_logged(self, step: int) -> bool:
         """Whether ``weight_norm`` and ``update_ratio`` are recorded at (logged) step ``step``."""
-        every = self.config.every
-        return self.is_logged(step) and (step // every) % -(-self.config.weights_every // every) == 0
+        return self.is_logged(step) and (step // self.config.every) % self.config.weights_every == 0
 
     def step(self, loss_scale: "torch.Tensor | float | None" = None, *,
              loss: "torch.Tensor | float | None" = None) -> None:

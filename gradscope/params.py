@@ -61,6 +61,8 @@ class ParameterStatistics:
         self._by_name: dict[str, nn.Parameter] = {}
         self.sync(model, updated)
         self._snapshot: list | None = None
+        self._copies: list[torch.Tensor | None] = []
+        """The CPU memory of the weight copies, one per (device, dtype) run (:meth:`_copy_space`)."""
         self.observer: Callable[[str, torch.Tensor], None] | None = None
         """Called with (name, gradient) for each gradient of a recorded step (the monitor sets it
         on histogram steps)."""
@@ -130,7 +132,9 @@ class ParameterStatistics:
                 if self._snapshot is not None:
                     updated = [(s, n) for s, n in zip(weights, weight_norms) if id(s.param) in self._updated]
                     if updated:
-                        self._snapshot.append((updated, snapshot([local(s.param) for s, _ in updated])))
+                        tensors = [local(s.param) for s, _ in updated]
+                        space = self._copy_space(tensors, len(self._snapshot))
+                        self._snapshot.append((updated, snapshot(tensors, space)))
             if self.observer is not None:
                 for s in group:
                     self.observer(s.name, local(s.param.grad))
@@ -142,6 +146,23 @@ class ParameterStatistics:
                 if count is not None:
                     self.buffer.add(s.nonfinite, count)
         return True
+
+    def _copy_space(self, tensors: list[torch.Tensor], run: int) -> torch.Tensor | None:
+        """On the CPU, the memory the ``run``-th weight copy of a step goes into, kept from one
+        weight step to the next: a fresh copy the size of the model faults in every page of it
+        (the allocator gives large blocks back to the system when freed), which cost more than
+        the copy itself and slowed the next step's backward too. Elsewhere None: a GPU's
+        caching allocator keeps the freed block anyway."""
+        first = tensors[0]
+        if first.device.type != "cpu":
+            return None
+        size = sum(t.numel() for t in tensors)
+        while len(self._copies) <= run:
+            self._copies.append(None)
+        space = self._copies[run]
+        if space is None or space.numel() != size or space.dtype != first.dtype:
+            space = self._copies[run] = torch.empty(size, dtype=first.dtype)
+        return space
 
     @property
     def holds_weights(self) -> bool:

@@ -86,6 +86,10 @@ class Pulse:
         self._alarm_host: list[tuple[int, object, object]] = []
         self.last_step: int | None = None
         self._cat = np.concatenate if xp is np else torch.cat
+        if self.on_host:
+            self._norms = np.zeros(len(self.params))
+            self._y = np.zeros(2 + len(self.params))
+            self._steps = list(enumerate(self._strides))
 
     # -- during the step -----------------------------------------------------------------------
 
@@ -120,6 +124,8 @@ class Pulse:
         sum, divided by ``loss_scale``), the detector. ``finite``: whether every gradient element
         is finite, when checked in full (the guard). Returns the alarm bits, a 1-element array
         (a tensor on the device on a GPU)."""
+        if self.on_host and finite is None:
+            return self._observe_on_host(step, loss, loss_scale)
         xp = self.xp
         norms = self._sampled_norms()
         if loss is not None:  # given by the user: as it is
@@ -138,6 +144,59 @@ class Pulse:
         self.ring[step % self.window] = self._cat((loss_value, total, z[0:2], alarm, self._micro_columns(), norms))
         self.last_step = step
         return alarm
+
+    def _observe_on_host(self, step: int, loss: torch.Tensor | None, loss_scale: torch.Tensor | None):
+        """:meth:`observe` on the CPU, where the step's budget is a few tens of microseconds and
+        every numpy call counts: the same numbers written in place into preallocated rows."""
+        norms = self._host_norms()
+        if loss is not None:
+            self.loss[0] = self._value(loss)[0]
+            self.losses_seen = max(self.losses_seen, 1)
+        elif loss_scale is not None:
+            self.loss[0] = self.loss[0] / float(loss_scale)
+        total = math.sqrt(float(norms @ norms))
+        y = self._y
+        y[0] = self.loss[0] if self.losses_seen else math.nan
+        y[1] = math.log(total) if total > 0 else -math.inf
+        with np.errstate(divide="ignore", invalid="ignore"):
+            np.log(norms, out=y[2:])
+        alarm, z = self._state.update(y, self.losses_seen > 0)
+        row = self.ring[step % self.window]
+        row[LOSS] = y[0]
+        row[GRAD_NORM] = total
+        row[Z_LOSS:Z_GRAD + 1] = z[0:2]
+        row[ALARM] = alarm[0]
+        if self._accumulating or self.backwards != 1:
+            row[SKIPPED:FIRST_PARAMETER] = self._micro_columns()
+        else:  # one backward pass: no micro-batches to tell apart
+            row[SKIPPED:FIRST_PARAMETER] = (0.0, 1.0, 0.0, 0.0)
+        row[FIRST_PARAMETER:] = norms
+        self.last_step = step
+        return alarm
+
+    def _host_norms(self) -> np.ndarray:
+        """:meth:`_sampled_norms` read through numpy views of the gradients (no copy; on the CPU
+        each torch call costs several numpy ones); gradients numpy cannot view (half precision,
+        sparse, non-contiguous, sharded) go the torch way."""
+        out = self._norms
+        params = self.params
+        for i, stride in self._steps:
+            g = params[i].grad
+            if g is None:
+                out[i] = 0.0
+                continue
+            if g.dtype not in (torch.float32, torch.float64) or g.layout != torch.strided \
+                    or self._sharded or g.requires_grad or not g.is_contiguous():
+                return self._sampled_norms()
+            a = g.numpy().reshape(-1)
+            if stride > 1:
+                a = a[::stride]
+            out[i] = np.dot(a, a)
+            if not math.isfinite(out[i]):  # a float32 sum past ~3e38: redone in float64
+                out[i] = np.dot(a.astype(np.float64), a.astype(np.float64))
+        np.sqrt(out, out=out)
+        out *= self._scale
+        return out.copy()
 
     def _micro_columns(self):
         """[skipped (0 until the guard says), micro-batches, the one with the highest loss, the

@@ -100,16 +100,35 @@ def test_unlogged_steps_do_no_tensor_work_without_detection():
 
 
 def test_unlogged_steps_with_detection_only_read_a_sample_of_each_gradient():
-    """The pulse on the CPU: one strided view per large gradient, one foreach norm, a stack, and
-    the loss detached; the arithmetic after that runs in numpy on the same memory."""
+    """The pulse on the CPU: each gradient detached and its sample read through a numpy view of
+    the same memory, the loss detached; no reduction runs as a torch op."""
     plain = counted_steps("cpu", every=3, steps=3, monitored=False)
     watched = counted_steps("cpu", every=3, steps=3, monitored=True)
+    n_params = len(list(models.mlp().parameters()))
     for step in (1, 2):
         extra = list(watched[step][0].ops)
         for op in plain[step][0].ops:
             extra.remove(op)
-        assert set(extra) <= {"_foreach_norm", "stack", "detach", "view", "as_strided"}, extra
-        assert extra.count("_foreach_norm") == 1 and len(extra) <= 8, extra
+        assert set(extra) <= {"detach", "view"}, extra
+        assert extra.count("detach") <= n_params + 2 and len(extra) <= n_params + 3, extra
+
+
+def test_the_gpu_path_of_the_pulse_reads_a_strided_sample_in_one_foreach_norm():
+    """The pulse's torch arithmetic (a GPU's), run on the CPU: one strided view per large
+    gradient, one foreach norm for all of them; never a host read."""
+    torch.manual_seed(0)
+    model = models.mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(16, 6), torch.randn(16, 3)
+    with gradscope.monitor(model, every=3, optimizer=opt) as mon:
+        mon._host_arithmetic = False
+        for step in range(3):
+            log = OpLog()
+            with log:
+                one_step(model, opt, x, y)
+            assert log.syncs == [], step
+            if step > 0:
+                assert log.ops.count("_foreach_norm") == 1, log.ops
 
 
 def test_op_log_sees_a_sync_when_there_is_one():

@@ -28,24 +28,24 @@ _DOT_LIMIT = 1 << 24
 """Above this many elements, sums of squares use the norm kernel's more careful accumulation."""
 
 
-def sum_of_squares(t: torch.Tensor) -> torch.Tensor:
-    """Σ t² as a 0-dim tensor on ``t``'s device. For contiguous float32/float64 CPU tensors a BLAS
-    dot of the tensor with itself, about 1.5x faster than the norm kernel there; otherwise the
-    squared L2 norm (half precision reduced in float32).
+def sum_of_squares(t: torch.Tensor) -> torch.Tensor | float:
+    """Σ t²: a 0-dim tensor on ``t``'s device, or on the CPU a Python float (reading a CPU value
+    is no device synchronisation, and the step buffer adds a host number with no tensor op). For
+    contiguous float32/float64 CPU tensors a BLAS dot of the tensor with itself, about 1.5x faster
+    than the norm kernel there; otherwise the squared L2 norm (half precision reduced in float32).
 
     A float32 sum overflows once elements pass ~1e19 although every element is finite; on the CPU
-    (where reading a value is no device synchronisation) such a sum is redone in float64, so a
-    finite tensor is never reported as non-finite there."""
+    such a sum is redone in float64, so a finite tensor is never reported as non-finite there."""
     t = t.detach()
-    if t.device.type != "cpu":
+    if not t.is_cpu:
         return torch.linalg.vector_norm(t, dtype=norm_dtype(t.dtype)).square()
     if t.dtype in (torch.float32, torch.float64) and t.is_contiguous() and 0 < t.numel() <= _DOT_LIMIT:
         flat = t.view(-1)
-        result = torch.dot(flat, flat)
+        result = torch.dot(flat, flat).tolist()
     else:
-        result = torch.linalg.vector_norm(t, dtype=norm_dtype(t.dtype)).square()
-    if t.dtype != torch.float64 and not math.isfinite(result.tolist()):
-        result = torch.linalg.vector_norm(t, dtype=torch.float64).square()
+        result = torch.linalg.vector_norm(t, dtype=norm_dtype(t.dtype)).square().tolist()
+    if not math.isfinite(result) and t.dtype != torch.float64:
+        result = torch.linalg.vector_norm(t, dtype=torch.float64).square().tolist()
     return result
 
 
@@ -86,13 +86,15 @@ def foreach_nonfinite_counts(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
     return list(torch._foreach_norm(torch._foreach_mul(dense, 0.0), 0))
 
 
-def snapshot(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Flat copies of same-device, same-dtype tensors, taken in one allocation.
+def snapshot(tensors: list[torch.Tensor], into: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """Flat copies of same-device, same-dtype tensors, taken in one allocation (``into``, a flat
+    tensor of their total size, when given).
 
     One concatenated copy is about 10x faster on the CPU than a copy per tensor (each of which
     faults in fresh pages); the returned pieces are views into it.
     """
-    flat = torch.cat([t.detach().reshape(-1) for t in tensors])
+    pieces = [t.detach().reshape(-1) for t in tensors]
+    flat = torch.cat(pieces) if into is None else torch.cat(pieces, out=into)
     return list(torch.split(flat, [t.numel() for t in tensors]))
 
 

@@ -48,7 +48,7 @@ def test_scalars_equal_the_history(tmp_path):
         rows = history[(history.metric == metric) & (history.layer == ("" if layer == "(model)" else layer))]
         got = ea.Scalars(tag)
         assert [e.step for e in got] == rows.step.tolist()
-        # weight_norm and update_ratio: one logged step in ceil(weights_every / every) = 5
+        # weight_norm and update_ratio: one logged step in weights_every = 10
         assert rows.step.tolist() == ([0] if metric in ("weight_norm", "update_ratio") else [0, 2, 4, 6, 8])
         np.testing.assert_allclose([e.value for e in got], rows.value.to_numpy(), rtol=1e-6)  # float32 on disk
 
