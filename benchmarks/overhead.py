@@ -57,14 +57,15 @@ def plain_step(model, opt, x, y, loss) -> Step:
     return step
 
 
-def gradscope_config(every: int) -> Config:
+def gradscope_config(every: int, **options) -> Config:
     holder = {}
 
     def start(model, opt, x, y, loss):
-        holder["mon"] = gradscope.monitor(model, every=every, optimizer=opt).start()
+        holder["mon"] = gradscope.monitor(model, every=every, optimizer=opt, **options).start()
         return plain_step(model, opt, x, y, loss)
 
-    return Config(f"gradscope every={every}", start, lambda: holder.pop("mon").stop())
+    name = " ".join([f"gradscope every={every}", *(f"{k}={v}" for k, v in options.items())])
+    return Config(name, start, lambda: holder.pop("mon").stop())
 
 
 def naive_config() -> Config:
@@ -145,7 +146,8 @@ def cockpit_config() -> Config | None:
 def measure(model_name: str, device: str, rounds: int, steps: int, peers: bool) -> list[tuple[str, str, float | None]]:
     torch.manual_seed(0)
     base, x, y, loss = setup(model_name, device)
-    configs = [Config("plain", plain_step), gradscope_config(1), gradscope_config(10), gradscope_config(100)]
+    configs = [Config("plain", plain_step), gradscope_config(1), gradscope_config(10), gradscope_config(100),
+               gradscope_config(10, detect=None), gradscope_config(100, detect=None)]
     if peers:
         configs.append(naive_config())
         configs += wandb_configs()

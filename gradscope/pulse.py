@@ -157,9 +157,9 @@ class Pulse:
         total = math.sqrt(float(norms @ norms))
         y = self._y
         y[0] = self.loss[0] if self.losses_seen else math.nan
-        y[1] = math.log(total) if total > 0 else -math.inf
-        with np.errstate(divide="ignore", invalid="ignore"):
-            np.log(norms, out=y[2:])
+        y[1] = math.log(total) if total > 0 else -math.inf if total == 0 else math.nan
+        y[2:] = -math.inf  # log 0, without numpy's warning machinery (a context costs more than the log)
+        np.log(norms, out=y[2:], where=norms != 0)
         alarm, z = self._state.update(y, self.losses_seen > 0)
         row = self.ring[step % self.window]
         row[LOSS] = y[0]

@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import gradscope
-from gradscope.detectors import Detector, DetectorState
+from gradscope.detectors import GRAD_NONFINITE, GRAD_SPIKE, LOSS_NONFINITE, LOSS_SPIKE, Detector, DetectorState
 from gradscope.report import load_run_report
 
 
@@ -176,6 +176,30 @@ def test_numpy_and_torch_arithmetic_raise_the_same_alarms():
             alarm_b, z_b = b.update(torch.tensor(row, dtype=torch.float32))
             assert int(alarm_a[0]) == int(alarm_b[0])
             assert np.allclose(z_a, z_b.numpy(), rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("xp", [np, torch], ids=["numpy", "torch"])
+def test_a_spike_after_a_nonfinite_step_and_a_step_without_loss_is_still_caught(xp):
+    """A NaN loss, an Inf gradient norm (a GradScaler's overflow step) and a step with no loss
+    are not averaged into the running statistics: the spike that follows is caught."""
+    rng = np.random.default_rng(1)
+    trace = np.column_stack([1 + 0.05 * rng.standard_normal(300), 0.1 * rng.standard_normal((300, 2))])
+    trace[120, 0] = np.nan
+    trace[130, 1] = np.inf
+    trace[250, 0] += 2.0
+    trace[280, 1] += 3.0
+    state = DetectorState(Detector("zscore"), 3, xp, torch.device("cpu") if xp is torch else None)
+    fired = []
+    for step, row in enumerate(trace):
+        has_loss = step != 140
+        if not has_loss:
+            row = row.copy()
+            row[0] = np.nan
+        alarm, z = state.update(row.copy() if xp is np else torch.tensor(row), has_loss)
+        if int(alarm[0]):
+            fired.append((step, int(alarm[0])))
+        assert np.isfinite(np.asarray(z)).all(), step
+    assert fired == [(120, LOSS_NONFINITE), (130, GRAD_NONFINITE), (250, LOSS_SPIKE), (280, GRAD_SPIKE)]
 
 
 @pytest.mark.parametrize("layer, qk_norm, z_loss", [
