@@ -37,6 +37,8 @@ from gradscope.version import __version__
 
 MAX_STEPS = 200
 MAX_LAYERS = 400
+MAX_PULSE_POINTS = 5000
+"""Steps of the every-step loss and gradient-norm timeline drawn at most (besides event steps)."""
 COLORS = {"error": "#c62828", "warning": "#b26a00", "info": "#1565c0"}
 VERDICT_COLORS = {TRAINS: "#2e7d32", AT_RISK: "#b26a00", FAILS: "#c62828"}
 
@@ -205,6 +207,44 @@ class _Figures:
         figure.update_xaxes(tickangle=-45, automargin=True)
         return figure
 
+    def timeline(self) -> go.Figure | None:
+        """A training run's every-step loss and total gradient norm (the pulse), one panel each
+        on a shared step axis, with each spike event marked where it fired (its text on hover).
+        Long runs are thinned to at most :data:`MAX_PULSE_POINTS` steps, event steps always kept."""
+        from plotly.subplots import make_subplots
+
+        pulse = self.report.pulse
+        if pulse is None or pulse.empty:
+            return None
+        events = [e for e in self.report.events if e.get("step") is not None]
+        event_steps = {int(e["step"]) for e in events}
+        stride = max(1, -(-len(pulse) // MAX_PULSE_POINTS))
+        keep = (np.arange(len(pulse)) % stride == 0) | pulse["step"].isin(event_steps).to_numpy()
+        shown = pulse[keep]
+        steps = shown["step"].astype(int).tolist()
+        figure = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
+                               subplot_titles=("loss", "gradient norm (all parameters)"))
+        figure.update_layout(template="none", showlegend=False, height=480)
+        figure.add_trace(go.Scatter(x=steps, y=_finite(shown["loss"]), mode="lines", name="loss",
+                                    line={"color": "#1f77b4"}), row=1, col=1)
+        figure.add_trace(go.Scatter(x=steps, y=_finite(shown["grad_norm"]), mode="lines", name="gradient norm",
+                                    line={"color": "#2ca02c"}), row=2, col=1)
+        if events:
+            at = pulse.set_index("step")
+            marks = [int(e["step"]) for e in events]
+            texts = [html.escape(str(e.get("text", ""))) for e in events]
+            for row, column in ((1, "loss"), (2, "grad_norm")):
+                values = [at[column].get(step, np.nan) for step in marks]
+                figure.add_trace(go.Scatter(
+                    x=marks, y=_finite(values), mode="markers", name="spike event", hovertext=texts,
+                    hoverinfo="text", marker={"color": "#d62728", "size": 10, "symbol": "x"},
+                ), row=row, col=1)
+        figure.update_yaxes(type="log", row=2, col=1)
+        figure.update_xaxes(title_text="step", row=2, col=1)
+        if stride > 1:
+            figure.update_layout(title=f"every {stride}th step shown of {len(pulse)}, and every event step")
+        return figure
+
     def all(self) -> list[tuple[str, go.Figure | None, str]]:
         """(section title, figure or None, note when None)."""
         activations = [n for n in self.leaves]
@@ -213,6 +253,9 @@ class _Figures:
         module_with_params = list(summary.loc[summary["update_ratio"].notna(), "layer"]) \
             if "update_ratio" in summary else []
         figures = [("Gradient flow", self.profile(), "No backpropagated signal was recorded.")]
+        if self.report.pulse is not None:  # a monitored training run: every step's loss and norm
+            figures.insert(0, ("Loss and gradient norm, every step", self.timeline(),
+                               "No step's loss or gradient norm was recorded."))
         if multi:
             figures.append(("Backpropagated signal over training", self.heatmap(
                 "out_grad_norm", self.leaves, "log10 backpropagated signal, layers × steps", True, "Viridis",

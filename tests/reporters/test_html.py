@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 import numpy as np
@@ -70,3 +71,47 @@ def test_large_run_is_downsampled_and_stays_small():
     assert "every 2th layer" in page
     size_mb = len(page.encode()) / 1e6
     assert size_mb < 12, size_mb  # plotly.js is about 4.6 MB of it
+
+
+def test_the_timeline_draws_every_steps_loss_and_norm_and_marks_the_spike_where_it_fired():
+    """The loss the training loop itself read, step by step, and the gradient norm autograd gave
+    (float64) are what the timeline draws; the corrupt batch's step carries the event marker."""
+    import torch.nn.functional as F
+
+    from gradscope.reporters.html import _Figures
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    g = torch.Generator().manual_seed(1)
+    losses, norms = [], []
+    with gradscope.monitor(model, every=50, optimizer=opt) as mon:
+        for step in range(120):
+            x = torch.randn(32, 8, generator=g) * (30.0 if step == 100 else 1.0)
+            loss = F.mse_loss(model(x), x[:, :1])
+            loss.backward()
+            losses.append(loss.item())
+            norms.append(math.sqrt(sum(float(p.grad.double().pow(2).sum()) for p in model.parameters())))
+            opt.step()
+            opt.zero_grad()
+        report = mon.report()
+    event_steps = [e.step for e in mon.events]
+    assert event_steps[0] == 100  # the corrupt batch (the damage it did may fire again later)
+    figure = _Figures(report).timeline()
+    loss_trace, norm_trace, loss_marks, norm_marks = figure.data
+    assert list(loss_trace.x) == list(range(120))
+    np.testing.assert_allclose(loss_trace.y, losses, rtol=1e-6)
+    # every parameter has at most 1,024 elements here: the pulse's sampled norms are exact
+    np.testing.assert_allclose(norm_trace.y, norms, rtol=1e-5)
+    assert list(loss_marks.x) == event_steps and list(norm_marks.x) == event_steps
+    np.testing.assert_allclose(loss_marks.y, [losses[s] for s in event_steps], rtol=1e-6)
+    np.testing.assert_allclose(norm_marks.y, [norms[s] for s in event_steps], rtol=1e-5)
+    assert "step 100" in loss_marks.hovertext[0]
+    page = render_html(report, "run")
+    assert "Loss and gradient norm, every step" in page
+
+
+def test_a_diagnosis_without_a_training_run_has_no_timeline_section():
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
+    page = render_html(gradscope.diagnose(model, torch.randn(8, 6)), "model")
+    assert "Loss and gradient norm, every step" not in page
