@@ -196,7 +196,7 @@ class Pulse:
                 out[i] = np.dot(a.astype(np.float64), a.astype(np.float64))
         np.sqrt(out, out=out)
         out *= self._scale
-        return out.copy()
+        return out  # used at once by observe, before the next step overwrites it
 
     def _micro_columns(self):
         """[skipped (0 until the guard says), micro-batches, the one with the highest loss, the
