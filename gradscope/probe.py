@@ -241,9 +241,11 @@ def _curvature(loss_at, params, optimizer, recipe) -> tuple[float | None, str | 
         def matvec(v):
             return torch._foreach_mul(inner(torch._foreach_mul(v, roots)), roots)
     try:
-        value = _top_eigenvalue(matvec, params)
+        value, unresolved = _top_eigenvalue(matvec, params)
     except (RuntimeError, NotImplementedError) as e:
         return None, None, f"the curvature could not be measured: {type(e).__name__}: {e}"
+    if unresolved is not None:
+        return None, method, unresolved
     if value is None or not math.isfinite(value):
         return None, method, "the curvature is not finite"
     return value, method, note
@@ -311,20 +313,29 @@ def _finite_difference_product(loss_at, params):
     return matvec
 
 
-def _top_eigenvalue(matvec, params) -> float | None:
+def _top_eigenvalue(matvec, params) -> tuple[float | None, str | None]:
     """The algebraically largest eigenvalue of the symmetric operator ``matvec`` by power
-    iteration; when the dominant eigenvalue is negative, again on the operator shifted by it."""
+    iteration; when the dominant eigenvalue is negative, again on the operator shifted by it.
+    The second pass approaches its top from below, so a result under ``POWER_TOLERANCE`` of the
+    shift (negative, or float32 noise of a large shift) says nothing of the largest eigenvalue:
+    None, with the reason."""
     generator = torch.Generator(device="cpu").manual_seed(0)
     start = [torch.randn(p.shape, generator=generator, dtype=torch.float32).to(p.device, p.dtype) for p in params]
     dominant = _power(matvec, start)
     if dominant is None or dominant >= 0:
-        return dominant
+        return dominant, None
 
     def shifted(v):
         return torch._foreach_sub(matvec(v), torch._foreach_mul(v, dominant))
 
     top = _power(shifted, start)
-    return None if top is None else top + dominant
+    if top is None:
+        return None, None
+    resolution = POWER_TOLERANCE * abs(dominant)
+    if top + dominant <= resolution:
+        return None, (f"the Hessian's dominant eigenvalue is negative ({dominant:.3g}) and the shifted "
+                      f"pass resolved no positive one above {resolution:.3g}")
+    return top + dominant, None
 
 
 def _power(matvec, start) -> float | None:

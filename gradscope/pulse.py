@@ -180,20 +180,21 @@ class Pulse:
         sparse, non-contiguous, sharded) go the torch way."""
         out = self._norms
         params = self.params
-        for i, stride in self._steps:
-            g = params[i].grad
-            if g is None:
-                out[i] = 0.0
-                continue
-            if g.dtype not in (torch.float32, torch.float64) or g.layout != torch.strided \
-                    or self._sharded or g.requires_grad or not g.is_contiguous():
-                return self._sampled_norms()
-            a = g.numpy().reshape(-1)
-            if stride > 1:
-                a = a[::stride]
-            out[i] = np.dot(a, a)
-            if not math.isfinite(out[i]):  # a float32 sum past ~3e38: redone in float64
-                out[i] = np.dot(a.astype(np.float64), a.astype(np.float64))
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is redone, a NaN is data
+            for i, stride in self._steps:
+                g = params[i].grad
+                if g is None:
+                    out[i] = 0.0
+                    continue
+                if g.dtype not in (torch.float32, torch.float64) or g.layout != torch.strided \
+                        or self._sharded or g.requires_grad or not g.is_contiguous():
+                    return self._sampled_norms()
+                a = g.numpy().reshape(-1)
+                if stride > 1:
+                    a = a[::stride]
+                out[i] = np.dot(a, a)
+                if not math.isfinite(out[i]):  # a float32 sum past ~3e38: redone in float64
+                    out[i] = np.dot(a.astype(np.float64), a.astype(np.float64))
         np.sqrt(out, out=out)
         out *= self._scale
         return out  # used at once by observe, before the next step overwrites it

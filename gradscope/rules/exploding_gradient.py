@@ -11,7 +11,7 @@ from gradscope.rules import advice
 from gradscope.records import Records
 from gradscope.rules.base import WARNING, Violation, fmt, log10
 from gradscope.rules.example_models import stack, x64
-from gradscope.rules.profile import signal_profile
+from gradscope.rules.profile import SignalProfile, signal_profile
 
 ORDERS = 3.0
 """Orders of magnitude the signal must gain across depth toward the input."""
@@ -31,11 +31,20 @@ def detect(records: Records) -> list[Violation]:
         as vanishing-gradient, in the other direction). Across steps: the total gradient norm of
         a logged step is 100x or more the median of the up to 5 logged steps before it. When
         ``diagnose``'s recipe is an adaptive optimizer (Adam …), whose step size does not scale
-        with the gradient, the finding is a warning.
+        with the gradient, the finding is a warning. In a normalised model without skip
+        connections, where the trend's other estimates take out the steps the normalisation
+        layers make, a warning when the profile as measured grows by 3 orders toward the input,
+        spread over the depth (no one layer makes half of it) and made by those layers: the
+        gradient explosion of deep BatchNorm stacks (Yang et al. 2019).
 
     Why it matters:
         Gradients that grow toward the input make the first layers take huge steps and the loss
-        diverge; a sudden jump between steps is the usual prelude to a loss spike or NaNs.
+        diverge; a sudden jump between steps is the usual prelude to a loss spike or NaNs. In a
+        deep normalised stack the first layers' steps are orders of magnitude larger than the
+        last ones' relative to their weights: those layers churn while the rest barely move, and
+        such stacks sit near chance (on digits, 50-60 Linear/Conv-BatchNorm-ReLU blocks without
+        skips fail under SGD with momentum, the 60-block MLP under Adam too; with skips such
+        blocks train).
 
     Example:
         A 10-layer tanh-free linear stack with N(0, 1) weights of width 64: each layer multiplies
@@ -79,6 +88,8 @@ def detect(records: Records) -> list[Violation]:
             "layers_in_profile": len(profile.layers),
             "steps": profile.steps,
         }, severity))
+    elif profile is not None and _normalised_stack(records, profile):
+        findings.append(_normalised_stack_violation(records, profile))
     jump = _first_jump(records.steps, totals)
     if jump is not None:
         step, norm, before = jump
@@ -95,6 +106,42 @@ def detect(records: Records) -> list[Violation]:
             "ratio": norm / before,
         }, severity))
     return findings
+
+
+def _normalised_stack(records: Records, profile: SignalProfile) -> bool:
+    """The growth of a deep normalised stack without skips: the profile as measured grows by
+    ``ORDERS`` toward the input, spread over the depth (no one layer makes half of it), while the
+    normalisation-adjusted profile, which takes out the steps those layers make, does not."""
+    structure = records.structure
+    if structure is None or not structure.normalized or structure.skips:
+        return False
+    rise = profile.measured_rise
+    return (rise <= -ORDERS and profile.largest_step < -rise / 2
+            and profile.adjusted_trend > -ORDERS)
+
+
+def _normalised_stack_violation(records: Records, profile: SignalProfile) -> Violation:
+    orders = -profile.measured_rise
+    message = (
+        f"The backpropagated signal grows by {orders:.1f} orders of magnitude from the output side "
+        f"({fmt(profile.output_side)}) to the input side ({fmt(profile.input_side)}) across "
+        f"{len(profile.layers)} layers, about x{fmt(profile.per_layer_factor)} per layer, and the "
+        "normalisation layers' backward makes the growth: a deep normalised stack without skip "
+        "connections, whose first layers take steps orders of magnitude larger than its last.")
+    fix = ("Add skip connections around the blocks (the gradient then reaches each layer through the "
+           "identity path as well), or make the stack shallower; lower the learning rate:\n"
+           + advice.RESIDUAL_SNIPPET)
+    return Violation(profile.layers[: profile.quarter], message, fix, {
+        "orders": orders,
+        "trend_orders": -profile.trend,
+        "adjusted_trend_orders": -profile.adjusted_trend,
+        "largest_step_orders": profile.largest_step,
+        "signal_output_side": profile.output_side,
+        "signal_input_side": profile.input_side,
+        "per_layer_factor": profile.per_layer_factor,
+        "layers_in_profile": len(profile.layers),
+        "steps": profile.steps,
+    }, WARNING)
 
 
 def _total_grad_norms(records: Records) -> np.ndarray:

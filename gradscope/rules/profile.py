@@ -56,6 +56,22 @@ class SignalProfile:
         return float(np.sign(estimates[0]) * np.abs(estimates).min())
 
     @property
+    def measured_rise(self) -> float:
+        """``rise`` from the two estimates on the profile as measured, normalisation steps
+        included: 0 if their signs differ."""
+        estimates = np.array([self.trend, self.quarters])
+        if not ((estimates > 0).all() or (estimates < 0).all()):
+            return 0.0
+        return float(np.sign(estimates[0]) * np.abs(estimates).min())
+
+    @property
+    def largest_step(self) -> float:
+        """The largest change of log10 signal between two neighbouring layers, in the direction
+        of ``measured_rise`` (orders): how much of the trend one layer makes."""
+        steps = np.diff(self.log_signal) * np.sign(self.measured_rise)
+        return float(steps.max()) if len(steps) else 0.0
+
+    @property
     def quarter(self) -> int:
         return max(1, len(self.layers) // 4)
 

@@ -30,6 +30,13 @@ the step back down."""
 
 DEEP = 10
 
+CLIMBING = 1.25
+"""The probe's last loss this many times its first, on the batch it trains on, …"""
+
+GROWING = 1.5
+"""… while the total gradient norm grows this many times: the recipe is not descending, in a
+model without normalisation layers (whose catapult-like early rise brings the gradient down)."""
+
 
 def detect(records: Records) -> list[Violation]:
     """What it checks:
@@ -40,7 +47,10 @@ def detect(records: Records) -> list[Violation]:
         ``2 (1 + β) / lr`` with momentum β, ``2 (1 + β1) / ((1 - β1) lr)`` for Adam. An error
         when the probe's loss became non-finite after a finite first step, or rose 10x in a model
         without normalisation layers, or when the curvature is 10x or more above the limit in a
-        model without normalisation layers; a warning from 1x (information when skip connections
+        model without normalisation layers; a warning when, in a model without normalisation
+        layers, the loss on the probe batch (the batch the probe trains on) ends 1.25x or more
+        above its first value while the gradient norm grows 1.5x or more: the recipe climbs
+        instead of descending; a warning from 1x (information when skip connections
         shorten the model); a warning from 0.15x in a ReLU-family stack of 10 or more hidden weight
         layers with neither normalisation nor skips, whose curvature grows several-fold as it
         trains (progressive sharpening).
@@ -55,7 +65,10 @@ def detect(records: Records) -> list[Violation]:
         Along a direction whose curvature exceeds the limit, each step overshoots the minimum by
         more than it started from: the loss oscillates with growing amplitude and diverges to
         Inf/NaN, often after tens to hundreds of steps. The largest stable learning rate is the
-        one that puts the curvature at the limit.
+        one that puts the curvature at the limit. On the very batch it trains on, a stable step
+        lowers the loss: a loss that climbs there while the gradient grows is that divergence
+        already under way, whatever the curvature measured at initialisation (deep ELU/SELU
+        stacks and transformers without normalisation sharpen within a few steps).
 
     Example:
         An 8-layer He-initialised ReLU MLP is fine at lr 0.005; at lr 0.5 with momentum 0.9 its
@@ -108,8 +121,29 @@ def _violations(records: Records) -> list[Violation]:
                           + ("; the model's normalisation layers usually bring it back, so this is "
                              "informational." if normalized else "."), _fix(dynamics), evidence,
                           INFO if normalized else WARNING if loss_made else ERROR)]
+    curvature = _curvature_violation(records, dynamics, layers, evidence, ratio, normalized)
+    default_loss = dynamics.loss_margin > 1  # the climb of a stand-in loss says little of the real one
+    default_text = (" under gradscope's default loss, whose scale may be far from yours (pass your loss "
+                    "to decide)" if default_loss else "")
+    climb = losses[-1] / losses[0] if losses[0] > 0 and math.isfinite(losses[-1]) else 0.0
+    growth = norms[-1] / norms[0] if norms[0] > 0 and math.isfinite(norms[-1]) else 0.0
+    if (climb >= CLIMBING and growth >= GROWING and not normalized
+            and (curvature is None or curvature.severity == INFO)):
+        return [Violation(layers, (
+            f"On the batch it trains on, the loss rose from {fmt(losses[0])} to {fmt(losses[-1])} "
+            f"({fmt(climb)}x) and the gradient norm {fmt(growth)}x within {len(losses) - 1} probe steps "
+            f"of {recipe.text()}{default_text}{curvature_text}: the recipe is climbing, not descending, "
+            "in a model without normalisation."), _fix(dynamics),
+            {**evidence, "loss_climb": climb, "grad_norm_growth": growth},
+            INFO if default_loss else WARNING)]
+    return [curvature] if curvature is not None else []
+
+
+def _curvature_violation(records: Records, dynamics, layers: list[str], evidence: dict,
+                         ratio: float | None, normalized: bool) -> Violation | None:
+    recipe = dynamics.recipe
     if ratio is None:
-        return []
+        return None
     skips = records.structure is not None and records.structure.skips
     scaled = ratio / dynamics.loss_margin
     if scaled >= 1:
@@ -123,14 +157,14 @@ def _violations(records: Records) -> list[Violation]:
         tail = ("; in a ReLU-family stack without normalisation or skips, curvature typically grows "
                 "several-fold during training (progressive sharpening) and crosses the limit.")
     else:
-        return []
+        return None
     if recipe.clip_grad_norm is not None and severity == ERROR:
         severity = WARNING
     margin_text = (f" (measured on gradscope's default loss, so judged with a {fmt(dynamics.loss_margin)}x "
                    "margin for its scale)" if dynamics.loss_margin > 1 else "")
     message = (f"The curvature of the loss ({fmt(dynamics.curvature)}) is {fmt(ratio)}x the stability "
                f"limit of {recipe.text()} ({fmt(dynamics.threshold)}){margin_text}{tail}")
-    return [Violation(layers, message, _fix(dynamics), evidence, severity)]
+    return Violation(layers, message, _fix(dynamics), evidence, severity)
 
 
 def _relu_stack(records: Records) -> bool:

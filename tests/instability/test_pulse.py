@@ -127,3 +127,15 @@ def test_a_copy_of_the_model_made_during_training_is_not_monitored():
             opt.step()
             opt.zero_grad()
     assert mon.pulse_history()["micro_batches"].tolist() == [1, 1, 1]
+
+
+def test_a_gradient_past_float32_range_is_measured_in_float64_without_a_warning(recwarn):
+    model = nn.Linear(4, 1, bias=False)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    mon = gradscope.monitor(model, every=100, optimizer=opt)
+    with mon:
+        model(torch.ones(2, 4)).sum().backward()
+        model.weight.grad.fill_(1e20)  # each square, 1e40, overflows float32
+        opt.step()
+    assert mon.pulse_history()["grad_norm"].iloc[0] == pytest.approx(2e20, rel=1e-6)
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]

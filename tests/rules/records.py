@@ -7,7 +7,8 @@ import pandas as pd
 from gradscope.records import Records
 
 
-def make_records(values: dict[tuple[int, str, str], float], types: dict[str, str], structure=None) -> Records:
+def make_records(values: dict[tuple[int, str, str], float], types: dict[str, str], structure=None,
+                 dynamics=None) -> Records:
     """``values``: {(step, layer, metric): value}; ``types``: layer → type, in forward order
     (parameter layers are those with a "." suffix of weight/bias)."""
     history = pd.DataFrame(
@@ -19,4 +20,4 @@ def make_records(values: dict[tuple[int, str, str], float], types: dict[str, str
         is_param = layer.endswith((".weight", ".bias"))
         kind = "parameter" if is_param else ("activation" if type_name in ("ReLU", "Tanh", "Sigmoid") else "module")
         rows.append({"layer": layer, "type": type_name, "kind": kind, "trainable": is_param, "order": i})
-    return Records(history, pd.DataFrame(rows), structure)
+    return Records(history, pd.DataFrame(rows), structure, dynamics)

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
-import pytest
+import copy
 
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import gradscope
 from gradscope.rules import find_rule
 from tests.rules.records import make_records
 
@@ -33,3 +40,59 @@ def test_a_hundredfold_jump_is_reported_at_its_step():
 def test_steady_decline_and_a_tenfold_rise_are_not_jumps():
     assert run([100.0, 30.0, 10.0, 3.0, 1.0, 0.3]) == []
     assert run([1.0, 1.0, 10.0, 12.0, 11.0]) == []
+
+
+def _bn_stack(depth: int, residual: bool) -> nn.Module:
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.bn, self.act = nn.Linear(32, 32), nn.BatchNorm1d(32), nn.ReLU()
+
+        def forward(self, x):
+            out = self.act(self.bn(self.fc(x)))
+            return x + out if residual else out
+
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(16, 32), *[Block() for _ in range(depth)], nn.Linear(32, 10))
+
+
+def _reference_orders(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Orders by which the output gradient of the leaf layers grows toward the input, from a
+    float64 autograd pass: the smaller of the Theil–Sen and quarter-median changes."""
+    model = copy.deepcopy(model).double()
+    leaves = [m for m in model.modules() if not list(m.children())]
+    norms: dict[nn.Module, float] = {}
+    handles = [m.register_full_backward_hook(lambda m, gi, go: norms.__setitem__(m, go[0].norm().item()))
+               for m in leaves]
+    F.cross_entropy(model(x.double().requires_grad_()), y).backward()
+    for h in handles:
+        h.remove()
+    logs = np.log10([norms[m] for m in leaves])
+    n, q = len(logs), len(logs) // 4
+    slopes = [(logs[j] - logs[i]) / (j - i) for i in range(n) for j in range(i + 1, n)]
+    trend = np.median(slopes) * (n - 1)
+    quarters = (np.median(logs[-q:]) - np.median(logs[:q])) * (n - 1) / (n - q)
+    return float(min(trend, quarters, key=abs))
+
+
+def test_a_deep_batchnorm_stack_without_skips_is_at_risk_from_the_growth_its_norms_make():
+    x, y = torch.randn(64, 16, generator=torch.Generator().manual_seed(1)), torch.arange(64) % 10
+    model = _bn_stack(60, residual=False)
+    expected = -_reference_orders(model, x, y)
+    assert expected > 3  # the reference itself: ~x1.2 per block (Yang et al. 2019)
+    report = gradscope.diagnose(model, x, lambda out: F.cross_entropy(out, y),
+                                optimizer=torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9))
+    [finding] = [f for f in report.findings if f.rule == "exploding-gradient"]
+    assert finding.severity == "warning" and "normalisation layers' backward" in finding.message
+    assert finding.evidence["orders"] == pytest.approx(expected, rel=0.05)
+    assert report.verdict.label == "at-risk"
+
+
+@pytest.mark.parametrize("depth, residual", [(60, True), (10, False)])
+def test_a_residual_or_shallow_batchnorm_stack_is_not(depth, residual):
+    x, y = torch.randn(64, 16, generator=torch.Generator().manual_seed(1)), torch.arange(64) % 10
+    model = _bn_stack(depth, residual)
+    assert -_reference_orders(model, x, y) < 3  # skips or fewer blocks keep the growth small
+    report = gradscope.diagnose(model, x, lambda out: F.cross_entropy(out, y),
+                                optimizer=torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9))
+    assert not [f for f in report.findings if f.rule == "exploding-gradient"]

@@ -1,0 +1,46 @@
+"""The probe's loss and gradient norm climbing on the batch they train on."""
+
+from __future__ import annotations
+
+import pytest
+
+from gradscope.probe import DEFAULT_LOSS, GIVEN_LOSS, Dynamics
+from gradscope.recipe import Recipe
+from gradscope.rules import find_rule
+from tests.rules.records import make_records
+
+check = find_rule("unstable-learning-rate").check
+
+TYPES = {"fc": "Linear", "fc.weight": "Linear", "out": "Linear", "out.weight": "Linear"}
+
+
+def run(losses: list[float], norms: list[float], loss_kind: str = GIVEN_LOSS, curvature: float = 1.0):
+    recipe = Recipe("SGD", 0.05, momentum=0.9)
+    dynamics = Dynamics(recipe, loss_kind, len(norms), losses, norms, [1e-3] * len(norms),
+                        {"fc.weight": 1e-3, "out.weight": 1e-3}, curvature, "Hessian-vector products",
+                        None, recipe.stability_threshold())
+    return check(make_records({(0, "fc.weight", "grad_norm"): 1.0}, TYPES, dynamics=dynamics))
+
+
+CLIMB = [2.3, 2.2, 2.4, 2.6, 2.9, 3.4]
+
+
+def test_a_loss_climbing_with_the_gradient_on_its_own_batch_is_a_warning():
+    [finding] = run(CLIMB, [1.0, 1.1, 1.3, 1.6, 2.0])
+    assert finding.severity == "warning" and "climbing, not descending" in finding.message
+    assert finding.evidence["loss_climb"] == pytest.approx(3.4 / 2.3)
+    assert finding.evidence["grad_norm_growth"] == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize("losses, norms", [
+    ([2.3, 6.0, 9.0, 5.0, 3.0, 1.5], [1.0, 3.0, 2.0, 1.0, 0.8]),  # a catapult: up, then down
+    (CLIMB, [1.0, 0.9, 0.7, 0.5, 0.4]),  # the loss climbs while the gradient shrinks
+    ([2.3, 2.3, 2.4, 2.5, 2.6, 2.8], [1.0, 1.1, 1.3, 1.6, 2.0]),  # 1.22x: under the threshold
+])
+def test_a_catapult_a_shrinking_gradient_or_a_small_rise_is_not(losses, norms):
+    assert run(losses, norms) == []
+
+
+def test_under_the_default_loss_a_climb_is_information():
+    [finding] = run(CLIMB, [1.0, 1.1, 1.3, 1.6, 2.0], loss_kind=DEFAULT_LOSS)
+    assert finding.severity == "info" and "default loss" in finding.message
