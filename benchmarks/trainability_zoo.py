@@ -278,6 +278,23 @@ ARCHITECTURES: tuple[Architecture, ...] = (
     _transformer(12, 64, "post"), _transformer(4, 64, "none"), _transformer(12, 64, "none"),
 )
 
+FRESH: tuple[Architecture, ...] = (
+    _mlp(8, 128, "relu", "he"), _mlp(16, 32, "relu", "he"), _mlp(3, 512, "relu"),
+    _mlp(16, 64, "relu", "orthogonal"), _mlp(6, 256, "relu", "gain2"), _mlp(12, 64, "leaky"),
+    _mlp(12, 64, "elu", "he"), _mlp(20, 64, "selu", "lecun"), _mlp(20, 32, "tanh", "xavier"),
+    _mlp(8, 64, "sigmoid", "xavier"), _mlp(40, 32, "relu", norm="bn"), _mlp(40, 32, "relu", norm="bn", skip=True),
+    _mlp(40, 64, "tanh", norm="bn"), _mlp(20, 64, "relu", norm="ln"), _mlp(20, 64, "gelu", norm="ln"),
+    _mlp(16, 64, "tanh", norm="gn"), _mlp(40, 64, "relu", "he", norm="ln", skip=True),
+    _cnn(6, 32, "relu", "he"), _cnn(16, 16, "relu", norm="bn"), _cnn(40, 8, "relu", norm="bn"),
+    _cnn(10, 16, "gelu", "he"), _cnn(16, 16, "relu", "he", skip=True),
+    _rnn("gru", "pixels", 32), _rnn("rnn", "rows", 128, nonlinearity="relu"), _rnn("lstm", "rows", 32, layers=3),
+    _transformer(4, 32, "pre"), _transformer(4, 32, "post"), _transformer(8, 32, "none"),
+)
+"""Architectures defined after every threshold of the verdict was set and committed, before any
+was trained: the part of the set that no threshold has seen (``part``)."""
+
+ARCHITECTURES = ARCHITECTURES + FRESH
+
 assert len({a.name for a in ARCHITECTURES}) == len(ARCHITECTURES), "architecture names must be unique"
 
 
@@ -290,6 +307,14 @@ HEAVY = frozenset({
 (``EXTRA_RECIPES``) are run on the other 65."""
 
 EXTRA_RECIPES = ("sgd-plain", "adam-high")
+
+
+def part(name: str) -> str:
+    """``fresh`` (defined after the thresholds were set, see ``FRESH``), else ``held-out`` or
+    ``fit`` by ``held_out``."""
+    if any(a.name == name for a in FRESH):
+        return "fresh"
+    return "held-out" if held_out(name) else "fit"
 
 
 def held_out(name: str) -> bool:
