@@ -192,8 +192,10 @@ def score() -> None:
           "in-between / seeds disagree |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for recipe in recipes:
-        for part, keep in (("held-out", True), ("fit", False), ("all", None)):
-            rows = [k for k in keys if k[1] == recipe and (keep is None or zoo.held_out(k[0]) == keep)]
+        for part in ("fresh", "held-out", "fit", "all"):
+            rows = [k for k in keys if k[1] == recipe and part in ("all", zoo.part(k[0]))]
+            if not rows:
+                continue
             verdicts = [(probes[k]["verdict"], truth[k]["outcome"]) for k in rows]
             ours = _scores([("trains" if v == "trains" else "fails", o) for v, o in verdicts])
             strict = [o for v, o in verdicts if v == "fails" and o in ("trains", "fails")]
@@ -220,7 +222,7 @@ def score() -> None:
             mark = "" if t["outcome"] not in ("trains", "fails") or (p["verdict"] == "trains") == (t["outcome"] == "trains") else " **x**"
             accuracy = "/".join(f"{a:.2f}" for a in t["accuracy"])
             cells.append(f"{p['verdict']}{mark} ({accuracy}) {' '.join(p['reasons'])}")
-        print(f"| {arch.name} | {'held-out' if zoo.held_out(arch.name) else 'fit'} | " + " | ".join(cells) + " |")
+        print(f"| {arch.name} | {zoo.part(arch.name)} | " + " | ".join(cells) + " |")
 
 
 def _recipe_changes(truth: dict, probes: dict) -> None:

@@ -53,7 +53,10 @@ def detect(records: Records) -> list[Violation]:
         instead of descending; a warning from 1x (information when skip connections
         shorten the model); a warning from 0.15x in a ReLU-family stack of 10 or more hidden weight
         layers with neither normalisation nor skips, whose curvature grows several-fold as it
-        trains (progressive sharpening).
+        trains (progressive sharpening). Under SGD without momentum, curvature 10x the limit is a
+        warning, not an error, when the probe's loss stayed finite and did not rise 10x: plain SGD
+        often leaves a sharp start by one short spike of the loss (the catapult phase of
+        Lewkowycz et al. 2020).
         Information only when the model has normalisation layers, whose scale invariance lets
         training shrink its effective step by itself. With gradient clipping the severity is at
         most a warning. Under gradscope's default loss (no loss given), whose scale may be far
@@ -152,6 +155,11 @@ def _curvature_violation(records: Records, dynamics, layers: list[str], evidence
                 "step, so this is informational." if normalized else
                 "; its skip connections usually keep this in check, so this is informational."
                 if severity == INFO else "; steps along the sharpest direction overshoot and grow.")
+        if severity == ERROR and _plain_sgd(recipe):
+            severity = WARNING
+            tail = ("; without momentum, SGD often leaves such a start through one short loss spike to a "
+                    "flatter region (the catapult phase), so this puts training at risk rather than "
+                    "failing it.")
     elif scaled >= THIN_MARGIN and not normalized and not skips and _relu_stack(records):
         severity = WARNING
         tail = ("; in a ReLU-family stack without normalisation or skips, curvature typically grows "
@@ -165,6 +173,10 @@ def _curvature_violation(records: Records, dynamics, layers: list[str], evidence
     message = (f"The curvature of the loss ({fmt(dynamics.curvature)}) is {fmt(ratio)}x the stability "
                f"limit of {recipe.text()} ({fmt(dynamics.threshold)}){margin_text}{tail}")
     return Violation(layers, message, _fix(dynamics), evidence, severity)
+
+
+def _plain_sgd(recipe) -> bool:
+    return not recipe.adaptive and not recipe.momentum
 
 
 def _relu_stack(records: Records) -> bool:

@@ -14,8 +14,9 @@ check = find_rule("unstable-learning-rate").check
 TYPES = {"fc": "Linear", "fc.weight": "Linear", "out": "Linear", "out.weight": "Linear"}
 
 
-def run(losses: list[float], norms: list[float], loss_kind: str = GIVEN_LOSS, curvature: float = 1.0):
-    recipe = Recipe("SGD", 0.05, momentum=0.9)
+def run(losses: list[float], norms: list[float], loss_kind: str = GIVEN_LOSS, curvature: float = 1.0,
+        momentum: float = 0.9):
+    recipe = Recipe("SGD", 0.05, momentum=momentum)
     dynamics = Dynamics(recipe, loss_kind, len(norms), losses, norms, [1e-3] * len(norms),
                         {"fc.weight": 1e-3, "out.weight": 1e-3}, curvature, "Hessian-vector products",
                         None, recipe.stability_threshold())
@@ -44,3 +45,15 @@ def test_a_catapult_a_shrinking_gradient_or_a_small_rise_is_not(losses, norms):
 def test_under_the_default_loss_a_climb_is_information():
     [finding] = run(CLIMB, [1.0, 1.1, 1.3, 1.6, 2.0], loss_kind=DEFAULT_LOSS)
     assert finding.severity == "info" and "default loss" in finding.message
+
+
+DESCENT = [2.3, 2.1, 1.9, 1.8, 1.6, 1.5]
+
+
+@pytest.mark.parametrize("momentum, severity", [(0.9, "error"), (0.0, "warning")])
+def test_curvature_ten_times_the_limit_fails_with_momentum_and_is_at_risk_without(momentum, severity):
+    limit = Recipe("SGD", 0.05, momentum=momentum).stability_threshold()
+    assert limit == pytest.approx(2 * (1 + momentum) / 0.05)  # Cohen et al.'s heavy-ball limit
+    [finding] = run(DESCENT, [1.0, 0.9, 0.8, 0.8, 0.7], curvature=20 * limit, momentum=momentum)
+    assert finding.severity == severity and finding.evidence["stability_ratio"] == pytest.approx(20)
+    assert ("catapult" in finding.message) == (momentum == 0.0)
