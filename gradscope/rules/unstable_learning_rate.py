@@ -53,10 +53,12 @@ def detect(records: Records) -> list[Violation]:
         instead of descending; a warning from 1x (information when skip connections
         shorten the model); a warning from 0.15x in a ReLU-family stack of 10 or more hidden weight
         layers with neither normalisation nor skips, whose curvature grows several-fold as it
-        trains (progressive sharpening). Under SGD without momentum, curvature 10x the limit is a
-        warning, not an error, when the probe's loss stayed finite and did not rise 10x: plain SGD
-        often leaves a sharp start by one short spike of the loss (the catapult phase of
-        Lewkowycz et al. 2020).
+        trains (progressive sharpening). Under SGD without momentum, when the probe's loss stayed
+        finite and did not rise 10x, curvature 10x the limit is a warning, not an error, and
+        curvature between 1x and 10x (or a sharpening ReLU stack) information: plain SGD often
+        leaves a sharp start by one short spike of the loss (the catapult phase of Lewkowycz et
+        al. 2020) and trains with its curvature at the limit (the edge of stability of Cohen et
+        al. 2021).
         Information only when the model has normalisation layers, whose scale invariance lets
         training shrink its effective step by itself. With gradient clipping the severity is at
         most a warning. Under gradscope's default loss (no loss given), whose scale may be far
@@ -155,12 +157,15 @@ def _curvature_violation(records: Records, dynamics, layers: list[str], evidence
                 "step, so this is informational." if normalized else
                 "; its skip connections usually keep this in check, so this is informational."
                 if severity == INFO else "; steps along the sharpest direction overshoot and grow.")
-        if severity == ERROR and _plain_sgd(recipe):
-            severity = WARNING
+        if _plain_sgd(recipe) and severity in (ERROR, WARNING):
+            severity = WARNING if severity == ERROR else INFO
             tail = ("; without momentum, SGD often leaves such a start through one short loss spike to a "
                     "flatter region (the catapult phase), so this puts training at risk rather than "
-                    "failing it.")
-    elif scaled >= THIN_MARGIN and not normalized and not skips and _relu_stack(records):
+                    "failing it." if severity == WARNING else
+                    "; without momentum, SGD usually trains at this edge of stability, its curvature "
+                    "settling at the limit, so this is informational.")
+    elif (scaled >= THIN_MARGIN and not normalized and not skips and not _plain_sgd(recipe)
+          and _relu_stack(records)):
         severity = WARNING
         tail = ("; in a ReLU-family stack without normalisation or skips, curvature typically grows "
                 "several-fold during training (progressive sharpening) and crosses the limit.")

@@ -57,3 +57,10 @@ def test_curvature_ten_times_the_limit_fails_with_momentum_and_is_at_risk_withou
     [finding] = run(DESCENT, [1.0, 0.9, 0.8, 0.8, 0.7], curvature=20 * limit, momentum=momentum)
     assert finding.severity == severity and finding.evidence["stability_ratio"] == pytest.approx(20)
     assert ("catapult" in finding.message) == (momentum == 0.0)
+
+
+@pytest.mark.parametrize("momentum, severity", [(0.9, "warning"), (0.0, "info")])
+def test_curvature_over_the_limit_is_at_risk_with_momentum_and_the_edge_of_stability_without(momentum, severity):
+    limit = Recipe("SGD", 0.05, momentum=momentum).stability_threshold()
+    [finding] = run(DESCENT, [1.0, 0.9, 0.8, 0.8, 0.7], curvature=3 * limit, momentum=momentum)
+    assert finding.severity == severity and finding.evidence["stability_ratio"] == pytest.approx(3)
