@@ -68,6 +68,8 @@ def _evidence(dynamics: Dynamics | None) -> dict:
         "stability_ratio": dynamics.stability_ratio,
         "largest_stable_lr": dynamics.largest_stable_lr,
         "median_update_ratio": dynamics.median_update_ratio,
+        # why not, where the curvature was not measured: a missing number is not a healthy one
+        "curvature_not_measured": dynamics.curvature_note if dynamics.curvature is None else None,
     }
     return {k: v for k, v in evidence.items() if v is not None}
 
@@ -84,6 +86,8 @@ def _message(label: str, decided_by: list[Finding], dynamics: Dynamics | None, e
         if "stability_ratio" in evidence:
             measured.append(f"curvature {fmt(evidence['curvature'])} = {fmt(evidence['stability_ratio'])} x "
                             "the recipe's stability limit")
+        if "curvature_not_measured" in evidence:
+            measured.append(f"curvature not measured ({evidence['curvature_not_measured']})")
         if "median_update_ratio" in evidence:
             measured.append(f"median update ratio {fmt(evidence['median_update_ratio'])}")
     what = "; ".join(measured) if measured else "no recipe probe ran (the verdict rests on the findings alone)"

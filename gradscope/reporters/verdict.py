@@ -101,6 +101,8 @@ def _measured(evidence: dict) -> list[str]:
         if "largest_stable_lr" in evidence:
             line += f"; largest stable lr {_number(evidence['largest_stable_lr'])}"
         lines.append(line + ".")
+    elif "curvature_not_measured" in evidence:
+        lines.append(f"Curvature: not measured: {evidence['curvature_not_measured']}.")
     if "median_update_ratio" in evidence:
         lines.append(f"Median update ratio ‖Δw‖ / ‖w‖: {_number(evidence['median_update_ratio'])}.")
     return lines

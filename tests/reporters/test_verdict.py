@@ -76,6 +76,15 @@ def test_missing_and_non_finite_evidence(diagnosed):
     assert text.details[1:3] == ["Loss: 2.3 -> non-finite within 10 probe steps.", "Curvature: inf."]
 
 
+def test_a_curvature_not_measured_says_why(diagnosed):
+    dynamics = dataclasses.replace(diagnosed.dynamics, curvature=None, curvature_note="the reason")
+    verdict = gradscope.verdict.decide([], dynamics)
+    assert "curvature" not in verdict.evidence and verdict.evidence["curvature_not_measured"] == "the reason"
+    assert "curvature not measured (the reason)" in verdict.message
+    text = verdict_text(dataclasses.replace(diagnosed, verdict=verdict))
+    assert "Curvature: not measured: the reason." in text.details
+
+
 def test_a_trains_verdict_says_no_finding_predicts_failure(diagnosed):
     text = verdict_text(with_verdict(diagnosed, "trains", reasons=()))
     assert text.label == "trains" and text.details[0] == "No finding predicts failure."
