@@ -240,21 +240,25 @@ def _title(report) -> str:
     return f"{report.model['file']}: {report.model['class']} ({report.model['factory']}), inputs {report.model['inputs']}"
 
 
-def _write_outputs(report, title: str, debug: bool, json_path=None, markdown_path=None, html_path=None) -> None:
+def _write_outputs(report, title: str, debug: bool, json_path=None, markdown_path=None, html_path=None,
+                   coordcheck: bool = False) -> None:
+    """Each output that was asked for; a coordinate check's report has its own Markdown and HTML."""
     from gradscope.atomic import write_atomic
-    from gradscope.reporters.markdown import report_markdown
+    from gradscope.reporters import markdown
 
     if json_path is not None:
         with _writing("the JSON report", json_path, debug):
             write_atomic(json_path, report.to_json() + "\n")
     if markdown_path is not None:
+        render = markdown.coordcheck_markdown if coordcheck else markdown.report_markdown
         with _writing("the markdown report", markdown_path, debug):
-            write_atomic(markdown_path, report_markdown(report, title))
+            write_atomic(markdown_path, render(report, title))
     if html_path is not None:
-        from gradscope.reporters.html import write_html
+        from gradscope.reporters import html  # plotly: loaded only when an HTML report is asked for
 
+        write = html.write_coordcheck_html if coordcheck else html.write_html
         with _writing("the HTML report", html_path, debug):
-            write_html(report, html_path, title)
+            write(report, html_path, title)
 
 
 def _exit_code(report, fail_on: FailOn) -> int:
@@ -446,29 +450,12 @@ def coordcheck(
     report.options.update({"file": str(file), "factory": family.factory, "inputs": family.inputs_from})
     title = f"{file}: {family.factory}, inputs {family.inputs_from}"
     CoordTerminalReport(report, title).print(_out)
-    _write_coordcheck(report, title, debug, json, markdown, html)
+    _write_outputs(report, title, debug, json, markdown, html, coordcheck=True)
     worst = report.worst
     from gradscope.rules import SEVERITIES
 
     failed = fail_on != FailOn.never and worst is not None and SEVERITIES.index(worst) >= SEVERITIES.index(fail_on.value)
     raise typer.Exit(code=int(failed))
-
-
-def _write_coordcheck(report, title: str, debug: bool, json_path=None, markdown_path=None, html_path=None) -> None:
-    from gradscope.atomic import write_atomic
-    from gradscope.reporters.markdown import coordcheck_markdown
-
-    if json_path is not None:
-        with _writing("the JSON report", json_path, debug):
-            write_atomic(json_path, report.to_json() + "\n")
-    if markdown_path is not None:
-        with _writing("the markdown report", markdown_path, debug):
-            write_atomic(markdown_path, coordcheck_markdown(report, title))
-    if html_path is not None:
-        from gradscope.reporters.html import write_coordcheck_html
-
-        with _writing("the HTML report", html_path, debug):
-            write_coordcheck_html(report, html_path, title)
 
 
 RunDir = Annotated[Path, typer.Argument(help="A run directory written by gradscope.monitor(..., log_dir=RUN_DIR).", show_default=False)]

@@ -50,19 +50,13 @@ class SignalProfile:
         """Orders of magnitude the signal gains from the input side to the output side (positive:
         vanishing toward the input; negative: exploding toward the input): the smallest in
         magnitude of the four estimates, 0 if their signs differ."""
-        estimates = np.array([self.trend, self.quarters, self.adjusted_trend, self.adjusted_quarters])
-        if not ((estimates > 0).all() or (estimates < 0).all()):
-            return 0.0
-        return float(np.sign(estimates[0]) * np.abs(estimates).min())
+        return _agreed(self.trend, self.quarters, self.adjusted_trend, self.adjusted_quarters)
 
     @property
     def measured_rise(self) -> float:
         """``rise`` from the two estimates on the profile as measured, normalisation steps
         included: 0 if their signs differ."""
-        estimates = np.array([self.trend, self.quarters])
-        if not ((estimates > 0).all() or (estimates < 0).all()):
-            return 0.0
-        return float(np.sign(estimates[0]) * np.abs(estimates).min())
+        return _agreed(self.trend, self.quarters)
 
     @property
     def largest_step(self) -> float:
@@ -94,6 +88,14 @@ class SignalProfile:
         index = {name: i for i, name in enumerate(self.layers)}
         at = sorted(index[name] for name in layers if name in index)
         return theil_sen_change(self.log_signal[at]) if len(at) >= 2 else None
+
+
+def _agreed(*estimates: float) -> float:
+    """The smallest in magnitude of ``estimates`` when all share a sign, else 0."""
+    values = np.array(estimates)
+    if not ((values > 0).all() or (values < 0).all()):
+        return 0.0
+    return float(np.sign(values[0]) * np.abs(values).min())
 
 
 def theil_sen_change(y: np.ndarray) -> float:

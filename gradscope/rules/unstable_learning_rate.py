@@ -126,7 +126,7 @@ def _violations(records: Records) -> list[Violation]:
                           + ("; the model's normalisation layers usually bring it back, so this is "
                              "informational." if normalized else "."), _fix(dynamics), evidence,
                           INFO if normalized else WARNING if loss_made else ERROR)]
-    curvature = _curvature_violation(records, dynamics, layers, evidence, ratio, normalized)
+    curvature = _curvature_violation(records, layers, evidence, normalized)
     default_loss = dynamics.loss_margin > 1  # the climb of a stand-in loss says little of the real one
     default_text = (" under gradscope's default loss, whose scale may be far from yours (pass your loss "
                     "to decide)" if default_loss else "")
@@ -144,9 +144,10 @@ def _violations(records: Records) -> list[Violation]:
     return [curvature] if curvature is not None else []
 
 
-def _curvature_violation(records: Records, dynamics, layers: list[str], evidence: dict,
-                         ratio: float | None, normalized: bool) -> Violation | None:
-    recipe = dynamics.recipe
+def _curvature_violation(records: Records, layers: list[str], evidence: dict,
+                         normalized: bool) -> Violation | None:
+    dynamics = records.dynamics
+    recipe, ratio = dynamics.recipe, dynamics.stability_ratio
     if ratio is None:
         return None
     skips = records.structure is not None and records.structure.skips
