@@ -330,9 +330,11 @@ def build(arch: Architecture, seed: int) -> nn.Module:
     return arch.build()
 
 
-def train(arch: Architecture, recipe: Recipe, seed: int, data: dict, steps: int = STEPS) -> dict:
+def train(arch: Architecture, recipe: Recipe, seed: int, data: dict, steps: int = STEPS,
+          trace: bool = False) -> dict:
     """Train ``arch`` under ``recipe`` with ``seed`` (init and batches); the test accuracy at the end
-    and the step where the loss first became non-finite (None if never)."""
+    and the step where the loss first became non-finite (None if never); with ``trace``, every
+    step's training loss too (``losses``, up to the first non-finite one)."""
     model = build(arch, seed)
     opt = recipe.build(model)
     x, y = view(data["x_train"], arch.view), data["y_train"]
@@ -359,8 +361,9 @@ def train(arch: Architecture, recipe: Recipe, seed: int, data: dict, steps: int 
             accuracy = float((logits.argmax(1) == data["y_test"]).float().mean())
         else:
             nonfinite_at = steps
-    return {"accuracy": accuracy, "nonfinite_at": nonfinite_at,
-            "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None}
+    out = {"accuracy": accuracy, "nonfinite_at": nonfinite_at,
+           "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None}
+    return {**out, "losses": losses} if trace else out
 
 
 def probe_batch(arch: Architecture, data: dict, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

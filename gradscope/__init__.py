@@ -19,6 +19,7 @@ import typing as _typing
 if _typing.TYPE_CHECKING:  # what the table below gives, for type checkers and editors
     from gradscope import fixes
     from gradscope.coordcheck import coordcheck
+    from gradscope.detectors import Detector
     from gradscope.diagnose import ModelError, diagnose
     from gradscope.errors import GradscopeWarning, UsageError, UsageTypeError
     from gradscope.api import Monitor, monitor
@@ -29,6 +30,7 @@ if _typing.TYPE_CHECKING:  # what the table below gives, for type checkers and e
 
 # public name -> (module that defines it, attribute; None when the name is the module itself)
 _PUBLIC: dict[str, tuple[str, str | None]] = {
+    "Detector": ("gradscope.detectors", "Detector"),
     "Finding": ("gradscope.rules", "Finding"),
     "GradscopeWarning": ("gradscope.errors", "GradscopeWarning"),
     "ModelError": ("gradscope.diagnose", "ModelError"),

@@ -16,6 +16,18 @@ z-scores. A detector's state lives in small device tensors; nothing here reads a
   from it.
 
 Every detector also raises the non-finite bits: a loss or a total gradient norm that is NaN or Inf.
+
+Beside the spike rule, ``zscore`` watches the loss's trend (``trend``, on by default; off for the
+peers' rules): a run is seldom lost to one spike, more often to a loss that climbs back over tens
+of steps, which a moving band follows. The trend is a smoothed loss (an exponential average over
+:data:`TREND_SPAN` steps) and its running minimum; the alarm is raised while the smoothed loss is
+above its minimum by more than ``trend`` (0.3) of the fall it had made to that minimum from its
+highest value, by more than :data:`TREND_NOISE` times its own noise (read from the step-to-step
+differences of the loss, which a slow rise hardly moves) and by more than :data:`TREND_RELATIVE`
+of the minimum itself. One step's loss enters the
+average clipped at :data:`TREND_CLIP` noise standard deviations above it, so that a single spike,
+the spike rule's business, does not pass for a rise. The defaults were chosen on measured runs
+(docs/instability.md).
 """
 
 from __future__ import annotations
@@ -28,17 +40,42 @@ import torch
 
 from gradscope.errors import UsageError, UsageTypeError
 
-LOSS_SPIKE, GRAD_SPIKE, LOSS_NONFINITE, GRAD_NONFINITE = 1, 2, 4, 8
+LOSS_SPIKE, GRAD_SPIKE, LOSS_NONFINITE, GRAD_NONFINITE, LOSS_RISING = 1, 2, 4, 8, 16
 """Alarm bits of a step (their sum is stored in the pulse ring)."""
 NONFINITE = LOSS_NONFINITE | GRAD_NONFINITE
+SKIPPABLE = LOSS_SPIKE | GRAD_SPIKE | NONFINITE
+"""The alarms the guard skips an update for: a rising trend is no one bad step to leave out."""
 ALARM_NAMES = {LOSS_SPIKE: "loss spike", GRAD_SPIKE: "gradient spike",
-               LOSS_NONFINITE: "non-finite loss", GRAD_NONFINITE: "non-finite gradient"}
+               LOSS_NONFINITE: "non-finite loss", GRAD_NONFINITE: "non-finite gradient",
+               LOSS_RISING: "loss rising"}
 
 _DEFAULTS = {
-    "zscore": {"threshold": 8.0, "window": 100, "warmup": 50, "patience": 1},
-    "ratio": {"threshold": 2.0, "window": 100, "warmup": 100, "patience": 4},
-    "rtol": {"threshold": 2.0, "window": 10, "warmup": 1, "patience": 1},
+    "zscore": {"threshold": 8.0, "window": 100, "warmup": 50, "patience": 1, "trend": 0.3},
+    "ratio": {"threshold": 2.0, "window": 100, "warmup": 100, "patience": 4, "trend": 0.0},
+    "rtol": {"threshold": 2.0, "window": 10, "warmup": 1, "patience": 1, "trend": 0.0},
 }
+
+TREND_SPAN = 20
+"""Steps the smoothed loss of the trend averages over (an exponential moving average's span)."""
+TREND_START = 10
+"""Losses seen before the smoothed loss's minimum is tracked (and a rise can be raised)."""
+TREND_NOISE_SPAN = 100
+"""Steps the loss's noise (its mean absolute step-to-step difference) averages over."""
+TREND_NOISE = 15.0
+"""A rise must exceed this many standard deviations of the smoothed loss's noise."""
+TREND_RELATIVE = 0.2
+"""A rise must also be this share of the smoothed loss's minimum (in absolute value): a wiggle of a
+loss that has hardly fallen yet is not a climb."""
+TREND_CLIP = 8.0
+"""A step's loss enters the smoothed loss clipped at this many noise standard deviations above it."""
+_DIFF_CLIP = 4.0
+"""A step-to-step difference enters the noise average clipped at this many times the average."""
+_HALF_NORMAL = math.sqrt(math.pi) / 2
+"""The standard deviation of white noise over the mean absolute difference of two of its steps."""
+_TREND_ALPHA = 2.0 / (TREND_SPAN + 1)
+_NOISE_ALPHA = 2.0 / (TREND_NOISE_SPAN + 1)
+_SMOOTHED_NOISE = _HALF_NORMAL * math.sqrt(_TREND_ALPHA / (2 - _TREND_ALPHA))
+"""The smoothed loss's noise standard deviation over the mean absolute difference."""
 KINDS = tuple(_DEFAULTS)
 
 
@@ -49,12 +86,16 @@ class Detector:
 
     ``threshold``: standard deviations (zscore) or the factor over the running mean (ratio, rtol);
     ``window``: the steps the running statistics cover (zscore: the moving average's span);
-    ``warmup``: steps seen before the first spike can be raised; ``patience``: steps in a row.
+    ``warmup``: steps seen before the first spike can be raised; ``patience``: steps in a row;
+    ``trend``: the share of its fall that the smoothed loss must climb back to raise "loss
+    rising" (zscore: 0.3; 0 turns it off, the peers' rules have none).
 
     >>> Detector("zscore").threshold
     8.0
     >>> Detector("ratio", threshold=3).window
     100
+    >>> Detector("zscore", trend=0).trend
+    0.0
     """
 
     kind: str = "zscore"
@@ -62,6 +103,7 @@ class Detector:
     window: int | None = None
     warmup: int | None = None
     patience: int | None = None
+    trend: float | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in _DEFAULTS:
@@ -73,6 +115,15 @@ class Detector:
             given = getattr(self, name)
             if given is None:
                 object.__setattr__(self, name, value)
+                continue
+            if name == "trend":
+                if isinstance(given, bool) or not isinstance(given, (int, float)) or not 0 <= given <= 1:
+                    raise UsageError(
+                        f"Expected the detector's `trend` to be a share of the loss's fall between 0 "
+                        f"and 1 but got {given!r}; the {self.kind} default is {value} (0 turns the "
+                        "loss-rising alarm off)."
+                    )
+                object.__setattr__(self, name, float(given))
                 continue
             if isinstance(given, bool) or not isinstance(given, (int, float)) or not math.isfinite(given) \
                     or given <= 0 or (name != "threshold" and int(given) != given):
@@ -126,6 +177,8 @@ class DetectorState:
         self.last_loss = self._new((1,), float("inf"))
         self.seen = 0
         """Steps taken so far (a host count: warmup and the moving average's start)."""
+        self.trend = (TrendState(detector.trend) if xp is np else
+                      TrendState(detector.trend, xp, self._new)) if detector.trend else None
 
     def update(self, y, has_loss: bool = True):
         """(alarm bits as a 1-element float array, z-scores of all series) for this step's ``y``;
@@ -143,6 +196,9 @@ class DetectorState:
         else:
             z = xp.zeros_like(y)
             spikes = self._loss_rule(y[0:1], d.kind == "ratio") * float(LOSS_SPIKE)
+        if self.trend is not None and has_loss:
+            rising = self.trend.step(float(y[0])) if self.trend.xp is None else self.trend.update(y[0:1])
+            spikes = spikes + rising * float(LOSS_RISING)
         self.seen += 1
         return alarm + spikes, z
 
@@ -179,6 +235,8 @@ class DetectorState:
         grad_spike = warm and bool(finite[1]) and z[1] > d.threshold
         alarm = float(GRAD_NONFINITE) * (not finite[1]) + float(LOSS_NONFINITE) * (has_loss and not finite[0]) \
             + float(LOSS_SPIKE) * loss_spike + float(GRAD_SPIKE) * grad_spike
+        if self.trend is not None and has_loss and self.trend.step(float(y[0])):
+            alarm += float(LOSS_RISING)
         if not (loss_spike or grad_spike):
             alpha = max(2.0 / (d.window + 1), 1.0 / (self.seen + 1))
             moved = deviation if everywhere else np.where(finite, deviation, 0.0)
@@ -211,6 +269,104 @@ class DetectorState:
         self.losses[slot:slot + 1] = xp.where(accept, loss, self.losses[slot:slot + 1])
         self.last_loss[:] = xp.where(accept, loss, self.last_loss)
         return spike * 1.0
+
+
+class TrendState:
+    """The loss's trend (module docstring): a smoothed loss, its running minimum and the fall made
+    to it, and the loss's noise. :meth:`step` takes one loss on the host (Python floats: a few
+    microseconds); :meth:`update` does the same arithmetic on a 1-element array of ``xp`` (torch on
+    a GPU, where nothing may be read back), with every branch a ``where``.
+
+    A loss that falls from 5.0 to 2.1 in 30 steps and then climbs 0.1 a step is rising from the
+    climb's 22nd step on (the smoothed loss lags the loss by about ten steps):
+
+    >>> t = TrendState(0.3)
+    >>> [t.step(5.0 - 0.1 * i) for i in range(30)].count(True)
+    0
+    >>> [t.step(2.1 + 0.1 * i) for i in range(30)].index(True)
+    21
+    """
+
+    def __init__(self, share: float, xp=None, new=None) -> None:
+        self.share = share
+        self.xp = xp
+        values = {"smoothed": 0.0, "highest": -math.inf, "lowest": math.inf, "fall": 0.0, "noise": 0.0,
+                  "previous": math.nan, "count": 0.0}
+        for name, value in values.items():
+            setattr(self, name, value if xp is None else new((1,), value))
+
+    def step(self, loss: float) -> bool:
+        """One step's loss (host floats); whether the loss is rising."""
+        if not math.isfinite(loss):
+            return False  # the non-finite alarm's business; the trend waits for finite values
+        count = self.count
+        if count >= 1:
+            diff = abs(loss - self.previous)
+            if count == 1:
+                self.noise = diff
+            else:
+                if self.noise > 0:
+                    diff = min(diff, _DIFF_CLIP * self.noise)
+                self.noise += max(_NOISE_ALPHA, 1.0 / count) * (diff - self.noise)
+            loss_in = min(loss, self.smoothed + TREND_CLIP * _HALF_NORMAL * self.noise) if self.noise > 0 else loss
+            self.smoothed += max(_TREND_ALPHA, 1.0 / (count + 1)) * (loss_in - self.smoothed)
+        else:
+            self.smoothed = loss
+        self.previous = loss
+        self.count = count + 1
+        self.highest = max(self.highest, self.smoothed)
+        if count < TREND_START:
+            return False
+        if self.smoothed < self.lowest:
+            self.lowest = self.smoothed
+            self.fall = self.highest - self.smoothed
+        limit = max(self.share * self.fall, TREND_NOISE * _SMOOTHED_NOISE * self.noise,
+                    TREND_RELATIVE * abs(self.lowest))
+        return self.smoothed - self.lowest > limit
+
+    def update(self, loss):
+        """:meth:`step` on a 1-element array of ``xp``: 1.0 where the loss is rising, else 0.0."""
+        xp = self.xp
+        ok = xp.isfinite(loss)
+        count = self.count
+        diff = abs(loss - self.previous)
+        clipped = xp.where(self.noise > 0, xp.minimum(diff, _DIFF_CLIP * self.noise), diff)
+        weight = xp.maximum(count * 0.0 + _NOISE_ALPHA, 1.0 / xp.maximum(count, count * 0.0 + 1.0))
+        noise = xp.where(count >= 2, self.noise + weight * (clipped - self.noise),
+                         xp.where(count == 1, diff, self.noise))
+        loss_in = xp.where(noise > 0, xp.minimum(loss, self.smoothed + TREND_CLIP * _HALF_NORMAL * noise), loss)
+        rate = xp.maximum(count * 0.0 + _TREND_ALPHA, 1.0 / (count + 1))
+        smoothed = xp.where(count >= 1, self.smoothed + rate * (loss_in - self.smoothed), loss)
+        highest = xp.maximum(self.highest, smoothed)
+        started = count >= TREND_START
+        lower = started & (smoothed < self.lowest)
+        lowest = xp.where(lower, smoothed, self.lowest)
+        fall = xp.where(lower, highest - smoothed, self.fall)
+        limit = xp.maximum(xp.maximum(self.share * fall, TREND_NOISE * _SMOOTHED_NOISE * noise),
+                           TREND_RELATIVE * abs(lowest))
+        rising = ok & started & (smoothed - lowest > limit)
+        for name, value in (("noise", noise), ("smoothed", smoothed), ("highest", highest),
+                            ("lowest", lowest), ("fall", fall), ("previous", loss)):
+            getattr(self, name)[:] = xp.where(ok, value, getattr(self, name))
+        self.count[:] = count + ok
+        return rising * 1.0
+
+    def values(self):
+        """(smoothed loss, its running minimum, the fall made to it), NaN before the minimum is
+        tracked: floats on the host, 1-element arrays of ``xp`` otherwise."""
+        if self.xp is None:
+            if self.count <= TREND_START:
+                return math.nan, math.nan, math.nan
+            return self.smoothed, self.lowest, self.fall
+        tracked = self.count > TREND_START
+        nan = self.smoothed * math.nan
+        return tuple(self.xp.where(tracked, v, nan) for v in (self.smoothed, self.lowest, self.fall))
+
+
+def has_bit(alarm, bit: int):
+    """Whether the alarm bits ``alarm`` (a float array of sums of bits) include ``bit``, without
+    leaving the array's device."""
+    return (alarm % (2 * bit)) >= bit
 
 
 def alarm_names(bits: int) -> list[str]:

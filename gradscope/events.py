@@ -1,7 +1,8 @@
 """Spike events: what the host makes of a step whose pulse raised an alarm (gradscope/pulse.py).
 
 An event names the step, what was detected (loss spike, gradient spike, non-finite loss or
-gradient), the numbers (loss, gradient norm, their z-scores), whether the guard skipped the step,
+gradient, loss rising), the numbers (loss, gradient norm, their z-scores; for a rising loss the
+smoothed loss, its minimum and the fall made to it), whether the guard skipped the step,
 and where the spike began:
 
 - the **layer**: among the parameters whose gradient norm left its own running band in the steps
@@ -20,8 +21,9 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
-from gradscope.detectors import GRAD_NONFINITE, GRAD_SPIKE, alarm_names
-from gradscope.pulse import FIRST_PARAMETER, GRAD_NORM, LOSS, MICRO_COUNT, MICRO_GRAD, MICRO_LOSS, Z_GRAD, Z_LOSS
+from gradscope.detectors import GRAD_NONFINITE, GRAD_SPIKE, LOSS_RISING, alarm_names
+from gradscope.pulse import (FIRST_PARAMETER, GRAD_NORM, LOSS, LOSS_FALL, LOSS_LOWEST, LOSS_SMOOTHED, MICRO_COUNT,
+                             MICRO_GRAD, MICRO_LOSS, Z_GRAD, Z_LOSS)
 
 BAND = 3.0
 """A parameter's gradient norm is out of its band this many running standard deviations above its
@@ -62,6 +64,19 @@ class SpikeEvent:
     """Steps of the episode that raised an alarm."""
     skipped_steps: int = 0
     """Steps of the episode whose update the guard skipped."""
+    smoothed_loss: float | None = None
+    """For a rising loss: the smoothed loss at the detection."""
+    lowest_loss: float | None = None
+    """For a rising loss: the smoothed loss's minimum before it."""
+    fall: float | None = None
+    """For a rising loss: how far the smoothed loss had fallen to that minimum from its highest."""
+
+    @property
+    def given_back(self) -> float | None:
+        """For a rising loss: the share of its fall the smoothed loss climbed back."""
+        if self.smoothed_loss is None or self.lowest_loss is None or not self.fall:
+            return None
+        return (self.smoothed_loss - self.lowest_loss) / self.fall
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -80,6 +95,11 @@ class SpikeEvent:
             numbers.append(f"loss {self.loss:.4g}" + (f", z {self.z_loss:.3g}" if self.z_loss == self.z_loss and self.z_loss else ""))
         if any("gradient" in a for a in self.alarms):
             numbers.append(f"gradient norm {self.grad_norm:.3g}" + (f", z {self.z_grad:.3g}" if self.z_grad == self.z_grad and self.z_grad else ""))
+        if "loss rising" in self.alarms and self.smoothed_loss is not None and self.lowest_loss is not None:
+            share = self.given_back
+            numbers.append(f"smoothed loss {self.smoothed_loss:.4g}, up from its minimum {self.lowest_loss:.4g}"
+                           + (f": {share:.0%} of its fall from {self.lowest_loss + self.fall:.4g} climbed back"
+                              if share is not None else ""))
         line = f"step {self.step}: {what} ({'; '.join(numbers)})" if numbers else f"step {self.step}: {what}"
         if self.last_step is not None and self.last_step != self.step:
             line += f", through step {self.last_step} ({self.alarm_steps} steps with an alarm)"
@@ -116,7 +136,13 @@ def make_event(step: int, bits: int, ring: np.ndarray, window: int, names: list[
         z_loss=round(float(row[Z_LOSS]), 2), z_grad=round(float(row[Z_GRAD]), 2),
         skipped=skipped, skipped_steps=int(skipped), layer=layer, layer_left_at=left_at, layer_ratio=ratio,
         micro_batch=micro, micro_batches=max(micro_count, 1), rank=rank, lr=lr,
+        **(_trend_numbers(row) if bits & LOSS_RISING else {}),
     )
+
+
+def _trend_numbers(row: np.ndarray) -> dict:
+    values = {"smoothed_loss": row[LOSS_SMOOTHED], "lowest_loss": row[LOSS_LOWEST], "fall": row[LOSS_FALL]}
+    return {k: round(float(v), 6) for k, v in values.items() if np.isfinite(v)}
 
 
 def attribute(step: int, ring: np.ndarray, window: int, names: list[str],

@@ -1,5 +1,6 @@
 """The guard, opt-in (``monitor(..., guard="skip")``): an optimizer step whose pulse raised an alarm
-(a detected spike, a non-finite loss or gradient) is not taken. Parameters and optimizer state are
+(a detected spike, a non-finite loss or gradient) is not taken; a rising loss trend is reported
+but skips nothing, since no single update is to blame for it. Parameters and optimizer state are
 left bit-identical to what they were before the step, and every skipped step is counted and
 reported (a finding, a TensorBoard event, a line in the run directory's events.jsonl).
 

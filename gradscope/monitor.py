@@ -45,6 +45,7 @@ from gradscope.hooks import HookManager
 from gradscope.layers import join_name
 from gradscope.params import ParameterStatistics
 from gradscope.history import History
+from gradscope.detectors import LOSS_RISING, SKIPPABLE
 from gradscope.pulse import PULSE_COLUMNS, Pulse, follow_backward, unfollow_backward
 from gradscope.sinks import Sink, StepRecord, abort_sinks
 from gradscope.stats import STATISTICS
@@ -462,7 +463,8 @@ class Recorder:
 
     def pulse_history(self) -> pd.DataFrame:
         """Every step's pulse read so far: step, loss, grad_norm (total), z_loss, z_grad, alarm
-        (bits, gradscope.detectors), skipped, micro-batch columns, and each parameter's gradient
+        (bits, gradscope.detectors), skipped, micro-batch columns, the loss trend (loss_smoothed,
+        loss_lowest, loss_fall; NaN while it is off or warming up), and each parameter's gradient
         norm (``grad_norm/<parameter>``, estimated from a sample, gradscope/pulse.py)."""
         self._read_pulse(wait=True)
         names = list(PULSE_COLUMNS) + [f"grad_norm/{n}" for n in (self._pulse.names if self._pulse else [])]
@@ -601,7 +603,8 @@ class Recorder:
         pulse = self._pulse
         ring, _ = self._last_ring
         first = max(0, pulse.last_step - pulse.window + 1)
-        skipped = self.config.guard is not None and self._guard_restore is not None
+        skipped = self.config.guard is not None and self._guard_restore is not None \
+            and bool(bits & SKIPPABLE)
         lr = None
         if self.optimizer is not None and self.optimizer.param_groups:
             value = self.optimizer.param_groups[0].get("lr")
@@ -668,13 +671,13 @@ class Recorder:
                                 "guard='skip': the optimizer keeps state on the host (torch's Adam keeps "
                                 "its step count on the CPU unless capturable=True or fused=True), so the "
                                 "guard reads the alarm from the GPU before each step: one wait per step.")
-            if int(alarm[0]):  # on the CPU this reads memory in place
+            if int(alarm[0]) & SKIPPABLE:  # on the CPU this reads memory in place
                 self._skip_step()
                 return None
             return original(*args, **kwargs)
         self._snapshot.take()
         out = original(*args, **kwargs)
-        skip = (alarm != 0).reshape(())
+        skip = (alarm % LOSS_RISING != 0).reshape(())  # the bits below the trend's: a spike, a NaN
         self._snapshot.put_back_where(skip)
         if self._pulse is not None:
             self._pulse.mark_skipped(self._step, skip.float().reshape(()))

@@ -3,7 +3,8 @@
 On every optimizer step the pulse takes the step's loss, the gradient norm of each parameter and
 the total, runs the detector (gradscope/detectors.py) on them and writes one row into a ring on
 the device: ``[loss, total gradient norm, z of the loss, z of the gradient norm, alarm bits,
-skipped, each parameter's gradient norm]``. Nothing is read back on an unlogged step: the ring is
+skipped, micro-batch columns, the loss trend's smoothed loss, minimum and fall, each parameter's
+gradient norm]``. Nothing is read back on an unlogged step: the ring is
 copied to the host once per logged step (a blocking copy on a GPU; so the history keeps every step's loss and gradient norm
 even at ``every=100``), and the alarm bits of each step follow in a tiny non-blocking copy, so the
 host learns of a spike without waiting for the device. On the CPU, where reading memory is no
@@ -30,7 +31,7 @@ import weakref
 import numpy as np
 import torch
 
-from gradscope.detectors import GRAD_NONFINITE, Detector
+from gradscope.detectors import GRAD_NONFINITE, Detector, has_bit
 from gradscope.distributed import is_dtensor, local
 
 SAMPLE = 1024
@@ -40,10 +41,10 @@ MICRO_BATCHES = 64
 """Micro-batches per step kept apart; later ones share the last slot."""
 
 (LOSS, GRAD_NORM, Z_LOSS, Z_GRAD, ALARM, SKIPPED, MICRO_COUNT, MICRO_LOSS, MICRO_GRAD,
- FIRST_PARAMETER) = range(10)
+ LOSS_SMOOTHED, LOSS_LOWEST, LOSS_FALL, FIRST_PARAMETER) = range(13)
 """Columns of a ring row."""
 PULSE_COLUMNS = ("loss", "grad_norm", "z_loss", "z_grad", "alarm", "skipped", "micro_batches",
-                 "micro_batch_loss", "micro_batch_grad")
+                 "micro_batch_loss", "micro_batch_grad", "loss_smoothed", "loss_lowest", "loss_fall")
 """Names of the columns before the parameters' norms, as ``Recorder.pulse_history()`` gives them."""
 
 
@@ -140,8 +141,9 @@ class Pulse:
             alarm, z = self._state.update(y, self.losses_seen > 0)
         if finite is not None:
             finite = finite.reshape(1).cpu().numpy() if self.on_host else finite.reshape(1)
-            alarm = xp.where(finite | (alarm >= GRAD_NONFINITE), alarm, alarm + float(GRAD_NONFINITE))
-        self.ring[step % self.window] = self._cat((loss_value, total, z[0:2], alarm, self._micro_columns(), norms))
+            alarm = xp.where(finite | has_bit(alarm, GRAD_NONFINITE), alarm, alarm + float(GRAD_NONFINITE))
+        self.ring[step % self.window] = self._cat((loss_value, total, z[0:2], alarm, self._micro_columns(),
+                                                   self._trend_columns(), norms))
         self.last_step = step
         return alarm
 
@@ -167,9 +169,11 @@ class Pulse:
         row[Z_LOSS:Z_GRAD + 1] = z[0:2]
         row[ALARM] = alarm[0]
         if self._accumulating or self.backwards != 1:
-            row[SKIPPED:FIRST_PARAMETER] = self._micro_columns()
+            row[SKIPPED:LOSS_SMOOTHED] = self._micro_columns()
         else:  # one backward pass: no micro-batches to tell apart
-            row[SKIPPED:FIRST_PARAMETER] = (0.0, 1.0, 0.0, 0.0)
+            row[SKIPPED:LOSS_SMOOTHED] = (0.0, 1.0, 0.0, 0.0)
+        trend = self._state.trend
+        row[LOSS_SMOOTHED:FIRST_PARAMETER] = trend.values() if trend is not None else (math.nan,) * 3
         row[FIRST_PARAMETER:] = norms
         self.last_step = step
         return alarm
@@ -212,6 +216,13 @@ class Pulse:
             columns[2:3] = rows[:, 0].argmax().reshape(1) * 1.0
             columns[3:4] = growth.argmax().reshape(1) * 1.0
         return columns
+
+    def _trend_columns(self):
+        """[smoothed loss, its minimum, the fall made to it] of the detector's loss trend."""
+        trend = self._state.trend
+        if trend is None:
+            return self._new((3,), float("nan"))
+        return np.array(trend.values()) if trend.xp is None else self._cat(trend.values())
 
     def mark_skipped(self, step: int, skipped) -> None:
         """The guard's decision for ``step`` (a number, or a 0-dim tensor on the device)."""

@@ -208,8 +208,9 @@ class _Figures:
         return figure
 
     def timeline(self) -> go.Figure | None:
-        """A training run's every-step loss and total gradient norm (the pulse), one panel each
-        on a shared step axis, with each spike event marked where it fired (its text on hover).
+        """A training run's every-step loss (with the smoothed loss of the trend alarm) and total
+        gradient norm (the pulse), one panel each on a shared step axis, with each event (spike,
+        rising loss, non-finite value) marked where it fired (its text on hover).
         Long runs are thinned to at most :data:`MAX_PULSE_POINTS` steps, event steps always kept."""
         from plotly.subplots import make_subplots
 
@@ -227,6 +228,11 @@ class _Figures:
         figure.update_layout(template="none", showlegend=False, height=480)
         figure.add_trace(go.Scatter(x=steps, y=_finite(shown["loss"]), mode="lines", name="loss",
                                     line={"color": "#1f77b4"}), row=1, col=1)
+        if "loss_smoothed" in shown and shown["loss_smoothed"].notna().any():
+            # the loss trend the "loss rising" alarm reads, over the thinned steps
+            figure.add_trace(go.Scatter(x=steps, y=_finite(shown["loss_smoothed"]), mode="lines",
+                                        name="smoothed loss", line={"color": "#ff7f0e", "width": 1.5}),
+                             row=1, col=1)
         figure.add_trace(go.Scatter(x=steps, y=_finite(shown["grad_norm"]), mode="lines", name="gradient norm",
                                     line={"color": "#2ca02c"}), row=2, col=1)
         if events:
@@ -236,7 +242,7 @@ class _Figures:
             for row, column in ((1, "loss"), (2, "grad_norm")):
                 values = [at[column].get(step, np.nan) for step in marks]
                 figure.add_trace(go.Scatter(
-                    x=marks, y=_finite(values), mode="markers", name="spike event", hovertext=texts,
+                    x=marks, y=_finite(values), mode="markers", name="event", hovertext=texts,
                     hoverinfo="text", marker={"color": "#d62728", "size": 10, "symbol": "x"},
                 ), row=row, col=1)
         figure.update_yaxes(type="log", row=2, col=1)

@@ -151,6 +151,15 @@ def spike_events(records) -> list[dict]:
     return out
 
 
+def episodes(events: list[dict], shown: int = 3) -> tuple[list[str], str]:
+    """The layers the events began in (first seen first) and the first ``shown`` events' lines,
+    with how many more there were."""
+    layers = list(dict.fromkeys(e["layer"] for e in events if e.get("layer")))
+    listed = "; ".join(e["text"] for e in events[:shown])
+    more = f" (and {len(events) - shown} more)" if len(events) > shown else ""
+    return layers, listed + more
+
+
 def clip_threshold(records) -> float | None:
     """The 99th percentile of the total gradient norm over the pulse's steps without an alarm:
     a clipping threshold that leaves ordinary steps alone and cuts spikes."""
@@ -193,4 +202,23 @@ def instability_fix(events: list[dict], records) -> str:
         lines.append("The spike began in the output layer: add a z-loss (1e-4 * logsumexp(logits)**2) "
                      "to keep the output logits from drifting.")
     lines.append('Train with gradscope.monitor(..., guard="skip") to skip the update of a spiking step.')
+    return " ".join(lines[:1]) + ("\n" + "\n".join(lines[1:]) if len(lines) > 1 else "")
+
+
+def rising_fix(events: list[dict], records) -> str:
+    """What to change when the loss climbed back: the learning rate, a restart from near the
+    lowest point, clipping at a measured threshold; and how to silence a rise made by design."""
+    lr = next((e.get("lr") for e in events if e.get("lr")), None)
+    first = events[0]
+    lines = [f"Lower the learning rate (now {lr:.3g}; try {lr / 3:.2g}) or warm it up over more steps, "
+             if lr else "Lower the learning rate or warm it up over more steps, "]
+    lines[0] += (f"and restart from a checkpoint taken before step {first['step']}, near where the smoothed "
+                 "loss was lowest" + (f" ({first['lowest_loss']:.4g})." if first.get("lowest_loss") is not None
+                                      else "."))
+    threshold = clip_threshold(records)
+    if threshold is not None:
+        lines.append(f"Clip the gradient norm at {threshold:.3g}, the 99th percentile of the measured "
+                     "norms on steps without an alarm:\n" + clip_code(threshold))
+    lines.append("If the loss rises by design (a loss weight ramped up, a new data mixture), turn this "
+                 "alarm off with monitor(..., detect=gradscope.Detector(trend=0)).")
     return " ".join(lines[:1]) + ("\n" + "\n".join(lines[1:]) if len(lines) > 1 else "")

@@ -63,11 +63,12 @@ def cross_entropy(classes: int = 10, batch: int = 64):
 
 
 def spiking_run(corrupt_at: int | None, momentum: float = 0.0, guard: str | None = None,
-                steps: int = 300) -> dict:
+                steps: int = 300, grow_from: int | None = None) -> dict:
     """The training-run pair of the instability rules: a small ReLU MLP learning a linear map
     with SGD (lr 0.01), ``gradscope.monitor(every=100)`` around the loop; at step ``corrupt_at``
-    one batch comes with inputs 30x too large (a corrupt batch). ``run()`` trains a fresh copy
-    and returns the monitor's report; ``model`` and ``inputs`` are the model and a batch."""
+    one batch comes with inputs 30x too large (a corrupt batch); from step ``grow_from`` the
+    learning rate grows 2% a step. ``run()`` trains a fresh copy and returns the monitor's
+    report; ``model`` and ``inputs`` are the model and a batch."""
     def build() -> nn.Sequential:
         torch.manual_seed(0)
         return nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 1))
@@ -82,6 +83,8 @@ def spiking_run(corrupt_at: int | None, momentum: float = 0.0, guard: str | None
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=momentum)
         with gradscope.monitor(model, every=100, optimizer=opt, guard=guard) as mon:
             for step in range(steps):
+                if grow_from is not None and step >= grow_from:
+                    opt.param_groups[0]["lr"] *= 1.02
                 index = torch.randint(0, 2000, (32,), generator=generator)
                 x = x_all[index] * (30.0 if step == corrupt_at else 1.0)
                 loss = nn.functional.mse_loss(model(x), y_all[index])
@@ -92,6 +95,13 @@ def spiking_run(corrupt_at: int | None, momentum: float = 0.0, guard: str | None
 
     return {"model": build(), "inputs": torch.randn(32, 20, generator=torch.Generator().manual_seed(2)),
             "run": run}
+
+
+def rising_run(growing: bool, steps: int = 400) -> dict:
+    """The pair of the rising-loss rule: the run of :func:`spiking_run` without a corrupt batch;
+    with ``growing`` the learning rate grows 2% a step from step 200, so the loss climbs back
+    over tens of steps."""
+    return spiking_run(None, steps=steps, grow_from=200 if growing else None)
 
 
 def report_of(pair: dict):

@@ -29,7 +29,9 @@ def detect(records: Records) -> list[Violation]:
         Two patterns. Across depth: the backpropagated signal (``out_grad_norm``) grows by 3 or
         more orders of magnitude from the output side to the input side (the same robust trend
         as vanishing-gradient, in the other direction). Across steps: the total gradient norm of
-        a logged step is 100x or more the median of the up to 5 logged steps before it. When
+        a logged step is 100x or more the median of the up to 5 logged steps before it; in a
+        monitored run whose every-step detector caught that step, the jump is reported as a
+        spike instead (training-spike, and training-divergence if the run was lost). When
         ``diagnose``'s recipe is an adaptive optimizer (Adam …), whose step size does not scale
         with the gradient, the finding is a warning. In a normalised model without skip
         connections, where the trend's other estimates take out the steps the normalisation
@@ -91,7 +93,7 @@ def detect(records: Records) -> list[Violation]:
     elif profile is not None and _normalised_stack(records, profile):
         findings.append(_normalised_stack_violation(records, profile))
     jump = _first_jump(records.steps, totals)
-    if jump is not None:
+    if jump is not None and not _caught_by_the_pulse(records, jump[0]):
         step, norm, before = jump
         grads = records.wide("grad_norm")
         row = grads.loc[step]
@@ -151,6 +153,17 @@ def _total_grad_norms(records: Records) -> np.ndarray:
     values = grads.to_numpy(dtype=float)
     with np.errstate(all="ignore"):
         return np.sqrt(np.nansum(values ** 2, axis=1))
+
+
+def _caught_by_the_pulse(records: Records, step: int) -> bool:
+    """Whether a monitored run's every-step detector raised an event covering ``step``: then the
+    jump is a spike (training-spike, and training-divergence if the run was lost), reported there
+    with its layer and whether the run recovered, not a model whose gradients explode."""
+    for event in records.events if records.pulse is not None else ():
+        last = event.get("last_step")
+        if event.get("step") is not None and event["step"] <= step <= (last if last is not None else event["step"]):
+            return True
+    return False
 
 
 def _first_jump(steps: list[int], totals: np.ndarray) -> tuple[int, float, float] | None:

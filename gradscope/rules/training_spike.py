@@ -5,7 +5,7 @@ Its code and severity are in the registry, ``gradscope.rules.RULES``."""
 from __future__ import annotations
 
 from gradscope.records import Records
-from gradscope.rules.advice import instability_fix, spike_events
+from gradscope.rules.advice import episodes, instability_fix, spike_events
 from gradscope.rules.base import Violation
 from gradscope.rules.example_models import spiking_run
 
@@ -43,14 +43,12 @@ def detect(records: Records) -> list[Violation]:
         a z-loss when it begins in the output layer; ``monitor(..., guard="skip")`` skips the
         update of a spiking step, leaving the parameters and the optimizer's state untouched.
     """
-    events = [e for e in spike_events(records) if not e.get("nonfinite")]
+    events = [e for e in spike_events(records) if not e.get("nonfinite")
+              and any("spike" in a for a in e.get("alarms", ()))]
     if not events:
         return []
-    layers = list(dict.fromkeys(e["layer"] for e in events if e.get("layer")))
-    listed = "; ".join(e["text"] for e in events[:3])
-    more = f" (and {len(events) - 3} more)" if len(events) > 3 else ""
-    message = (f"{len(events)} spike episode{'s' if len(events) > 1 else ''} during training: "
-               f"{listed}{more}.")
+    layers, listed = episodes(events)
+    message = f"{len(events)} spike episode{'s' if len(events) > 1 else ''} during training: {listed}."
     return [Violation(layers or ["(model)"], message, instability_fix(events, records),
                       {"episodes": len(events), "steps": [e["step"] for e in events],
                        "layers": layers})]

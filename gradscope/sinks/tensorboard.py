@@ -93,10 +93,12 @@ class TensorBoardSink:
         return {"pulse": self._run.pulse_history(), "events": self._run.event_dicts()}
 
     def log_event(self, event) -> None:
-        """A spike event (gradscope/events.py) as it happens: its line under ``gradscope/events``
-        and a marker scalar ``gradscope/spike`` (1 at the step; with the guard, ``gradscope/skipped``)."""
+        """An event (gradscope/events.py) as it happens: its line under ``gradscope/events`` and a
+        marker scalar at the step: ``gradscope/spike`` (a spike or a non-finite value),
+        ``gradscope/loss_rising`` (a rising loss alone); with the guard, ``gradscope/skipped``."""
         self.writer.add_text("gradscope/events", event.text, event.step)
-        self.writer.add_scalar("gradscope/spike", 1.0, event.step)
+        rising_only = event.alarms == ["loss rising"]
+        self.writer.add_scalar("gradscope/loss_rising" if rising_only else "gradscope/spike", 1.0, event.step)
         if event.skipped:
             self.writer.add_scalar("gradscope/skipped", 1.0, event.step)
 

@@ -98,7 +98,11 @@ def test_the_timeline_draws_every_steps_loss_and_norm_and_marks_the_spike_where_
     event_steps = [e.step for e in mon.events]
     assert event_steps[0] == 100  # the corrupt batch (the damage it did may fire again later)
     figure = _Figures(report).timeline()
-    loss_trace, norm_trace, loss_marks, norm_marks = figure.data
+    loss_trace, smoothed, norm_trace, loss_marks, norm_marks = figure.data
+    assert [t.name for t in figure.data] == ["loss", "smoothed loss", "gradient norm", "event", "event"]
+    # the loss trend's smoothed loss: tracked from its 11th loss on, an average of the losses
+    assert all(y is None for y in smoothed.y[:10]) and smoothed.y[10] is not None
+    assert min(losses[:51]) <= smoothed.y[50] <= max(losses[:51])
     assert list(loss_trace.x) == list(range(120))
     np.testing.assert_allclose(loss_trace.y, losses, rtol=1e-6)
     # every parameter has at most 1,024 elements here: the pulse's sampled norms are exact
