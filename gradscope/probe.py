@@ -254,13 +254,17 @@ def _curvature(loss_at, params, optimizer, recipe) -> tuple[float | None, str | 
 def _preconditioner(optimizer: torch.optim.Optimizer, params) -> list[torch.Tensor] | None:
     """Per parameter, the step size per unit gradient of an adaptive optimizer:
     ``1 / (sqrt(v̂) + eps)`` from Adam's bias-corrected second moment (RMSprop's square_avg,
-    Adagrad's sum)."""
+    Adagrad's sum); Adadelta's ``sqrt(acc_delta + eps) / sqrt(square_avg + eps)``, whose
+    numerator (the running size of its past updates) starts at ``sqrt(eps)``."""
     group_of = {p: g for g in optimizer.param_groups for p in g["params"]}
     scale = []
     for p in params:
         state = optimizer.state.get(p, {})
         group = group_of.get(p, {})
         eps = float(group.get("eps", 1e-8))
+        if "acc_delta" in state and "square_avg" in state:  # Adadelta
+            scale.append((state["acc_delta"] + eps).sqrt() / (state["square_avg"] + eps).sqrt())
+            continue
         if "exp_avg_sq" in state:
             beta2 = float(group.get("betas", (0.9, 0.999))[1])
             step = float(state.get("step", 1))

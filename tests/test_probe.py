@@ -161,3 +161,27 @@ def test_probe_steps_zero_gives_a_verdict_from_the_findings_alone():
 def test_probe_steps_must_be_a_count(value):
     with pytest.raises(gradscope.UsageError, match="probe_steps"):
         gradscope.diagnose(_small_model(), _data()[0], probe_steps=value)
+
+
+def test_adadelta_is_preconditioned_by_its_own_step_per_unit_gradient():
+    """Adadelta's step per unit gradient is sqrt(acc_delta + eps) / sqrt(square_avg + eps) (lr
+    apart), which starts near sqrt(eps): the preconditioner must match the step the optimizer
+    really takes. Reference: the next step's (-Δw) / (lr g) on a loss with a constant gradient."""
+    from gradscope.probe import _preconditioner
+
+    w = nn.Parameter(torch.zeros(4, dtype=torch.float64))
+    g = torch.tensor([0.5, -2.0, 1e-3, 3.0], dtype=torch.float64)
+    opt = torch.optim.Adadelta([w], lr=1.0)
+    for _ in range(200):  # square_avg settles at g², acc_delta at the steps' own size
+        opt.zero_grad()
+        (w * g).sum().backward()
+        opt.step()
+    [scale] = _preconditioner(opt, [w])
+    before = w.detach().clone()
+    opt.zero_grad()
+    (w * g).sum().backward()
+    opt.step()
+    taken = (before - w.detach()) / g
+    assert torch.allclose(scale, taken, rtol=0.02)
+    # far from the 1 / sqrt(square_avg) of an RMSprop-style reading, 1 / |g| = 2, 0.5, 0.33 here
+    assert float(scale[[0, 1, 3]].max()) < 0.1

@@ -30,6 +30,12 @@ the step back down."""
 
 DEEP = 10
 
+DESCENDING = 0.4
+"""Under an adaptive optimizer, a probe whose loss ended this share of its first value or more
+below it, and stayed below its first value through the second half of the steps, has shown the
+recipe descending: a curvature above the limit is then information (adaptive optimizers train at
+their preconditioned edge of stability, Cohen et al. 2022)."""
+
 CLIMBING = 1.25
 """The probe's last loss this many times its first, on the batch it trains on, …"""
 
@@ -58,7 +64,10 @@ def detect(records: Records) -> list[Violation]:
         curvature between 1x and 10x (or a sharpening ReLU stack) information: plain SGD often
         leaves a sharp start by one short spike of the loss (the catapult phase of Lewkowycz et
         al. 2020) and trains with its curvature at the limit (the edge of stability of Cohen et
-        al. 2021).
+        al. 2021). Under an adaptive optimizer (Adam, Adadelta …), a curvature above the limit is
+        information when the probe's loss fell (ending 40% or more below its first value, and
+        below it through the second half of the steps): such optimizers train at their
+        preconditioned edge of stability.
         Information only when the model has normalisation layers, whose scale invariance lets
         training shrink its effective step by itself. With gradient clipping the severity is at
         most a warning. Under gradscope's default loss (no loss given), whose scale may be far
@@ -172,6 +181,11 @@ def _curvature_violation(records: Records, layers: list[str], evidence: dict,
                 "several-fold during training (progressive sharpening) and crosses the limit.")
     else:
         return None
+    if recipe.adaptive and severity in (ERROR, WARNING) and _descended(dynamics):
+        severity = INFO
+        tail = (f"; but the probe's loss fell by {1 - dynamics.losses[-1] / dynamics.losses[0]:.0%} under "
+                f"{recipe.optimizer}, whose per-parameter scale adapts the step (adaptive optimizers train "
+                "at their edge of stability), so this is informational.")
     if recipe.clip_grad_norm is not None and severity == ERROR:
         severity = WARNING
     margin_text = (f" (measured on gradscope's default loss, so judged with a {fmt(dynamics.loss_margin)}x "
@@ -179,6 +193,15 @@ def _curvature_violation(records: Records, layers: list[str], evidence: dict,
     message = (f"The curvature of the loss ({fmt(dynamics.curvature)}) is {fmt(ratio)}x the stability "
                f"limit of {recipe.text()} ({fmt(dynamics.threshold)}){margin_text}{tail}")
     return Violation(layers, message, _fix(dynamics), evidence, severity)
+
+
+def _descended(dynamics) -> bool:
+    """The probe's (positive) loss ended ``DESCENDING`` of its first value or more below it and
+    stayed below its first value through the second half of the steps (dropout's noise allowed)."""
+    losses = dynamics.losses
+    if dynamics.nonfinite or len(losses) < 3 or losses[0] <= 0:
+        return False
+    return losses[-1] <= (1 - DESCENDING) * losses[0] and max(losses[len(losses) // 2:]) < losses[0]
 
 
 def _plain_sgd(recipe) -> bool:
