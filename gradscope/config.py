@@ -61,7 +61,8 @@ class MonitorConfig:
 
     record_after: int = 10
     """After a detection, record every statistic of this many steps (the flight recorder), whatever
-    ``every`` is."""
+    ``every`` is. In a single process only: under DDP/FSDP2 each logged step is a collective of all
+    ranks, which cannot learn of one rank's detection before the next logged step."""
 
     def __post_init__(self) -> None:
         for name in ("every", "window", "flush_every", "weights_every", "record_after"):

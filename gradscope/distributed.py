@@ -77,6 +77,23 @@ class RankAgreement:
                 "the step is skipped on every rank. All ranks must run the same modules each step."
             )
 
+    def gather_rows(self, rows: torch.Tensor) -> list:
+        """Every rank's ``rows`` (same shape everywhere) on every rank, as numpy arrays: the new
+        spike events each rank shares at a logged step (gradscope/events.py)."""
+        import torch.distributed as dist
+
+        everyone = [torch.zeros_like(rows) for _ in range(self.world_size)]
+        dist.all_gather(everyone, rows)
+        return [t.detach().to("cpu", torch.float64).numpy() for t in everyone]
+
+    def any_rank(self, flag: torch.Tensor) -> torch.Tensor:
+        """``flag`` (a 1-element float tensor, 0 or 1) set on every rank where it is set on any:
+        the guard's skip, so that every replica skips the same steps (no host read on a GPU)."""
+        import torch.distributed as dist
+
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return flag
+
     def all_reduce(self, step: int, buffer: torch.Tensor) -> None:
         """Sum the step's buffer over the ranks: one all-reduce per logged step, after the check
         that the buffers line up."""

@@ -11,8 +11,10 @@ and where the spike began:
   running mean and standard deviation of its log gradient norm, from the steps before the spike;
 - the **micro-batch**, under gradient accumulation: the one after which the accumulated gradient
   norm grew most, and the one with the highest loss;
-- the **rank** that detected it under DDP/FSDP2 (each rank runs its detector on its own loss and
-  gradients).
+- the **rank** under DDP/FSDP2: each rank runs its detector on its own loss and gradients, and at
+  every logged step the ranks' new detections are gathered on rank 0 (:func:`merge_rank_alarms`):
+  an event names every rank that raised it (``ranks``) and, as ``rank``, the one whose loss was
+  furthest above its band (the rank whose micro-batch spiked).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
+from gradscope.detectors import ALARM_NAMES as ALARM_BITS
 from gradscope.detectors import GRAD_NONFINITE, GRAD_SPIKE, LOSS_RISING, alarm_names
 from gradscope.pulse import (FIRST_PARAMETER, GRAD_NORM, LOSS, LOSS_FALL, LOSS_LOWEST, LOSS_SMOOTHED, MICRO_COUNT,
                              MICRO_GRAD, MICRO_LOSS, Z_GRAD, Z_LOSS)
@@ -56,6 +59,9 @@ class SpikeEvent:
     micro_batch: int | None = None
     micro_batches: int = 1
     rank: int = 0
+    ranks: tuple[int, ...] = ()
+    """Under DDP/FSDP2, the ranks whose detector raised this event (gathered on rank 0 at the
+    logged steps); empty in a single process."""
     lr: float | None = None
     last_step: int | None = None
     """The last step of the episode: alarms of the same kinds on the steps that follow, with
@@ -113,7 +119,9 @@ class SpikeEvent:
                 line += f" ({self.layer_ratio:.3g}x its band)"
         if self.micro_batches > 1 and self.micro_batch is not None:
             line += f"; micro-batch {self.micro_batch} of {self.micro_batches}"
-        if self.rank:
+        if len(self.ranks) > 1:
+            line += f"; raised on ranks {', '.join(map(str, self.ranks))}, largest loss on rank {self.rank}"
+        elif self.rank:
             line += f"; rank {self.rank}"
         return line
 
@@ -181,3 +189,49 @@ def extends(event: SpikeEvent, step: int, bits: int) -> bool:
 def extended(event: SpikeEvent, step: int, skipped: bool) -> SpikeEvent:
     return replace(event, last_step=step, alarm_steps=event.alarm_steps + 1,
                    skipped_steps=event.skipped_steps + int(skipped))
+
+
+SHARED_ALARMS = 8
+"""New events a rank shares at each logged step (the earliest, when there are more)."""
+SHARED_COLUMNS = 5
+"""[step, alarm bits, loss, z of the loss, z of the gradient norm] per shared event."""
+
+
+def shared_rows(events: list[SpikeEvent]) -> np.ndarray:
+    """A rank's new events as the fixed-size float array every rank gathers (``SHARED_ALARMS``
+    rows; unused rows have step -1)."""
+    rows = np.full((SHARED_ALARMS, SHARED_COLUMNS), -1.0)
+    for i, e in enumerate(events[:SHARED_ALARMS]):
+        rows[i] = (e.step, sum(b for b, n in ALARM_BITS.items() if n in e.alarms), e.loss, e.z_loss, e.z_grad)
+    return rows
+
+
+def merge_rank_alarms(events: list[SpikeEvent], gathered: list[np.ndarray], make) -> tuple[list[SpikeEvent], list[SpikeEvent]]:
+    """Rank 0's events with every other rank's shared rows merged in: (all events by step, the
+    new ones). An event of rank 0 that another rank raised too (at its step, or within its
+    episode) names both ranks and, as ``rank``, the one with the larger loss z-score, with that
+    rank's loss and alarms added; a detection only another rank made becomes an event of its own,
+    built by ``make(step, bits, rank, loss, z_loss, z_grad)``."""
+    out, new = list(events), []
+    for rank, rows in enumerate(gathered):
+        if rank == 0:
+            continue
+        for step, bits, loss, z_loss, z_grad in np.asarray(rows, dtype=float):
+            if step < 0 or not np.isfinite(step):
+                continue
+            step, bits = int(step), int(bits)
+            at = next((i for i, e in enumerate(out)
+                       if e.step <= step <= (e.last_step if e.last_step is not None else e.step)), None)
+            if at is None:
+                event = make(step, bits, rank, float(loss), float(z_loss), float(z_grad))
+                out.append(event)
+                new.append(event)
+                continue
+            event = out[at]
+            ranks = tuple(sorted(set(event.ranks or (event.rank,)) | {rank}))
+            names = [n for b, n in ALARM_BITS.items() if n in event.alarms or bits & b]
+            larger = np.isfinite(z_loss) and (not np.isfinite(event.z_loss) or z_loss > event.z_loss)
+            out[at] = replace(event, ranks=ranks, alarms=names, **(
+                {"rank": rank, "loss": float(loss), "z_loss": round(float(z_loss), 2)} if larger else {}))
+    out.sort(key=lambda e: e.step)
+    return out, new

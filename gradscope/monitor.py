@@ -21,6 +21,7 @@ import os
 import weakref
 from collections import deque
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Callable, Iterator
 
 import numpy as np
@@ -38,14 +39,15 @@ from gradscope.buffer import Layout, PendingStep, StepBuffer
 from gradscope.config import MonitorConfig
 from gradscope.distributed import RankAgreement, local, rank_and_world, unwrap
 from gradscope.errors import UsageError, UsageTypeError
-from gradscope.events import SpikeEvent, extended, extends, make_event
+from gradscope.events import (SHARED_ALARMS, SHARED_COLUMNS, SpikeEvent, extended, extends, make_event,
+                              merge_rank_alarms, shared_rows)
 from gradscope.guard import StateSnapshot, all_finite
 from gradscope.failures import FailurePolicy
 from gradscope.hooks import HookManager
 from gradscope.layers import join_name
 from gradscope.params import ParameterStatistics
 from gradscope.history import History
-from gradscope.detectors import LOSS_RISING, SKIPPABLE
+from gradscope.detectors import LOSS_RISING, SKIPPABLE, alarm_names
 from gradscope.pulse import PULSE_COLUMNS, Pulse, follow_backward, unfollow_backward
 from gradscope.sinks import Sink, StepRecord, abort_sinks
 from gradscope.stats import STATISTICS
@@ -344,7 +346,8 @@ class Recorder:
         if self.is_logged(step):
             try:
                 rescales = self._rescale.rescales(loss_scale, self.world_size, self.buffer.primary_device)
-                reduce = (lambda buffer: self._ranks.all_reduce(step, buffer)) if self.world_size > 1 else None
+                reduce = (lambda buffer: (self._ranks.all_reduce(step, buffer),
+                                          self._exchange_alarms(buffer.device))) if self.world_size > 1 else None
                 self._in_flight.append(self.buffer.finish(step, rescales, reduce=reduce))
                 self._drain(wait=False)
             except Exception as e:  # noqa: BLE001 - the user's loop must go on
@@ -426,6 +429,8 @@ class Recorder:
         self._pulse_rows: list[np.ndarray] = []
         self._pulse_steps: list[np.ndarray] = []
         self.events: list[SpikeEvent] = []
+        self._unshared: list[SpikeEvent] = []
+        """Events detected on this rank since the last logged step's exchange (DDP/FSDP2)."""
         """The detections so far (gradscope/events.py), oldest first."""
         self.skipped_steps: list[int] = []
         """Steps whose optimizer update the guard skipped."""
@@ -599,17 +604,20 @@ class Recorder:
         self._pulse_read_upto = pulse.last_step
         self._last_ring = (ring, first)
 
+    def _current_lr(self) -> float | None:
+        if self.optimizer is None or not self.optimizer.param_groups:
+            return None
+        value = self.optimizer.param_groups[0].get("lr")
+        return float(value) if isinstance(value, (int, float)) or torch.is_tensor(value) else None
+
     def _detected(self, step: int, bits: int) -> None:
         pulse = self._pulse
         ring, _ = self._last_ring
         first = max(0, pulse.last_step - pulse.window + 1)
         skipped = self.config.guard is not None and self._guard_restore is not None \
             and bool(bits & SKIPPABLE)
-        lr = None
-        if self.optimizer is not None and self.optimizer.param_groups:
-            value = self.optimizer.param_groups[0].get("lr")
-            lr = float(value) if isinstance(value, (int, float)) or torch.is_tensor(value) else None
-        if skipped:
+        lr = self._current_lr()
+        if skipped and step not in self.skipped_steps[-3:]:  # the host's guard counted it already
             self.skipped_steps.append(step)
         if self.events and extends(self.events[-1], step, bits):
             # the same episode: counted, no new event and no new flight-recorder window
@@ -618,10 +626,48 @@ class Recorder:
         event = make_event(step, bits, ring, pulse.window, pulse.names, pulse.band(),
                            skipped=skipped, rank=self.rank, lr=lr, first_step=first)
         self.events.append(event)
-        self._record_until = max(self._record_until, self._step + self.config.record_after)
+        if self.world_size > 1:
+            self._unshared.append(event)
+        if self.world_size == 1:
+            # under DDP/FSDP2 every logged step is a collective that all ranks must join, and a
+            # rank cannot know of another's detection before the next one: no flight recorder
+            self._record_until = max(self._record_until, self._step + self.config.record_after)
         for sink in self._sinks:
             if hasattr(sink, "log_event"):
                 self._guard(ALL_LAYERS, _sink_name(sink), sink.log_event, event)
+
+    def _exchange_alarms(self, device: torch.device) -> None:
+        """Every rank, every logged step (after the buffers' all-reduce, which every rank joins or
+        none): share the events detected since the last one; rank 0 merges them into its own
+        (gradscope/events.py). Whatever fails here, the rank still joins the gather."""
+        rows = np.full((SHARED_ALARMS, SHARED_COLUMNS), -1.0)
+        try:
+            rows = shared_rows(self._unshared)
+        except Exception as e:  # noqa: BLE001 - join the gather with nothing rather than leave the others waiting
+            self._report(ALL_PARAMETERS, "rank events", e)
+        self._unshared = []
+        gathered = self._ranks.gather_rows(torch.tensor(rows, dtype=torch.float64, device=device))
+        if self.rank == 0:
+            self._guard(ALL_PARAMETERS, "rank events", self._merge_rank_alarms, gathered)
+
+    def _merge_rank_alarms(self, gathered: list) -> None:
+        pulse = self._pulse
+        lr = self._current_lr()
+
+        def make(step, bits, rank, loss, z_loss, z_grad):
+            if pulse is None or pulse.last_step is None or step <= pulse.last_step - pulse.window:
+                return SpikeEvent(step, alarm_names(bits), loss, float("nan"), round(z_loss, 2),
+                                  round(z_grad, 2), False, rank=rank, ranks=(rank,), lr=lr)
+            ring = pulse.read()
+            event = make_event(step, bits, ring, pulse.window, pulse.names, pulse.band(), skipped=False,
+                               rank=rank, lr=lr, first_step=max(0, pulse.last_step - pulse.window + 1))
+            return replace(event, loss=loss, z_loss=round(z_loss, 2), z_grad=round(z_grad, 2), ranks=(rank,))
+
+        self.events, new = merge_rank_alarms(self.events, gathered, make)
+        for event in new:
+            for sink in self._sinks:
+                if hasattr(sink, "log_event"):
+                    self._guard(ALL_LAYERS, _sink_name(sink), sink.log_event, event)
 
     # -- the guard ----------------------------------------------------------------------------
 
@@ -661,9 +707,11 @@ class Recorder:
         except Exception as e:  # noqa: BLE001 - the step goes on unguarded
             self._report(ALL_PARAMETERS, "guard", e)
         alarm = self._observe_pulse(self._scale_now(), finite)
+        if self.world_size > 1:
+            alarm = self._skip_on_every_rank(alarm, params)
         if alarm is None:
             return original(*args, **kwargs)
-        on_host = self._pulse.on_host
+        on_host = self._pulse is None or self._pulse.on_host
         why_not = None if on_host else self._snapshot.restorable(alarm.device)
         if on_host or why_not is not None:
             if why_not == "state on another device":
@@ -683,6 +731,25 @@ class Recorder:
             self._pulse.mark_skipped(self._step, skip.float().reshape(()))
         return out
 
+    def _skip_on_every_rank(self, alarm, params):
+        """Under DDP/FSDP2 the guard's decision is taken together: a rank whose own loss spiked
+        must not leave its replica (or shard) one update behind the others. Each rank's skip flag
+        is all-reduced with max, every guarded step (every rank joins, whatever its pulse did), and
+        the result stands in for the alarm: 1 to skip, 0 to step."""
+        if alarm is None:
+            flag = 0.0
+        elif isinstance(alarm, np.ndarray):
+            flag = float(bool(int(alarm[0]) & SKIPPABLE))
+        else:
+            flag = (alarm % LOSS_RISING != 0).float().reshape(1)
+        device = alarm.device if isinstance(alarm, torch.Tensor) else \
+            (local(params[0].detach()).device if params else torch.device("cpu"))
+        agreed = self._ranks.any_rank(flag if isinstance(flag, torch.Tensor)
+                                      else torch.tensor([flag], device=device))
+        if isinstance(alarm, torch.Tensor):
+            return agreed
+        return np.array([float(agreed[0]) * SKIPPABLE])  # on the host: a read of memory, no wait
+
     def _scale_now(self) -> torch.Tensor | None:
         if self.scaler is None:
             return None
@@ -693,6 +760,8 @@ class Recorder:
         """The guard skipped this step's update: it ends as if taken (statistics recorded)."""
         if self._pulse is not None:
             self._pulse.mark_skipped(self._step, 1.0)
+        if self._step not in self.skipped_steps[-1:]:
+            self.skipped_steps.append(self._step)
         if self.is_logged(self._step):
             self._guard(ALL_PARAMETERS, "grad_norm", self._parameter_statistics, False)
         if self.scaler is None:  # with a scaler, the step ends when scaler.step() returns

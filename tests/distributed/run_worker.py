@@ -29,6 +29,8 @@ def main(mode: str, out: Path) -> None:
     rank, world = dist.get_rank(), dist.get_world_size()
     if mode == "mismatch":
         return mismatch(rank, out)
+    if mode.startswith("spike"):
+        return spike(rank, out, guard=mode == "spike-guard")
     torch.manual_seed(0)
     model = models.mlp()
     original = copy.deepcopy(model)
@@ -62,6 +64,37 @@ def main(mode: str, out: Path) -> None:
     else:
         (out / f"rank{rank}-{mode}.json").write_text(json.dumps({
             "got": got, "run_dir": None if mon.history.run_dir is None else str(mon.history.run_dir)}))
+    dist.destroy_process_group()
+
+
+def spike(rank: int, out: Path, guard: bool) -> None:
+    """DDP, 160 steps of a small regression; at step 120 rank 1's batch is 30x too large (its
+    loss spikes; the averaged gradient on both ranks). Rank 0 must name rank 1; with the guard,
+    both ranks skip step 120 and end with the same parameters."""
+    import torch
+    import torch.distributed as dist
+    import torch.nn as nn
+    import torch.nn.functional as F
+    from torch.nn.parallel import DistributedDataParallel
+
+    import gradscope
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 1))
+    wrapped = DistributedDataParallel(model)
+    opt = torch.optim.SGD(wrapped.parameters(), lr=0.01)
+    g = torch.Generator().manual_seed(10 + rank)
+    with gradscope.monitor(wrapped, optimizer=opt, every=50, guard="skip" if guard else None) as mon:
+        for step in range(160):
+            x = torch.randn(32, 20, generator=g) * (30.0 if step == 120 and rank == 1 else 1.0)
+            F.mse_loss(wrapped(x), x[:, :1] * 2).backward()
+            opt.step()
+            opt.zero_grad()
+    name = "guard" if guard else "plain"
+    (out / f"spike-{name}-rank{rank}.json").write_text(json.dumps({
+        "events": mon.event_dicts(), "skipped": mon.skipped_steps,
+        "params": [p.detach().reshape(-1).tolist() for p in model.parameters()],
+    }))
     dist.destroy_process_group()
 
 

@@ -27,7 +27,7 @@ def torchrun(mode: str, out: Path) -> dict:
         capture_output=True, text=True, timeout=300, env=env,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    if mode == "mismatch":
+    if mode == "mismatch" or mode.startswith("spike"):
         return {}
     return json.loads((out / f"result-{mode}.json").read_text())
 
@@ -57,3 +57,22 @@ def test_ranks_that_record_different_statistics_skip_steps_without_hanging(tmp_p
         # the layouts diverged at step 1 and stay apart: later steps are skipped too, on both ranks
         assert result["steps"] == [0], rank
         assert any("do not line up" in w for w in result["warnings"]), result["warnings"]
+
+
+@pytest.mark.parametrize("guard", [False, True], ids=["detect", "guard"])
+def test_a_spike_on_one_rank_is_named_on_rank_0_and_the_guard_skips_it_everywhere(tmp_path, guard):
+    """Rank 1's batch at step 120 is 30x too large: its own loss spikes, and the averaged gradient
+    on both ranks. Rank 0 gathers rank 1's detection at the next logged step (150) and names rank
+    1 as the one whose loss spiked. Under guard="skip" both ranks skip that update (rank 0 because
+    rank 1 asked), so the replicas stay identical."""
+    torchrun("spike-guard" if guard else "spike", tmp_path)
+    name = "guard" if guard else "plain"
+    ranks = [json.loads((tmp_path / f"spike-{name}-rank{r}.json").read_text()) for r in (0, 1)]
+    [event] = [e for e in ranks[0]["events"] if e["step"] == 120]
+    assert event["rank"] == 1 and 1 in event["ranks"] and "loss spike" in event["alarms"]
+    assert "rank 1" in event["text"]
+    # rank 1 detected its own spike; its events are not merged with anybody's
+    assert any(e["step"] == 120 and "loss spike" in e["alarms"] for e in ranks[1]["events"])
+    if guard:
+        assert ranks[0]["skipped"] == [120] and ranks[1]["skipped"] == [120]
+    assert ranks[0]["params"] == ranks[1]["params"]  # DDP replicas agree, skip or not
