@@ -308,7 +308,17 @@ FRESH_2: tuple[Architecture, ...] = (
 the adaptive-descent exception of unstable-learning-rate were written, before any was trained; the
 verdict's code was not changed between its definition and its scoring."""
 
-ARCHITECTURES = ARCHITECTURES + FRESH + FRESH_2
+FRESH_3: tuple[Architecture, ...] = (
+    _mlp(14, 64, "relu", norm="ln"), _mlp(18, 64, "relu", norm="ln"), _mlp(28, 64, "relu", norm="ln"),
+    _mlp(36, 64, "relu", norm="ln"), _mlp(20, 128, "relu", norm="ln"), _mlp(28, 64, "gelu", norm="ln"),
+    _mlp(18, 64, "tanh", norm="ln"), _mlp(20, 64, "elu", norm="ln"), _mlp(32, 64, "leaky", norm="ln"),
+    _mlp(20, 64, "sigmoid", norm="ln"), _mlp(12, 64, "relu", norm="ln"), _mlp(36, 64, "relu", norm="ln", skip=True),
+    _mlp(20, 64, "relu", norm="bn"), _mlp(20, 32, "gelu", norm="ln"), _transformer(16, 32, "pre"),
+)
+"""A third unseen part, defined after the layernorm-stack rule was written, before any was trained;
+mostly LayerNorm stacks without skips of depths the rule's thresholds were not read from."""
+
+ARCHITECTURES = ARCHITECTURES + FRESH + FRESH_2 + FRESH_3
 
 assert len({a.name for a in ARCHITECTURES}) == len(ARCHITECTURES), "architecture names must be unique"
 
@@ -325,12 +335,14 @@ EXTRA_RECIPES = ("sgd-plain", "adam-high")
 
 
 def part(name: str) -> str:
-    """``fresh`` (defined after the thresholds were set, see ``FRESH``), ``fresh-2`` (see
-    ``FRESH_2``), else ``held-out`` or ``fit`` by ``held_out``."""
+    """``fresh`` (defined after the thresholds were set, see ``FRESH``), ``fresh-2`` and
+    ``fresh-3`` (see ``FRESH_2``, ``FRESH_3``), else ``held-out`` or ``fit`` by ``held_out``."""
     if any(a.name == name for a in FRESH):
         return "fresh"
     if any(a.name == name for a in FRESH_2):
         return "fresh-2"
+    if any(a.name == name for a in FRESH_3):
+        return "fresh-3"
     return "held-out" if held_out(name) else "fit"
 
 
