@@ -175,7 +175,8 @@ class StructureProbe:
         for span in spans:
             module, after = modules[span.weight], span.activation
             layers.append(_weight_layer(
-                module, span.weight, normalized=any(isinstance(modules.get(n), NORMS) for n in span.between),
+                module, span.weight, normalized=any(isinstance(modules.get(n), NORMS) or is_norm_type(type_of(n))
+                                                    for n in span.between),
                 activation_layer=after, activation_type=type_of(after) if after is not None else None,
                 activation=family(after) if after is not None else None,
                 tied_to=_tied_to(module, holders)))

@@ -60,12 +60,10 @@ def detect(records: Records) -> list[Violation]:
         return []
     types = records.types
     per_sample = [n for n in structure.norm_layers if any(t in str(types.get(n, "")) for t in PER_SAMPLE)]
-    # a hand-written norm (Hugging Face's LlamaRMSNorm) is known by its type name, not as a
-    # weight layer's own normalisation: count the norm layers, and the weight layers they can follow
-    normalised = [w for w in structure.weight_layers if w.normalized] or structure.weight_layers
+    normalised = [w for w in structure.weight_layers if w.normalized]
     adaptive = dynamics is not None and dynamics.recipe.adaptive
     depth = ADAPTIVE_DEPTH if adaptive else DEPTH
-    if len(per_sample) < depth or len(structure.weight_layers) <= depth:
+    if len(per_sample) < depth or len(normalised) < depth:
         return []
     recipe = f" under {dynamics.recipe.text()}" if dynamics is not None else ""
     measured = ("every ReLU-family and GELU one of 16 to 60 layers failed under SGD, with or without "
