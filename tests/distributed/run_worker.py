@@ -95,6 +95,7 @@ def spike(rank: int, out: Path, guard: bool) -> None:
         "events": mon.event_dicts(), "skipped": mon.skipped_steps,
         "params": [p.detach().reshape(-1).tolist() for p in model.parameters()],
     }))
+    dist.barrier()  # both ranks done with every collective before either tears its group down
     dist.destroy_process_group()
 
 
