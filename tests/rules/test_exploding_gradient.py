@@ -96,3 +96,30 @@ def test_a_residual_or_shallow_batchnorm_stack_is_not(depth, residual):
     report = gradscope.diagnose(model, x, lambda out: F.cross_entropy(out, y),
                                 optimizer=torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9))
     assert not [f for f in report.findings if f.rule == "exploding-gradient"]
+
+
+@pytest.mark.parametrize("detect", ["zscore", None])
+def test_a_jump_the_pulse_caught_is_a_spike_not_an_exploding_gradient(detect):
+    """One corrupt batch (inputs 30x) at a logged step, skipped by the guard: the run recovers.
+    With the every-step detector on, the jump is the spike event's (GS111/GS112) and the verdict
+    stays trains; with detection off, nothing else reports it, and the jump pattern does."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 1))
+    g = torch.Generator().manual_seed(1)
+    x_all = torch.randn(2000, 20, generator=g)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with gradscope.monitor(model, every=100, optimizer=opt, detect=detect,
+                           guard="skip" if detect else None) as mon:
+        for step in range(300):
+            x = x_all[torch.randint(0, 2000, (32,), generator=g)] * (30.0 if step == 200 else 1.0)
+            F.mse_loss(model(x), x[:, :1] / (30.0 if step == 200 else 1.0) * 2).backward()
+            opt.step()
+            opt.zero_grad()
+    report = mon.report()
+    rules = {f.rule for f in report.findings}
+    if detect:
+        assert "exploding-gradient" not in rules and {"training-spike", "skipped-updates"} <= rules
+        assert report.verdict.label == "trains"
+    else:
+        [finding] = [f for f in report.findings if f.rule == "exploding-gradient"]
+        assert finding.evidence["step"] == 200
