@@ -115,3 +115,33 @@ def test_a_users_writer_is_used_and_left_open(tmp_path):
 def test_bad_options(options, match):
     with pytest.raises(gradscope.UsageError, match=match):
         gradscope.monitor(nn.Linear(2, 2), **options)
+
+
+def test_a_rising_loss_gets_its_own_marker_and_a_spike_the_spike_marker(tmp_path):
+    """The rising-loss rule's bad run (the learning rate grows 2% a step from step 200): its
+    episodes go to TensorBoard as events, a rising loss alone under gradscope/loss_rising, a step
+    that also spiked under gradscope/spike."""
+    import json
+
+    from gradscope.rules.example_models import spiking_run
+
+    torch.manual_seed(0)
+    model = spiking_run(None)["model"]
+    g = torch.Generator().manual_seed(1)
+    x_all = torch.randn(2000, 20, generator=g)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with gradscope.monitor(model, every=100, optimizer=opt, tensorboard=tmp_path) as mon:
+        for step in range(400):
+            if step >= 200:
+                opt.param_groups[0]["lr"] *= 1.02
+            x = x_all[torch.randint(0, 2000, (32,), generator=g)]
+            nn.functional.mse_loss(model(x), x[:, :1] * 2).backward()
+            opt.step()
+            opt.zero_grad()
+    ea = events(tmp_path)
+    rising = [e.step for e in mon.events if e.alarms == ["loss rising"]]
+    spikes = [e.step for e in mon.events if e.alarms != ["loss rising"]]
+    assert rising and [e.step for e in ea.Scalars("gradscope/loss_rising")] == rising
+    if spikes:
+        assert [e.step for e in ea.Scalars("gradscope/spike")] == spikes
+    assert json.dumps(mon.event_dicts())  # the events serialise (finite or named)
