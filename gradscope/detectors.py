@@ -369,6 +369,12 @@ def has_bit(alarm, bit: int):
     return (alarm % (2 * bit)) >= bit
 
 
+def skippable(alarm):
+    """Where the alarm bits ``alarm`` (a float array of sums of bits, on its device) include one the
+    guard skips an update for: the bits of ``SKIPPABLE`` are all those below ``LOSS_RISING``."""
+    return alarm % (SKIPPABLE + 1) != 0
+
+
 def alarm_names(bits: int) -> list[str]:
     """The names of the alarm bits set in ``bits`` (``["loss spike", "non-finite gradient"]``)."""
     return [name for bit, name in ALARM_NAMES.items() if bits & bit]

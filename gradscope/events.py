@@ -80,9 +80,7 @@ class SpikeEvent:
     @property
     def given_back(self) -> float | None:
         """For a rising loss: the share of its fall the smoothed loss climbed back."""
-        if self.smoothed_loss is None or self.lowest_loss is None or not self.fall:
-            return None
-        return (self.smoothed_loss - self.lowest_loss) / self.fall
+        return given_back(self.smoothed_loss, self.lowest_loss, self.fall)
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -146,6 +144,20 @@ def make_event(step: int, bits: int, ring: np.ndarray, window: int, names: list[
         micro_batch=micro, micro_batches=max(micro_count, 1), rank=rank, lr=lr,
         **(_trend_numbers(row) if bits & LOSS_RISING else {}),
     )
+
+
+def given_back(smoothed: float | None, lowest: float | None, fall: float | None) -> float | None:
+    """The share of its fall that a smoothed loss climbed back from its minimum (None unknown)."""
+    if smoothed is None or lowest is None or not fall:
+        return None
+    return (smoothed - lowest) / fall
+
+
+def covers(event, step: int) -> bool:
+    """Whether the episode of ``event`` (a SpikeEvent or its dict) runs through ``step``."""
+    get = event.get if isinstance(event, dict) else lambda key: getattr(event, key)
+    first, last = get("step"), get("last_step")
+    return first is not None and first <= step <= (last if last is not None else first)
 
 
 def _trend_numbers(row: np.ndarray) -> dict:
@@ -220,8 +232,7 @@ def merge_rank_alarms(events: list[SpikeEvent], gathered: list[np.ndarray], make
             if step < 0 or not np.isfinite(step):
                 continue
             step, bits = int(step), int(bits)
-            at = next((i for i, e in enumerate(out)
-                       if e.step <= step <= (e.last_step if e.last_step is not None else e.step)), None)
+            at = next((i for i, e in enumerate(out) if covers(e, step)), None)
             if at is None:
                 event = make(step, bits, rank, float(loss), float(z_loss), float(z_grad))
                 out.append(event)

@@ -47,7 +47,7 @@ from gradscope.hooks import HookManager
 from gradscope.layers import join_name
 from gradscope.params import ParameterStatistics
 from gradscope.history import History
-from gradscope.detectors import LOSS_RISING, SKIPPABLE, alarm_names
+from gradscope.detectors import SKIPPABLE, alarm_names, skippable
 from gradscope.pulse import PULSE_COLUMNS, Pulse, follow_backward, unfollow_backward
 from gradscope.sinks import Sink, StepRecord, abort_sinks
 from gradscope.stats import STATISTICS
@@ -429,9 +429,9 @@ class Recorder:
         self._pulse_rows: list[np.ndarray] = []
         self._pulse_steps: list[np.ndarray] = []
         self.events: list[SpikeEvent] = []
+        """The detections so far (gradscope/events.py), oldest first."""
         self._unshared: list[SpikeEvent] = []
         """Events detected on this rank since the last logged step's exchange (DDP/FSDP2)."""
-        """The detections so far (gradscope/events.py), oldest first."""
         self.skipped_steps: list[int] = []
         """Steps whose optimizer update the guard skipped."""
         self._pulse_handles: list = []
@@ -725,7 +725,7 @@ class Recorder:
             return original(*args, **kwargs)
         self._snapshot.take()
         out = original(*args, **kwargs)
-        skip = (alarm % LOSS_RISING != 0).reshape(())  # the bits below the trend's: a spike, a NaN
+        skip = skippable(alarm).reshape(())
         self._snapshot.put_back_where(skip)
         if self._pulse is not None:
             self._pulse.mark_skipped(self._step, skip.float().reshape(()))
@@ -741,7 +741,7 @@ class Recorder:
         elif isinstance(alarm, np.ndarray):
             flag = float(bool(int(alarm[0]) & SKIPPABLE))
         else:
-            flag = (alarm % LOSS_RISING != 0).float().reshape(1)
+            flag = skippable(alarm).float().reshape(1)
         device = alarm.device if isinstance(alarm, torch.Tensor) else \
             (local(params[0].detach()).device if params else torch.device("cpu"))
         agreed = self._ranks.any_rank(flag if isinstance(flag, torch.Tensor)

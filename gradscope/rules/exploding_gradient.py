@@ -8,6 +8,7 @@ import numpy as np
 import torch.nn as nn
 
 from gradscope.rules import advice
+from gradscope.events import covers
 from gradscope.records import Records
 from gradscope.rules.base import WARNING, Violation, fmt, log10
 from gradscope.rules.example_models import stack, x64
@@ -159,11 +160,7 @@ def _caught_by_the_pulse(records: Records, step: int) -> bool:
     """Whether a monitored run's every-step detector raised an event covering ``step``: then the
     jump is a spike (training-spike, and training-divergence if the run was lost), reported there
     with its layer and whether the run recovered, not a model whose gradients explode."""
-    for event in records.events if records.pulse is not None else ():
-        last = event.get("last_step")
-        if event.get("step") is not None and event["step"] <= step <= (last if last is not None else event["step"]):
-            return True
-    return False
+    return records.pulse is not None and any(covers(event, step) for event in records.events)
 
 
 def _first_jump(steps: list[int], totals: np.ndarray) -> tuple[int, float, float] | None:

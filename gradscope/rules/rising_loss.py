@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from gradscope.detectors import LOSS_RISING
-from gradscope.events import QUIET
+from gradscope.detectors import LOSS_RISING, has_bit
+from gradscope.events import QUIET, given_back
 from gradscope.records import Records
 from gradscope.rules.advice import episodes, rising_fix, spike_events
 from gradscope.rules.base import INFO, Violation
@@ -74,17 +74,15 @@ def _still_rising(records: Records) -> tuple[bool, float | None]:
         return True, None
     tail = pulse.tail(QUIET)
     bits = tail["alarm"].to_numpy(dtype=float)
-    rising = bool(np.any(np.nan_to_num(bits) % (2 * LOSS_RISING) >= LOSS_RISING))
+    rising = bool(np.any(has_bit(np.nan_to_num(bits), LOSS_RISING)))
     smoothed = tail["loss_smoothed"].to_numpy(dtype=float) if "loss_smoothed" in tail else np.array([])
     smoothed = smoothed[np.isfinite(smoothed)]
     return rising, (float(smoothed[-1]) if len(smoothed) else None)
 
 
 def _given_back(event: dict) -> float | None:
-    smoothed, lowest, fall = (event.get(k) for k in ("smoothed_loss", "lowest_loss", "fall"))
-    if smoothed is None or lowest is None or not fall:
-        return None
-    return round((smoothed - lowest) / fall, 3)
+    share = given_back(*(event.get(k) for k in ("smoothed_loss", "lowest_loss", "fall")))
+    return None if share is None else round(share, 3)
 
 
 def pair(bad: bool) -> dict:
