@@ -30,7 +30,7 @@ def main(mode: str, out: Path) -> None:
     if mode == "mismatch":
         return mismatch(rank, out)
     if mode.startswith("spike"):
-        return spike(rank, out, guard=mode == "spike-guard")
+        return spike(rank, out, guard=mode != "spike", local=mode == "spike-local")
     torch.manual_seed(0)
     model = models.mlp()
     original = copy.deepcopy(model)
@@ -67,10 +67,12 @@ def main(mode: str, out: Path) -> None:
     dist.destroy_process_group()
 
 
-def spike(rank: int, out: Path, guard: bool) -> None:
+def spike(rank: int, out: Path, guard: bool, local: bool = False) -> None:
     """DDP, 160 steps of a small regression; at step 120 rank 1's batch is 30x too large (its
     loss spikes; the averaged gradient on both ranks). Rank 0 must name rank 1; with the guard,
-    both ranks skip step 120 and end with the same parameters."""
+    both ranks skip step 120 and end with the same parameters. With ``local``, the batches stay
+    sane and rank 1 alone reports a loss 1000x too large at step 120 (``mon.observe_loss``): only
+    its detector fires, and the guard must still skip the step on both ranks."""
     import torch
     import torch.distributed as dist
     import torch.nn as nn
@@ -86,11 +88,15 @@ def spike(rank: int, out: Path, guard: bool) -> None:
     g = torch.Generator().manual_seed(10 + rank)
     with gradscope.monitor(wrapped, optimizer=opt, every=50, guard="skip" if guard else None) as mon:
         for step in range(160):
-            x = torch.randn(32, 20, generator=g) * (30.0 if step == 120 and rank == 1 else 1.0)
-            F.mse_loss(wrapped(x), x[:, :1] * 2).backward()
+            corrupt = step == 120 and rank == 1
+            x = torch.randn(32, 20, generator=g) * (30.0 if corrupt and not local else 1.0)
+            loss = F.mse_loss(wrapped(x), x[:, :1] * 2)
+            loss.backward()
+            if corrupt and local:
+                mon.observe_loss(loss.detach() * 1000)
             opt.step()
             opt.zero_grad()
-    name = "guard" if guard else "plain"
+    name = "local" if local else "guard" if guard else "plain"
     (out / f"spike-{name}-rank{rank}.json").write_text(json.dumps({
         "events": mon.event_dicts(), "skipped": mon.skipped_steps,
         "params": [p.detach().reshape(-1).tolist() for p in model.parameters()],

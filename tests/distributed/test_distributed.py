@@ -76,3 +76,15 @@ def test_a_spike_on_one_rank_is_named_on_rank_0_and_the_guard_skips_it_everywher
     if guard:
         assert ranks[0]["skipped"] == [120] and ranks[1]["skipped"] == [120]
     assert ranks[0]["params"] == ranks[1]["params"]  # DDP replicas agree, skip or not
+
+
+def test_a_spike_only_one_rank_saw_is_skipped_on_every_rank(tmp_path):
+    """Rank 1 alone reports a loss 1000x too large at step 120; the gradients stay sane, so rank
+    0's own detector sees nothing. The guard's skip is agreed by all ranks, so rank 0 skips that
+    update too and the DDP replicas stay identical (deciding alone, rank 1 would fall one update
+    behind)."""
+    torchrun("spike-local", tmp_path)
+    ranks = [json.loads((tmp_path / f"spike-local-rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[1]["skipped"] == [120] and ranks[0]["skipped"] == [120]
+    assert not any(e["step"] == 120 and "loss spike" in e["alarms"] and e["rank"] == 0 for e in ranks[0]["events"])
+    assert ranks[0]["params"] == ranks[1]["params"]
