@@ -64,7 +64,7 @@ def main(mode: str, out: Path) -> None:
     else:
         (out / f"rank{rank}-{mode}.json").write_text(json.dumps({
             "got": got, "run_dir": None if mon.history.run_dir is None else str(mon.history.run_dir)}))
-    dist.destroy_process_group()
+    _finish()
 
 
 def spike(rank: int, out: Path, guard: bool, local: bool = False) -> None:
@@ -101,8 +101,7 @@ def spike(rank: int, out: Path, guard: bool, local: bool = False) -> None:
         "events": mon.event_dicts(), "skipped": mon.skipped_steps,
         "params": [p.detach().reshape(-1).tolist() for p in model.parameters()],
     }))
-    dist.barrier()  # both ranks done with every collective before either tears its group down
-    dist.destroy_process_group()
+    _finish()
 
 
 def mismatch(rank: int, out: Path) -> None:
@@ -142,6 +141,15 @@ def mismatch(rank: int, out: Path) -> None:
         "steps": sorted(int(s) for s in mon.to_dataframe().step.unique()),
         "warnings": [str(w.message) for w in caught],
     }))
+    _finish()
+
+
+def _finish() -> None:
+    """Both ranks done with every collective before either tears its group down (gloo aborts a
+    process whose peer left while its threads still ran)."""
+    import torch.distributed as dist
+
+    dist.barrier()
     dist.destroy_process_group()
 
 
