@@ -74,7 +74,6 @@ def spike(rank: int, out: Path, guard: bool, local: bool = False) -> None:
     sane and rank 1 alone reports a loss 1000x too large at step 120 (``mon.observe_loss``): only
     its detector fires, and the guard must still skip the step on both ranks."""
     import torch
-    import torch.distributed as dist
     import torch.nn as nn
     import torch.nn.functional as F
     from torch.nn.parallel import DistributedDataParallel
@@ -110,7 +109,6 @@ def mismatch(rank: int, out: Path) -> None:
     import warnings
 
     import torch
-    import torch.distributed as dist
     import torch.nn as nn
 
     import gradscope
