@@ -44,12 +44,47 @@ FAMILIES: dict[str, tuple[type[nn.Module], ...]] = {
 }
 """Activation modules by family. Checked in this order: ReLU6 is a subclass of Hardtanh."""
 
-_WEIGHT_TYPE_NAMES = frozenset(t.__name__ for t in WEIGHT_LAYERS)
+TRANSPOSED_WEIGHT_TYPES = frozenset({"Conv1D"})
+"""Weight layers written outside torch that hold their weight as (in, out) and compute
+``x @ weight``: Hugging Face's ``Conv1D``, the linear layer of GPT-2, GPT and their kin. They are
+weight layers like ``nn.Linear``, with the fans the other way round."""
+
+_WEIGHT_TYPE_NAMES = frozenset(t.__name__ for t in WEIGHT_LAYERS) | TRANSPOSED_WEIGHT_TYPES
 
 
 def is_weight_type(type_name: str) -> bool:
-    """Whether a recorded layer type (``"Linear"``, ``"Conv2d"`` …) is a weight layer."""
+    """Whether a recorded layer type (``"Linear"``, ``"Conv2d"``, ``"Conv1D"`` …) is a weight layer."""
     return type_name in _WEIGHT_TYPE_NAMES
+
+
+def is_weight_layer(module: object) -> bool:
+    """Whether ``module`` is a weight layer: one of :data:`WEIGHT_LAYERS`, or a layer of
+    :data:`TRANSPOSED_WEIGHT_TYPES` holding a 2-D weight.
+
+    >>> is_weight_layer(nn.Linear(3, 4)), is_weight_layer(nn.LayerNorm(4))
+    (True, False)
+    """
+    if isinstance(module, WEIGHT_LAYERS):
+        return True
+    weight = getattr(module, "weight", None)
+    return type(module).__name__ in TRANSPOSED_WEIGHT_TYPES and isinstance(weight, torch.Tensor) \
+        and weight.dim() == 2
+
+
+def weight_fans(module: nn.Module) -> tuple[int, int]:
+    """(fan-in, fan-out) of a weight layer's weight: inputs and outputs per unit, a convolution's
+    kernel counted in its fan-in; an (in, out) weight of :data:`TRANSPOSED_WEIGHT_TYPES` read the
+    other way round.
+
+    >>> weight_fans(nn.Linear(3, 4)), weight_fans(nn.Conv2d(3, 8, 5))
+    ((3, 4), (75, 8))
+    """
+    weight = module.weight
+    if type(module).__name__ in TRANSPOSED_WEIGHT_TYPES:
+        return int(weight.shape[0]), int(weight.shape[1])
+    if weight.dim() < 2:
+        return int(weight.numel()), int(weight.numel())
+    return int(weight[0].numel()), int(weight.shape[0])
 
 
 def is_norm_type(type_name: str) -> bool:

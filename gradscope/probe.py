@@ -28,7 +28,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from gradscope.layers import WEIGHT_LAYERS
+from gradscope.layers import is_weight_layer
 from gradscope.recipe import Recipe
 
 POWER_ITERATIONS = 20
@@ -38,7 +38,8 @@ POWER_TOLERANCE = 0.02
 SIMILARITY_SAMPLES = 64
 """Samples of the batch that the forward statistics use (pairwise terms grow with its square)."""
 
-FORWARD_LAYERS = (*WEIGHT_LAYERS, nn.RNNBase, nn.MultiheadAttention)
+FORWARD_LAYERS = (nn.RNNBase, nn.MultiheadAttention)
+"""Layers besides the weight layers whose outputs the forward statistics read."""
 
 DEFAULT_LOSS, GIVEN_LOSS = "default", "loss_fn"
 """``Dynamics.loss_kind`` and ``report.options["loss"]``: gradscope's default loss, the given
@@ -166,7 +167,7 @@ def _forward_statistics(model: nn.Module, loss_at) -> tuple[dict[str, float], di
         values.append(torch.stack([correlation, log_length.std()]))
 
     handles = [m.register_forward_hook(lambda m, a, o, n=n: hook(m, a, o, n))
-               for n, m in model.named_modules() if isinstance(m, FORWARD_LAYERS)]
+               for n, m in model.named_modules() if is_weight_layer(m) or isinstance(m, FORWARD_LAYERS)]
     try:
         loss_at()  # with gradients: a default loss needs an output that requires grad
     finally:

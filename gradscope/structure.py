@@ -20,8 +20,9 @@ import torch.nn as nn
 
 from gradscope.hooks import ActivationCapture
 from gradscope.layers import (
-    BATCH_NORMS, NORMS, SIGMOID, TANH, WEIGHT_LAYERS, ActivationKind, activation_family, family_of_type,
-    functional_layer_name, functional_type, is_norm_type, parameter_owner, weight_spans,
+    BATCH_NORMS, NORMS, SIGMOID, TANH, ActivationKind, activation_family, family_of_type,
+    functional_layer_name, functional_type, is_norm_type, is_weight_layer, parameter_owner, weight_fans,
+    weight_spans,
 )
 
 
@@ -169,7 +170,7 @@ class StructureProbe:
             module = modules.get(name)
             return activation_family(module) if module is not None else family_of_type(types.get(name, ""))
 
-        spans = weight_spans(order, lambda n: isinstance(modules.get(n), WEIGHT_LAYERS), family)
+        spans = weight_spans(order, lambda n: is_weight_layer(modules.get(n)), family)
         holders = _weight_holders(self.model)
         layers = []
         for span in spans:
@@ -196,11 +197,10 @@ class StructureProbe:
 
 
 def _weight_layer(module: nn.Module, name: str, **facts) -> WeightLayer:
-    weight = module.weight
-    fan_in = weight[0].numel() if weight.dim() > 1 else weight.numel()
+    fan_in, fan_out = weight_fans(module)
     return WeightLayer(
-        name=name, type=type(module).__name__, fan_in=int(fan_in), fan_out=int(weight.shape[0]),
-        gain=init_gain(module), default_init=is_default_init(weight), **facts,
+        name=name, type=type(module).__name__, fan_in=fan_in, fan_out=fan_out,
+        gain=init_gain(module), default_init=is_default_init(module.weight, fan_in), **facts,
     )
 
 
@@ -225,14 +225,13 @@ def _tied_to(module: nn.Module, holders: dict[int, list[tuple[str, nn.Module]]])
 def init_gain(layer: nn.Module) -> float:
     """std(weight) * sqrt(fan_in): about 0.58 for PyTorch's default Linear/Conv init, 1.41 for He
     (ReLU), 1 for Xavier on a square layer, sqrt(fan_in) for N(0, 1) weights."""
-    weight = layer.weight.detach()
-    fan_in = weight[0].numel() if weight.dim() > 1 else weight.numel()
-    return float(weight.double().std()) * math.sqrt(fan_in)
+    return float(layer.weight.detach().double().std()) * math.sqrt(weight_fans(layer)[0])
 
 
-def is_default_init(weight: torch.Tensor) -> bool:
+def is_default_init(weight: torch.Tensor, fan_in: int | None = None) -> bool:
     """Whether ``weight`` looks drawn from PyTorch's default Linear/Conv init,
-    ``kaiming_uniform_(a=sqrt(5))``: uniform on ±b with b = 1/sqrt(fan_in). Every weight lies
+    ``kaiming_uniform_(a=sqrt(5))``: uniform on ±b with b = 1/sqrt(fan_in) (``fan_in`` if given,
+    else read from the weight's shape as torch's layers hold it). Every weight lies
     within b, the largest in magnitude comes close to it, and the std is b/sqrt(3).
 
     >>> is_default_init(nn.Linear(64, 32).weight)
@@ -244,7 +243,7 @@ def is_default_init(weight: torch.Tensor) -> bool:
     n = w.numel()
     if n < 2:
         return False
-    bound = 1.0 / math.sqrt(weight[0].numel() if weight.dim() > 1 else n)
+    bound = 1.0 / math.sqrt(fan_in or (weight[0].numel() if weight.dim() > 1 else n))
     rounding = 2 * torch.finfo(weight.dtype).eps if weight.is_floating_point() else 0.0
     largest, std = (float(v) for v in torch.stack([w.abs().max(), w.std()]))
     # n uniform draws all stay below b(1 - 10/n) in magnitude with probability about e^-10; the

@@ -42,6 +42,7 @@ def test_module_and_functional_kinds():
 
 def test_weight_layers_norms_and_type_names():
     assert all(layers.is_weight_type(t.__name__) for t in layers.WEIGHT_LAYERS)
+    assert layers.is_weight_type("Conv1D")  # Hugging Face's GPT-2 linear layer
     assert not layers.is_weight_type("ConvTranspose2d") and not layers.is_weight_type("ReLU")
     assert isinstance(nn.BatchNorm2d(4), layers.NORMS) and isinstance(nn.LayerNorm(4), layers.NORMS)
     assert isinstance(nn.BatchNorm1d(4), layers.BATCH_NORMS) and not isinstance(nn.LayerNorm(4), layers.BATCH_NORMS)

@@ -8,7 +8,7 @@ import torch.nn as nn
 
 from gradscope.diagnose import ModelError, split_inputs
 from gradscope.errors import UsageError, UsageTypeError
-from gradscope.layers import RELU, SIGMOID, TANH
+from gradscope.layers import RELU, SIGMOID, TANH, TRANSPOSED_WEIGHT_TYPES
 from gradscope.structure import ModelStructure, StructureProbe
 
 SCHEMES = ("auto", "kaiming", "xavier")
@@ -35,7 +35,7 @@ def reinit(
     *,
     tied: bool = False,
 ) -> dict[str, str]:
-    """Re-initialise each Linear/Conv/Bilinear weight for the activation that follows it in the
+    """Re-initialise each weight layer's weight (Linear, Conv, Bilinear, Hugging Face's Conv1D) for the activation that follows it in the
     forward on ``inputs`` and zero its bias; returns ``{layer: "kaiming(relu)" | "xavier(tanh)" |
     … | "kept(tied to …)"}``.
 
@@ -81,8 +81,10 @@ def reinit(
         if use == "kaiming":
             if nonlinearity not in ("relu", "leaky_relu"):
                 nonlinearity, gain = "relu", None
+            # torch reads a 2-D weight as (out, in); a transposed layer holds it as (in, out)
+            mode = "fan_out" if type(layer).__name__ in TRANSPOSED_WEIGHT_TYPES else "fan_in"
             nn.init.kaiming_normal_(
-                layer.weight, a=gain or 0.0, nonlinearity=nonlinearity, generator=generator
+                layer.weight, a=gain or 0.0, mode=mode, nonlinearity=nonlinearity, generator=generator
             )
         else:
             gain = gain if gain is not None else nn.init.calculate_gain(nonlinearity, 0.01)

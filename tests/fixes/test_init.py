@@ -154,3 +154,25 @@ def test_inputs_the_model_rejects():
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(5, 1))
     with pytest.raises(gradscope.ModelError, match=r"forward raised at module '2': RuntimeError: .*Pass inputs"):
         reinit(model, torch.randn(3, 4))
+
+
+class Conv1D(nn.Module):
+    """Hugging Face's GPT-2 linear layer as it is written there: the weight held as (in, out)."""
+
+    def __init__(self, nf: int, nx: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(nx, nf) * 0.02)
+        self.bias = nn.Parameter(torch.zeros(nf))
+
+    def forward(self, x):
+        return torch.addmm(self.bias, x.reshape(-1, x.shape[-1]), self.weight).reshape(*x.shape[:-1], -1)
+
+
+def test_a_layer_holding_its_weight_as_in_out_gets_the_std_of_its_own_fan_in():
+    torch.manual_seed(0)
+    model = nn.Sequential(Conv1D(1024, 64), nn.ReLU(), Conv1D(64, 1024))
+    chosen = reinit(model, torch.randn(4, 64), generator=torch.Generator().manual_seed(0))
+    assert chosen == {"0": "kaiming(relu)", "2": "xavier(linear)"}
+    # fan-in 64 for the first (not its 1024 outputs), 1024 for the second
+    assert _std(model[0].weight) == pytest.approx(he_std(64), rel=0.03)
+    assert _std(model[2].weight) == pytest.approx(xavier_std(1024, 64), rel=0.03)
