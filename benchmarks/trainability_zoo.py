@@ -318,7 +318,21 @@ FRESH_3: tuple[Architecture, ...] = (
 """A third unseen part, defined after the layernorm-stack rule was written, before any was trained;
 mostly LayerNorm stacks without skips of depths the rule's thresholds were not read from."""
 
-ARCHITECTURES = ARCHITECTURES + FRESH + FRESH_2 + FRESH_3
+FRESH_4: tuple[Architecture, ...] = (
+    _mlp(5, 128, "gelu"), _mlp(10, 32, "relu", "he"), _mlp(25, 64, "relu", "he"), _mlp(16, 64, "tanh", "xavier"),
+    _mlp(8, 64, "tanh", "normal"), _mlp(6, 32, "sigmoid"), _mlp(16, 64, "selu", "lecun"),
+    _mlp(24, 64, "relu", norm="bn"), _mlp(24, 64, "gelu", norm="bn", skip=True), _mlp(12, 64, "leaky", "gain2"),
+    _mlp(22, 64, "relu", norm="ln"), _mlp(10, 256, "relu", "normal"),
+    _cnn(6, 16, "relu"), _cnn(14, 16, "relu", "he"), _cnn(24, 16, "relu", norm="bn"),
+    _cnn(10, 16, "sigmoid", norm="bn"), _cnn(12, 8, "relu", norm="gn", skip=True),
+    _rnn("gru", "rows", 128), _rnn("lstm", "pixels", 32), _rnn("rnn", "rows", 32, nonlinearity="relu"),
+    _transformer(6, 32, "pre"), _transformer(10, 32, "post"), _transformer(6, 32, "none"),
+)
+"""A fourth unseen part, a mix of every family rather than one pathology, defined with the verdict's
+code as it stood after the layernorm-stack rule and the Conv1D weight layers, before any was
+trained; scored once, on that code."""
+
+ARCHITECTURES = ARCHITECTURES + FRESH + FRESH_2 + FRESH_3 + FRESH_4
 
 assert len({a.name for a in ARCHITECTURES}) == len(ARCHITECTURES), "architecture names must be unique"
 
@@ -335,14 +349,16 @@ EXTRA_RECIPES = ("sgd-plain", "adam-high")
 
 
 def part(name: str) -> str:
-    """``fresh`` (defined after the thresholds were set, see ``FRESH``), ``fresh-2`` and
-    ``fresh-3`` (see ``FRESH_2``, ``FRESH_3``), else ``held-out`` or ``fit`` by ``held_out``."""
+    """``fresh`` (defined after the thresholds were set, see ``FRESH``), ``fresh-2`` to
+    ``fresh-4`` (see ``FRESH_2`` …), else ``held-out`` or ``fit`` by ``held_out``."""
     if any(a.name == name for a in FRESH):
         return "fresh"
     if any(a.name == name for a in FRESH_2):
         return "fresh-2"
     if any(a.name == name for a in FRESH_3):
         return "fresh-3"
+    if any(a.name == name for a in FRESH_4):
+        return "fresh-4"
     return "held-out" if held_out(name) else "fit"
 
 
