@@ -85,6 +85,39 @@ def _producer(x: object) -> str | None:
     return None
 
 
+class InertHook:
+    """A hook that does nothing: what a copy of a watched model holds in place of gradscope's."""
+
+    def __call__(self, *args, **kwargs) -> None:
+        return None
+
+
+class WeakHook:
+    """A module hook that calls ``owner.<method>`` while ``owner`` lives, holding it weakly. A copy
+    of the model made while it is watched (``copy.deepcopy`` for an EMA or teacher model,
+    ``torch.save(model)`` for a checkpoint) gets an :class:`InertHook` in its place, not a copy
+    of the owner, which would record the copy's forwards into memory nobody reads (and cannot be
+    pickled)."""
+
+    __slots__ = ("_owner", "_method")
+
+    def __init__(self, owner: object, method: str) -> None:
+        self._owner = weakref.ref(owner)
+        self._method = method
+
+    def __call__(self, *args):
+        owner = self._owner()
+        if owner is not None:
+            return getattr(owner, self._method)(*args)
+        return None
+
+    def __deepcopy__(self, memo) -> InertHook:
+        return InertHook()
+
+    def __reduce__(self):
+        return InertHook, ()
+
+
 class HookManager:
     """Installs and removes the statistic hooks of one model.
 
@@ -118,6 +151,7 @@ class HookManager:
         self._functional_checked = False
         self._functional_seen = False
         self._handles: list = []
+        self._pre_hook, self._post_hook = WeakHook(self, "_pre"), WeakHook(self, "_post")
         self._stack: list[_Frame] = []
         self._root_depth = 0
         self._root_mode = OFF
@@ -152,8 +186,8 @@ class HookManager:
         for module in self._names:
             if isinstance(module, torch.jit.ScriptModule):
                 continue  # scripted modules take no Python hooks
-            self._handles.append(module.register_forward_pre_hook(self._pre))
-            self._handles.append(module.register_forward_hook(self._post, always_call=True))
+            self._handles.append(module.register_forward_pre_hook(self._pre_hook))
+            self._handles.append(module.register_forward_hook(self._post_hook, always_call=True))
 
     def detach(self) -> None:
         for handle in self._handles:

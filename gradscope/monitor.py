@@ -43,7 +43,7 @@ from gradscope.events import (SHARED_ALARMS, SHARED_COLUMNS, SpikeEvent, extende
                               merge_rank_alarms, shared_rows)
 from gradscope.guard import StateSnapshot, all_finite
 from gradscope.failures import FailurePolicy
-from gradscope.hooks import HookManager
+from gradscope.hooks import HookManager, WeakHook
 from gradscope.layers import join_name
 from gradscope.params import ParameterStatistics
 from gradscope.history import History
@@ -486,7 +486,7 @@ class Recorder:
         follow_backward(self)
         self._pulse_handles.append(lambda: unfollow_backward(self))
         if not self.compiled:
-            handle = self._watched.register_forward_hook(_ForwardHook(self))
+            handle = self._watched.register_forward_hook(WeakHook(self, "_pulse_forward"))
             self._pulse_handles.append(handle.remove)
         if self.config.guard is not None and self.optimizer is not None:
             self._install_guard()
@@ -998,27 +998,6 @@ class Recorder:
             "and the write is retried with a growing interval. Steps that do not fit are listed "
             "as lost_steps in meta.json.",
         )
-
-
-class _ForwardHook:
-    """The root's forward hook of the pulse: holds the monitor weakly, and a copy of the model
-    (``copy.deepcopy``, an EMA model) gets a hook that does nothing instead of a second monitor."""
-
-    def __init__(self, recorder: Recorder) -> None:
-        self._recorder = weakref.ref(recorder)
-
-    def __call__(self, module, args, output) -> None:
-        recorder = self._recorder()
-        if recorder is not None:
-            recorder._pulse_forward(module, args, output)
-
-    def __deepcopy__(self, memo) -> "_NoHook":
-        return _NoHook()
-
-
-class _NoHook:
-    def __call__(self, module, args, output) -> None:
-        return None
 
 
 def _output_tensors(output: object, limit: int = 8) -> list[torch.Tensor]:

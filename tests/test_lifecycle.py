@@ -64,6 +64,37 @@ def test_model_is_left_as_it_was_and_trains_identically(fail_at):
         assert torch.equal(state[key], twin_state[key]), key
 
 
+@pytest.mark.parametrize("copy_with", ["torch.save", "copy.deepcopy"])
+def test_a_checkpoint_or_copy_made_while_watched_carries_no_monitor(copy_with):
+    """``torch.save(model)`` mid-training, and an EMA copy, get inert hooks: the checkpoint pickles,
+    and neither copy records its forwards anywhere."""
+    import io
+
+    torch.manual_seed(0)
+    model = models.conv_bn()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.randn(8, 3, 6, 6)
+    with gradscope.monitor(model, every=1, optimizer=opt) as mon:  # hooks on every module
+        train(model, opt, 2)
+        if copy_with == "torch.save":
+            buffer = io.BytesIO()
+            torch.save(model, buffer)
+            buffer.seek(0)
+            twin = torch.load(buffer, weights_only=False)
+        else:
+            twin = copy.deepcopy(model)
+        rows = len(mon.to_dataframe())
+        with torch.no_grad():
+            expected = model(x)
+        for _ in range(3):
+            F.mse_loss(twin(x), torch.zeros_like(expected)).backward()
+        assert len(mon.to_dataframe()) == rows  # the copy's passes were not recorded
+    hooks = [h for m in twin.modules() for h in [*m._forward_hooks.values(), *m._forward_pre_hooks.values()]]
+    assert hooks and all(isinstance(h, gradscope.hooks.InertHook) for h in hooks)
+    with torch.no_grad():
+        assert torch.equal(twin(x), expected)
+
+
 def test_model_raising_inside_forward_leaves_no_hooks_or_modes():
     class Boom(nn.Module):
         def forward(self, x):
