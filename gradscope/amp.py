@@ -96,12 +96,22 @@ class ScalerPatch:
             self._on_step_end(optimizer, scale)
 
 
+def found_inf(scaler: object, optimizer: object) -> torch.Tensor | None:
+    """The scaler's found-Inf flags of ``optimizer`` in this step, summed over devices (a 0-dim
+    tensor on the device, not read back; positive when ``scaler.step`` skipped the update), or
+    None before the scaler checked any."""
+    state = scaler._per_optimizer_states.get(id(optimizer), {})
+    found = [f.reshape(()) for f in state.get("found_inf_per_device", {}).values()]
+    if not found:
+        return None
+    return torch.stack([f.to(found[0].device) for f in found]).sum()
+
+
 def record_skip(scaler: object, optimizer: object, layout: Layout, buffer: StepBuffer) -> None:
     """Queue ``amp_skipped`` for the step: the scaler's found-Inf flags of ``optimizer``, summed
     over devices on the device."""
-    state = scaler._per_optimizer_states[id(optimizer)]
-    found = [f.reshape(()) for f in state.get("found_inf_per_device", {}).values()]
+    found = found_inf(scaler, optimizer)
     entry = layout.entry("", "amp_skipped")
-    if found:
-        buffer.add(layout.slot(entry, FOUND_INF), torch.stack([f.to(found[0].device) for f in found]).sum())
+    if found is not None:
+        buffer.add(layout.slot(entry, FOUND_INF), found)
     buffer.count(layout.slot(entry, PRESENCE))

@@ -369,6 +369,13 @@ def has_bit(alarm, bit: int):
     return (alarm % (2 * bit)) >= bit
 
 
+def without_gradient_alarms(alarm, where):
+    """``alarm`` (a float array of sums of bits, on its device) with the gradient's bits (spike,
+    non-finite) cleared where ``where`` holds (a bool array, or a Python bool)."""
+    gradient = has_bit(alarm, GRAD_SPIKE) * float(GRAD_SPIKE) + has_bit(alarm, GRAD_NONFINITE) * float(GRAD_NONFINITE)
+    return alarm - gradient * where
+
+
 def skippable(alarm):
     """Where the alarm bits ``alarm`` (a float array of sums of bits, on its device) include one the
     guard skips an update for: the bits of ``SKIPPABLE`` are all those below ``LOSS_RISING``."""

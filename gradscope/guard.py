@@ -25,6 +25,7 @@ import torch
 
 from gradscope.distributed import local
 from gradscope.errors import UsageError
+from gradscope.stats.reductions import stored_values
 
 
 SKIP = "skip"
@@ -47,7 +48,7 @@ def check_guard(guard: object, detect: object) -> str | None:
 
 def all_finite(params: list[torch.nn.Parameter]) -> torch.Tensor | None:
     """A 0-dim bool tensor: every element of every gradient is finite (None without gradients)."""
-    grads = [local(p.grad) for p in params if p.grad is not None]
+    grads = [stored_values(local(p.grad)) for p in params if p.grad is not None]
     if not grads:
         return None
     by_device: dict = {}

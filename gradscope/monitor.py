@@ -18,6 +18,7 @@ records the first evaluation. An optimizer built after the monitor started is fo
 from __future__ import annotations
 
 import os
+import types
 import weakref
 from collections import deque
 from contextlib import contextmanager
@@ -34,7 +35,7 @@ from torch.nn.modules.module import (
 )
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from gradscope.amp import ScalerPatch, check_scaler, record_skip
+from gradscope.amp import ScalerPatch, check_scaler, found_inf, record_skip
 from gradscope.buffer import Layout, PendingStep, StepBuffer
 from gradscope.config import MonitorConfig
 from gradscope.distributed import RankAgreement, local, rank_and_world, unwrap
@@ -317,7 +318,8 @@ class Recorder:
     def _scaler_step_ended(self, optimizer, loss_scale) -> None:
         """``scaler.step`` returned, the optimizer step taken or skipped: the step ends."""
         if self._active and optimizer is self.optimizer:
-            self._observe_pulse(loss_scale if isinstance(loss_scale, torch.Tensor) else None)
+            self._observe_pulse(loss_scale if isinstance(loss_scale, torch.Tensor) else None,
+                                scaler_skipped=found_inf(self.scaler, optimizer))
             if self.is_logged(self._step):
                 self._guard("", "amp_skipped", record_skip, self.scaler, optimizer, self.layout, self.buffer)
             self._end_step(loss_scale if isinstance(loss_scale, torch.Tensor) else None)
@@ -551,7 +553,8 @@ class Recorder:
         return self._pulse
 
     def _observe_pulse(self, loss_scale: torch.Tensor | None = None,
-                       finite: torch.Tensor | None = None) -> torch.Tensor | None:
+                       finite: torch.Tensor | None = None,
+                       scaler_skipped: torch.Tensor | None = None) -> torch.Tensor | None:
         """Take this step's pulse (once per step): the alarm bits on the device, or None."""
         if not self._active or not self.detects:
             return None
@@ -559,15 +562,15 @@ class Recorder:
             return self._step_alarm
         self._observed_step = self._step
         self._step_alarm = None
-        self._guard(ALL_PARAMETERS, "pulse", self._take_pulse, loss_scale, finite)
+        self._guard(ALL_PARAMETERS, "pulse", self._take_pulse, loss_scale, finite, scaler_skipped)
         return self._step_alarm
 
-    def _take_pulse(self, loss_scale, finite) -> None:
+    def _take_pulse(self, loss_scale, finite, scaler_skipped=None) -> None:
         pulse = self._pulse_for_step()
         if pulse is None:
             return
         given, self._given_loss = self._given_loss, None
-        alarm = pulse.observe(self._step, given, loss_scale, finite)
+        alarm = pulse.observe(self._step, given, loss_scale, finite, scaler_skipped)
         pulse.send_alarm(self._step, alarm)
         self._step_alarm = alarm
 
@@ -677,16 +680,22 @@ class Recorder:
         had_own = "step" in vars(optimizer)
         self._snapshot = StateSnapshot(optimizer)
 
-        def guarded_step(*args, **kwargs):
-            if not self._active or _closure_argument((optimizer, *args), kwargs) is not None:
+        def guarded_step(opt, *args, **kwargs):
+            if not self._active or _closure_argument((opt, *args), kwargs) is not None:
                 return original(*args, **kwargs)
             return self._guarded_step(original, args, kwargs)
 
         guarded_step.__wrapped__ = original
-        optimizer.step = guarded_step
+        if hasattr(original, "_wrapped_by_lr_sched"):
+            # a scheduler built before the monitor checks at its first step that step() is still
+            # the one it wrapped; ours calls it
+            guarded_step._wrapped_by_lr_sched = True
+        # a bound method, as the optimizer's own step is: a scheduler built inside the monitor
+        # wraps ``step.__func__``
+        optimizer.step = types.MethodType(guarded_step, optimizer)
 
         def restore() -> None:
-            if vars(optimizer).get("step") is guarded_step:
+            if getattr(vars(optimizer).get("step"), "__func__", None) is guarded_step:
                 if had_own:
                     optimizer.step = original
                 else:

@@ -31,8 +31,9 @@ import weakref
 import numpy as np
 import torch
 
-from gradscope.detectors import GRAD_NONFINITE, Detector, has_bit
+from gradscope.detectors import GRAD_NONFINITE, Detector, has_bit, without_gradient_alarms
 from gradscope.distributed import is_dtensor, local
+from gradscope.stats.reductions import stored_values
 
 SAMPLE = 1024
 """Elements of each parameter's gradient read on every step (all of them for smaller tensors)."""
@@ -123,13 +124,20 @@ class Pulse:
         self.micro[slot, 1:2] = ((norms * norms).sum() ** 0.5).reshape(1)
 
     def observe(self, step: int, loss: torch.Tensor | None = None,
-                loss_scale: torch.Tensor | None = None, finite: torch.Tensor | None = None):
+                loss_scale: torch.Tensor | None = None, finite: torch.Tensor | None = None,
+                scaler_skipped: torch.Tensor | None = None):
         """The step's row: gradient norms, the loss (``loss`` if given, else the backward passes'
         sum, divided by ``loss_scale``), the detector. ``finite``: whether every gradient element
-        is finite, when checked in full (the guard). Returns the alarm bits, a 1-element array
-        (a tensor on the device on a GPU)."""
+        is finite, when checked in full (the guard). ``scaler_skipped``: the GradScaler's found-Inf
+        count of the step (a tensor); where positive the scaler skipped the update, as it does
+        while it calibrates its scale, so the gradient's alarms are dropped (the loss's stay).
+        Returns the alarm bits, a 1-element array (a tensor on the device on a GPU)."""
         if self.on_host and finite is None:
-            return self._observe_on_host(step, loss, loss_scale)
+            alarm = self._observe_on_host(step, loss, loss_scale)
+            if scaler_skipped is not None and float(scaler_skipped) > 0:
+                alarm[0] = without_gradient_alarms(alarm, 1.0)[0]
+                self.ring[step % self.window, ALARM] = alarm[0]
+            return alarm
         xp = self.xp
         norms = self._sampled_norms()
         if loss is not None:  # given by the user: as it is
@@ -145,6 +153,10 @@ class Pulse:
         if finite is not None:
             finite = finite.reshape(1).cpu().numpy() if self.on_host else finite.reshape(1)
             alarm = xp.where(finite | has_bit(alarm, GRAD_NONFINITE), alarm, alarm + float(GRAD_NONFINITE))
+        if scaler_skipped is not None:
+            skipped = scaler_skipped.reshape(1).float()
+            skipped = skipped.cpu().numpy() if self.on_host else skipped.to(alarm.device)
+            alarm = without_gradient_alarms(alarm, skipped > 0)
         self.ring[step % self.window] = self._cat((loss_value, total, z[0:2], alarm, self._micro_columns(),
                                                    self._trend_columns(), norms))
         self.last_step = step
@@ -244,8 +256,12 @@ class Pulse:
         if self._sharded:
             grads = [None if g is None else local(g) for g in grads]
         positions = [i for i, g in enumerate(grads) if g is not None]
+        # a sparse gradient (nn.Embedding(sparse=True)) is read whole: its stored values, the rows
+        # the step touched, are few
+        whole = [i for i in positions if grads[i].is_sparse]
         # a strided view reads every stride-th element: one op per large tensor, no copy
         samples = [
+            stored_values(grads[i]).reshape(-1) if grads[i].is_sparse else
             grads[i] if self._strides[i] == 1 else
             grads[i].as_strided((self._sampled[i],), (self._strides[i],)) if grads[i].is_contiguous() else
             grads[i].reshape(-1)[::self._strides[i]]
@@ -262,6 +278,10 @@ class Pulse:
             full = self._new((len(self.params),), 0.0)
             full[positions] = found
             found = full
+        if whole:
+            scale = self._scale.copy() if self.on_host else self._scale.clone()
+            scale[whole] = 1.0
+            return found * scale
         return found * self._scale
 
     # -- on the host ---------------------------------------------------------------------------

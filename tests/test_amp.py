@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -75,6 +76,35 @@ def test_a_skipped_step_is_recorded_not_reported_as_a_problem():
     assert sorted(mon.to_dataframe().step.unique()) == [0, 1, 2, 3, 4]
     rules = {f.rule for f in mon.findings()}
     assert not rules & {"nonfinite-gradient", "exploding-gradient"}, rules
+
+
+@pytest.mark.parametrize("host_arithmetic", [None, False], ids=["cpu", "gpu-path"])
+def test_the_scalers_calibration_skips_are_no_divergence(host_arithmetic):
+    """A GradScaler starting at a scale whose float16 gradients overflow skips its first steps
+    while it lowers the scale, with a finite loss: ordinary calibration, not a diverging run."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 24)
+    x, y = torch.randn(64, 32), torch.randn(64, 1)
+    mon = gradscope.monitor(model, every=1, optimizer=opt, scaler=scaler)
+    mon._host_arithmetic = host_arithmetic
+    with mon:
+        for _ in range(12):
+            with torch.autocast("cpu", dtype=torch.float16):
+                loss = F.mse_loss(model(x).float(), y)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            opt.zero_grad()
+    skipped = values(mon, "amp_skipped")
+    assert skipped.sum() >= 1 and skipped.iloc[0] == 1.0  # the calibration happened
+    pulse = mon.pulse_history()
+    assert not np.isfinite(pulse["grad_norm"].iloc[0])  # the overflow is in the row, as measured
+    assert (pulse["alarm"] == 0).all()
+    rules = {f.rule for f in mon.findings()}
+    assert not rules & {"training-divergence", "training-spike", "nonfinite-gradient"}, rules
+    assert mon.report().verdict.label == "trains"
 
 
 def test_scaler_needs_the_optimizer():

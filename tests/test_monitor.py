@@ -287,6 +287,22 @@ def test_dead_fraction_counts_units_dead_for_every_sample():
     assert df[("1", "dead_fraction")] == 0.5
 
 
+def test_one_nan_sample_does_not_make_every_unit_dead():
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
+    with torch.no_grad():
+        model[0].weight.zero_()
+        model[0].bias.copy_(torch.tensor([-1.0, 1.0, -2.0, 0.5]))
+    x = torch.randn(10, 4)
+    x[3, 0] = float("nan")  # sample 3's outputs are NaN in every unit (0 * NaN)
+    with gradscope.monitor(model) as mon:
+        model(x).sum().backward()
+        mon.step()
+    df = mon.to_dataframe().set_index(["layer", "metric"]).value
+    # units 0 and 2 are below zero on the nine finite samples, but NaN on the tenth: not known
+    # dead, so not counted (every unit of the layer, 1.0, before)
+    assert df[("1", "dead_fraction")] == 0.0
+
+
 def test_layers_added_or_replaced_mid_run_are_recorded_from_the_next_logged_step():
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)

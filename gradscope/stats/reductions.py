@@ -49,6 +49,12 @@ def sum_of_squares(t: torch.Tensor) -> torch.Tensor | float:
     return result
 
 
+def stored_values(t: torch.Tensor) -> torch.Tensor:
+    """The elements a tensor stores: itself, or a sparse gradient's (``nn.Embedding(sparse=True)``)
+    values, the only ones that can be non-zero."""
+    return t.coalesce().values() if t.is_sparse else t
+
+
 def group_by_device_and_dtype(
     tensors: Sequence[torch.Tensor],
 ) -> dict[tuple[torch.device, torch.dtype], list[int]]:
@@ -62,7 +68,7 @@ def group_by_device_and_dtype(
 def foreach_norms(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
     """L2 norms of same-device, same-dtype tensors in batched foreach kernels (on the CPU, a norm
     that overflowed float32 is redone in float64, as in :func:`sum_of_squares`)."""
-    dense = [t.coalesce().values() if t.is_sparse else t for t in tensors]
+    dense = [stored_values(t) for t in tensors]
     norms = list(torch._foreach_norm(dense, 2, dtype=norm_dtype(dense[0].dtype)))
     if dense[0].device.type == "cpu" and dense[0].dtype != torch.float64:
         finite = torch.isfinite(torch.stack(norms)).tolist()
@@ -80,7 +86,7 @@ def foreach_nonfinite_counts(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
     CPU, one tensor at a time is about 4x faster: each temporary reuses the memory the last one
     freed instead of faulting in fresh pages for the whole group.
     """
-    dense = [t.coalesce().values() if t.is_sparse else t for t in tensors]
+    dense = [stored_values(t) for t in tensors]
     if dense and dense[0].device.type == "cpu":
         return [torch.count_nonzero(t * 0.0) for t in dense]
     return list(torch._foreach_norm(torch._foreach_mul(dense, 0.0), 0))
@@ -119,12 +125,14 @@ def unit_dim(t: torch.Tensor, producer: str | None) -> int:
 
 
 def alive_units(t: torch.Tensor, dim: int) -> torch.Tensor:
-    """Bool per unit along ``dim``: was it above zero for any sample and position."""
+    """Bool per unit along ``dim``: was it above zero for any sample and position. A unit whose
+    outputs hold a NaN counts as alive: one non-finite sample (the non-finite rule's business)
+    must not make every unit of the layer look dead."""
     t = t.detach()
     if t.dim() <= 1:
-        return t > 0
+        return ~(t <= 0)
     others = [d for d in range(t.dim()) if d != dim]
-    return t.amax(dim=others) > 0
+    return ~(t.amax(dim=others) <= 0)  # amax is NaN where a NaN is
 
 
 def flat_count(t: torch.Tensor, bounds: tuple[float, float]) -> torch.Tensor:

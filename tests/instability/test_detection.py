@@ -129,6 +129,26 @@ def test_a_nonfinite_gradient_is_skipped_by_the_guard_even_outside_the_sample():
     assert mon.skipped_steps == [2] and "non-finite gradient" in mon.events[0].alarms
 
 
+@pytest.mark.parametrize("built", ["before the monitor", "inside it"])
+def test_the_guard_and_a_learning_rate_scheduler_work_together(built, recwarn):
+    """A scheduler wraps ``optimizer.step`` (to check it runs before ``scheduler.step()``); the
+    guard's step must be one it can wrap, and must keep the wrapper it found."""
+    model, x, y, g = regression()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    make = lambda: torch.optim.lr_scheduler.StepLR(opt, step_size=50, gamma=0.5)  # noqa: E731
+    scheduler = make() if built == "before the monitor" else None
+    with gradscope.monitor(model, every=100, optimizer=opt, guard="skip") as mon:
+        scheduler = scheduler or make()
+        for step in range(120):
+            train(model, x, y, g, opt, mon, 1, corrupt=(0,) if step == 110 else ())
+            scheduler.step()
+    train(model, x, y, g, opt, None, 1)  # the optimizer steps as before once the monitor is gone
+    scheduler.step()
+    assert mon.skipped_steps == [110]
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.01 * 0.5 ** 2)  # 121 scheduler steps
+    assert not [w for w in recwarn if "lr_scheduler" in str(w.message) or "overridden" in str(w.message)]
+
+
 def test_events_reach_the_run_directory_and_tensorboard(tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

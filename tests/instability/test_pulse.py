@@ -66,6 +66,46 @@ def test_every_step_loss_and_gradient_norms_match_float64_autograd(host_arithmet
     assert mon.events == []
 
 
+class SparseBag(nn.Module):
+    """An embedding with sparse gradients (40,000 weights, more than SAMPLE) and a linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(5000, 8, sparse=True)
+        self.head = nn.Linear(8, 1)
+
+    def forward(self, ids):
+        return self.head(self.emb(ids).mean(1))
+
+
+@pytest.mark.parametrize("host_arithmetic", [None, False], ids=["numpy", "torch"])
+def test_a_sparse_gradient_is_read_whole_and_guarded(host_arithmetic):
+    torch.manual_seed(0)
+    model = SparseBag()
+    g = torch.Generator().manual_seed(1)
+    data = [(torch.randint(0, 5000, (16, 4), generator=g), torch.randn(16, 1, generator=g)) for _ in range(4)]
+    ref = copy.deepcopy(model).double()
+    expected = []
+    for ids, y in data[:2]:
+        grads = torch.autograd.grad(F.mse_loss(ref(ids), y.double()), list(ref.parameters()))
+        expected.append([float(g.coalesce().values().norm()) if g.is_sparse else float(g.norm()) for g in grads])
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)  # the reference's weights stay as they are
+    mon = gradscope.monitor(model, every=100, optimizer=opt, guard="skip")
+    mon._host_arithmetic = host_arithmetic
+    with mon:
+        for step, (ids, y) in enumerate(data):
+            loss = F.mse_loss(model(ids), y) * (float("nan") if step == 3 else 1.0)
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+    pulse = mon.pulse_history()
+    for step, norms in enumerate(expected):
+        assert [pulse.iloc[step][f"grad_norm/{n}"] for n in ("emb.weight", "head.weight", "head.bias")] \
+            == pytest.approx(norms, rel=1e-5)
+    assert mon.skipped_steps == [3]
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
 def test_a_large_gradient_is_estimated_from_a_sample_within_a_few_percent():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 1))  # 65536 weights > SAMPLE
