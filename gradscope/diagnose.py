@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 
 from gradscope.errors import UsageError, UsageTypeError
+from gradscope.hooks import refuse_scripted
 from gradscope.monitor import Recorder
 from gradscope.probe import DEFAULT_LOSS, GIVEN_LOSS, Dynamics, run_probe
 from gradscope.recipe import Recipe
@@ -98,10 +99,18 @@ def diagnose(
         raise UsageTypeError(
             f"Expected `optimizer` to be a torch.optim.Optimizer but got {type(optimizer).__name__}."
         )
+    refuse_scripted(model, "gradscope.diagnose")
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     args, kwargs = split_inputs(inputs, device)
     batch = _batch_size(args, kwargs)
+    if batch == 0:
+        raise UsageError(
+            f"Expected a batch of at least one sample but the inputs are empty "
+            f"({describe(next(x for x in (*args, *kwargs.values()) if isinstance(x, torch.Tensor)))}); "
+            "pass a real batch from your data (a few dozen samples; 2 or more with BatchNorm)."
+        )
     _materialize_lazy(model, args, kwargs, inputs)
+    _refuse_without_values_or_gradients(model)
     saved = _SavedState(model, optimizer)
     for p in model.parameters():
         p.grad = None  # gradients already there would add to the first backward's; restored after
@@ -132,6 +141,27 @@ def diagnose(
     if probe_error is not None:
         options["probe_error"] = probe_error
     return build_report(history, layers, structure, summary, options, dynamics)
+
+
+def _refuse_without_values_or_gradients(model: nn.Module) -> None:
+    """A model whose parameters hold no values (the meta device) or none of which takes a
+    gradient has no gradient flow to diagnose: say so, before the forward fails less clearly."""
+    params = list(model.parameters())
+    on_meta = [n for n, p in model.named_parameters() if p.is_meta]
+    if on_meta:
+        raise UsageError(
+            f"The model's parameters are on the meta device (shapes without values: {len(on_meta)} of "
+            f"{len(params)}, e.g. {on_meta[0]!r}); diagnose runs the model. Materialise them first: "
+            "model.to_empty(device='cpu') and initialise them or load a state_dict."
+        )
+    if not any(p.requires_grad for p in params):
+        held = f"all {len(params)} of its parameters are frozen (requires_grad=False)" if params \
+            else "it has no parameters"
+        raise UsageError(
+            f"The model has no parameter that takes a gradient: {held}, so there is no gradient flow "
+            "to diagnose. Unfreeze the parameters you train (model.requires_grad_(True), or those of "
+            "the layers you fine-tune) before calling diagnose."
+        )
 
 
 def _probe(model, args, kwargs, inputs, loss_fn, optimizer, probe_steps, clip_grad_norm, seed, devices

@@ -21,6 +21,7 @@ import torch.nn as nn
 from torch.overrides import TorchFunctionMode
 
 from gradscope.buffer import Layout, StepBuffer
+from gradscope.errors import UsageTypeError
 from gradscope.layers import (
     FUNCTIONAL_ACTIVATIONS,
     ActivationKind,
@@ -85,6 +86,17 @@ def _producer(x: object) -> str | None:
     return None
 
 
+def refuse_scripted(model: nn.Module, doing: str) -> None:
+    """Raise a usage error for a TorchScript model (``torch.jit.script``/``trace``), which takes no
+    Python hooks; ``doing`` names what needs them (``"gradscope.monitor"``)."""
+    if isinstance(model, torch.jit.ScriptModule):
+        raise UsageTypeError(
+            f"Expected an eager torch.nn.Module but got a TorchScript module ({type(model).__name__}); "
+            f"{doing} needs Python hooks on the model's modules, which TorchScript does not run. Pass "
+            "the nn.Module it was scripted or traced from."
+        )
+
+
 class InertHook:
     """A hook that does nothing: what a copy of a watched model holds in place of gradscope's."""
 
@@ -123,6 +135,7 @@ class HookManager:
 
     >>> import torch, torch.nn as nn
     >>> from gradscope.buffer import Layout, StepBuffer
+from gradscope.errors import UsageTypeError
     >>> model = nn.Sequential(nn.Linear(3, 4), nn.ReLU())
     >>> layout = Layout()
     >>> hooks = HookManager(model, layout, StepBuffer(layout, torch.device("cpu")),

@@ -44,7 +44,7 @@ from gradscope.events import (SHARED_ALARMS, SHARED_COLUMNS, SpikeEvent, extende
                               merge_rank_alarms, shared_rows)
 from gradscope.guard import StateSnapshot, all_finite
 from gradscope.failures import FailurePolicy
-from gradscope.hooks import HookManager, WeakHook
+from gradscope.hooks import HookManager, WeakHook, refuse_scripted
 from gradscope.layers import join_name
 from gradscope.params import ParameterStatistics
 from gradscope.history import History
@@ -96,6 +96,7 @@ class Recorder:
                 f"Expected `model` to be a torch.nn.Module but got {type(model).__name__}; "
                 "pass the model whose training you want to monitor."
             )
+        refuse_scripted(model, "gradscope.monitor")
         self.config = MonitorConfig(
             every=every, functional=functional, log_dir=log_dir, window=window,
             flush_every=flush_every, strict=strict, weights_every=weights_every, tensorboard=tensorboard,
@@ -461,6 +462,12 @@ class Recorder:
                     f"Expected the loss to be a tensor or a number but got {type(loss).__name__}; "
                     "pass the loss tensor of this step (mon.observe_loss(loss))."
                 ) from None
+        if loss.numel() != 1:
+            raise UsageError(
+                f"Expected the loss to be one number (a scalar tensor) but got a tensor of shape "
+                f"{tuple(loss.shape)}; pass the reduced loss the step optimises (e.g. "
+                "per_sample.mean()), not the per-sample losses."
+            )
         loss = loss.detach()
         self._given_loss = loss if self._given_loss is None else self._given_loss + loss.to(self._given_loss.device)
 

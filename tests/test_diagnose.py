@@ -181,9 +181,16 @@ def test_model_error_names_the_module_and_the_inputs():
     ({"steps": 0}, "Expected `steps` to be a positive int"),
     ({"loss_fn": 3}, "Expected `loss_fn` to be callable"),
     ({"loss_fn": lambda out: out}, "floating-point scalar tensor"),
+    ({"inputs": torch.randn(0, 4)}, r"inputs are empty \(tensor of shape \(0, 4\)"),
+    ({"model": nn.Linear(4, 2).requires_grad_(False)}, "all 2 of its parameters are frozen"),
+    ({"model": nn.Linear(4, 2).to("meta")}, "on the meta device .* model.to_empty"),
+    ({"model": "scripted"}, "TorchScript module .* Pass the nn.Module"),
 ])
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
 def test_usage_errors(kwargs, match):
     args = {"model": nn.Linear(4, 2), "inputs": torch.randn(3, 4), **kwargs}
+    if args["model"] == "scripted":
+        args["model"] = torch.jit.script(nn.Linear(4, 2))
     with pytest.raises(gradscope.UsageError, match=match):
         gradscope.diagnose(**args)
 

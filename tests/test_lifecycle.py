@@ -352,3 +352,10 @@ def test_setting_the_same_parameter_again_is_not_a_change(monkeypatch):
             opt.step()
             opt.zero_grad()
     assert follows == []
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
+def test_a_torchscript_model_is_refused_with_the_way_out():
+    scripted = torch.jit.script(nn.Linear(4, 2))
+    with pytest.raises(gradscope.UsageError, match="TorchScript module .* Pass the nn.Module"):
+        gradscope.monitor(scripted, optimizer=torch.optim.SGD(scripted.parameters(), lr=0.1))

@@ -136,6 +136,19 @@ def test_the_loss_given_with_step_or_observe_loss_is_used_and_a_missing_loss_rai
     assert (pulse["alarm"] == 0).all() and mon.events == []
 
 
+@pytest.mark.parametrize("given", ["step", "observe_loss"])
+def test_per_sample_losses_are_refused_with_their_shape(given):
+    model, data = small_mlp(), batches(1)
+    with gradscope.monitor(model, every=1) as mon:
+        x, y = data[0]
+        per_sample = (model(x) - y).pow(2).mean(1)
+        per_sample.mean().backward()
+        with pytest.raises(gradscope.UsageError, match=r"shape \(8,\); pass the reduced loss"):
+            mon.step(loss=per_sample) if given == "step" else mon.observe_loss(per_sample)
+        mon.step(loss=per_sample.mean())  # the loop goes on with the scalar
+    assert np.isfinite(mon.pulse_history()["loss"].iloc[0])
+
+
 def test_gradient_accumulation_adds_the_micro_batches_losses():
     model, data = small_mlp(), batches(8)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
