@@ -430,8 +430,8 @@ def _find_inputs(module, path: Path, model: nn.Module, shape: str | None, dtype:
 
 
 def _from_shape(shape: str, dtype: str, model: nn.Module, seed: int = 0):
-    try:
-        dims = tuple(int(d) for d in shape.replace("x", ",").split(",") if d.strip())
+    try:  # every part a size: "8,x" or "16,,8" is a typo, not a shorter shape
+        dims = tuple(int(d) for d in shape.replace("x", ",").split(","))
     except ValueError:
         dims = ()
     if not dims or any(d <= 0 for d in dims):

@@ -187,6 +187,13 @@ def test_without_inputs_that_run_it_says_what_was_guessed_and_input_shape_works(
     assert run("diagnose", write(tmp_path, LSTM, "lstm.py"), "--input-shape", "4,10,8").exit_code == 0
 
 
+@pytest.mark.parametrize("shape", ["8,x", "16,,8", "4,10,8,", "x", "16;8", "4,-1,8"])
+def test_an_input_shape_with_a_missing_or_bad_size_is_refused(tmp_path, shape):
+    result = run("diagnose", write(tmp_path, LSTM, "lstm.py"), "--input-shape", shape)
+    assert result.exit_code == 2
+    assert f"--input-shape {shape!r} is not a list of positive sizes" in said(result)
+
+
 def test_token_ids_with_input_dtype_long(tmp_path):
     path = write(tmp_path, """
         import torch.nn as nn
