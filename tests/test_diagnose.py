@@ -58,6 +58,18 @@ def test_nan_is_named_where_it_is_born_not_where_it_spreads():
     assert finding.layers == ["1"] and finding.evidence["phase"] == "forward"
 
 
+def test_a_nan_in_the_batch_points_at_the_data_and_kills_no_unit():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 64), nn.ReLU(), nn.Linear(64, 2))
+    x = torch.randn(256, 3)
+    x[0, 0] = float("nan")  # one bad sample of 256
+    report = gradscope.diagnose(model, x, probe_steps=0)
+    finding = next(f for f in report.findings if f.rule == "nonfinite-gradient")
+    assert finding.layers == ["0"] and finding.evidence["phase"] == "input"
+    assert "the batch itself may hold NaN/Inf" in finding.message and "torch.isfinite(inputs)" in finding.fix
+    assert "dead-units" not in {f.rule for f in report.findings}  # every unit was dead before
+
+
 def test_pseudo_norm_removes_the_vanishing_finding():
     torch.manual_seed(0)
     model = stack(20, nn.Tanh)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import torch.nn as nn
 
-from gradscope.layers import parameter_owner
+from gradscope.layers import is_embedding_type, parameter_owner
 from gradscope.rules import advice
 from gradscope.records import Records
 from gradscope.rules.base import Violation, fmt
@@ -22,7 +22,8 @@ def detect(records: Records) -> list[Violation]:
         forward order) whose output is not finite; in the backward pass, walking from the output
         toward the input, the module just before the first layer whose backpropagated signal
         stops being finite (its own output gradient is still finite, the one it passes on is
-        not). If the very first signal is already non-finite, the loss is.
+        not). If the very first signal is already non-finite, the loss is. When the module is the
+        first one the input reaches (not an embedding), the batch itself is the first suspect.
 
     Why it matters:
         One NaN reaches every parameter through the optimizer step and the run is lost; knowing
@@ -70,6 +71,10 @@ def detect(records: Records) -> list[Violation]:
             f"At step {step} the forward pass produced NaN/Inf: the first module whose output is "
             f"not finite is {born or '(model)'} ({records.types.get(born, '?')})"
         )
+        if born in records.leaves[:1] and not is_embedding_type(records.types.get(born, "")):
+            phase = "input"
+            message += (", the first module the input reaches: the batch itself may hold NaN/Inf "
+                        "(or the module overflowed)")
         evidence.update(phase=phase, born_in=born, nonfinite_outputs=len(forward_bad))
     else:
         walk = [n for n in reversed(order) if n in signal]
@@ -122,6 +127,16 @@ def _word(value: float) -> str:
 
 
 def _fix(born: str, phase: str) -> str:
+    if phase == "input":
+        return (
+            f"Check the step's batch first: torch.isfinite(inputs).all() (a NaN in the data, a "
+            f"division by a zero std in its normalisation); if it is finite, look in the forward of "
+            f"{born or 'the model'} for an op that overflows or meets 0, and add an epsilon. To get "
+            "the traceback of the op that makes a NaN, run one step with:\n"
+            + advice.code("with torch.autograd.set_detect_anomaly(True):",
+                          "    loss = loss_fn(model(inputs))",
+                          "    loss.backward()")
+        )
     where = {
         "forward": f"in the forward of {born or 'the model'}",
         "backward": f"in {born or 'the model'}'s forward code (its backward made the value)",
