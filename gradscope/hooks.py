@@ -98,9 +98,19 @@ def refuse_scripted(model: nn.Module, doing: str) -> None:
 
 
 class InertHook:
-    """A hook that does nothing: what a copy of a watched model holds in place of gradscope's."""
+    """What a copy of a watched model holds in place of gradscope's hooks: at its module's first
+    forward it removes itself (as the hook's handle would), so the copy is left as if never
+    watched; until then it does nothing."""
 
-    def __call__(self, *args, **kwargs) -> None:
+    def __call__(self, module: object = None, *args, **kwargs) -> None:
+        if isinstance(module, nn.Module):
+            for table in ("_forward_pre_hooks", "_forward_hooks"):
+                hooks = getattr(module, table, {})
+                for key in [k for k, hook in hooks.items() if hook is self]:
+                    del hooks[key]  # the module iterates over a copy of its hooks: safe here
+                    for flags in ("_forward_hooks_always_called", "_forward_hooks_with_kwargs",
+                                  "_forward_pre_hooks_with_kwargs"):
+                        getattr(module, flags, {}).pop(key, None)
         return None
 
 
