@@ -145,7 +145,6 @@ class HookManager:
 
     >>> import torch, torch.nn as nn
     >>> from gradscope.buffer import Layout, StepBuffer
-from gradscope.errors import UsageTypeError
     >>> model = nn.Sequential(nn.Linear(3, 4), nn.ReLU())
     >>> layout = Layout()
     >>> hooks = HookManager(model, layout, StepBuffer(layout, torch.device("cpu")),
