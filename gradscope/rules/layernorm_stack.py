@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from gradscope.layers import RELU
 from gradscope.records import Records
 from gradscope.rules import advice
 from gradscope.rules.base import Violation, about_assumed_recipe
@@ -17,7 +18,12 @@ DEPTH = 16
 without skips or BatchNorm fails under SGD …"""
 
 ADAPTIVE_DEPTH = 30
-"""… and under an adaptive optimizer (Adam …)."""
+"""… and under an adaptive optimizer (Adam …) …"""
+
+ADAPTIVE_UNBOUNDED_DEPTH = 22
+"""… where most of them are followed by a ReLU-family activation (ReLU, leaky ReLU, ELU, GELU …):
+on digits, such stacks of 22 normalised layers or more failed under Adam, of 20 or fewer trained,
+while a tanh one of 22 trained."""
 
 PER_SAMPLE = ("LayerNorm", "RMSNorm")
 """Normalisation types (by class name, Hugging Face's ``T5LayerNorm``, ``LlamaRMSNorm`` included)
@@ -27,7 +33,8 @@ that normalise each sample over its own features."""
 def detect(records: Records) -> list[Violation]:
     """What it checks:
         Deep stacks normalised per sample: 16 or more weight layers each followed by a LayerNorm or
-        RMSNorm (30 or more under an adaptive optimizer such as Adam), in a model without skip
+        RMSNorm (under an adaptive optimizer such as Adam: 22 or more where most are followed by a
+        ReLU-family activation, 30 or more otherwise), in a model without skip
         connections that shorten the gradient's path to under half of its weight layers and
         without BatchNorm. A warning; information when gradscope assumed the recipe.
 
@@ -40,9 +47,11 @@ def detect(records: Records) -> list[Violation]:
         under plain SGD, though at initialisation their samples are still far from identical and
         their gradient norms look healthy; tanh ones failed at 24 and 30 layers but trained at
         18, an ELU one trained at 20 (the rule's false alarms); under Adam the ReLU-family and
-        GELU ones of 24 layers or more failed (a 28-layer GELU one reached 0.47 accuracy on one
-        seed of two), of 20 or fewer trained; 10- and 12-layer ones and
-        every one with residual connections trained (docs/trainability.md).
+        GELU ones of 22 normalised layers or more failed (a 26-layer GELU one reached 0.47
+        accuracy on one seed of two), of 20 or fewer trained, and tanh ones of 16 and 22 trained;
+        10- and 12-layer ones and every one with residual connections trained
+        (docs/trainability.md). (Counts are of normalised weight layers: an MLP of depth d here
+        has d - 2.)
 
     Example:
         A 30-layer MLP of Linear → LayerNorm → ReLU blocks, width 64, trained with SGD lr 0.05
@@ -62,13 +71,15 @@ def detect(records: Records) -> list[Violation]:
     per_sample = [n for n in structure.norm_layers if any(t in str(types.get(n, "")) for t in PER_SAMPLE)]
     normalised = [w for w in structure.weight_layers if w.normalized]
     adaptive = dynamics is not None and dynamics.recipe.adaptive
-    depth = ADAPTIVE_DEPTH if adaptive else DEPTH
+    unbounded = sum(w.activation == RELU for w in normalised) * 2 > len(normalised)
+    depth = DEPTH if not adaptive else ADAPTIVE_UNBOUNDED_DEPTH if unbounded else ADAPTIVE_DEPTH
     if len(per_sample) < depth or len(normalised) < depth:
         return []
     recipe = f" under {dynamics.recipe.text()}" if dynamics is not None else ""
     measured = ("every ReLU-family and GELU one of 16 to 60 layers failed under SGD, with or without "
                 "momentum; tanh and ELU ones of 18-20 layers trained" if not adaptive else
-                "the ReLU-family and GELU ones of 30 layers or more failed under Adam")
+                "the ReLU-family and GELU ones of 22 normalised layers or more failed under Adam, "
+                "tanh ones of 22 trained")
     message = (f"{len(per_sample)} weight layers each followed by a per-sample normalisation "
                f"({types.get(per_sample[0], 'LayerNorm')}) in a stack without skip connections or "
                f"BatchNorm{recipe}: such stacks' samples become alike as they train, which LayerNorm "

@@ -1,5 +1,5 @@
 """layernorm-stack (GS207): depth counted in weight layers followed by LayerNorm/RMSNorm, the
-adaptive optimizer's depth, and what keeps it quiet (skips, BatchNorm, a shallower stack)."""
+adaptive optimizer's depths (by activation family), and what keeps it quiet (skips, BatchNorm, a shallower stack)."""
 
 from __future__ import annotations
 
@@ -54,13 +54,23 @@ def test_the_depth_is_counted_in_layers_followed_by_a_per_sample_norm(depth, nor
         assert findings[0].severity == "warning" and findings[0].evidence["normalised_layers"] == depth
 
 
-def test_skips_keep_it_quiet_and_adam_needs_30_layers():
+@pytest.mark.parametrize("depth, activation, limit", [
+    (22, nn.ReLU, 22), (21, nn.ReLU, None), (22, nn.GELU, 22), (24, nn.Tanh, None), (30, nn.Tanh, 30),
+])
+def test_under_adam_relu_family_stacks_need_22_layers_and_bounded_ones_30(depth, activation, limit):
+    torch.manual_seed(0)
+    model = nn.Sequential(*[m for _ in range(depth) for m in (nn.Linear(64, 64), nn.LayerNorm(64), activation())],
+                          nn.Linear(64, 10))
+    findings = _findings(model, torch.optim.Adam(model.parameters(), lr=1e-3))
+    assert [f.evidence["depth_limit"] for f in findings] == ([limit] if limit else [])
+    if findings:
+        assert findings[0].evidence["adaptive"] and "under Adam" in findings[0].message
+
+
+def test_skips_keep_it_quiet_under_any_optimizer():
     assert not _findings(_stack(30, skip=True))
-    model = _stack(24)
+    model = _stack(30, skip=True)
     assert not _findings(model, torch.optim.Adam(model.parameters(), lr=1e-3))
-    model = _stack(30)
-    [finding] = _findings(model, torch.optim.Adam(model.parameters(), lr=1e-3))
-    assert finding.evidence["depth_limit"] == 30 and "under Adam" in finding.message
 
 
 def test_an_assumed_recipe_makes_it_information():
