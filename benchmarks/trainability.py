@@ -192,7 +192,7 @@ def score() -> None:
           "in-between / seeds disagree |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for recipe in recipes:
-        for part in ("fresh-4", "fresh-3", "fresh-2", "fresh", "held-out", "fit", "all"):
+        for part in ("fresh-5", "fresh-4", "fresh-3", "fresh-2", "fresh", "held-out", "fit", "all"):
             rows = [k for k in keys if k[1] == recipe and part in ("all", zoo.part(k[0]))]
             if not rows:
                 continue

@@ -332,7 +332,17 @@ FRESH_4: tuple[Architecture, ...] = (
 code as it stood after the layernorm-stack rule and the Conv1D weight layers, before any was
 trained; scored once, on that code."""
 
-ARCHITECTURES = ARCHITECTURES + FRESH + FRESH_2 + FRESH_3 + FRESH_4
+FRESH_5: tuple[Architecture, ...] = (
+    _mlp(23, 64, "relu", norm="ln"), _mlp(25, 64, "relu", norm="ln"), _mlp(26, 64, "gelu", norm="ln"),
+    _mlp(24, 64, "leaky", norm="ln"), _mlp(28, 64, "elu", norm="ln"), _mlp(26, 32, "relu", norm="ln"),
+    _mlp(24, 128, "relu", norm="ln"), _mlp(28, 64, "tanh", norm="ln"), _mlp(26, 64, "relu", norm="ln", skip=True),
+)
+"""A fifth unseen part: LayerNorm stacks around the adaptive-optimizer depths of the layernorm-stack
+rule (22 normalised layers for ReLU-family activations, 30 for bounded ones), of activations and
+widths the rule's depths were not read from, and a residual control; defined after the rule was
+changed, before any was trained, and scored once."""
+
+ARCHITECTURES = ARCHITECTURES + FRESH + FRESH_2 + FRESH_3 + FRESH_4 + FRESH_5
 
 assert len({a.name for a in ARCHITECTURES}) == len(ARCHITECTURES), "architecture names must be unique"
 
@@ -350,7 +360,7 @@ EXTRA_RECIPES = ("sgd-plain", "adam-high")
 
 def part(name: str) -> str:
     """``fresh`` (defined after the thresholds were set, see ``FRESH``), ``fresh-2`` to
-    ``fresh-4`` (see ``FRESH_2`` …), else ``held-out`` or ``fit`` by ``held_out``."""
+    ``fresh-5`` (see ``FRESH_2`` …), else ``held-out`` or ``fit`` by ``held_out``."""
     if any(a.name == name for a in FRESH):
         return "fresh"
     if any(a.name == name for a in FRESH_2):
@@ -359,6 +369,8 @@ def part(name: str) -> str:
         return "fresh-3"
     if any(a.name == name for a in FRESH_4):
         return "fresh-4"
+    if any(a.name == name for a in FRESH_5):
+        return "fresh-5"
     return "held-out" if held_out(name) else "fit"
 
 
