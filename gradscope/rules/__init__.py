@@ -10,7 +10,7 @@ evidence it needs to judge (``gradscope.rules.coverage``) and the front whose re
 >>> import gradscope
 >>> rule = find_rule("dead-units")
 >>> [f.rule for f in gradscope.diagnose(**rule.pair(bad=True)).findings]  # report_of(pair) for run rules
-['dead-units', 'updates-off-band']
+['dead-units']
 """
 
 from __future__ import annotations
