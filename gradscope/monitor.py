@@ -113,7 +113,7 @@ class Recorder:
         # a torch.compile'd model: statistics use the original module's names; module hooks
         # would run inside the compiled forward, so only parameter statistics are recorded
         self.compiled = _is_compiled(model)
-        watched = unwrap(model._orig_mod if self.compiled else model)
+        watched = unwrap(getattr(model, "_orig_mod", model) if self.compiled else model)
         self.rank, self.world_size = rank_and_world()
         if self.rank != 0:  # rank 0 writes the records, dashboards and findings
             self.config.log_dir = None
@@ -381,7 +381,8 @@ class Recorder:
                 "the model is compiled with torch.compile, so only parameter statistics "
                 "(grad_norm, grad_nonfinite, weight_norm, update_ratio) are recorded; the module "
                 "statistics (out_grad_norm, act_rms, dead_fraction, saturation) need hooks inside "
-                "the forward: monitor the uncompiled model (model._orig_mod) to get them.",
+                "the forward: monitor the uncompiled model (model._orig_mod of torch.compile(model), or "
+                "the model before model.compile()) to get them.",
             )
             return
         self.hooks.activation_observer = None if observe is None else (lambda name, t: observe("activation", name, t))
@@ -1048,6 +1049,10 @@ def _open_history(names, config: MonitorConfig) -> History:
 
 
 def _is_compiled(model: nn.Module) -> bool:
+    """``torch.compile(model)`` (an ``OptimizedModule``) or ``model.compile()``, in place (what
+    Hugging Face's ``torch_compile=True`` calls): the forward runs as a compiled graph."""
+    if getattr(model, "_compiled_call_impl", None) is not None:
+        return True
     try:
         from torch._dynamo.eval_frame import OptimizedModule
     except ImportError:  # a torch without dynamo

@@ -25,14 +25,20 @@ def train(model, params, steps=3):
     return mon.to_dataframe()
 
 
-def test_compiled_model_gets_parameter_statistics_without_graph_breaks():
+@pytest.mark.parametrize("in_place", [False, True], ids=["torch.compile(model)", "model.compile()"])
+def test_compiled_model_gets_parameter_statistics_without_graph_breaks(in_place):
     torch._dynamo.reset()
     torch.manual_seed(0)
     eager = models.mlp()
     twin = models.mlp()
     twin.load_state_dict(eager.state_dict())
-    # fullgraph=True raises on any graph break, our hooks' included
-    compiled = torch.compile(twin, backend="aot_eager", fullgraph=True)
+    # fullgraph=True raises on any graph break, our hooks' included; model.compile() compiles in
+    # place, as Hugging Face's torch_compile=True does
+    if in_place:  # (fullgraph=True finds no frame to compile in an in-place nn.Sequential, with or without us)
+        twin.compile(backend="aot_eager")
+        compiled = twin
+    else:
+        compiled = torch.compile(twin, backend="aot_eager", fullgraph=True)
     with pytest.warns(GradscopeWarning, match="compiled with torch.compile, so only parameter statistics"):
         got = train(compiled, twin.parameters())
     expected = train(eager, eager.parameters())
@@ -61,3 +67,23 @@ def test_uncompiled_original_still_gets_everything():
     assert not any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks for m in model.modules())
     probe = torch.randn(4, 6)
     torch.testing.assert_close(compiled(probe), model(probe))
+
+
+def test_a_nan_in_a_compiled_model_is_not_placed_where_no_statistic_was_taken():
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = models.mlp()
+    compiled = torch.compile(model, backend="aot_eager")
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    with pytest.warns(GradscopeWarning, match="compiled with torch.compile"):
+        with gradscope.monitor(compiled, optimizer=opt) as mon:
+            for i in range(3):
+                x = torch.randn(16, 6)
+                if i == 1:
+                    x[0, 0] = float("nan")
+                F.mse_loss(compiled(x), torch.randn(16, 3)).backward()
+                opt.step()
+                opt.zero_grad()
+    [finding] = [f for f in mon.findings() if f.rule == "nonfinite-gradient"]
+    assert "no module statistics were recorded" in finding.message
+    assert "every backpropagated signal is finite" not in finding.message

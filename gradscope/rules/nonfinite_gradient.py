@@ -73,13 +73,22 @@ def detect(records: Records) -> list[Violation]:
         )
         if born in records.leaves[:1] and not is_embedding_type(records.types.get(born, "")):
             phase = "input"
-            message += (", the first module the input reaches: the batch itself may hold NaN/Inf "
-                        "(or the module overflowed)")
+            message += (", the first module the input reaches: the batch itself may hold NaN/Inf, "
+                        "or the module's own parameters are already non-finite (an update from an "
+                        "earlier step that was not logged), or it overflowed")
         evidence.update(phase=phase, born_in=born, nonfinite_outputs=len(forward_bad))
     else:
         walk = [n for n in reversed(order) if n in signal]
         first_bad = next((i for i, n in enumerate(walk) if not np.isfinite(signal[n])), None)
-        if first_bad is None:
+        if not walk:  # no module statistics (a compiled model): where it was born is not known
+            born, phase = (parameter_owner(poisoned_params[0]) if poisoned_params else ""), "unknown"
+            message = (
+                f"At step {step}, {len(poisoned_params)} parameter gradients hold NaN/Inf, first at "
+                f"{advice.layer_text(poisoned_params)}; no module statistics were recorded (a "
+                "compiled model, or one watched without module hooks), so where the value was born "
+                "is not known"
+            )
+        elif first_bad is None:
             born, phase = (parameter_owner(poisoned_params[0]) if poisoned_params else ""), "parameters"
             message = (
                 f"At step {step}, {len(poisoned_params)} parameter gradients hold NaN/Inf while every "
@@ -130,14 +139,17 @@ def _fix(born: str, phase: str) -> str:
     if phase == "input":
         return (
             f"Check the step's batch first: torch.isfinite(inputs).all() (a NaN in the data, a "
-            f"division by a zero std in its normalisation); if it is finite, look in the forward of "
-            f"{born or 'the model'} for an op that overflows or meets 0, and add an epsilon. To get "
+            f"division by a zero std in its normalisation), and whether the parameters are still "
+            f"finite (a NaN update on an unlogged step: the spike events name its step); if both "
+            f"are, look in the forward of {born or 'the model'} for an op that overflows or meets 0, "
+            "and add an epsilon. To get "
             "the traceback of the op that makes a NaN, run one step with:\n"
             + advice.code("with torch.autograd.set_detect_anomaly(True):",
                           "    loss = loss_fn(model(inputs))",
                           "    loss.backward()")
         )
     where = {
+        "unknown": "at the batch first (torch.isfinite(inputs).all()), then at the model's forward",
         "forward": f"in the forward of {born or 'the model'}",
         "backward": f"in {born or 'the model'}'s forward code (its backward made the value)",
         "loss": "in the loss computation",
