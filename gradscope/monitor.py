@@ -427,6 +427,9 @@ class Recorder:
         self._given_loss: torch.Tensor | None = None
         self._touched = False
         self._forward_seen = False
+        self._trained_seen = False
+        self._gradient_marks: list | None = None
+        self._sampled_params: list | None = None
         self._record_until = -1
         self._pulse_read_upto = -1
         self._last_ring: tuple[np.ndarray, int] | None = None
@@ -513,14 +516,29 @@ class Recorder:
 
     def backward_starting(self) -> None:
         # a compiled forward takes no output hooks, and a root whose forward never runs (a
-        # LightningModule's training_step calls its layers): there every backward counts
-        self._touched = self.compiled or not self._forward_seen
+        # LightningModule's training_step calls its layers): there a backward counts when it
+        # changed the model's gradients (another model's backward, a probe's, a teacher's, does not)
+        self._touched = False
+        self._gradient_marks = self._mark_gradients() if self.compiled or not self._forward_seen else None
 
     def backward_ended(self, tensor: torch.Tensor) -> None:
-        if not self._touched or not self._active:
+        if not self._active:
+            return
+        marks, self._gradient_marks = self._gradient_marks, None
+        if not self._touched and not (marks is not None and self._mark_gradients() != marks):
             return
         self._touched = False
         self._guard(ALL_PARAMETERS, "pulse", self._count_backward, tensor)
+
+    def _mark_gradients(self) -> list:
+        """Which gradient tensor (and its in-place version) a few of the model's parameters hold:
+        a backward that reaches the model replaces or adds into them."""
+        params = self._sampled_params
+        if params is None:
+            trainable = [p for p in self._watched.parameters() if p.requires_grad]
+            step = max(1, len(trainable) // 8)
+            params = self._sampled_params = trainable[::step][:8] + trainable[-1:]
+        return [(id(g), g._version) if (g := p.grad) is not None else None for p in params]
 
     def _count_backward(self, tensor: torch.Tensor) -> None:
         pulse = self._pulse_for_step()
@@ -532,10 +550,16 @@ class Recorder:
         pulse.backward_done(loss)
 
     def _pulse_forward(self, module, args, output) -> None:
-        """Marks the backward passes that reach the model's output (the root's forward hook)."""
+        """Marks the backward passes that reach the model's output (the root's forward hook). A
+        forward in eval mode, once the model has trained in this run (a validation pass with
+        gradients: a saliency map, an input-gradient attack), carries no training loss."""
         if self.hooks.paused or not torch.is_grad_enabled():
             return
         self._forward_seen = True
+        if module.training:
+            self._trained_seen = True
+        elif self._trained_seen:
+            return
         for t in _output_tensors(output):
             if t.requires_grad:
                 t.register_hook(self._mark_touched)

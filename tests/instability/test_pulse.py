@@ -192,3 +192,47 @@ def test_a_gradient_past_float32_range_is_measured_in_float64_without_a_warning(
         opt.step()
     assert mon.pulse_history()["grad_norm"].iloc[0] == pytest.approx(2e20, rel=1e-6)
     assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+
+
+class Wrapper(nn.Module):
+    """A root whose own forward the loop never calls (as a LightningModule's training_step calls
+    its layers)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = small_mlp()
+
+
+@pytest.mark.parametrize("setup", ["compiled", "root never called", "eval-mode pass"])
+@pytest.mark.filterwarnings("ignore:gradscope. the model is compiled")
+def test_a_backward_that_is_not_the_models_training_loss_is_not_counted(setup):
+    """Another model's backward (a probe, a teacher, a discriminator) or a gradient taken through
+    the model in eval mode (a saliency map) is not this step's loss: counting it made a spike and,
+    with the guard, skipped a healthy update."""
+    torch._dynamo.reset()
+    model = Wrapper() if setup == "root never called" else small_mlp()
+    forward = model.net if setup == "root never called" else \
+        torch.compile(model, backend="aot_eager") if setup == "compiled" else model
+    other = nn.Linear(6, 3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    expected = []
+    with gradscope.monitor(forward if setup == "compiled" else model, every=100, optimizer=opt,
+                           guard="skip") as mon:
+        for i, (x, y) in enumerate(batches(4)):
+            if setup == "eval-mode pass" and i > 0:
+                model.eval()
+                saliency = x.clone().requires_grad_()
+                (forward(saliency).pow(2).sum() * 1e4).backward()  # large, and through the model
+                model.zero_grad()
+                model.train()
+            else:
+                (other(x).pow(2).sum() * 1e4).backward()  # another model's, large
+            loss = F.mse_loss(forward(x), y)
+            expected.append(float(loss.detach()))
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+    pulse = mon.pulse_history()
+    assert pulse["micro_batches"].tolist() == [1, 1, 1, 1]
+    assert pulse["loss"].tolist() == pytest.approx(expected, rel=1e-6)
+    assert mon.skipped_steps == []
