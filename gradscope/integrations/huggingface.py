@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from gradscope.errors import UsageError
 from gradscope.api import Monitor
+from gradscope.integrations import monitor_for_run
 
 try:
     from transformers import TrainerCallback
@@ -34,7 +35,7 @@ class GradscopeTrainerCallback(TrainerCallback):
         if not state.is_world_process_zero:
             options.pop("log_dir", None)
             options.pop("tensorboard", None)
-        self.monitor = Monitor(model, self.every, **options).start()
+        self.monitor = monitor_for_run(self.monitor, model, self.every, options)
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         if self.monitor is not None and self.monitor._active:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from gradscope.errors import UsageError
 from gradscope.api import Monitor
+from gradscope.integrations import monitor_for_run
 
 try:
     import pytorch_lightning as _pl
@@ -42,7 +43,7 @@ class GradscopeCallback(_pl.Callback):
         if not trainer.is_global_zero:
             options.pop("log_dir", None)
             options.pop("tensorboard", None)
-        self.monitor = Monitor(pl_module, self.every, **options).start()
+        self.monitor = monitor_for_run(self.monitor, pl_module, self.every, options)
 
     def on_before_backward(self, trainer, pl_module, loss) -> None:
         """The loss goes to the spike detector (added up over accumulated micro-batches)."""

@@ -57,3 +57,37 @@ def test_trainer_callback_records_each_optimizer_step(tmp_path):
         assert got == pytest.approx(reference.norms[step], rel=1e-5)
     assert "bert.encoder.layer.1.output.dense" in set(df[df.metric == "out_grad_norm"].layer)
     assert not gradscope_cb.monitor._active
+
+
+class Failing(Rows):
+    """Rows whose fifth read raises (once): a run that fails in its second step."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__(n)
+        self.reads = 0
+
+    def __getitem__(self, i):
+        self.reads += 1
+        if self.reads == 5:
+            raise RuntimeError("bad sample")
+        return super().__getitem__(i)
+
+
+def test_train_again_after_a_run_that_raised_with_the_same_callback(tmp_path):
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                     intermediate_size=32, max_position_embeddings=16, num_labels=2)
+    model = transformers.BertForSequenceClassification(config)
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=4, learning_rate=1e-3, report_to=[],
+        save_strategy="no", logging_strategy="no", use_cpu=True, dataloader_num_workers=0,
+    )
+    gradscope_cb = GradscopeTrainerCallback(every=1, log_dir=tmp_path / "run")
+    data = Failing(64)
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=data, callbacks=[gradscope_cb])
+    with pytest.raises(RuntimeError, match="bad sample"):
+        trainer.train()
+    assert gradscope_cb.monitor._active  # the Trainer has no exception callback
+    trainer.train()  # refused before: the model was still watched by the first run's monitor
+    assert not gradscope_cb.monitor._active
+    assert len(gradscope_cb.monitor.to_dataframe().step.unique()) >= 3

@@ -55,3 +55,21 @@ def test_callback_records_each_optimizer_step(tmp_path, accumulate):
         assert got.to_dict() == pytest.approx(expected, rel=1e-5)
     assert (tmp_path / "run" / "findings.json").exists()
     assert not gradscope_cb.monitor._active
+
+
+def test_a_second_fit_with_the_same_callback_continues_the_run(tmp_path):
+    torch.manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randn(64, 6), torch.randn(64, 1))
+    loader = torch.utils.data.DataLoader(data, batch_size=8)
+    gradscope_cb, model = GradscopeCallback(every=1, log_dir=tmp_path / "run"), Tiny()
+
+    def fit():
+        pl.Trainer(max_steps=3, accelerator="cpu", logger=False, enable_checkpointing=False,
+                   enable_progress_bar=False, enable_model_summary=False, callbacks=[gradscope_cb],
+                   default_root_dir=tmp_path).fit(model, loader)
+
+    fit()
+    first = gradscope_cb.monitor
+    fit()  # a second phase with the same callback and log_dir: refused before ("already holds a run")
+    assert gradscope_cb.monitor is first and not first._active
+    assert sorted(first.to_dataframe().step.unique()) == list(range(6))
