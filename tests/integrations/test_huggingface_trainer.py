@@ -35,16 +35,20 @@ class Rows(torch.utils.data.Dataset):
         return {"input_ids": self.ids[i], "labels": self.labels[i]}
 
 
-def test_trainer_callback_records_each_optimizer_step(tmp_path):
+def _bert_and_args(tmp_path, **options):
+    """A 2-layer BERT classifier built from a config, and CPU training arguments (``options`` added)."""
     torch.manual_seed(0)
     config = transformers.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
                                      intermediate_size=32, max_position_embeddings=16, num_labels=2)
-    model = transformers.BertForSequenceClassification(config)
     args = transformers.TrainingArguments(
-        output_dir=str(tmp_path), max_steps=4, per_device_train_batch_size=4, gradient_accumulation_steps=2,
-        learning_rate=1e-3, report_to=[], save_strategy="no", logging_strategy="no", use_cpu=True,
-        dataloader_num_workers=0, max_grad_norm=1.0,
+        output_dir=str(tmp_path), per_device_train_batch_size=4, learning_rate=1e-3, report_to=[],
+        save_strategy="no", logging_strategy="no", use_cpu=True, dataloader_num_workers=0, **options,
     )
+    return transformers.BertForSequenceClassification(config), args
+
+
+def test_trainer_callback_records_each_optimizer_step(tmp_path):
+    model, args = _bert_and_args(tmp_path, max_steps=4, gradient_accumulation_steps=2, max_grad_norm=1.0)
     gradscope_cb, reference = GradscopeTrainerCallback(every=1), GradNorms()
     trainer = transformers.Trainer(model=model, args=args, train_dataset=Rows(64),
                                    callbacks=[gradscope_cb, reference])
@@ -74,14 +78,7 @@ class Failing(Rows):
 
 
 def test_train_again_after_a_run_that_raised_with_the_same_callback(tmp_path):
-    torch.manual_seed(0)
-    config = transformers.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                                     intermediate_size=32, max_position_embeddings=16, num_labels=2)
-    model = transformers.BertForSequenceClassification(config)
-    args = transformers.TrainingArguments(
-        output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=4, learning_rate=1e-3, report_to=[],
-        save_strategy="no", logging_strategy="no", use_cpu=True, dataloader_num_workers=0,
-    )
+    model, args = _bert_and_args(tmp_path, max_steps=3)
     gradscope_cb = GradscopeTrainerCallback(every=1, log_dir=tmp_path / "run")
     data = Failing(64)
     trainer = transformers.Trainer(model=model, args=args, train_dataset=data, callbacks=[gradscope_cb])
