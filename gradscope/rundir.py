@@ -17,6 +17,7 @@ import pandas as pd
 
 from gradscope.atomic import write_atomic
 from gradscope.errors import UsageError
+from gradscope.pulse import PULSE_COLUMNS
 
 COLUMNS = ["step", "layer", "metric", "value"]
 FORMAT = "gradscope-run"
@@ -92,15 +93,24 @@ def write_pulse(run_dir: Path, pulse: pd.DataFrame) -> None:
 
 
 def read_training(run_dir: str | os.PathLike) -> dict:
-    """The pulse and the events of a run directory, where the run wrote them ({} otherwise)."""
+    """The pulse and the events of a run directory, where the run wrote them ({} otherwise). The
+    events are written as they happen and the pulse when the run stops, so a run that was killed
+    has events and no pulse. A last line cut short by the kill is left out."""
     run_dir = Path(run_dir)
-    if not (run_dir / PULSE_FILE).exists():
-        return {}
     events = []
     if (run_dir / EVENTS_FILE).exists():
-        events = [json.loads(line) for line in (run_dir / EVENTS_FILE).read_text(encoding="utf-8").splitlines()
-                  if line.strip()]
-    return {"pulse": pd.read_parquet(run_dir / PULSE_FILE), "events": events}
+        for line in (run_dir / EVENTS_FILE).read_text(encoding="utf-8").splitlines():
+            try:
+                events.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # blank, or cut short by a kill
+    if (run_dir / PULSE_FILE).exists():
+        pulse = pd.read_parquet(run_dir / PULSE_FILE)
+    elif events:  # killed: the events stand without the steps' rows
+        pulse = pd.DataFrame(columns=["step", *PULSE_COLUMNS])
+    else:
+        return {}
+    return {"pulse": pulse, "events": events}
 
 
 def read_meta(run_dir: str | os.PathLike) -> dict:

@@ -25,7 +25,7 @@ STRUCTURE = Need("model structure", lambda records: None if records.structure is
 RECIPE_PROBE = Need("recipe probe", lambda records: None if records.dynamics is not None else "none ran")
 TRAINING_RUN = Need("training run", lambda records: (
     "not a monitored training run (gradscope.diagnose takes a few probe steps)" if records.pulse is None
-    else "no step reached the spike detector" if records.pulse.empty else None))
+    else "no step reached the spike detector" if records.pulse.empty and not records.events else None))
 
 
 @dataclass(frozen=True)

@@ -166,6 +166,13 @@ def test_events_reach_the_run_directory_and_tensorboard(tmp_path):
     accumulator.Reload()
     assert [e.step for e in accumulator.Scalars("gradscope/skipped")] == [250]
     assert [e.step for e in accumulator.Scalars("gradscope/spike")] == [250]
+    # a run killed before it stopped has its events (written as they happen) but no pulse.parquet
+    # (written at the stop): the report still tells of the spike
+    (tmp_path / "run" / "pulse.parquet").unlink()
+    with (tmp_path / "run" / "events.jsonl").open("a") as f:
+        f.write('{"step": 27')  # a last line cut short by the kill
+    killed = load_run_report(tmp_path / "run")
+    assert {"training-spike", "skipped-updates"} <= {f.rule for f in killed.findings}
 
 
 def test_the_loss_rules_options_match_their_definitions():
