@@ -6,7 +6,9 @@ each parameter]``, and returns the step's alarm bits (a float tensor on the devi
 z-scores. A detector's state lives in small device tensors; nothing here reads a value back.
 
 - ``zscore`` (default): an exponential moving mean and variance of each series, a spike when the
-  loss or the log gradient norm is more than ``threshold`` standard deviations above its mean.
+  loss or the log gradient norm is more than ``threshold`` standard deviations above its mean (a
+  loss spike also by :data:`SPIKE_FLOOR` of the fall the mean has made, so a converged loss's
+  heavy-tailed noise is not a spike).
   Spike steps and non-finite values are kept out of the mean, so a spike does not widen its own
   band. The default threshold and window were chosen on measured runs (docs/instability.md).
 - ``ratio``: llm-foundry's kill-loss-spike rule: the loss above ``threshold`` (2) times the mean of
@@ -77,6 +79,12 @@ _NOISE_ALPHA = 2.0 / (TREND_NOISE_SPAN + 1)
 _SMOOTHED_NOISE = _HALF_NORMAL * math.sqrt(_TREND_ALPHA / (2 - _TREND_ALPHA))
 """The smoothed loss's noise standard deviation over the mean absolute difference."""
 KINDS = tuple(_DEFAULTS)
+
+SPIKE_FLOOR = 0.1
+"""zscore: a loss spike must also stand above the loss's running mean by this share of the fall
+the mean has made from its highest value: near convergence (a mean of 0.002 after a start at 2.3)
+the loss's noise is heavy-tailed, and one batch at 0.05 is many standard deviations but no spike
+worth a warning."""
 
 
 @dataclass(frozen=True)
@@ -175,6 +183,8 @@ class DetectorState:
         self.losses = self._new((detector.window if detector.kind != "zscore" else 1,), float("nan"))
         """The last accepted losses (ratio, rtol): a ring, NaN where not yet filled."""
         self.last_loss = self._new((1,), float("inf"))
+        self.peak = self._new((1,), -float("inf"))
+        """The highest running mean of the loss so far (zscore's spike floor)."""
         self.seen = 0
         """Steps taken so far (a host count: warmup and the moving average's start)."""
         self.trend = (TrendState(detector.trend) if xp is np else
@@ -209,6 +219,8 @@ class DetectorState:
         z = xp.where(finite, deviation / xp.sqrt(self.var + 1e-24), xp.zeros_like(deviation))
         warm = self.seen >= d.warmup
         spiking = (z[0:2] > d.threshold) & finite[0:2] & warm
+        fall = xp.where(self.peak > self.mean[0:1], self.peak - self.mean[0:1], self.peak * 0.0)
+        spiking[0:1] = spiking[0:1] & (deviation[0:1] > SPIKE_FLOOR * fall)
         spikes = spiking[0:1] * float(LOSS_SPIKE) + spiking[1:2] * float(GRAD_SPIKE)
         # the first steps average with equal weights, then the moving average takes over
         alpha = max(2.0 / (d.window + 1), 1.0 / (self.seen + 1))
@@ -217,6 +229,7 @@ class DetectorState:
         self.mean[:] = self.mean + alpha * moved
         # an exponentially weighted variance (West's update), untouched where not accepted
         self.var[:] = xp.where(accept, (1 - alpha) * (self.var + alpha * moved * moved), self.var)
+        self.peak[:] = xp.maximum(self.peak, xp.where(finite[0:1], self.mean[0:1], self.peak))
         return (z if warm else 0.0 * z), spikes
 
     def _zscore_on_host(self, y: np.ndarray, has_loss: bool):
@@ -231,7 +244,8 @@ class DetectorState:
         if not everywhere:
             z = np.where(finite, z, 0.0)
         warm = self.seen >= d.warmup
-        loss_spike = warm and bool(finite[0]) and z[0] > d.threshold
+        loss_spike = warm and bool(finite[0]) and z[0] > d.threshold \
+            and deviation[0] > SPIKE_FLOOR * max(float(self.peak[0] - self.mean[0]), 0.0)
         grad_spike = warm and bool(finite[1]) and z[1] > d.threshold
         alarm = float(GRAD_NONFINITE) * (not finite[1]) + float(LOSS_NONFINITE) * (has_loss and not finite[0]) \
             + float(LOSS_SPIKE) * loss_spike + float(GRAD_SPIKE) * grad_spike
@@ -243,6 +257,8 @@ class DetectorState:
             self.mean += alpha * moved
             updated = (1 - alpha) * (self.var + alpha * moved * moved)
             self.var[:] = updated if everywhere else np.where(finite, updated, self.var)
+            if finite[0] and self.mean[0] > self.peak[0]:
+                self.peak[0] = self.mean[0]
         self.seen += 1
         return np.array([alarm]), (z if warm else 0.0 * z)
 

@@ -244,3 +244,24 @@ def test_the_fix_names_qk_norm_or_a_z_loss_by_where_the_spike_began(layer, qk_no
     fix = instability_fix([{"layer": layer, "lr": 0.01}], records)
     assert ("qk-norm" in fix) == qk_norm and ("z-loss" in fix) == z_loss
     assert "try 0.0033" in fix and "max_norm=1" in fix  # the 99th percentile of the quiet steps' norms
+
+
+@pytest.mark.parametrize("xp", [np, torch], ids=["numpy", "torch"])
+def test_a_converged_losss_heavy_tail_is_no_spike_but_a_real_jump_is(xp):
+    """Near convergence the loss sits at ~0.002 and a batch with one hard sample reads 0.02-0.05:
+    many standard deviations of that quiet loss, but a hundredth of the fall it made from 2.3. A
+    jump to 3.0 is still a spike."""
+    rng = np.random.default_rng(0)
+    losses = list(2.3 * np.exp(-np.arange(800) / 60) + 0.002 + rng.exponential(0.0002, 800))
+    hard = {1200: 0.05, 1300: 0.03, 1400: 0.045, 1500: 0.02}
+    losses += [hard.get(t, 0.002 + rng.exponential(0.0002)) for t in range(800, 1600)] + [3.0]
+    state = DetectorState(Detector("zscore", trend=0), 2, xp)
+    alarms, z_hard = [], []
+    for loss in losses:
+        y = np.array([loss, 0.0]) if xp is np else torch.tensor([loss, 0.0], dtype=torch.float64)
+        alarm, z = state.update(y)
+        alarms.append(int(alarm[0]))
+        if len(alarms) - 1 in hard:
+            z_hard.append(float(z[0]))
+    assert z_hard[0] > 100  # the z-score alone raised it, at 8
+    assert [t for t, bits in enumerate(alarms) if bits & LOSS_SPIKE] == [len(losses) - 1]
