@@ -109,6 +109,11 @@ class MonitorConfig:
                     f"Expected `log_dir` to be a path but got {self.log_dir!r} "
                     f"({type(self.log_dir).__name__})."
                 )
+            if not os.fspath(self.log_dir).strip():
+                raise UsageError(
+                    "`log_dir` is empty, which would write the run into the current directory; pass a "
+                    "directory for the run (log_dir='runs/exp1'), or leave log_dir out to keep it in memory."
+                )
             path = Path(self.log_dir)
             if path.exists() and not path.is_dir():
                 raise UsageError(

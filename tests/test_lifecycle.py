@@ -292,6 +292,12 @@ def test_a_log_dir_that_cannot_be_created_is_a_usage_error(tmp_path):
         gradscope.monitor(models.mlp(), log_dir=blocker / "run")
 
 
+@pytest.mark.parametrize("empty", ["", "  "])
+def test_an_empty_log_dir_is_refused_not_read_as_the_current_directory(empty):
+    with pytest.raises(gradscope.UsageError, match="`log_dir` is empty"):
+        gradscope.monitor(models.mlp(), log_dir=empty)
+
+
 def test_a_start_that_fails_after_the_sinks_opened_closes_them_and_leaves_the_log_dir_reusable(
         tmp_path, monkeypatch):
     import threading
