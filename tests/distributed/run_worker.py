@@ -144,11 +144,18 @@ def mismatch(rank: int, out: Path) -> None:
 
 def _finish() -> None:
     """Both ranks done with every collective before either tears its group down (gloo aborts a
-    process whose peer left while its threads still ran)."""
+    process whose peer left while its threads still ran); then the process leaves without running
+    C++ destructors, where a thread still joinable at exit now and then ended a run under load with
+    "terminate called without an active exception". The results are written by then."""
+    import os
+
     import torch.distributed as dist
 
     dist.barrier()
     dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
