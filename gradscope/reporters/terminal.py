@@ -222,5 +222,5 @@ def _print_table(console: Console, table: Table) -> None:
 
 def _range(low: float, high: float) -> str:
     if not high > 0:
-        return ""
+        return "(no finite signal was recorded)"
     return f"from {low:.0e} to {high:.0e}"

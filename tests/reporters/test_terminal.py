@@ -79,3 +79,17 @@ def test_the_table_can_be_left_out(report):
     text = printed(report, terminal=False, table=False)
     assert NAME not in text and "┃" not in text
     assert text.startswith("Verdict:") and "model.py" in text
+
+
+@pytest.mark.filterwarnings("ignore:gradscope. the model is compiled")
+def test_a_run_without_a_backpropagated_signal_says_so_under_the_table():
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+    compiled = torch.compile(model, backend="aot_eager")  # no module hooks: no signal
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gradscope.monitor(compiled, optimizer=opt) as mon:
+        compiled(torch.randn(16, 8)).pow(2).mean().backward()
+        opt.step()
+    text = printed(mon.report(), terminal=False)
+    assert "bar: its log10 (no finite signal was recorded)" in " ".join(text.split())
