@@ -405,6 +405,7 @@ class Recorder:
         self.hooks.detach()
         self.hooks.sync_modules()
         self.params.sync(self._watched, self._owned())
+        self._sampled_params = None  # the gradients a backward must change are read afresh
 
     def _owned(self) -> set[int]:
         """Ids of the parameters the followed optimizer steps."""
