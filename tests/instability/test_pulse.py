@@ -236,3 +236,26 @@ def test_a_backward_that_is_not_the_models_training_loss_is_not_counted(setup):
     assert pulse["micro_batches"].tolist() == [1, 1, 1, 1]
     assert pulse["loss"].tolist() == pytest.approx(expected, rel=1e-6)
     assert mon.skipped_steps == []
+
+
+@pytest.mark.filterwarnings("ignore:gradscope. .*no parameter had a gradient")
+def test_a_root_never_called_keeps_counting_its_loss_after_its_layers_are_replaced():
+    model = Wrapper()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    expected = []
+    with gradscope.monitor(model, every=1) as mon:
+        for i, (x, y) in enumerate(batches(4)):
+            if i == 2:
+                model.net = small_mlp()  # every parameter new: the old ones get no gradient again
+                opt = torch.optim.SGD(model.parameters(), lr=0.01)
+            loss = F.mse_loss(model.net(x), y)
+            expected.append(float(loss.detach()))
+            loss.backward()
+            mon.step()
+            opt.step()
+            opt.zero_grad()
+    losses = mon.pulse_history()["loss"].tolist()
+    # the new layers are followed from the next logged step (docs/monitor.md): the step that
+    # replaced them has no loss, every later one has it again
+    assert np.isnan(losses[2])
+    assert [losses[i] for i in (0, 1, 3)] == pytest.approx([expected[i] for i in (0, 1, 3)], rel=1e-6)
