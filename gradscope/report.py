@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from gradscope.probe import Dynamics
-from gradscope.rundir import meta_layers, read_history, read_meta, read_training
+from gradscope.rundir import meta_layers, read_history, read_meta, read_training, run_status
 from gradscope.rules import COORDCHECK_RULES, SEVERITIES, Coverage, Finding, Records, rule_coverage, run_rules
 from gradscope.rules.base import json_safe
 from gradscope.structure import ModelStructure
@@ -72,13 +72,25 @@ class Report:
     def _layer_rows(self) -> list[dict]:
         """Per-layer rows: a statistic that does not apply to a layer is null, a measured NaN
         stays "nan" (json_safe), since it is the most important value a report carries."""
-        measured = self.layers.attrs.get("measured", {})
+        nans = self.measured_nans()
         rows = self.layers.to_dict(orient="records")
-        for i, row in enumerate(rows):
+        for row in rows:
             for key, value in row.items():
-                if isinstance(value, float) and value != value and not measured.get(key, [False] * len(rows))[i]:
+                if isinstance(value, float) and value != value and (row["layer"], key) not in nans:
                     row[key] = None
         return rows
+
+    def measured_nans(self) -> set[tuple[str, str]]:
+        """(layer, metric) cells of the layer table whose value is a measured NaN, which reports
+        show as "nan"; other empty cells are statistics that do not apply to the layer."""
+        measured = self.layers.attrs.get("measured", {})
+        out = set()
+        for metric, flags in measured.items():
+            if metric in self.layers.columns:
+                values = self.layers[metric].tolist()
+                out |= {(layer, metric) for layer, value, flag in zip(self.layers["layer"], values, flags)
+                        if flag and isinstance(value, float) and value != value}
+        return out
 
     def to_json(self, indent: int | None = 2) -> str:
         """The report as JSON (the format the CLI writes, documented in docs/diagnose.md)."""
@@ -122,7 +134,7 @@ def load_run_report(run_dir: str | os.PathLike) -> Report:
     steps = sorted(history["step"].unique().tolist())
     options = {
         "steps": len(steps), "every": meta.get("every"), "last_step": steps[-1] if steps else None,
-        "status": meta.get("status"), "loss": "training loop", "command": meta.get("command"),
+        "status": run_status(meta), "loss": "training loop", "command": meta.get("command"),
         "gradscope_version": meta.get("gradscope_version"), "torch_version": meta.get("torch_version"),
     }
     return build_report(history, layers, None, model, options, **read_training(run_dir))

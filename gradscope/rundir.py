@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -53,6 +54,8 @@ def write_meta(run_dir: Path, meta: dict) -> None:
         "torch_version": torch.__version__,
         "command": sys.argv,
         "written": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
         **meta,
     }
     write_atomic(run_dir / META_FILE, json.dumps(full, indent=2))
@@ -136,6 +139,24 @@ def read_meta(run_dir: str | os.PathLike) -> dict:
             f"this gradscope reads {FORMAT!r} version {FORMAT_VERSION}."
         )
     return meta
+
+
+def run_status(meta: dict) -> str | None:
+    """The run's status as a reader should say it: ``complete``; ``running``; or, for a run still
+    marked running whose writing process (``pid`` on ``host``) no longer exists on this machine,
+    ``stopped without closing`` (killed, crashed, or its monitor never stopped). A run written
+    on another machine, or by a version that did not record its process, stays ``running``."""
+    status = meta.get("status")
+    pid = meta.get("pid")
+    if status != "running" or meta.get("host") != socket.gethostname() or not isinstance(pid, int):
+        return status
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return "stopped without closing"
+    except (PermissionError, OSError, ValueError):
+        return status  # it exists under another user, or cannot be asked: say what was written
+    return status
 
 
 def read_history(run_dir: str | os.PathLike) -> pd.DataFrame:

@@ -37,15 +37,24 @@ def layer_summary(history: pd.DataFrame, layers: pd.DataFrame, step: int | None 
     grad, weight, ratio, nonfinite = (
         column(m).reindex(owner.index) for m in ("grad_norm", "weight_norm", "update_ratio", "grad_nonfinite")
     )
+    recorded = at.groupby("metric")["layer"].agg(set).to_dict()
+
+    def measured_nan(values: pd.Series, metric: str) -> pd.Series:
+        return values.isna() & values.index.isin(recorded.get(metric, set()))
+
     per_module = pd.DataFrame({
         "owner": owner, "grad_sq": grad ** 2, "delta_sq": (ratio * weight) ** 2,
-        "weight_sq": weight ** 2, "nonfinite": nonfinite, "has_grad": grad.notna(),
-        "has_ratio": ratio.notna(),
+        "weight_sq": weight ** 2, "nonfinite": nonfinite,
+        # a parameter whose statistic was recorded as NaN makes its module's combined value NaN
+        # (a sum that skipped it would show the bias's finite norm for a NaN weight gradient)
+        "grad_nan": measured_nan(grad, "grad_norm"),
+        "ratio_nan": measured_nan(ratio, "update_ratio") | measured_nan(weight, "weight_norm"),
     })
     grouped = per_module.groupby("owner")
     combined = pd.DataFrame({
-        "grad_norm": np.sqrt(grouped["grad_sq"].sum(min_count=1)),
-        "update_ratio": np.sqrt(grouped["delta_sq"].sum(min_count=1)) / np.sqrt(grouped["weight_sq"].sum(min_count=1)),
+        "grad_norm": np.sqrt(grouped["grad_sq"].sum(min_count=1)).mask(grouped["grad_nan"].any()),
+        "update_ratio": (np.sqrt(grouped["delta_sq"].sum(min_count=1)) / np.sqrt(grouped["weight_sq"].sum(min_count=1)))
+        .mask(grouped["ratio_nan"].any()),
         "grad_nonfinite": grouped["nonfinite"].sum(min_count=1),
     })
     frame = modules[["layer", "type", "kind", "order"]].copy()
@@ -56,7 +65,6 @@ def layer_summary(history: pd.DataFrame, layers: pd.DataFrame, step: int | None 
     frame["order"] = np.arange(len(frame))
     frame = frame[SUMMARY_COLUMNS].reset_index(drop=True)
     # which cells were measured: a NaN there is a measured NaN, elsewhere "does not apply"
-    recorded = at.groupby("metric")["layer"].agg(set).to_dict()
     measured = {m: frame["layer"].isin(recorded.get(m, set())).tolist()
                 for m in ("out_grad_norm", "dead_fraction", "saturation", "act_rms")}
     for metric in ("grad_norm", "update_ratio", "grad_nonfinite"):

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
 
 import pandas as pd
 import pytest
@@ -10,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 import gradscope
-from gradscope.rundir import read_history, read_meta
+from gradscope.rundir import read_history, read_meta, run_status
 from tests import models
 
 
@@ -58,6 +62,16 @@ def test_a_killed_run_loads_up_to_its_last_complete_part(tmp_path):
     (history / "part-000003.parquet.tmp").write_bytes(b"half a file")  # killed while writing
     df = read_history(tmp_path / "run")
     assert sorted(df.step.unique().tolist()) == [0, 2, 4, 6, 8, 10]
+
+
+def test_a_running_run_whose_process_is_gone_is_called_stopped_without_closing():
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    here = {"status": "running", "host": socket.gethostname()}
+    assert run_status({**here, "pid": os.getpid()}) == "running"
+    assert run_status({**here, "pid": int(ended.stdout)}) == "stopped without closing"
+    assert run_status({**here, "host": "another-machine", "pid": int(ended.stdout)}) == "running"
+    assert run_status({"status": "running"}) == "running"  # written before host and pid were kept
+    assert run_status({**here, "status": "complete", "pid": int(ended.stdout)}) == "complete"
 
 
 def test_corrupt_runs_give_clear_errors(tmp_path):

@@ -12,9 +12,9 @@ from gradscope.reporters.verdict import verdict_text
 from gradscope.sweep import FLAT_SLOPE
 
 
-def _cell(value, percent: bool = False) -> str:
+def _cell(value, percent: bool = False, measured: bool = False) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
+        return "nan" if measured else ""
     if percent:
         return f"{100 * value:.0f}%"
     return f"{value:.2e}"
@@ -51,9 +51,13 @@ def verdict_markdown(report: Report) -> str:
 
 def report_markdown(report: Report, title: str) -> str:
     layers = report.layers.set_index("layer").loc[leaf_layers(list(report.layers["layer"]))]
+    nans = report.measured_nans()
     rows = [
-        f"| {markdown_text(name or '(model)')} | {markdown_text(str(r['type']))} | {_cell(r['out_grad_norm'])} | "
-        f"{_cell(r['grad_norm'])} | {_cell(r['dead_fraction'], True)} | {_cell(r['saturation'], True)} |"
+        f"| {markdown_text(name or '(model)')} | {markdown_text(str(r['type']))} | "
+        + " | ".join(_cell(r[metric], percent, (name, metric) in nans)
+                     for metric, percent in (("out_grad_norm", False), ("grad_norm", False),
+                                             ("dead_fraction", True), ("saturation", True)))
+        + " |"
         for name, r in layers.iterrows()
     ]
     counts = ", ".join(f"{sum(f.severity == s for f in report.findings)} {s}" for s in ("error", "warning", "info"))

@@ -40,9 +40,11 @@ def log_bar(value: float, low: float, high: float, width: int = BAR_WIDTH) -> st
     return "█" * full + (_EIGHTHS[part] if part else "")
 
 
-def number(value: float, percent: bool = False) -> str:
+def number(value: float, percent: bool = False, measured: bool = False) -> str:
+    """A table cell: empty for a statistic that does not apply (NaN or None), "nan" for a
+    ``measured`` NaN."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
+        return "nan" if measured else ""
     if percent:
         return f"{100 * value:.0f}%"
     if not math.isfinite(value):
@@ -84,13 +86,17 @@ class TerminalReport:
         table.add_column("weight grad", justify="right", no_wrap=True, min_width=8)
         table.add_column("dead", justify="right", no_wrap=True)
         table.add_column("sat", justify="right", no_wrap=True)
+        nans = self.report.measured_nans()
         for name, row in rows.iterrows():
             style = STYLES.get(flagged.get(name, ""), "")
+
+            def cell(metric: str, percent: bool = False) -> str:
+                return number(row[metric], percent, (name, metric) in nans)
+
             table.add_row(
-                escape(show_controls(name or "(model)")), escape(show_controls(str(row["type"]))), number(row["out_grad_norm"]),
+                escape(show_controls(name or "(model)")), escape(show_controls(str(row["type"]))), cell("out_grad_norm"),
                 Text(log_bar(row["out_grad_norm"], low, high, bar_width), style=style or "green"),
-                number(row["grad_norm"]), number(row["dead_fraction"], True),
-                number(row["saturation"], True), style=style,
+                cell("grad_norm"), cell("dead_fraction", True), cell("saturation", True), style=style,
             )
         return table
 

@@ -76,3 +76,34 @@ def test_a_measured_nan_stays_nan_in_the_json_report():
     rows = {row["layer"]: row for row in json.loads(report.to_json())["layers"]}
     assert rows["1"]["act_rms"] == "nan"
     assert rows["1"]["dead_fraction"] is None and rows["1"]["grad_norm"] is None
+
+
+def test_a_nan_weight_gradient_beside_a_finite_bias_gradient_is_nan_for_its_module_in_every_report():
+    """A module's gradient norm combines its parameters': a NaN in one of them is the module's
+    value, shown "nan" in the terminal, Markdown and JSON reports; a blank means "does not apply"."""
+    from rich.console import Console
+
+    from gradscope.reporters.markdown import report_markdown
+    from gradscope.reporters.terminal import TerminalReport
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gradscope.monitor(model, every=1, optimizer=opt) as mon:
+        x = torch.randn(16, 4)
+        x[0, 0] = torch.nan  # 0.weight's gradient x^T g is NaN in one column; 0.bias's is finite
+        model(x).sum().backward()
+        opt.step()
+    history = mon.to_dataframe().set_index(["layer", "metric"])["value"]
+    assert history[("0.weight", "grad_norm")] != history[("0.weight", "grad_norm")]
+    assert history[("0.bias", "grad_norm")] > 0  # finite: a sum that skipped NaNs would show it
+    report = mon.report()
+    rows = {row["layer"]: row for row in json.loads(report.to_json())["layers"]}
+    assert rows["0"]["grad_norm"] == "nan" and rows["1"]["grad_norm"] is None
+    console = Console(width=120, record=True)
+    console.print(TerminalReport(report).layer_table(width=120))
+    cells = {line.split()[0]: [c.strip() for c in line.split("│")]
+             for line in console.export_text().splitlines() if line[:2] in ("0 ", "1 ")}
+    assert cells["0"][4] == "nan" and cells["1"][4] == ""  # weight grad: NaN, and does not apply
+    table = [line for line in report_markdown(report, "t").splitlines() if line.startswith("| 0 |")]
+    assert table and table[0].split("|")[4].strip() == "nan"

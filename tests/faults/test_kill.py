@@ -39,6 +39,8 @@ def test_a_killed_run_is_read_whole(tmp_path, seed):
     report = json.loads((tmp_path / "s.json").read_text())
     assert len(report["layers"]) == 26  # 12 Linear, 12 Sigmoid, the output Linear, the root
     assert "vanishing-gradient" in [f["rule"] for f in report["findings"]]
+    assert report["options"]["status"] == "stopped without closing"  # its process is gone
+    assert "(run stopped without closing)" in " ".join(result.output.split())
     on_disk = len(list((run_dir / "history").glob("part-*.parquet")))
     part_sizes = [min(2 ** k, 2) for k in range(on_disk)]  # 1, 2, 2, …: flush_every=2
     assert report["options"]["steps"] == sum(part_sizes)  # every complete part is read
