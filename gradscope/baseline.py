@@ -98,6 +98,16 @@ class Comparison:
     """The baseline was written before verdicts were recorded: its verdict is not compared."""
     verdict_limit: str | None = None
     """``--fail-on`` given as a verdict (at-risk, fails): a verdict at or past it fails."""
+    baseline_layers: int | None = None
+    """Layers with a signal in the baseline (None: no baseline)."""
+    compared_layers: int = 0
+    """Of those, the layers the model still has, whose signal was compared."""
+
+    @property
+    def no_layer_in_common(self) -> bool:
+        """The baseline has a signal, but on none of the model's layers: nothing was compared (a
+        baseline of another model, or every layer renamed), which must not pass as unchanged."""
+        return bool(self.baseline_layers) and self.compared_layers == 0
 
     @property
     def verdict_regressed(self) -> bool:
@@ -118,7 +128,8 @@ class Comparison:
 
     @property
     def failed(self) -> bool:
-        return bool(self.new_findings or self.moved or self.verdict_regressed or self.verdict_over_limit)
+        return bool(self.new_findings or self.moved or self.verdict_regressed or self.verdict_over_limit
+                    or self.no_layer_in_common)
 
 
 def compare(report: Report, baseline: dict | None, fail_on: str, tolerance: float) -> Comparison:
@@ -156,4 +167,6 @@ def compare(report: Report, baseline: dict | None, fail_on: str, tolerance: floa
         recipe_before=recorded.get("recipe"),
         predates_verdicts=baseline is not None and "verdict" not in baseline,
         verdict_limit=fail_on if fail_on in VERDICTS else None,
+        baseline_layers=len(baseline["signal"]) if baseline else None,
+        compared_layers=len(baseline["signal"]) - len(missing) if baseline else 0,
     )

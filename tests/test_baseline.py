@@ -107,3 +107,26 @@ def test_fail_on_a_severity_or_never_does_not_gate_on_the_verdict(report):
 def test_a_report_without_a_verdict_passes_a_verdict_gate(report):
     assert not compare(dataclasses.replace(report, verdict=None), None, "at-risk", 1.0).failed
 
+
+
+def test_a_baseline_of_another_model_fails_the_check_instead_of_comparing_nothing(report):
+    other = baseline_dict(report)
+    other["signal"] = {f"encoder.{name}": value for name, value in other["signal"].items()}
+    comparison = compare(report, other, "error", 1.0)
+    assert comparison.no_layer_in_common and comparison.failed and not comparison.moved
+    assert comparison_lines(comparison) == [(True, f"The baseline shares none of its {len(other['signal'])} layers "
+                                                   "with the model (a baseline of another model, or every layer "
+                                                   "renamed), so the gradient flow was not compared; if the change is "
+                                                   "meant, rewrite it with --update-baseline.")]
+    one_left = {**other, "signal": {**other["signal"], "0": baseline_dict(report)["signal"]["0"]}}
+    assert not compare(report, one_left, "error", 1.0).failed  # compared on the layer in common
+
+
+def test_a_baseline_without_a_signal_passes_on_verdict_and_findings_and_says_so(report):
+    compiled_like = {**baseline_dict(report), "signal": {}}
+    comparison = compare(report, compiled_like, "error", 1.0)
+    assert not comparison.failed
+    assert comparison_lines(comparison)[-1] == (
+        False, "The baseline records no per-layer signal (no module hook ran when it was written: a compiled model, "
+               "or a backward that reached no module), so only the verdict and findings are compared.")
+    assert compare(labelled(report, "fails"), compiled_like, "error", 1.0).failed  # the verdict still gates

@@ -154,6 +154,14 @@ def comparison_lines(comparison: "Comparison") -> list[tuple[bool, str]]:
     if comparison.predates_verdicts:
         lines.append((False, "The baseline predates verdicts (it records none), so the verdict is not compared; "
                              "refresh it with --update-baseline to record one."))
+    if comparison.no_layer_in_common:
+        lines.append((True, f"The baseline shares none of its {comparison.baseline_layers} layers with the model "
+                            "(a baseline of another model, or every layer renamed), so the gradient flow was not "
+                            "compared; if the change is meant, rewrite it with --update-baseline."))
+    elif comparison.baseline_layers == 0:
+        lines.append((False, "The baseline records no per-layer signal (no module hook ran when it was written: a "
+                             "compiled model, or a backward that reached no module), so only the verdict and "
+                             "findings are compared."))
     return lines
 
 
