@@ -2,7 +2,8 @@
 then replaces the target in one ``os.replace``. A reader sees the old file or the new one, never
 half of one; a full disk or a killed process leaves the old file (or none) and no temporary file.
 Every file gradscope writes for its user (reports, baselines, the run directory's JSON files) goes
-through here."""
+through here. A symlink is written through to its target; a path that exists and is not a regular
+file (a named pipe, ``/dev/stdout``) is written to directly, never replaced."""
 
 from __future__ import annotations
 
@@ -23,10 +24,18 @@ def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
     >>> write_atomic(target, '{"ok": true}').read_text()
     '{"ok": true}'
     """
-    path = Path(path)
+    given = Path(path)
     payload = data.encode("utf-8") if isinstance(data, str) else data
+    # a symlink is written through (a shared baseline linked into a checkout stays shared), and
+    # the rename happens beside its target
+    path = Path(os.path.realpath(given)) if given.is_symlink() else given
     if path.is_dir():
-        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(given))
+    if path.exists() and not path.is_file():
+        # a named pipe, a terminal, /dev/stdout: renaming over it would replace it with a file
+        with open(path, "wb") as handle:
+            handle.write(payload)
+        return given
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except FileExistsError as e:  # a file where a directory is needed
@@ -48,7 +57,7 @@ def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
-    return path
+    return given
 
 
 def append_atomic(path: str | os.PathLike, text: str) -> Path:

@@ -167,6 +167,7 @@ def compare(report: Report, baseline: dict | None, fail_on: str, tolerance: floa
         recipe_before=recorded.get("recipe"),
         predates_verdicts=baseline is not None and "verdict" not in baseline,
         verdict_limit=fail_on if fail_on in VERDICTS else None,
-        baseline_layers=len(baseline["signal"]) if baseline else None,
-        compared_layers=len(baseline["signal"]) - len(missing) if baseline else 0,
+        # the root ("") is in every model: sharing it alone is sharing nothing
+        baseline_layers=len([n for n in baseline["signal"] if n]) if baseline else None,
+        compared_layers=len([n for n in baseline["signal"] if n and n not in missing]) if baseline else 0,
     )

@@ -188,6 +188,22 @@ def _writing(what: str, path: Path, debug: bool):
                                "directory with free space."), debug)
 
 
+def _refuse_outputs_over_inputs(debug: bool, reading: Path, **outputs: Optional[Path]) -> None:
+    """Exit 2 before any work when an output would overwrite what the command reads: the model
+    file, or a file of the run directory (``--json model.py`` is a typo that would lose the
+    user's source)."""
+    source = Path(reading).resolve()
+    for option, path in outputs.items():
+        if path is None:
+            continue
+        target = Path(path).resolve()
+        if target == source or (source.is_dir() and source in target.parents):
+            what = "the model file" if target == source and source.is_file() else "a file of the run directory"
+            _fail_usage(UsageError(
+                f"{option} {path} is {what} this command reads ({reading}); writing there would "
+                "overwrite it. Give another path."), debug)
+
+
 def _run_diagnose(file, factory, input_shape, input_dtype, steps, seed, device, debug, *, recipe, clip, probe_steps,
                   script_args):
     """``recipe``: the values of --optimizer, --lr, --momentum and --weight-decay; ``script_args``:
@@ -295,6 +311,7 @@ def diagnose(
     (trains, at-risk, fails), its gradient flow and the problems found."""
     from gradscope.reporters.terminal import TerminalReport
 
+    _refuse_outputs_over_inputs(debug, file, **{"--json": json, "--html": html, "--markdown": markdown})
     report = _run_diagnose(file, factory, input_shape, input_dtype, steps, seed, device, debug,
                            recipe=(optimizer, lr, momentum, weight_decay), clip=clip, probe_steps=probe_steps,
                            script_args=script_args)
@@ -337,6 +354,8 @@ def check(
 
     if update_baseline and baseline is None:
         _fail_usage(UsageError("--update-baseline needs --baseline PATH: where to write the baseline."), debug)
+    _refuse_outputs_over_inputs(debug, file, **{"--json": json, "--junit": junit,
+                                                "--baseline": baseline if update_baseline else None})
     known = None
     if baseline is not None and not update_baseline:
         try:
@@ -363,7 +382,7 @@ def check(
         _say(f"FAIL {len(comparison.moved)} layers' backpropagated signal moved by more than "
              f"{tolerance:g} orders of magnitude against {baseline}:")
         for layer, (old, new) in comparison.moved.items():
-            _say(f"  {layer}: {old:.2e} -> {new:.2e}")
+            _say(f"  {layer or '(model)'}: {old:.2e} -> {new:.2e}")
     if comparison.missing_layers or comparison.added_layers:
         _say(f"Layers since the baseline: {len(comparison.missing_layers)} gone, "
              f"{len(comparison.added_layers)} new (compared on the {len(known['signal']) - len(comparison.missing_layers)} in both).")
@@ -421,6 +440,7 @@ def coordcheck(
     if fail_on in (FailOn.at_risk, FailOn.fails):
         _fail_usage(UsageError(f"--fail-on {fail_on.value} gates on diagnose's verdict, which the coordinate check "
                                "has none of; give a severity: info, warning or error."), debug)
+    _refuse_outputs_over_inputs(debug, file, **{"--json": json, "--html": html, "--markdown": markdown})
     sizes = sorted({int(w) for w in widths.replace(" ", "").split(",") if w})
     options = RecipeOptions(optimizer.value if optimizer is not None else None, lr, momentum, weight_decay)
     try:
@@ -495,6 +515,7 @@ def summary(
     logged step and the rules over its history."""
     from gradscope.reporters.terminal import TerminalReport
 
+    _refuse_outputs_over_inputs(debug, run_dir, **{"--json": json, "--markdown": markdown})
     report = _load_run(run_dir, debug)
     TerminalReport(report, title=_run_title(report), all_layers=all_layers).print(_out)
     _write_outputs(report, _run_title(report), debug, json, markdown)
@@ -509,6 +530,7 @@ def report(
     """Render a run directory as a self-contained HTML report (opens offline)."""
     from gradscope.reporters.html import write_html
 
+    _refuse_outputs_over_inputs(debug, run_dir, **{"--output": output})
     found = _load_run(run_dir, debug)
     with _writing("the HTML report", output, debug):
         path = write_html(found, output, _run_title(found))

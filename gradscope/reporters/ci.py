@@ -48,7 +48,7 @@ def github_annotations(report: Report, comparison: Comparison, file: str) -> lis
         title = _escape_property(f"{f.code} {f.rule}")
         lines.append(f"::{level} file={_escape_property(file)},title={title}::{_escape_data(f.message)}")
     if comparison.moved:
-        text = "; ".join(f"{layer}: {old:.2e} -> {new:.2e}" for layer, (old, new) in list(comparison.moved.items())[:10])
+        text = "; ".join(f"{layer or '(model)'}: {old:.2e} -> {new:.2e}" for layer, (old, new) in list(comparison.moved.items())[:10])
         lines.append(f"::error file={_escape_property(file)},title=gradient-flow regression::"
                      f"{_escape_data(f'{len(comparison.moved)} layers moved against the baseline: {text}')}")
     return lines
@@ -63,7 +63,7 @@ def append_step_summary(report: Report, comparison: Comparison, title: str) -> N
     text = f"{report_markdown(report, title)}\nGradient-flow check {outcome}.\n" + (f"\n{against}" if against else "")
     if comparison.moved:
         text += "\n| layer | baseline signal | now |\n| --- | --- | --- |\n" + "".join(
-            f"| {markdown_text(layer)} | {old:.2e} | {new:.2e} |\n" for layer, (old, new) in comparison.moved.items())
+            f"| {markdown_text(layer or '(model)')} | {old:.2e} | {new:.2e} |\n" for layer, (old, new) in comparison.moved.items())
     append_atomic(path, text)
 
 
@@ -101,7 +101,7 @@ def write_junit(report: Report, comparison: Comparison, path: str | Path, name: 
     if comparison.moved:
         failures += 1
         ET.SubElement(case, "failure", message=f"{len(comparison.moved)} layers moved").text = "\n".join(
-            show_controls(f"{layer}: {old:.3e} -> {new:.3e}") for layer, (old, new) in comparison.moved.items())
+            show_controls(f"{layer or '(model)'}: {old:.3e} -> {new:.3e}") for layer, (old, new) in comparison.moved.items())
     suite.set("tests", str(len(rules) + 2))
     suite.set("failures", str(failures))
     write_atomic(path, ET.tostring(suite, encoding="utf-8", xml_declaration=True))

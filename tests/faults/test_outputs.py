@@ -96,3 +96,45 @@ def test_a_step_summary_keeps_what_other_steps_wrote(tmp_path):
     assert_exit(result, 1)
     text = summary.read_text()
     assert text.startswith("# an earlier step\n") and "Gradient-flow check **failed**" in text
+
+
+@pytest.mark.parametrize("output", [o for o in OUTPUTS if "GITHUB" not in o])
+def test_an_output_over_what_the_command_reads_is_exit_2_before_any_work(tmp_path, run_dir, output):
+    model = model_file(tmp_path / "src", SIGMOID)
+    reads = run_dir / "meta.json" if "RUN" in OUTPUTS[output][0] else model
+    before = {p: p.read_bytes() for p in [model, *run_dir.rglob("*")] if p.is_file()}
+    result = _invoke(output, model, run_dir, reads)
+    assert_exit(result, 2)
+    _said(result, "would overwrite it. Give another path.")
+    assert {p: p.read_bytes() for p in before} == before
+
+
+@pytest.mark.parametrize("output", list(OUTPUTS))
+def test_an_output_through_a_symlink_updates_its_target_and_keeps_the_link(tmp_path, run_dir, output):
+    model = model_file(tmp_path / "src", SIGMOID)
+    shared = tmp_path / "shared" / "out.file"
+    shared.parent.mkdir()
+    shared.write_text("the previous output\n")
+    link = tmp_path / "link.file"
+    link.symlink_to(shared)
+    result = _invoke(output, model, run_dir, link)
+    assert result.exit_code in (0, 1), result.output
+    assert link.is_symlink() and link.resolve() == shared.resolve()
+    assert shared.read_text() != "the previous output\n"
+    assert [p.name for p in shared.parent.iterdir()] == ["out.file"]  # no temporary file left
+
+
+def test_an_output_to_a_named_pipe_is_written_into_it_not_over_it(tmp_path, run_dir):
+    import os
+    import threading
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_text()), daemon=True)
+    reader.start()
+    result = _invoke("summary --json", None, run_dir, fifo)
+    reader.join(timeout=30)
+    assert result.exit_code in (0, 1), result.output
+    assert got and '"findings"' in got[0]
+    assert fifo.is_fifo()
