@@ -198,7 +198,9 @@ class DetectorState:
         if xp is np and d.kind == "zscore":
             return self._zscore_on_host(y, has_loss)
         finite = xp.isfinite(y)
-        alarm = (~finite[1:2]) * float(GRAD_NONFINITE)
+        # y[1] is the log gradient norm: -inf is a gradient of exactly 0, finite (kept out of the
+        # running statistics, but no alarm)
+        alarm = (~(finite[1:2] | (y[1:2] == -float("inf")))) * float(GRAD_NONFINITE)
         if has_loss:
             alarm = alarm + (~finite[0:1]) * float(LOSS_NONFINITE)
         if d.kind == "zscore":
@@ -247,7 +249,8 @@ class DetectorState:
         loss_spike = warm and bool(finite[0]) and z[0] > d.threshold \
             and deviation[0] > SPIKE_FLOOR * max(float(self.peak[0] - self.mean[0]), 0.0)
         grad_spike = warm and bool(finite[1]) and z[1] > d.threshold
-        alarm = float(GRAD_NONFINITE) * (not finite[1]) + float(LOSS_NONFINITE) * (has_loss and not finite[0]) \
+        alarm = float(GRAD_NONFINITE) * (not finite[1] and y[1] != -math.inf) \
+            + float(LOSS_NONFINITE) * (has_loss and not finite[0]) \
             + float(LOSS_SPIKE) * loss_spike + float(GRAD_SPIKE) * grad_spike
         if self.trend is not None and has_loss and self.trend.step(float(y[0])):
             alarm += float(LOSS_RISING)

@@ -19,7 +19,8 @@ and where the spike began:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+import math
+from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
 
@@ -83,10 +84,12 @@ class SpikeEvent:
         return given_back(self.smoothed_loss, self.lowest_loss, self.fall)
 
     def to_dict(self) -> dict:
+        """Plain JSON types; a non-finite number is the string "nan", "inf" or "-inf" (a NaN loss
+        is measured, not missing: null means "not applicable")."""
         out = asdict(self)
         for key, value in out.items():
             if isinstance(value, float) and not np.isfinite(value):
-                out[key] = None if np.isnan(value) else ("inf" if value > 0 else "-inf")
+                out[key] = "nan" if np.isnan(value) else ("inf" if value > 0 else "-inf")
         return out
 
     @property
@@ -146,9 +149,24 @@ def make_event(step: int, bits: int, ring: np.ndarray, window: int, names: list[
     )
 
 
+NUMBER_FIELDS = tuple(f.name for f in fields(SpikeEvent) if "float" in str(f.type))
+"""The event's fields that hold a number (written "nan", "inf", "-inf" when not finite)."""
+
+
+def from_json(event: dict) -> dict:
+    """An event dict as :meth:`SpikeEvent.to_dict` or ``events.jsonl`` has it, with its non-finite
+    numbers as floats again (for arithmetic)."""
+    out = dict(event)
+    for key in NUMBER_FIELDS:
+        if out.get(key) in ("nan", "inf", "-inf"):
+            out[key] = float(out[key])
+    return out
+
+
 def given_back(smoothed: float | None, lowest: float | None, fall: float | None) -> float | None:
     """The share of its fall that a smoothed loss climbed back from its minimum (None unknown)."""
-    if smoothed is None or lowest is None or not fall:
+    numbers = (smoothed, lowest, fall)
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in numbers) or not fall:
         return None
     return (smoothed - lowest) / fall
 

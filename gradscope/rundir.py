@@ -10,6 +10,7 @@ import json
 import os
 import socket
 import sys
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from gradscope.atomic import write_atomic
-from gradscope.errors import UsageError
+from gradscope.errors import GradscopeWarning, UsageError
 from gradscope.pulse import PULSE_COLUMNS
 
 COLUMNS = ["step", "layer", "metric", "value"]
@@ -98,22 +99,53 @@ def write_pulse(run_dir: Path, pulse: pd.DataFrame) -> None:
 def read_training(run_dir: str | os.PathLike) -> dict:
     """The pulse and the events of a run directory, where the run wrote them ({} otherwise). The
     events are written as they happen and the pulse when the run stops, so a run that was killed
-    has events and no pulse. A last line cut short by the kill is left out."""
+    has events and no pulse. A last line cut short by the kill is left out, with a warning; any
+    other damage is a ``UsageError`` naming the file."""
     run_dir = Path(run_dir)
-    events = []
-    if (run_dir / EVENTS_FILE).exists():
-        for line in (run_dir / EVENTS_FILE).read_text(encoding="utf-8").splitlines():
-            try:
-                events.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # blank, or cut short by a kill
-    if (run_dir / PULSE_FILE).exists():
-        pulse = pd.read_parquet(run_dir / PULSE_FILE)
+    events = _read_events(run_dir / EVENTS_FILE) if (run_dir / EVENTS_FILE).exists() else []
+    path = run_dir / PULSE_FILE
+    if path.exists():
+        try:
+            pulse = pd.read_parquet(path)
+        except Exception as e:  # noqa: BLE001 - any reader error means a damaged file
+            raise UsageError(f"{str(path)!r} cannot be read ({type(e).__name__}: {e}); the run directory "
+                             f"is damaged. Delete it to read the run without its every-step pulse.") from e
+        missing = [c for c in ("step", *PULSE_COLUMNS) if c not in pulse.columns]
+        if missing:
+            raise UsageError(f"{str(path)!r} is not a gradscope pulse (it lacks the columns "
+                             f"{', '.join(missing)}); delete it to read the run without its pulse.")
     elif events:  # killed: the events stand without the steps' rows
         pulse = pd.DataFrame(columns=["step", *PULSE_COLUMNS])
     else:
         return {}
     return {"pulse": pulse, "events": events}
+
+
+def _read_events(path: Path) -> list[dict]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"{str(path)!r} cannot be read ({e}); the run directory is damaged.") from e
+    events = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):  # cut short by a kill while it was written
+                warnings.warn(f"{path}: its last line was cut short (the run was killed while writing it), "
+                              "so that event is left out.", GradscopeWarning, stacklevel=2)
+                continue
+            raise UsageError(f"{str(path)!r} line {number} is not JSON; the run directory is damaged "
+                             "(delete the line to read the other events).") from None
+        if not (isinstance(event, dict) and isinstance(event.get("step"), int) and not isinstance(event["step"], bool)
+                and isinstance(event.get("alarms"), list) and all(isinstance(a, str) for a in event["alarms"])):
+            raise UsageError(f"{str(path)!r} line {number} is not a gradscope event (an object with an integer "
+                             "\"step\" and a list of \"alarms\"); the run directory is damaged (delete the line to "
+                             "read the other events).")
+        events.append(event)
+    return events
 
 
 def read_meta(run_dir: str | os.PathLike) -> dict:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from gradscope.layers import activation_display, is_functional
+from gradscope.events import from_json
 from gradscope.rules.base import fmt
 from gradscope.structure import ModelStructure, WeightLayer
 
@@ -145,7 +146,7 @@ def spike_events(records) -> list[dict]:
     if records.pulse is None:
         return out
     for event in records.events:
-        event = dict(event)
+        event = from_json(event)
         event["nonfinite"] = any("non-finite" in a for a in event.get("alarms", []))
         out.append(event)
     return out

@@ -107,3 +107,19 @@ def test_a_nan_weight_gradient_beside_a_finite_bias_gradient_is_nan_for_its_modu
     assert cells["0"][4] == "nan" and cells["1"][4] == ""  # weight grad: NaN, and does not apply
     table = [line for line in report_markdown(report, "t").splitlines() if line.startswith("| 0 |")]
     assert table and table[0].split("|")[4].strip() == "nan"
+
+
+@pytest.mark.parametrize("damage", ["truncated pulse", "pulse of another kind", "event of another kind"])
+def test_a_damaged_pulse_or_event_file_is_exit_2_naming_it(run_dir, damage):
+    pulse, events = run_dir / "pulse.parquet", run_dir / "events.jsonl"
+    assert pulse.exists()
+    if damage == "truncated pulse":
+        pulse.write_bytes(pulse.read_bytes()[:100])
+    elif damage == "pulse of another kind":
+        pd.DataFrame({"step": [0, 1]}).to_parquet(pulse)
+    else:
+        events.write_text('{"step": "abc", "alarms": 5}\n')
+    result = CliRunner().invoke(app, ["summary", str(run_dir)])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    assert (events.name if damage.startswith("event") else pulse.name) in " ".join(result.output.split())

@@ -149,6 +149,20 @@ def test_the_guard_and_a_learning_rate_scheduler_work_together(built, recwarn):
     assert not [w for w in recwarn if "lr_scheduler" in str(w.message) or "overridden" in str(w.message)]
 
 
+def test_a_gradient_of_exactly_zero_is_no_nonfinite_gradient():
+    """A loss that does not depend on the parameters (a loss weight at 0, every unit dead) gives
+    gradients of exactly 0: no alarm, no divergence, and the verdict stays trains."""
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gradscope.monitor(model, every=10, optimizer=opt, guard="skip") as mon:
+        for _ in range(30):
+            ((model(torch.randn(16, 4)) * 0).sum() + 1.0).backward()
+            opt.step()
+            opt.zero_grad()
+    assert mon.events == [] and "training-divergence" not in [f.rule for f in mon.findings()]
+    assert mon.report().verdict.label == "trains"
+
+
 def test_events_reach_the_run_directory_and_tensorboard(tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -171,8 +185,13 @@ def test_events_reach_the_run_directory_and_tensorboard(tmp_path):
     (tmp_path / "run" / "pulse.parquet").unlink()
     with (tmp_path / "run" / "events.jsonl").open("a") as f:
         f.write('{"step": 27')  # a last line cut short by the kill
-    killed = load_run_report(tmp_path / "run")
+    with pytest.warns(gradscope.GradscopeWarning, match="its last line was cut short"):
+        killed = load_run_report(tmp_path / "run")
     assert {"training-spike", "skipped-updates"} <= {f.rule for f in killed.findings}
+    with (tmp_path / "run" / "events.jsonl").open("a") as f:
+        f.write('}\n{"step": "abc", "alarms": 5}\n')  # damage, not a kill: said, naming the file
+    with pytest.raises(gradscope.UsageError, match="events.jsonl' line 2 is not a gradscope event"):
+        load_run_report(tmp_path / "run")
 
 
 def test_the_loss_rules_options_match_their_definitions():
@@ -213,6 +232,7 @@ def test_a_spike_after_a_nonfinite_step_and_a_step_without_loss_is_still_caught(
     trace = np.column_stack([1 + 0.05 * rng.standard_normal(300), 0.1 * rng.standard_normal((300, 2))])
     trace[120, 0] = np.nan
     trace[130, 1] = np.inf
+    trace[135:138, 1] = -np.inf  # log of a gradient norm of exactly 0: finite, no alarm
     trace[250, 0] += 2.0
     trace[280, 1] += 3.0
     state = DetectorState(Detector("zscore"), 3, xp, torch.device("cpu") if xp is torch else None)
