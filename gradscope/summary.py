@@ -70,5 +70,14 @@ def layer_summary(history: pd.DataFrame, layers: pd.DataFrame, step: int | None 
     for metric in ("grad_norm", "update_ratio", "grad_nonfinite"):
         owners = set(owner[owner.index.isin(recorded.get(metric, set()))])
         measured[metric] = frame["layer"].isin(owners).tolist()
-    frame.attrs["measured"] = measured
+    frame.attrs["measured"] = Measured(measured)
     return frame
+
+
+class Measured(dict):
+    """Per metric, which layers' cells were measured (a list of flags in row order). pandas
+    deep-copies a frame's ``attrs`` on every operation, which took seconds per report on models of
+    thousands of layers; this table is never changed after it is made, so copies share it."""
+
+    def __deepcopy__(self, memo) -> "Measured":
+        return self
