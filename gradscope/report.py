@@ -112,6 +112,12 @@ def build_report(
     rules: their Inf/NaN gradients were discarded by design."""
     events = list(events or [])
     records = Records(without_skipped_steps(history), layers, structure, dynamics, pulse, tuple(events))
+    if history.empty and dynamics is None and (pulse is None or pulse.empty) and not events:
+        # nothing was recorded (a monitor stopped before its first step): no verdict, nothing checked
+        coverage = rule_coverage(records)
+        nothing = Coverage([], {slug: "no step was recorded" for slug in [*coverage.checked, *coverage.not_checked]})
+        return Report(model, [], layer_summary(history, layers), history, structure, options, dynamics,
+                      None, nothing, pulse, events)
     findings = run_rules(records)
     return Report(model, findings, layer_summary(history, layers), history, structure, options, dynamics,
                   decide(findings, dynamics), rule_coverage(records), pulse, events)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torch.nn as nn
@@ -453,3 +455,13 @@ def test_paused_forwards_and_their_backward_are_not_recorded():
     expected.update({k: v for k, v in parameters.items() if k[1] in ("grad_norm", "weight_norm", "grad_nonfinite")})
     assert set(got) == set(expected)
     assert_close(got, expected)
+
+
+def test_a_monitor_that_recorded_no_step_gives_no_verdict_and_judges_nothing():
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    with gradscope.monitor(model, optimizer=torch.optim.SGD(model.parameters(), lr=0.01)) as mon:
+        pass
+    report = mon.report()
+    assert report.verdict is None and report.findings == [] and report.coverage.checked == []
+    assert report.no_findings_text == "No findings: nothing could be judged (no step was recorded)."
+    assert json.loads(report.to_json())["verdict"] is None

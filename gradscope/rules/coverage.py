@@ -49,6 +49,8 @@ class Coverage:
         """
         if self.complete:
             return HEALTHY
+        if not self.checked and len(set(self.not_checked.values())) == 1:
+            return f"No findings: nothing could be judged ({next(iter(self.not_checked.values()))})."
         rules_by_reason: dict[str, list[str]] = {}
         for slug, reason in self.not_checked.items():
             rules_by_reason.setdefault(reason, []).append(slug)
