@@ -44,6 +44,10 @@ class SignalProfile:
     adjusted_trend: float
     adjusted_quarters: float
     """The same two with the steps at normalisation, pooling and embedding layers removed."""
+    zero_input_side: tuple[str, ...] = ()
+    """Leaf layers before the profile's first one (nearer the input) whose signal is exactly 0 on
+    the recent steps: left out of the trend (a log of 0), but where a decay ends when it
+    underflows."""
 
     @property
     def rise(self) -> float:
@@ -129,6 +133,9 @@ def signal_profile(records: Records) -> SignalProfile | None:
         per_layer = np.nanmedian(logs, axis=0)
     keep = np.isfinite(per_layer) & (per_layer > np.log10(TINY))  # exact zeros: blocked, not a trend
     kept = [name for name, k in zip(layers, keep) if k]
+    zero = (values == 0).all(axis=0)
+    first = layers.index(kept[0]) if kept else 0
+    zero_input_side = tuple(name for name, z in zip(layers[:first], zero[:first]) if z)
     y = per_layer[keep]
     if sum(not is_pass_through_type(records.types.get(name, "")) for name in kept) < MIN_LAYERS:
         return None  # dropout and identity layers repeat their neighbour's signal: they add no depth
@@ -138,6 +145,7 @@ def signal_profile(records: Records) -> SignalProfile | None:
     return SignalProfile(
         layers=kept, log_signal=y, steps=steps, trend=theil_sen_change(y), quarters=_quarters(y),
         adjusted_trend=theil_sen_change(adjusted), adjusted_quarters=_quarters(adjusted),
+        zero_input_side=zero_input_side,
     )
 
 

@@ -57,11 +57,13 @@ def detect(records: Records) -> list[Violation]:
         return []
     out_log = profile.log_signal[-profile.quarter:]
     threshold = float(sorted(out_log)[len(out_log) // 2]) - ORDERS
-    weak = [name for name, y in zip(profile.layers, profile.log_signal) if y <= threshold]
+    zero = list(profile.zero_input_side)
+    weak = zero + [name for name, y in zip(profile.layers, profile.log_signal) if y <= threshold]
     message = (
         f"The backpropagated signal shrinks by {profile.rise:.1f} orders of magnitude from the "
         f"output side ({fmt(profile.output_side)}) to the input side ({fmt(profile.input_side)}) "
         f"across {len(profile.layers)} layers, about x{fmt(profile.per_layer_factor)} per layer"
+        + (f", and {len(zero)} layers nearer the input receive exactly 0 (it underflowed)" if zero else "")
         + (f"; {len(weak)} layers receive less than 1e-3 of the output-side signal: "
            f"{advice.layer_text(weak)}." if weak else ".")
     )
@@ -78,6 +80,7 @@ def detect(records: Records) -> list[Violation]:
         "signal_input_side": profile.input_side,
         "per_layer_factor": profile.per_layer_factor,
         "layers_in_profile": len(profile.layers),
+        "layers_with_zero_signal": len(zero),
         "steps": profile.steps,
     }, INFO if adaptive else None)]
 

@@ -27,6 +27,19 @@ def test_geometric_decay_is_vanishing():
     assert [f.rule for f in run_rules(records)] == ["vanishing-gradient"]
 
 
+def test_layers_whose_signal_underflowed_to_zero_are_counted_as_vanished():
+    """A decay that reaches 0 in float32 leaves exact zeros nearer the input: out of the trend (no
+    log of 0), but counted among the layers that receive nothing."""
+    log_signal = [-np.inf] * 30 + list(np.linspace(-20, 0, 20))  # 10 ** -inf == 0.0
+    records = profile_records(log_signal)
+    profile = signal_profile(records)
+    assert len(profile.layers) == 20 and profile.zero_input_side == tuple(f"l{i}" for i in range(30))
+    finding = run_rules(records)[0]
+    assert finding.rule == "vanishing-gradient" and finding.evidence["layers_with_zero_signal"] == 30
+    assert "and 30 layers nearer the input receive exactly 0 (it underflowed)" in finding.message
+    assert finding.layers[:30] == [f"l{i}" for i in range(30)]
+
+
 def test_a_single_pooling_jump_of_four_orders_is_not_vanishing():
     # a flat profile with one 4-order step at a pooling layer in the middle
     logs = [-4.0] * 10 + [0.0] * 10
