@@ -3,7 +3,7 @@ for each output, so that it is shown as text and never acts: no terminal escape 
 GitHub Actions workflow commands, no markdown or HTML in a step summary, no malformed XML.
 
 Rich markup is not escaped here: gradscope prints user text as ``rich.text.Text`` (never parsed as
-markup) or through ``rich.markup.escape``. HTML pages use ``html.escape``.
+markup) or through ``rich.markup.escape``. HTML pages use :func:`html_text`.
 """
 
 from __future__ import annotations
@@ -29,6 +29,18 @@ def show_controls(text: str) -> str:
     '\\x1b[31mred\\n'
     """
     return _CONTROLS.sub(lambda m: repr(m.group())[1:-1], text)
+
+
+def html_text(text: str) -> str:
+    r"""Text for an HTML page: ``html.escape``d, with bidi overrides written out as escapes (a
+    right-to-left override in a layer name would reverse the rest of the line).
+
+    >>> html_text("<b>\u202eLTR")
+    '&lt;b&gt;\\u202eLTR'
+    """
+    import html
+
+    return html.escape(re.sub(f"[{_BIDI}]", lambda m: repr(m.group())[1:-1], text))
 
 
 def markdown_text(text: str) -> str:

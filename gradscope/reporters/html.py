@@ -5,7 +5,7 @@ backpropagated signal, dead units and saturation, and the update ratios.
 Figures are ``plotly.graph_objects`` figures embedded with ``plotly.io.to_html`` (one div and
 script each); plotly.js itself is inlined once, in the page's head, so the page fetches nothing.
 Every name that comes from the model is escaped: in the page and in plotly's labels (which read
-HTML) with ``html.escape``, and in the figure data by plotly's JSON encoder, which escapes ``<``,
+HTML) with ``html_text`` (``html.escape``, bidi overrides escaped), and in the figure data by plotly's JSON encoder, which escapes ``<``,
 ``>`` and ``/``, so a module called ``</script>`` stays text.
 Large runs stay usable: at most ``MAX_STEPS`` step columns (evenly spaced, last step kept) and
 ``MAX_LAYERS`` layer rows (every k-th leaf layer, noted on the figure); parameters are grouped by
@@ -14,7 +14,6 @@ the module that owns them.
 
 from __future__ import annotations
 
-import html
 import math
 import os
 from pathlib import Path
@@ -27,6 +26,7 @@ from plotly.offline import get_plotlyjs
 
 from gradscope.atomic import write_atomic
 from gradscope.report import Report
+from gradscope.reporters.escape import html_text
 from gradscope.reporters.verdict import verdict_text
 from gradscope.rules import SEVERITIES
 from gradscope.verdict import AT_RISK, FAILS, TRAINS
@@ -91,7 +91,7 @@ def _steps_shown(steps: list[int]) -> list[int]:
 
 
 def _label(name: str) -> str:
-    return html.escape(name or "(model)")
+    return html_text(name or "(model)")
 
 
 def _figure(*traces: go.BaseTraceType) -> go.Figure:
@@ -127,7 +127,7 @@ class _Figures:
         if not layers:
             return None
         depth = list(range(len(layers)))
-        hover = [f"{_label(n)} ({html.escape(str(self.types.get(n, '')))})" for n in layers]
+        hover = [f"{_label(n)} ({html_text(str(self.types.get(n, '')))})" for n in layers]
         figure = _figure()
         figure.add_scatter(
             name="backpropagated signal (out_grad_norm)", mode="lines+markers",
@@ -204,7 +204,7 @@ class _Figures:
                                   marker_color="#6a1b9a"))
         figure.update_layout(title_text=title, height=360)
         figure.update_yaxes(title_text="%" if percent else metric, type="log" if log else "linear")
-        figure.update_xaxes(tickangle=-45, automargin=True)
+        figure.update_xaxes(tickangle=-45, automargin=True, type="category")  # names like "3" are not numbers
         return figure
 
     def timeline(self) -> go.Figure | None:
@@ -238,7 +238,7 @@ class _Figures:
         if events:
             at = pulse.set_index("step")
             marks = [int(e["step"]) for e in events]
-            texts = [html.escape(str(e.get("text", ""))) for e in events]
+            texts = [html_text(str(e.get("text", ""))) for e in events]
             for row, column in ((1, "loss"), (2, "grad_norm")):
                 values = [at[column].get(step, np.nan) for step in marks]
                 figure.add_trace(go.Scatter(
@@ -314,7 +314,7 @@ def _fix_html(fix: str) -> str:
         is_code = line.startswith("    ")
         if block and (is_code != code or line == ""):
             text = "\n".join(block)
-            out.append(f"<pre><code>{html.escape(text)}</code></pre>" if code else f"<p>{html.escape(text)}</p>")
+            out.append(f"<pre><code>{html_text(text)}</code></pre>" if code else f"<p>{html_text(text)}</p>")
             block = []
         if line:
             block.append(line[4:] if is_code else line)
@@ -327,21 +327,21 @@ def _verdict_html(report: Report) -> str:
     text = verdict_text(report)
     if text is None:
         return ""
-    items = "".join(f"<li>{html.escape(line)}</li>" for line in text.details)
+    items = "".join(f"<li>{html_text(line)}</li>" for line in text.details)
     return (f'<div class="verdict" style="background:{VERDICT_COLORS.get(text.label, "#57606a")}">'
-            f'<div class="headline"><b>{html.escape(text.verdict)}</b> {html.escape(text.under)}</div>'
+            f'<div class="headline"><b>{html_text(text.verdict)}</b> {html_text(text.under)}</div>'
             f"<ul>{items}</ul></div>")
 
 
 def render_html(report: Report, title: str) -> str:
     """The whole page as a string."""
     meta_bits = [
-        f"{html.escape(str(report.model.get('class', 'model')))}",
+        f"{html_text(str(report.model.get('class', 'model')))}",
         f"{int(report.model.get('parameters', 0)):,} parameters",
         f"{report.options.get('steps', 0)} logged step(s)",
     ]
     if report.options.get("loss"):
-        meta_bits.append(f"loss: {html.escape(str(report.options['loss']))}")
+        meta_bits.append(f"loss: {html_text(str(report.options['loss']))}")
     meta_bits.append(f"gradscope {__version__}")
     sections = _sections(_Figures(report).all())
     return _page(title, meta_bits, _verdict_html(report), _findings_html(report),
@@ -357,13 +357,13 @@ def _findings_html(report) -> str:
         findings_html.append(
             f'<div class="finding" style="border-color:{COLORS[f.severity]}">'
             f'<div class="head"><span class="badge" style="background:{COLORS[f.severity]}">{f.severity}</span>'
-            f'{html.escape(f.code)} {html.escape(f.rule)}</div>'
+            f'{html_text(f.code)} {html_text(f.rule)}</div>'
             f'<div class="layers">layers: {layers}</div>'
-            f"<div>{html.escape(f.message)}</div>"
+            f"<div>{html_text(f.message)}</div>"
             + f"<div><b>Fix:</b></div>{_fix_html(f.fix)}</div>"
         )
     if not report.findings:
-        findings_html.append(f'<p class="note">{html.escape(report.no_findings_text)}</p>')
+        findings_html.append(f'<p class="note">{html_text(report.no_findings_text)}</p>')
     counts_html = "".join(
         f'<span style="color:{COLORS[s]}">{n} {s}{"s" if n != 1 else ""}</span>' for s, n in counts.items())
     return f'<section><h2>Findings</h2><div class="counts">{counts_html}</div>{"".join(findings_html)}</section>'
@@ -374,11 +374,11 @@ def _sections(figures: list[tuple[str, go.Figure | None, str]]) -> list[str]:
     sections = []
     for i, (name, figure, empty_note) in enumerate(figures):
         if figure is None:
-            sections.append(f'<section><h2>{html.escape(name)}</h2><p class="note">{html.escape(empty_note)}</p></section>')
+            sections.append(f'<section><h2>{html_text(name)}</h2><p class="note">{html_text(empty_note)}</p></section>')
             continue
         div = pio.to_html(figure, full_html=False, include_plotlyjs=False, div_id=f"gs-figure-{i}",
                           config={"responsive": True, "displaylogo": False})
-        sections.append(f"<section><h2>{html.escape(name)}</h2>{div}</section>")
+        sections.append(f"<section><h2>{html_text(name)}</h2>{div}</section>")
     return sections
 
 
@@ -389,12 +389,12 @@ def _page(title: str, meta_bits: list[str], banner: str, findings: str, body: st
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>gradscope: {html.escape(title)}</title>
+<title>gradscope: {html_text(title)}</title>
 <style>{_CSS}</style>
 <script>{get_plotlyjs()}</script>
 </head>
 <body>
-<header><h1>gradscope: {html.escape(title)}</h1><div class="meta">{" · ".join(meta_bits)}</div></header>
+<header><h1>gradscope: {html_text(title)}</h1><div class="meta">{" · ".join(meta_bits)}</div></header>
 {banner}
 <main>
 {findings}
@@ -491,7 +491,7 @@ def _slopes_table_html(sweep: WidthSweep) -> str:
         return "" if not math.isfinite(mean) else f"{mean:+.2f} ± {spread:.2f}"
 
     rows = "".join(
-        f"<tr><td>{_label(r.layer or '(model output)')}</td><td>{html.escape(str(r.type))}</td><td>{r.role}</td>"
+        f"<tr><td>{_label(r.layer or '(model output)')}</td><td>{html_text(str(r.type))}</td><td>{r.role}</td>"
         f"<td>{r.verdict}</td><td>{cell(r.act_rms_slope, r.act_rms_spread)}</td>"
         f"<td>{cell(r.first_delta_rms_slope, r.first_delta_rms_spread)}</td>"
         f"<td>{cell(r.init_act_rms_slope, r.init_act_rms_spread)}</td>"
@@ -506,7 +506,7 @@ def render_coordcheck_html(report, title: str) -> str:
     width, one panel per layer group, one line per step), the change per update, the slopes."""
     sweep = report.sweep
     meta_bits = [f"widths {', '.join(map(str, sweep.widths))}", f"{len(sweep.seeds)} seeds",
-                 f"{sweep.steps} steps of {html.escape(sweep.optimizer)}", f"flat: |slope| < {FLAT_SLOPE:g}",
+                 f"{sweep.steps} steps of {html_text(sweep.optimizer)}", f"flat: |slope| < {FLAT_SLOPE:g}",
                  f"gradscope {__version__}"]
     sections = _sections([
         ("Activation size against width (RMS of the output entries, per layer group; one line per step)",

@@ -28,6 +28,7 @@ class Named(nn.Module):
         super().__init__()
         self.add_module("</script><script>alert(1)</script>", nn.Linear(4, 4))
         self.add_module("<b>bold</b>", nn.Sigmoid())
+        self.add_module("rtl\u202eLTR", nn.Linear(4, 4))
 
     def forward(self, x):
         for module in self.children():
@@ -40,6 +41,16 @@ def test_layer_names_are_escaped():
     assert "<script>alert(1)" not in page and "</script><script>" not in page
     assert "<b>bold</b>" not in page and "<i>title</i>" not in page
     assert "&lt;i&gt;title&lt;/i&gt;" in page
+    assert "\u202e" not in page  # a right-to-left override is shown as an escape, not obeyed
+
+
+def test_bar_charts_of_sequential_layers_name_them_on_a_category_axis():
+    """nn.Sequential's layers are called "0", "1", …: plotly would read them as numbers."""
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.Sigmoid(), nn.Linear(8, 2))
+    page = render_html(gradscope.diagnose(model, torch.randn(16, 4)), "sequential")
+    plots = [p for p in page.split("Plotly.newPlot(")[1:] if '"type":"bar"' in p]
+    assert plots, "no bar chart"
+    assert all(re.search(r'"xaxis":\{[^}]*"type":"category"', p) for p in plots)
 
 
 def synthetic_report(layers: int, steps: int, params_per_layer: int = 2):
