@@ -72,10 +72,12 @@ def _violations(records: Records) -> list[Violation]:
     evidence = {"median_update_ratio": median, "per_step": per_step, "band": list(BAND), "recipe": recipe}
     margin = dynamics.loss_margin  # under the default loss, its scale alone must not make a finding
     if median < STALLED_BELOW / margin:
+        how_far = (f"{fmt(1e-3 / median)}x below the usual 1e-3" if median > 0 else
+                   "exactly 0: most weights did not move (no gradient reached them, or the learning rate is 0)")
         return [Violation(layers[:5], (
             f"Updates are {fmt(median)} of the weights' size per step under {recipe} (median over "
-            f"{len(per_step)} probe steps and all weights), {fmt(1e-3 / max(median, 1e-300))}x below the "
-            f"usual 1e-3{_margin_text(margin)}: the model will barely learn."), _fix(small=True), evidence, ERROR)]
+            f"{len(per_step)} probe steps and all weights), {how_far}{_margin_text(margin)}: the model "
+            "will barely learn."), _fix(small=True), evidence, ERROR)]
     normalized = records.structure is not None and records.structure.normalized
     if median > UNSTABLE_ABOVE * margin and not normalized:
         return [Violation(layers[-5:], (
