@@ -26,6 +26,7 @@ from plotly.offline import get_plotlyjs
 
 from gradscope.atomic import write_atomic
 from gradscope.report import Report
+from gradscope.reporters import fix_blocks
 from gradscope.reporters.escape import html_text
 from gradscope.reporters.verdict import verdict_text
 from gradscope.rules import SEVERITIES
@@ -309,17 +310,8 @@ class _Figures:
 
 def _fix_html(fix: str) -> str:
     """Prose lines as paragraphs and indented code lines as code blocks, in their order."""
-    out, block, code = [], [], None
-    for line in fix.splitlines() + [""]:
-        is_code = line.startswith("    ")
-        if block and (is_code != code or line == ""):
-            text = "\n".join(block)
-            out.append(f"<pre><code>{html_text(text)}</code></pre>" if code else f"<p>{html_text(text)}</p>")
-            block = []
-        if line:
-            block.append(line[4:] if is_code else line)
-            code = is_code
-    return "".join(out)
+    return "".join(f"<pre><code>{html_text(text)}</code></pre>" if code else f"<p>{html_text(text)}</p>"
+                   for code, text in fix_blocks(fix))
 
 
 def _verdict_html(report: Report) -> str:

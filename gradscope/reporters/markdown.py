@@ -7,6 +7,7 @@ import math
 
 from gradscope.layers import leaf_layers
 from gradscope.report import Report
+from gradscope.reporters import fix_blocks
 from gradscope.reporters.escape import markdown_fence, markdown_text, show_controls
 from gradscope.reporters.verdict import verdict_text
 from gradscope.sweep import FLAT_SLOPE
@@ -25,17 +26,16 @@ def findings_markdown(report: Report) -> str:
         return markdown_text(report.no_findings_text) + "\n"
     lines = []
     for f in report.findings:
-        prose, code = [], []
-        for line in f.fix.splitlines():
-            (code if line.startswith("    ") else prose).append(line)
-        lines += [
-            f"### {f.severity}: {f.code} `{f.rule}`", "", markdown_text(f.message), "",
-            "**Fix:** " + markdown_text(" ".join(prose)), "",
-        ]
-        if code:
-            block = "\n".join(show_controls(line[4:]) for line in code)
-            fence = markdown_fence(block)
-            lines += [fence + "python", block, fence, ""]
+        lines += [f"### {f.severity}: {f.code} `{f.rule}`", "", markdown_text(f.message), ""]
+        first = True
+        for code, text in fix_blocks(f.fix):  # prose and code in their order
+            if code:
+                block = show_controls(text)
+                fence = markdown_fence(block)
+                lines += [fence + "python", block, fence, ""]
+            else:
+                lines += [("**Fix:** " if first else "") + markdown_text(" ".join(text.splitlines())), ""]
+            first = False
     return "\n".join(lines)
 
 
