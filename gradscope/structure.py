@@ -99,6 +99,9 @@ class StructureProbe:
         self._names = {m: name for name, m in model.named_modules()}
         self._handles: list = []
         self.order: list[str] = []
+        self.calls: list[str] = []
+        """Every module call in the order its forward ended, repeats included (a shared activation
+        module runs after each of several layers, but is in ``order`` once)."""
         self.last_entered: str | None = None
         """The module whose forward began last (named when the model raises)."""
         self._node_owner: dict[object, str] = {}
@@ -133,6 +136,7 @@ class StructureProbe:
         if module in running:  # frames above it raised before their hook ran
             del self._running[running.index(module):]
         name = self._names[module]
+        self.calls.append(name)
         if name not in self.order:
             self.order.append(name)
         if isinstance(output, torch.Tensor) and output.grad_fn is not None:
@@ -170,7 +174,15 @@ class StructureProbe:
             module = modules.get(name)
             return activation_family(module) if module is not None else family_of_type(types.get(name, ""))
 
-        spans = weight_spans(order, lambda n: is_weight_layer(modules.get(n)), family)
+        is_weight = lambda n: is_weight_layer(modules.get(n))  # noqa: E731
+        spans = weight_spans(order, is_weight, family)
+        # a layer followed by a shared activation module (one nn.ReLU called after every layer)
+        # has it only in the call sequence: the first-seen order lists the module once
+        in_calls = {}
+        for span in weight_spans(self.calls, is_weight, family):
+            in_calls.setdefault(span.weight, span)
+        spans = [in_calls[s.weight] if s.activation is None and s.weight in in_calls
+                 and in_calls[s.weight].activation is not None else s for s in spans]
         holders = _weight_holders(self.model)
         layers = []
         for span in spans:

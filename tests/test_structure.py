@@ -90,3 +90,25 @@ def test_activation_functions_are_named_as_the_monitor_names_them():
     after = {w.name: w.activation_layer for w in weight_layers}
     assert after["blocks.0.conv1"] == "blocks.0:relu#0" and after["blocks.0.conv2"] == "blocks.0:relu#1"
     assert all(monitor_types[name] == "functional relu" for name in after.values() if name and ":" in name)
+
+
+class SharedActivation(nn.Module):
+    """One nn.ReLU module called after every layer, as many models write it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fcs = nn.ModuleList([nn.Linear(8, 8) for _ in range(4)])
+        self.norms = nn.ModuleList([nn.LayerNorm(8) for _ in range(4)])
+        self.act = nn.ReLU()
+
+    def forward(self, x):
+        for fc, norm in zip(self.fcs, self.norms):
+            x = self.act(norm(fc(x)))
+        return x
+
+
+def test_a_shared_activation_module_follows_every_layer_it_is_called_after():
+    report = gradscope.diagnose(SharedActivation(), torch.randn(16, 8), probe_steps=0)
+    layers = report.structure.weight_layers
+    assert [(w.name, w.activation, w.activation_layer, w.normalized) for w in layers] == [
+        (f"fcs.{i}", "relu", "act", True) for i in range(4)]

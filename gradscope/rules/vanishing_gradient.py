@@ -103,10 +103,13 @@ def _fix(records: Records) -> str:
             + advice.init_code(tanh, "xavier", "tanh")
         )
     if sigmoid:
+        modules, calls = _activations_after(records, sigmoid)
         parts.append(
             "Sigmoid's derivative is at most 0.25, so even Xavier init leaves a deep sigmoid "
             "stack with a vanishing signal; use ReLU-family hidden activations with He init:\n"
-            + advice.replace_modules(_activations_after(records, sigmoid), "nn.ReLU()") + "\n"
+            + (advice.replace_modules(modules, "nn.ReLU()") + "\n" if modules else "")
+            + (f"replace the sigmoid calls in the forward of {_owners(calls)} with torch.relu (a call "
+               "in a forward cannot be swapped from outside the model's code), then:\n" if calls else "")
             + advice.code(advice.REINIT_CALL)
         )
     if relu:
@@ -156,10 +159,18 @@ def _families(records: Records) -> dict[str, str | None]:
             for weight, activation in records.activations_after.items()}
 
 
-def _activations_after(records: Records, weight_layers: list[str]) -> list[str]:
-    """The activation modules that follow the given weight layers in forward order."""
-    return [activation for weight, activation in records.activations_after.items()
-            if weight in weight_layers and activation is not None and not is_functional(activation)]
+def _activations_after(records: Records, weight_layers: list[str]) -> tuple[list[str], list[str]]:
+    """The activations that follow the given weight layers in forward order: (modules,
+    functional calls such as ``encoder:sigmoid#0``)."""
+    after = list(dict.fromkeys(activation for weight, activation in records.activations_after.items()
+                               if weight in weight_layers and activation is not None))
+    return [a for a in after if not is_functional(a)], [a for a in after if is_functional(a)]
+
+
+def _owners(calls: list[str]) -> str:
+    """The modules whose forward makes the functional ``calls`` (the root: ``the model``)."""
+    owners = list(dict.fromkeys(call.partition(":")[0] if ":" in call else "" for call in calls))
+    return advice.layer_text([o if o else "the model" for o in owners])
 
 
 def pair(bad: bool) -> dict:
