@@ -89,6 +89,11 @@ class History:
             return True
         path = self.run_dir / HISTORY_DIR / f"part-{self._parts:06d}.parquet"
         self._since_attempt = 0
+        last = self.run_dir / HISTORY_DIR / f"part-{self._parts - 1:06d}.parquet"
+        if self._parts and not last.exists() and self.on_write_error is not None:
+            self.on_write_error(FileNotFoundError(
+                2, "the history parts written earlier are gone (the run directory was deleted or "
+                   "replaced); the steps still in RAM are kept", str(last)))
         try:
             write_atomic(path, self._frame(self._unflushed).to_parquet(index=False))
         except OSError as e:
@@ -124,8 +129,17 @@ class History:
         """The whole history as a long table with columns step, layer, metric, value."""
         if self.run_dir is None:
             return self._frame(list(self._recent))
-        on_disk = read_history(self.run_dir) if self._parts else empty_history()
-        return typed_history(pd.concat([on_disk, self._frame(self._unflushed)], ignore_index=True))
+        try:
+            on_disk = read_history(self.run_dir) if self._parts else empty_history()
+        except (UsageError, OSError):  # parts damaged or gone since they were written
+            on_disk = empty_history()
+        # the steps in RAM stand in for those no longer on disk (a directory deleted or replaced
+        # during the run), and the unwritten ones are only there
+        held = {c[0]: c for c in self._recent}
+        held.update({c[0]: c for c in self._unflushed})
+        written = set(on_disk["step"].unique().tolist())
+        missing = [held[step] for step in sorted(held) if step not in written]
+        return typed_history(pd.concat([on_disk, self._frame(missing)], ignore_index=True))
 
     def recent(self) -> pd.DataFrame:
         """The steps still held in RAM (all of them without a run directory)."""

@@ -167,3 +167,23 @@ def test_after_failed_writes_the_history_is_written_again(tmp_path, monkeypatch,
     assert on_disk | lost == set(range(steps)) and not on_disk & lost
     assert len(lost) <= failures * max(window, flush_every)
     assert max(on_disk) == steps - 1
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced by a file"])
+def test_a_run_directory_that_goes_away_mid_run_keeps_every_step_still_in_ram(tmp_path, how):
+    import shutil
+
+    model = models.mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    run_dir = tmp_path / "run"
+    with pytest.warns(gradscope.GradscopeWarning):
+        with gradscope.monitor(model, optimizer=opt, log_dir=run_dir, flush_every=2) as mon:
+            for step in range(10):
+                F.mse_loss(model(torch.randn(8, 6)), torch.randn(8, 3)).backward()
+                opt.step()
+                opt.zero_grad()
+                if step == 3:
+                    shutil.rmtree(run_dir)
+                    if how == "replaced by a file":
+                        run_dir.write_text("not a directory")
+    assert sorted(mon.to_dataframe()["step"].unique().tolist()) == list(range(10))
