@@ -196,6 +196,13 @@ def read_history(run_dir: str | os.PathLike) -> pd.DataFrame:
     parts = sorted((Path(run_dir) / HISTORY_DIR).glob("part-*.parquet"))
     if not parts:
         return empty_history()
+    numbers = [int(p.stem.partition("-")[2]) for p in parts if p.stem.partition("-")[2].isdigit()]
+    gone = sorted(set(range(max(numbers) + 1)) - set(numbers)) if numbers else []
+    if gone:
+        warnings.warn(f"{run_dir}: history part{'s' if len(gone) > 1 else ''} "
+                      f"{', '.join(f'part-{n:06d}.parquet' for n in gone[:5])}{' …' if len(gone) > 5 else ''} "
+                      f"{'are' if len(gone) > 1 else 'is'} missing (deleted?): the report has a gap in its steps there.",
+                      GradscopeWarning, stacklevel=2)
     frames = []
     for part in parts:
         try:

@@ -118,3 +118,11 @@ def test_the_first_parts_are_small_so_that_a_run_killed_early_keeps_its_first_st
     assert [len(pd.read_parquet(p)) for p in parts] == [1, 2, 4, 5, 5]
     assert history.unwritten == 3
     assert read_history(tmp_path / "run").step.tolist() == list(range(17))
+
+
+def test_a_missing_history_part_is_said_not_read_past_silently(tmp_path):
+    run(tmp_path / "run", flush_every=2)
+    (tmp_path / "run" / "history" / "part-000001.parquet").unlink()
+    with pytest.warns(gradscope.GradscopeWarning, match="part-000001.parquet is missing"):
+        df = read_history(tmp_path / "run")
+    assert 1 not in df["step"].tolist() and 0 in df["step"].tolist()
