@@ -6,6 +6,7 @@ documents it).
 from __future__ import annotations
 
 import os
+import warnings
 from collections import deque
 from pathlib import Path
 from typing import Callable
@@ -14,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from gradscope.atomic import write_atomic
-from gradscope.errors import UsageError
+from gradscope.errors import GradscopeWarning, UsageError
 from gradscope.rundir import HISTORY_DIR, META_FILE, empty_history, read_history, typed_history
 
 MAX_BACKOFF = 64
@@ -130,7 +131,9 @@ class History:
         if self.run_dir is None:
             return self._frame(list(self._recent))
         try:
-            on_disk = read_history(self.run_dir) if self._parts else empty_history()
+            with warnings.catch_warnings():  # a part gone was reported when it was missed
+                warnings.simplefilter("ignore", GradscopeWarning)
+                on_disk = read_history(self.run_dir) if self._parts else empty_history()
         except (UsageError, OSError):  # parts damaged or gone since they were written
             on_disk = empty_history()
         # the steps in RAM stand in for those no longer on disk (a directory deleted or replaced

@@ -151,6 +151,11 @@ def _read_events(path: Path) -> list[dict]:
 def read_meta(run_dir: str | os.PathLike) -> dict:
     """The run's ``meta.json``, checked for format and version."""
     path = Path(run_dir) / META_FILE
+    if not Path(run_dir).exists():
+        raise UsageError(f"{str(run_dir)!r} does not exist; pass the directory given as log_dir= to gradscope.monitor.")
+    if not Path(run_dir).is_dir():
+        raise UsageError(f"{str(run_dir)!r} is a file, not a run directory; pass the directory given as log_dir= "
+                         "to gradscope.monitor.")
     if not path.is_file():
         raise UsageError(
             f"{str(run_dir)!r} is not a gradscope run directory: it has no {META_FILE}. "
