@@ -50,6 +50,19 @@ def detect(records: Records) -> list[Violation]:
         warning = (f" The first alarm came {lead} step{'s' if lead != 1 else ''} earlier: "
                    f"{before[0]['text']}.")
     layer = (before[0] if before else first_lost).get("layer")
+    pulse = records.pulse
+    first_step = int(pulse["step"].min()) if pulse is not None and not pulse.empty else 0
+    if first_lost["step"] <= first_step:
+        # non-finite before any update was made: the batch or the model, not the learning rate
+        message = (f"The run was non-finite from its first step, before any update: {first_lost['text']}. "
+                   "The learning rate played no part yet.")
+        fix = ("Check the first batch (torch.isfinite(inputs).all()) and the model's parameters "
+               "(torch.isfinite(p).all() for each), then the forward for an op that overflows or "
+               "meets 0 (log, division, sqrt): run one step under "
+               "torch.autograd.set_detect_anomaly(True) to get the op's traceback.")
+        return [Violation([layer] if layer else ["(model)"], message, fix,
+                          {"step": first_lost["step"], "first_alarm": first_lost["step"],
+                           "skipped": first_lost.get("skipped_steps", 0)})]
     message = f"The run diverged: {first_lost['text']}.{warning}"
     return [Violation([layer] if layer else ["(model)"], message, instability_fix(before or lost, records),
                       {"step": first_lost["step"], "first_alarm": (before or lost)[0]["step"],

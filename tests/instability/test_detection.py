@@ -285,3 +285,18 @@ def test_a_converged_losss_heavy_tail_is_no_spike_but_a_real_jump_is(xp):
             z_hard.append(float(z[0]))
     assert z_hard[0] > 100  # the z-score alone raised it, at 8
     assert [t for t, bits in enumerate(alarms) if bits & LOSS_SPIKE] == [len(losses) - 1]
+
+
+def test_a_run_nonfinite_from_its_first_step_is_not_blamed_on_the_learning_rate():
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gradscope.monitor(model, every=1, optimizer=opt) as mon:
+        for _ in range(3):
+            x = torch.randn(16, 4)
+            x[0, 0] = torch.nan  # the data, from the first step on
+            model(x).sum().backward()
+            opt.step()
+            opt.zero_grad()
+    divergence = next(f for f in mon.findings() if f.rule == "training-divergence")
+    assert "from its first step, before any update" in divergence.message
+    assert "learning rate" not in divergence.fix.lower() and "torch.isfinite(inputs)" in divergence.fix
