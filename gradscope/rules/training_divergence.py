@@ -36,7 +36,9 @@ def detect(records: Records) -> list[Violation]:
         warm-up, clip the gradient norm (the printed ``max_norm`` comes from the measured norms),
         add qk-norm or a z-loss where attention or output logits grow, and train with
         ``monitor(..., guard="skip")``, which skips an update whose gradient is non-finite or
-        spiking, so that one bad batch cannot end the run.
+        spiking, so that one bad batch cannot end the run. A run that is non-finite from its
+        first step, before any update, is not the learning rate's doing: check the batch, the
+        parameters and the forward's ops instead.
     """
     events = spike_events(records)
     lost = [e for e in events if e.get("nonfinite")]
