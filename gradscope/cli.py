@@ -241,6 +241,11 @@ def _run_diagnose(file, factory, input_shape, input_dtype, steps, seed, device, 
     except Exception as e:  # noqa: BLE001 - anything the user's file does wrong is exit 2
         if doing == "running" and loaded.inputs_guessed:
             _fail_usage(_guessed(e, loaded), debug)
+        if doing == "running" and input_shape is not None and input_dtype is None and "Long, Int" in str(e):
+            hint = UsageError(f"{_message(e).rstrip()} The model takes integer inputs (token ids): add "
+                              "--input-dtype long to --input-shape.")
+            hint.__cause__ = e
+            _fail_usage(hint, debug)
         _fail_usage(e, debug)
     except KeyboardInterrupt:
         raise  # Ctrl-C: exit 130

@@ -558,3 +558,23 @@ def test_check_against_a_baseline_from_before_verdicts(tmp_path):
     assert result.exit_code == 0, result.output
     assert said(result).startswith("The baseline predates verdicts (it records none), so the verdict is not "
                                    "compared; refresh it with --update-baseline to record one. Verdict: TRAINS")
+
+
+def test_an_embedding_model_given_a_float_input_shape_is_told_about_input_dtype(tmp_path):
+    source = """
+import torch.nn as nn
+
+class LM(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb, self.out = nn.Embedding(50, 16), nn.Linear(16, 50)
+
+    def forward(self, ids):
+        return self.out(self.emb(ids))
+
+def build_model():
+    return LM()
+"""
+    result = run("diagnose", write(tmp_path, source), "--input-shape", "4,10")
+    assert result.exit_code == 2
+    assert "add --input-dtype long to --input-shape" in " ".join(result.output.split())
