@@ -348,7 +348,9 @@ def _model_from(obj, label: str, path: Path) -> tuple[nn.Module, str]:
     if isinstance(obj, nn.Module):
         return obj, label
     if not callable(obj):
-        raise UsageError(f"{path}: `{label}` is a {type(obj).__name__}, not a function or an nn.Module.")
+        kind = type(obj).__name__
+        article = "an" if kind[:1].lower() in "aeiou" else "a"
+        raise UsageError(f"{path}: `{label}` is {article} {kind}, not a function or an nn.Module.")
     try:
         model = obj()
     except Exception as e:
