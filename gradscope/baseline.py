@@ -46,7 +46,7 @@ def read_baseline(path: str | Path) -> dict:
     if not path.exists():
         raise UsageError(f"No baseline at {path}; create it with `gradscope check FILE --baseline {path} --update-baseline`.")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # an editor's byte-order mark is no damage
     except OSError as e:
         raise UsageError(f"Cannot read the baseline {path}: {e.strerror or e}; give the path of a baseline JSON file.") from e
     except UnicodeDecodeError as e:

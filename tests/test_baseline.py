@@ -131,3 +131,9 @@ def test_a_baseline_without_a_signal_passes_on_verdict_and_findings_and_says_so(
         False, "The baseline records no per-layer signal (no module hook ran when it was written: a compiled model, "
                "or a backward that reached no module), so only the verdict and findings are compared.")
     assert compare(labelled(report, "fails"), compiled_like, "error", 1.0).failed  # the verdict still gates
+
+
+def test_a_baseline_saved_with_a_byte_order_mark_reads(report, tmp_path):
+    write_baseline(report, tmp_path / "b.json")
+    (tmp_path / "bom.json").write_bytes(b"\xef\xbb\xbf" + (tmp_path / "b.json").read_bytes())
+    assert read_baseline(tmp_path / "bom.json") == read_baseline(tmp_path / "b.json")
