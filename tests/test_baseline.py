@@ -137,3 +137,12 @@ def test_a_baseline_saved_with_a_byte_order_mark_reads(report, tmp_path):
     write_baseline(report, tmp_path / "b.json")
     (tmp_path / "bom.json").write_bytes(b"\xef\xbb\xbf" + (tmp_path / "b.json").read_bytes())
     assert read_baseline(tmp_path / "bom.json") == read_baseline(tmp_path / "b.json")
+
+
+def test_the_same_verdict_under_another_recipe_is_said(report):
+    comparison = compare(labelled(report, "trains", "Adam lr 0.1"), baseline_dict(labelled(report, "trains")), "error", 1.0)
+    assert not comparison.failed
+    assert comparison_lines(comparison) == [(False, (
+        "Verdict trains as in the baseline, but under another recipe (baseline under SGD lr 0.01 momentum 0.9 "
+        "(assumed); now under Adam lr 0.1 (assumed)); refresh the baseline with --update-baseline if the new "
+        "recipe is meant."))]

@@ -151,6 +151,10 @@ def comparison_lines(comparison: "Comparison") -> list[tuple[bool, str]]:
     if comparison.verdict_improved:
         lines.append((False, f"Verdict improved against the baseline: {before} -> {now}{_recipes(comparison)}. "
                              f"Refresh the baseline with --update-baseline, so that going back to {before} fails."))
+    if not (comparison.verdict_regressed or comparison.verdict_improved) and comparison.recipe_before is not None \
+            and _recipes(comparison):
+        lines.append((False, f"Verdict {now} as in the baseline, but under another recipe{_recipes(comparison)}; "
+                             "refresh the baseline with --update-baseline if the new recipe is meant."))
     if comparison.predates_verdicts:
         lines.append((False, "The baseline predates verdicts (it records none), so the verdict is not compared; "
                              "refresh it with --update-baseline to record one."))
