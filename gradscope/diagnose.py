@@ -123,7 +123,7 @@ def diagnose(
             if opt is None and steps > 1:
                 opt = torch.optim.SGD(model.parameters(), lr=DEFAULT_LR, momentum=DEFAULT_MOMENTUM)
             history, layers, structure, loss_kind = _run(
-                model, args, kwargs, inputs, loss_fn, steps, opt, batch, seed, progress)
+                model, args, kwargs, inputs, loss_fn, steps, opt, batch, seed, progress, clip_grad_norm)
         saved.restore()
         dynamics, probe_error = None, None
         if probe_steps:
@@ -204,8 +204,7 @@ def _materialize_lazy(model: nn.Module, args: tuple, kwargs: dict, inputs: objec
         ) from e
 
 
-def _run(
-                model, args, kwargs, inputs, loss_fn, steps, opt, batch, seed, progress):
+def _run(model, args, kwargs, inputs, loss_fn, steps, opt, batch, seed, progress, clip_grad_norm=None):
     targets: dict[int, torch.Tensor] = {}
     structure = None
     loss_kind = GIVEN_LOSS if loss_fn is not None else DEFAULT_LOSS
@@ -230,6 +229,8 @@ def _run(
                 loss.backward()
             except Exception as e:
                 raise ModelError(f"The backward pass raised: {type(e).__name__}: {e}.") from e
+            if clip_grad_norm is not None:  # the recipe's clipping, as its training loop does it
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
             if opt is not None:
                 opt.step()
                 opt.zero_grad(set_to_none=True)

@@ -278,3 +278,16 @@ def test_the_scalar_in_a_tuple_output_is_the_models_loss():
         expected = F.cross_entropy(logits.view(-1, 16), targets.view(-1)).item()
     assert report.dynamics.losses[0] == pytest.approx(expected, rel=1e-5)
     assert gradscope.diagnose(model, idx, probe_steps=0).options["loss"] == "default"  # (logits, None)
+
+
+def test_the_monitored_steps_clip_the_gradient_as_the_recipe_says():
+    """With clip_grad_norm, every step diagnose trains is clipped, not only the probe's: the
+    recorded gradient norms, over all parameters, are at most the threshold."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 4))
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    report = gradscope.diagnose(model, torch.randn(16, 8) * 50, optimizer=opt, steps=4, clip_grad_norm=0.25,
+                                probe_steps=0)
+    grads = report.history[report.history["metric"] == "grad_norm"]
+    totals = grads.groupby("step")["value"].apply(lambda v: float((v ** 2).sum() ** 0.5))
+    assert len(totals) == 4 and (totals <= 0.25 * (1 + 1e-5)).all(), totals
