@@ -30,9 +30,12 @@ def detect(records: Records) -> list[Violation]:
         Two patterns. Across depth: the backpropagated signal (``out_grad_norm``) grows by 3 or
         more orders of magnitude from the output side to the input side (the same robust trend
         as vanishing-gradient, in the other direction). Across steps: the total gradient norm of
-        a logged step is 100x or more the median of the up to 5 logged steps before it; in a
-        monitored run whose every-step detector caught that step, the jump is reported as a
-        spike instead (training-spike, and training-divergence if the run was lost). When
+        a logged step is 100x or more the median of the up to 5 logged steps before it and above
+        every earlier logged step's (a converged model's gradient norm rises 100x on a hard batch
+        back to the level of its first steps); in a monitored run whose every-step detector saw
+        that step, the detector judges it instead: a spike it caught is reported as such
+        (training-spike, and training-divergence if the run was lost), a jump it did not flag is
+        within the run's own spread. When
         ``diagnose``'s recipe is an adaptive optimizer (Adam …), whose step size does not scale
         with the gradient, the finding is a warning. In a normalised model without skip
         connections, where the trend's other estimates take out the steps the normalisation
@@ -157,10 +160,16 @@ def _total_grad_norms(records: Records) -> np.ndarray:
 
 
 def _caught_by_the_pulse(records: Records, step: int) -> bool:
-    """Whether a monitored run's every-step detector raised an event covering ``step``: then the
-    jump is a spike (training-spike, and training-divergence if the run was lost), reported there
-    with its layer and whether the run recovered, not a model whose gradients explode."""
-    return records.pulse is not None and any(covers(event, step) for event in records.events)
+    """Whether a monitored run's every-step detector judged ``step``: then a jump there is its
+    business. If it raised an event covering the step, the jump is a spike (training-spike, and
+    training-divergence if the run was lost), reported there with its layer and whether the run
+    recovered; if it saw the step and raised none, the jump is within the run's own spread of
+    gradient norms (a converged classifier's norm rises 100x on one hard batch), no explosion."""
+    if records.pulse is None:
+        return False
+    if any(covers(event, step) for event in records.events):
+        return True
+    return "step" in records.pulse.columns and bool((records.pulse["step"] == step).any())
 
 
 def _first_jump(steps: list[int], totals: np.ndarray) -> tuple[int, float, float] | None:
@@ -170,7 +179,9 @@ def _first_jump(steps: list[int], totals: np.ndarray) -> tuple[int, float, float
         if len(before) == 0 or not np.isfinite(totals[i]):
             continue
         reference = float(np.median(before))
-        if log10(totals[i]) - log10(reference) >= JUMP_ORDERS:
+        earlier = totals[:i][np.isfinite(totals[:i])]
+        # a jump back to a level the run already had (its first steps' norms) is no explosion
+        if log10(totals[i]) - log10(reference) >= JUMP_ORDERS and (len(earlier) == 0 or totals[i] > earlier.max()):
             return steps[i], float(totals[i]), reference
     return None
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn as nn
@@ -40,6 +41,24 @@ def test_a_hundredfold_jump_is_reported_at_its_step():
 def test_steady_decline_and_a_tenfold_rise_are_not_jumps():
     assert run([100.0, 30.0, 10.0, 3.0, 1.0, 0.3]) == []
     assert run([1.0, 1.0, 10.0, 12.0, 11.0]) == []
+
+
+def test_a_converged_models_jump_back_to_its_first_steps_level_is_not_an_explosion():
+    """After convergence the norm is 1000x below its start; one hard batch lifts it 200x, still
+    below where training began: no explosion. Above every earlier step's norm, it is one."""
+    assert run([1.0, 0.8, 0.01, 0.005, 0.005, 0.005, 1.0, 0.005]) == []
+    [finding] = run([1.0, 0.8, 0.01, 0.005, 0.005, 0.005, 5.0, 0.005])
+    assert finding.evidence["step"] == 6
+
+
+def test_a_jump_the_every_step_detector_saw_and_did_not_flag_is_left_to_it():
+    values = {}
+    for step, norm in enumerate([1.0, 1.2, 0.9, 1.1, 150.0, 1.0]):
+        values[(step, "fc.weight", "grad_norm")] = norm
+    records = make_records(values, TYPES)
+    seen = type(records)(records.history, records.layers, None, None,
+                         pd.DataFrame({"step": list(range(6)), "grad_norm": [1.0] * 6}), ())
+    assert check(seen) == []
 
 
 def _bn_stack(depth: int, residual: bool) -> nn.Module:
