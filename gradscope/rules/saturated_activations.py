@@ -9,7 +9,8 @@ import torch.nn as nn
 
 from gradscope.rules import advice
 from gradscope.records import Records
-from gradscope.rules.base import Violation, pct
+from gradscope.layers import is_weight_type
+from gradscope.rules.base import INFO, Violation, pct
 from gradscope.rules.example_models import x64, xavier_tanh
 
 FRACTION = 0.3
@@ -21,7 +22,8 @@ def detect(records: Records) -> list[Violation]:
         Bounded activations (tanh, sigmoid, hardtanh, softsign, hardsigmoid; modules or
         functional calls) whose ``saturation`` (fraction of outputs within 1% of a bound, i.e.
         |tanh| >= 0.99, sigmoid <= 0.01 or >= 0.99) exceeds 30%, as the median of the recent
-        logged steps.
+        logged steps. The model's output activation (no weight layer after it: a classifier's
+        sigmoid) is information only: confident predictions sit at its bounds by design.
 
     Why it matters:
         A saturated unit's derivative is near zero (tanh'(x) < 0.02 there; exactly zero for
@@ -51,6 +53,20 @@ def detect(records: Records) -> list[Violation]:
             saturated.append((layer, float(np.median(values))))
     if not saturated:
         return []
+    outputs = [(n, f) for n, f in saturated if _is_output(records, n)]
+    hidden = [(n, f) for n, f in saturated if not _is_output(records, n)]
+    if not hidden:
+        # the model's own output: a confident classifier's sigmoid sits near 0 and 1 by design
+        # (with BCE its gradient is p - y, which the saturation does not block)
+        listed = ", ".join(f"{n} ({pct(f)})" for n, f in outputs)
+        return [Violation([n for n, _ in outputs], (
+            f"The output activation is saturated: {listed}. After the last weight layer this is "
+            "what confident predictions look like; it blocks no gradient when the loss takes the "
+            "logits (nn.BCEWithLogitsLoss, cross-entropy)."),
+            "If the loss is computed on the activation's output (nn.BCELoss after nn.Sigmoid), take "
+            "the logits instead (nn.BCEWithLogitsLoss): it is the same loss, numerically stable.",
+            {"saturation": dict(outputs), "threshold": FRACTION, "steps": steps, "output": True}, INFO)]
+    saturated = hidden
     names = [n for n, _ in saturated]
     listed = ", ".join(f"{n} ({pct(f)})" for n, f in saturated[:8])
     message = (
@@ -70,6 +86,13 @@ def detect(records: Records) -> list[Violation]:
     return [Violation(names, message, "\n".join(fix), {
         "saturation": {n: f for n, f in saturated}, "threshold": FRACTION, "steps": steps,
     })]
+
+
+def _is_output(records: Records, layer: str) -> bool:
+    """No weight layer runs after ``layer``: it makes the model's output."""
+    names = records.depth_order
+    later = names[names.index(layer) + 1:] if layer in names else []
+    return not any(is_weight_type(records.types.get(n, "")) for n in later)
 
 
 def _first_weight(records: Records) -> str | None:
