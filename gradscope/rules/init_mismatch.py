@@ -4,6 +4,8 @@ Its code and severity are in the registry, ``gradscope.rules.RULES``."""
 
 from __future__ import annotations
 
+import math
+
 import torch.nn as nn
 
 from gradscope.layers import RELU
@@ -34,7 +36,8 @@ def detect(records: Records) -> list[Violation]:
         forward (when no normalisation sits in between) and against the measured depth profile
         of the backpropagated signal (see vanishing-gradient):
 
-        - weights with gain above 3, such as N(0, 1) (gain sqrt(fan_in)), which explode or
+        - weights with gain above 3, such as N(0, 1) (gain sqrt(fan_in)), and above 3 against
+          fan_out too (so ``kaiming_normal_(mode="fan_out")`` is standard), which explode or
           saturate: a warning, or info where the measured profile stays within 1 order of
           magnitude, since the model then compensates for them by design;
         - a small init (gain under 1, e.g. PyTorch's default, 0.58) under 6 or more ReLU-family
@@ -70,7 +73,10 @@ def detect(records: Records) -> list[Violation]:
     rise = profile.rise if profile is not None else None
     own = [w for w in structure.weight_layers if not w.tied_to]
     findings = []
-    large = [w for w in own if w.gain > LARGE_GAIN and w.fan_in >= 16]
+    # a gain measured against fan_out (kaiming_normal_(mode="fan_out"), torchvision's conv init)
+    # is standard too: a layer that reduces channels has a large std * sqrt(fan_in) by design
+    large = [w for w in own if w.gain > LARGE_GAIN and w.fan_in >= 16
+             and w.gain * math.sqrt(w.fan_out / w.fan_in) > LARGE_GAIN]
     if large:
         relu = [w.name for w in large if w.activation == RELU]
         other = [w.name for w in large if w.activation != RELU]

@@ -74,3 +74,21 @@ def test_large_weights_where_the_signal_explodes_are_a_warning():
     finding = _finding(stack(10, None, init=nn.init.normal_))
     assert finding.severity == WARNING
     assert finding.evidence["profile_orders"] <= -1
+
+
+def test_kaiming_fan_out_on_layers_that_reduce_channels_is_a_standard_init():
+    """torchvision's conv init, kaiming_normal_(mode="fan_out"): std x sqrt(fan_in) is above 3 on
+    a 1x1 conv from 256 to 16 channels (a squeeze-excite reduction), by design."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 256, 3, padding=1), nn.ReLU(), nn.Conv2d(256, 16, 1), nn.ReLU(),
+                          nn.Conv2d(16, 256, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(256, 10))
+    for module in model:
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+    report = gradscope.diagnose(model, torch.randn(8, 3, 8, 8), probe_steps=0)
+    reduce = next(w for w in report.structure.weight_layers if w.name == "2")
+    assert reduce.gain == pytest.approx(math.sqrt(2 * 256 / 16), rel=0.1)  # 5.7, above 3
+    assert not [f for f in report.findings if f.rule == "init-mismatch" and "far larger" in f.message]
+    nn.init.normal_(model[2].weight)  # N(0, 1): far larger whichever fan it is measured against
+    report = gradscope.diagnose(model, torch.randn(8, 3, 8, 8), probe_steps=0)
+    assert [f for f in report.findings if f.rule == "init-mismatch" and "far larger" in f.message]
