@@ -212,7 +212,11 @@ def _with_targets(model: nn.Module, ids: torch.Tensor) -> tuple[torch.Tensor | d
             loss, _ = model_loss(model(**inputs))
     except Exception:  # noqa: BLE001 - the ids do not fit as targets (class labels): keep the ids alone
         return ids, None
-    return (inputs, target) if loss is not None else (ids, None)
+    # a language model's loss of ids against ids is a finite cross-entropy, never negative; a loss
+    # that is not (ELECTRA's discriminator takes 0/1 labels, and ids make its BCE negative) means
+    # the ids are not the targets this model expects
+    fits = loss is not None and bool(torch.isfinite(loss).all()) and float(loss.detach().min()) >= 0
+    return (inputs, target) if fits else (ids, None)
 
 
 def infer_inputs(model: nn.Module, where: str, seed: int = 0) -> tuple[torch.Tensor | dict, str]:

@@ -48,3 +48,21 @@ def test_labels_that_are_not_token_shaped_are_left_out():
     inputs, how = infer_inputs(SequenceClassifier(), "classifier.py")
     assert isinstance(inputs, torch.Tensor) and tuple(inputs.shape) == (16, 32)
     assert "also passed" not in how
+
+
+class Discriminator(nn.Module):
+    """ELECTRA's discriminator's shape: token ids in, a BCE loss against 0/1 labels out."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb, self.head = nn.Embedding(50, 8), nn.Linear(8, 1)
+
+    def forward(self, input_ids, labels=None):
+        logits = self.head(self.emb(input_ids)).squeeze(-1)
+        loss = None if labels is None else F.binary_cross_entropy_with_logits(logits, labels.float())
+        return {"logits": logits, "loss": loss}
+
+
+def test_ids_are_not_passed_as_labels_to_a_model_whose_loss_they_make_negative():
+    inputs, how = infer_inputs(Discriminator(), "model.py")
+    assert "labels" not in (inputs if isinstance(inputs, dict) else {}) and "also passed as" not in how
