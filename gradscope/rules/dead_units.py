@@ -11,11 +11,15 @@ import torch.nn as nn
 from gradscope.layers import is_functional
 from gradscope.rules import advice
 from gradscope.records import Records
-from gradscope.rules.base import ERROR, WARNING, Violation, pct
+from gradscope.rules.base import ERROR, INFO, WARNING, Violation, pct
 from gradscope.rules.example_models import he, x64
 
 WARN_FRACTION = 0.5
 """More than this fraction of a layer's units dead is a warning."""
+
+MIN_UNITS = 16
+"""ReLU layers of fewer units (known from diagnose's structure) are information when most of
+their units are dead."""
 
 ERROR_FRACTION = 0.9
 """At or above this fraction dead is an error."""
@@ -34,7 +38,9 @@ def detect(records: Records) -> list[Violation]:
         and position of a logged step). It fires when more than half of a layer's units are dead;
         over a run, on each of the latest 3 logged steps. Warning above 50%, error at 90% or
         more. With a batch under 4 samples only the 90% level applies, since a healthy unit
-        misses a batch of B samples with probability about 2^-B.
+        misses a batch of B samples with probability about 2^-B. A layer of fewer than 16 units
+        (known in ``diagnose``, from the layer before it: a squeeze-excite bottleneck) is
+        information: a few dead units there are little capacity, and their fraction no trend.
 
     Why it matters:
         A dead ReLU passes no gradient, to its inputs or its weights, so it never comes back:
@@ -65,6 +71,18 @@ def detect(records: Records) -> list[Violation]:
             dead.append((layer, float(values[-1])))
     if not dead:
         return []
+    units = _units(records)
+    few = [(n, f) for n, f in dead if units.get(n, MIN_UNITS) < MIN_UNITS]
+    if len(few) == len(dead):
+        # a bottleneck of a few units (a squeeze-excite reduction to 4-8 channels): a dead one
+        # among them is a small loss of capacity, and the fraction of so few is no trend
+        listed = ", ".join(f"{n} ({pct(f)} of {units[n]} units)" for n, f in few[:8])
+        return [Violation([n for n, _ in few], (
+            f"Most units are dead in {len(few)} narrow ReLU layer{'s' if len(few) > 1 else ''} of fewer than "
+            f"{MIN_UNITS} units: {listed}{' …' if len(few) > 8 else ''}."), _fix(records, [n for n, _ in few]),
+            {"dead_fraction": dict(few), "threshold": threshold, "steps": steps, "batch_size": batch,
+             "units": {n: units[n] for n, _ in few}}, INFO)]
+    dead = [(n, f) for n, f in dead if (n, f) not in few]
     worst = max(f for _, f in dead)
     severity = ERROR if worst >= ERROR_FRACTION else WARNING
     names = [n for n, _ in dead]
@@ -78,6 +96,15 @@ def detect(records: Records) -> list[Violation]:
         "dead_fraction": {n: f for n, f in dead}, "threshold": threshold, "steps": steps,
         "batch_size": batch,
     }, severity)]
+
+
+def _units(records: Records) -> dict[str, int]:
+    """Units of each activation that follows a weight layer, from diagnose's structure (the
+    layer's fan-out); a monitor's history does not say."""
+    if records.structure is None:
+        return {}
+    return {w.activation_layer: w.fan_out for w in records.structure.weight_layers
+            if w.activation_layer is not None}
 
 
 def _fix(records: Records, names: list[str]) -> str:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import torch
+import torch.nn as nn
+
+import gradscope
 from gradscope.rules import find_rule
 from gradscope.structure import ModelStructure
 from tests.rules.records import make_records
@@ -35,3 +39,22 @@ def test_small_batch_only_counts_near_total_death():
     assert check(records([0.7], batch=2)) == []
     assert check(records([0.7], batch=16)) != []
     assert check(records([0.95], batch=2)) != []
+
+
+def test_most_units_dead_in_a_bottleneck_of_a_few_units_is_information():
+    """A squeeze-excite-like reduction to 4 units with 3 of them dead: information, while a
+    64-unit layer as dead is a warning or an error."""
+    torch.manual_seed(0)
+
+    def model(width: int) -> nn.Module:
+        m = nn.Sequential(nn.Linear(16, width), nn.ReLU(), nn.Linear(width, 8))
+        with torch.no_grad():
+            m[0].bias[: width * 3 // 4 + (width == 64) * 8] = -100.0  # 3 of 4, or 56 of 64, never fire
+        return m
+
+    [narrow] = [f for f in gradscope.diagnose(model(4), torch.randn(32, 16), probe_steps=0).findings
+                if f.rule == "dead-units"]
+    assert narrow.severity == "info" and narrow.evidence["units"] == {"1": 4}
+    [wide] = [f for f in gradscope.diagnose(model(64), torch.randn(32, 16), probe_steps=0).findings
+              if f.rule == "dead-units"]
+    assert wide.severity in ("warning", "error")
