@@ -209,13 +209,16 @@ def _with_targets(model: nn.Module, ids: torch.Tensor) -> tuple[torch.Tensor | d
     inputs = {params[0].name: ids, target: ids}
     try:
         with _trial(model), torch.enable_grad():  # a loss in a tuple counts when it has a gradient
-            loss, _ = model_loss(model(**inputs))
+            output = model(**inputs)
+            loss, _ = model_loss(output)
     except Exception:  # noqa: BLE001 - the ids do not fit as targets (class labels): keep the ids alone
         return ids, None
-    # a language model's loss of ids against ids is a finite cross-entropy, never negative; a loss
-    # that is not (ELECTRA's discriminator takes 0/1 labels, and ids make its BCE negative) means
-    # the ids are not the targets this model expects
-    fits = loss is not None and bool(torch.isfinite(loss).all()) and float(loss.detach().min()) >= 0
+    # a language model scores every id: its logits have a column per id, and its loss of ids
+    # against ids is a finite cross-entropy, never negative. ELECTRA's discriminator has one logit
+    # per token and takes 0/1 labels (ids make its BCE negative): the ids are not its targets
+    logits = output.get("logits") if isinstance(output, dict) else getattr(output, "logits", None)
+    scores_ids = not isinstance(logits, torch.Tensor) or (logits.dim() >= 1 and logits.shape[-1] > int(ids.max()))
+    fits = loss is not None and scores_ids and bool(torch.isfinite(loss).all()) and float(loss.detach().min()) >= 0
     return (inputs, target) if fits else (ids, None)
 
 

@@ -23,7 +23,8 @@ def detect(records: Records) -> list[Violation]:
         functional calls) whose ``saturation`` (fraction of outputs within 1% of a bound, i.e.
         |tanh| >= 0.99, sigmoid <= 0.01 or >= 0.99) exceeds 30%, as the median of the recent
         logged steps. The model's output activation (no weight layer after it: a classifier's
-        sigmoid) is information only: confident predictions sit at its bounds by design.
+        sigmoid) is information when it was not saturated at the first logged step: confident
+        predictions sit at its bounds by design; saturated from the start, it warns.
 
     Why it matters:
         A saturated unit's derivative is near zero (tanh'(x) < 0.02 there; exactly zero for
@@ -53,16 +54,20 @@ def detect(records: Records) -> list[Violation]:
             saturated.append((layer, float(np.median(values))))
     if not saturated:
         return []
-    outputs = [(n, f) for n, f in saturated if _is_output(records, n)]
-    hidden = [(n, f) for n, f in saturated if not _is_output(records, n)]
+    first = records.wide("saturation").iloc[0]  # the first logged step: at init, or as near it as recorded
+    # the model's output activation saturated only as training went on: confident predictions;
+    # saturated from the start, it is the init's doing (a generator's tanh on wide weights)
+    grown = {n for n, _ in saturated if _is_output(records, n) and not float(first.get(n, 0.0)) > FRACTION}
+    outputs = [(n, f) for n, f in saturated if n in grown]
+    hidden = [(n, f) for n, f in saturated if n not in grown]
     if not hidden:
         # the model's own output: a confident classifier's sigmoid sits near 0 and 1 by design
         # (with BCE its gradient is p - y, which the saturation does not block)
         listed = ", ".join(f"{n} ({pct(f)})" for n, f in outputs)
         return [Violation([n for n, _ in outputs], (
-            f"The output activation is saturated: {listed}. After the last weight layer this is "
-            "what confident predictions look like; it blocks no gradient when the loss takes the "
-            "logits (nn.BCEWithLogitsLoss, cross-entropy)."),
+            f"The output activation is saturated: {listed}, and was not at the first logged step. "
+            "After the last weight layer this is what confident predictions look like; it blocks "
+            "no gradient when the loss takes the logits (nn.BCEWithLogitsLoss, cross-entropy)."),
             "If the loss is computed on the activation's output (nn.BCELoss after nn.Sigmoid), take "
             "the logits instead (nn.BCEWithLogitsLoss): it is the same loss, numerically stable.",
             {"saturation": dict(outputs), "threshold": FRACTION, "steps": steps, "output": True}, INFO)]
