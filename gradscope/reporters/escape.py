@@ -14,8 +14,8 @@ import sys
 _BIDI = "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
 _CONTROLS = re.compile(f"[\x00-\x1f\x7f-\x9f{_BIDI}]")
 # what can start markup inline: emphasis (``_`` only at a word's edge), code, links and images
-# (``[``), table cells, strikethrough, and ``#`` (a heading when it starts a line)
-_MARKDOWN_PUNCTUATION = re.compile(r"([\\`*\[\]|~#]|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9]))")
+# (``[``), table cells, strikethrough, ``#`` (a heading when it starts a line) and ``$`` (GitHub's math)
+_MARKDOWN_PUNCTUATION = re.compile(r"([\\`*\[\]|~#$]|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9]))")
 _MARKDOWN_LIST_START = re.compile(r"^(\s*)(-|\d+\.)")
 _WORKFLOW_COMMAND = re.compile(r"^(\s*)::", re.MULTILINE)
 

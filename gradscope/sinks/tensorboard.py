@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from gradscope.errors import UsageError
+from gradscope.reporters.escape import markdown_text
 from gradscope.sinks import RunView, StepRecord
 from gradscope.stats import STATISTICS
 from gradscope.stats.histograms import HEADER, bucket_limits
@@ -156,4 +157,6 @@ class TensorBoardSink:
 
 
 def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+    """Text for a cell of the findings' markdown table (TensorBoard renders it): markdown
+    punctuation escaped, as in the step summary, so a layer name shows as written."""
+    return markdown_text(text.replace("\n", " "))

@@ -145,3 +145,11 @@ def test_a_rising_loss_gets_its_own_marker_and_a_spike_the_spike_marker(tmp_path
     if spikes:
         assert [e.step for e in ea.Scalars("gradscope/spike")] == spikes
     assert json.dumps(mon.event_dicts())  # the events serialise (finite or named)
+
+
+def test_findings_cells_show_layer_names_as_written():
+    """TensorBoard renders the findings table as markdown: code, emphasis, math and cell
+    separators in a layer name are escaped, as in the step summary."""
+    from gradscope.sinks.tensorboard import _cell
+
+    assert _cell("tick`x` **bold** $x$ a|b\nnext") == "tick\\`x\\` \\*\\*bold\\*\\* \\$x\\$ a\\|b next"
