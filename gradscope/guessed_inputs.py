@@ -230,6 +230,12 @@ def infer_inputs(model: nn.Module, where: str, seed: int = 0) -> tuple[torch.Ten
     failed: dict[str, list[Guess]] = {}  # one failure (a forward that takes two inputs) is said once
     for guess in candidates[:MAX_GUESSES]:
         reached, failure = _try(model, guess)
+        if failure is not None and guess.tokens:
+            # an encoder-decoder (T5, BART) needs decoder inputs, which it builds from its labels
+            inputs, target = _with_targets(model, guess.inputs)
+            if target is not None:
+                return inputs, (f"inferred from {guess.source}: {guess}, also passed as {target}, from which "
+                                "the model builds its decoder's inputs and computes its own loss")
         if failure is not None:
             failed.setdefault(failure, []).append(guess)
             continue

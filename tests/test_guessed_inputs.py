@@ -66,3 +66,26 @@ class Discriminator(nn.Module):
 def test_ids_are_not_passed_as_labels_to_a_model_whose_loss_they_make_negative():
     inputs, how = infer_inputs(Discriminator(), "model.py")
     assert "labels" not in (inputs if isinstance(inputs, dict) else {}) and "also passed as" not in how
+
+
+class EncoderDecoder(nn.Module):
+    """T5's shape: the decoder needs inputs, which the model builds from its labels when given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb, self.enc, self.dec = nn.Embedding(50, 8), nn.Linear(8, 8), nn.Linear(8, 50)
+
+    def forward(self, input_ids, labels=None, decoder_input_ids=None):
+        if decoder_input_ids is None and labels is not None:
+            decoder_input_ids = torch.roll(labels, 1, dims=1)
+        if decoder_input_ids is None:
+            raise ValueError("You must specify decoder_input_ids or labels")
+        logits = self.dec(self.enc(self.emb(input_ids)) + self.emb(decoder_input_ids))
+        loss = None if labels is None else F.cross_entropy(logits.flatten(0, 1), labels.flatten())
+        return {"logits": logits, "loss": loss}
+
+
+def test_an_encoder_decoder_gets_its_ids_as_labels_to_build_its_decoder_inputs():
+    inputs, how = infer_inputs(EncoderDecoder(), "model.py")
+    assert set(inputs) == {"input_ids", "labels"} and torch.equal(inputs["input_ids"], inputs["labels"])
+    assert "builds its decoder's inputs" in how
