@@ -41,8 +41,10 @@ def detect(records: Records) -> list[Violation]:
         return []
     layers = [w.name for w in structure.weight_layers]
     message = (
-        f"The gradient's shortest path from the loss crosses {structure.effective_depth} weight "
-        "layers: the model is a deep stack with no skip connections, so per-layer gains compound."
+        f"The gradient's shortest path from the loss to the layer farthest from it crosses "
+        f"{structure.effective_depth} weight layers: no skip connection shortens it (a plain stack, or "
+        "skips that bypass other layers than the deepest, as around a U-Net's bottleneck), so "
+        "per-layer gains compound along it."
     )
     fix = ("Add residual connections around blocks of 2-3 layers, e.g.:\n" + advice.RESIDUAL_SNIPPET
            + "\n" + advice.code("# blocks = nn.Sequential(*[Residual(nn.Sequential(nn.Linear(w, w), nn.ReLU(), nn.Linear(w, w))) for _ in range(n)])"))
