@@ -76,8 +76,10 @@ def test_a_baseline_from_before_verdicts_loads_and_is_not_compared(report, tmp_p
 def test_a_baseline_of_a_report_without_a_verdict_records_null(report, tmp_path):
     write_baseline(dataclasses.replace(report, verdict=None), tmp_path / "b.json")
     comparison = compare(report, read_baseline(tmp_path / "b.json"), "error", 1.0)
-    assert comparison.verdict_before is None and not comparison.predates_verdicts
-    assert comparison_lines(comparison) == [] and not comparison.failed
+    assert comparison.verdict_before is None and not comparison.predates_verdicts and not comparison.failed
+    assert comparison_lines(comparison) == [(False, "The baseline records no verdict (nothing could be judged when "
+                                                    "it was written), so the verdict is not compared; refresh it "
+                                                    "with --update-baseline to record one.")]
 
 
 @pytest.mark.parametrize("verdict", ['"fails"', '{"label": "broken"}', '{"label": "fails", "recipe": "SGD"}'])
@@ -146,3 +148,4 @@ def test_the_same_verdict_under_another_recipe_is_said(report):
         "Verdict trains as in the baseline, but under another recipe (baseline under SGD lr 0.01 momentum 0.9 "
         "(assumed); now under Adam lr 0.1 (assumed)); refresh the baseline with --update-baseline if the new "
         "recipe is meant."))]
+

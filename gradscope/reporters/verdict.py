@@ -155,6 +155,10 @@ def comparison_lines(comparison: "Comparison") -> list[tuple[bool, str]]:
             and _recipes(comparison):
         lines.append((False, f"Verdict {now} as in the baseline, but under another recipe{_recipes(comparison)}; "
                              "refresh the baseline with --update-baseline if the new recipe is meant."))
+    if comparison.baseline_layers is not None and comparison.verdict_before is None \
+            and not comparison.predates_verdicts and comparison.verdict_now is not None:
+        lines.append((False, "The baseline records no verdict (nothing could be judged when it was written), so "
+                             "the verdict is not compared; refresh it with --update-baseline to record one."))
     if comparison.predates_verdicts:
         lines.append((False, "The baseline predates verdicts (it records none), so the verdict is not compared; "
                              "refresh it with --update-baseline to record one."))
