@@ -169,5 +169,5 @@ def compare(report: Report, baseline: dict | None, fail_on: str, tolerance: floa
         verdict_limit=fail_on if fail_on in VERDICTS else None,
         # the root ("") is in every model: sharing it alone is sharing nothing
         baseline_layers=len([n for n in baseline["signal"] if n]) if baseline else None,
-        compared_layers=len([n for n in baseline["signal"] if n and n not in missing]) if baseline else 0,
+        compared_layers=len(set(baseline["signal"]) - set(missing) - {""}) if baseline else 0,
     )

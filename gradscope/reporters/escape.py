@@ -8,11 +8,13 @@ markup) or through ``rich.markup.escape``. HTML pages use :func:`html_text`.
 
 from __future__ import annotations
 
+import html
 import re
 import sys
 
 _BIDI = "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
 _CONTROLS = re.compile(f"[\x00-\x1f\x7f-\x9f{_BIDI}]")
+_BIDI_CHARACTERS = re.compile(f"[{_BIDI}]")
 # what can start markup inline: emphasis (``_`` only at a word's edge), code, links and images
 # (``[``), table cells, strikethrough, ``#`` (a heading when it starts a line) and ``$`` (GitHub's math)
 _MARKDOWN_PUNCTUATION = re.compile(r"([\\`*\[\]|~#$]|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9]))")
@@ -38,9 +40,7 @@ def html_text(text: str) -> str:
     >>> html_text("<b>\u202eLTR")
     '&lt;b&gt;\\u202eLTR'
     """
-    import html
-
-    return html.escape(re.sub(f"[{_BIDI}]", lambda m: repr(m.group())[1:-1], text))
+    return html.escape(_BIDI_CHARACTERS.sub(lambda m: repr(m.group())[1:-1], text))
 
 
 def markdown_text(text: str) -> str:
