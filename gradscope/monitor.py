@@ -1002,6 +1002,7 @@ class Recorder:
         """What a run directory's ``meta.json`` says of this run besides its status and layers."""
         return {
             "every": self.config.every,
+            "detects": self.config.detect is not None,
             "model": self.model_summary(),
             "metrics": {name: {"scope": s.scope, "doc": s.doc} for name, s in STATISTICS.items()},
             "steps_logged": self.history.steps_logged,

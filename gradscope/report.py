@@ -143,7 +143,7 @@ def load_run_report(run_dir: str | os.PathLike) -> Report:
         "status": run_status(meta), "loss": "training loop", "command": meta.get("command"),
         "gradscope_version": meta.get("gradscope_version"), "torch_version": meta.get("torch_version"),
     }
-    return build_report(history, layers, None, model, options, **read_training(run_dir))
+    return build_report(history, layers, None, model, options, **read_training(run_dir, meta))
 
 
 COORDCHECK_VERSION = 1

@@ -96,11 +96,17 @@ def write_pulse(run_dir: Path, pulse: pd.DataFrame) -> None:
     os.replace(tmp, path)
 
 
-def read_training(run_dir: str | os.PathLike) -> dict:
+UNWRITTEN = "unwritten"
+"""``pulse.attrs[UNWRITTEN]``: the run watched every step but stopped before writing its pulse."""
+
+
+def read_training(run_dir: str | os.PathLike, meta: dict | None = None) -> dict:
     """The pulse and the events of a run directory, where the run wrote them ({} otherwise). The
     events are written as they happen and the pulse when the run stops, so a run that was killed
     has events and no pulse. A last line cut short by the kill is left out, with a warning; any
-    other damage is a ``UsageError`` naming the file."""
+    other damage is a ``UsageError`` naming the file. A run whose ``meta`` says it watched every
+    step (``"detects"``) and that left neither gets an empty pulse marked :data:`UNWRITTEN`, so
+    that the report says what its training rules could not read."""
     run_dir = Path(run_dir)
     events = _read_events(run_dir / EVENTS_FILE) if (run_dir / EVENTS_FILE).exists() else []
     path = run_dir / PULSE_FILE
@@ -114,8 +120,9 @@ def read_training(run_dir: str | os.PathLike) -> dict:
         if missing:
             raise UsageError(f"{str(path)!r} is not a gradscope pulse (it lacks the columns "
                              f"{', '.join(missing)}); delete it to read the run without its pulse.")
-    elif events:  # killed: the events stand without the steps' rows
+    elif events or (meta or {}).get("detects"):  # killed: the events stand without the steps' rows
         pulse = pd.DataFrame(columns=["step", *PULSE_COLUMNS])
+        pulse.attrs[UNWRITTEN] = not events
     else:
         return {}
     return {"pulse": pulse, "events": events}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from gradscope.rundir import UNWRITTEN
 from gradscope.rules.base import Need
 from gradscope.rules.profile import MIN_LAYERS, signal_profile
 
@@ -25,6 +26,8 @@ STRUCTURE = Need("model structure", lambda records: None if records.structure is
 RECIPE_PROBE = Need("recipe probe", lambda records: None if records.dynamics is not None else "none ran")
 TRAINING_RUN = Need("training run", lambda records: (
     "not a monitored training run (gradscope.diagnose takes a few probe steps)" if records.pulse is None
+    else "the run stopped before writing its every-step pulse (pulse.parquet) and raised no alarm"
+    if records.pulse.empty and records.pulse.attrs.get(UNWRITTEN) and not records.events
     else "no step reached the spike detector" if records.pulse.empty and not records.events else None))
 
 

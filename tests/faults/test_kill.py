@@ -40,6 +40,11 @@ def test_a_killed_run_is_read_whole(tmp_path, seed):
     assert len(report["layers"]) == 26  # 12 Linear, 12 Sigmoid, the output Linear, the root
     assert "vanishing-gradient" in [f["rule"] for f in report["findings"]]
     assert report["options"]["status"] == "stopped without closing"  # its process is gone
+    coverage = report["coverage"]  # the training rules say what they could not read, or judged the alarms
+    alarms = (run_dir / "events.jsonl").exists()
+    for slug in ("training-divergence", "training-spike", "rising-loss"):
+        assert (slug in coverage["checked"]) if alarms else \
+            "stopped before writing its every-step pulse" in coverage["not_checked"][slug]
     assert "(run stopped without closing)" in " ".join(result.output.split())
     on_disk = len(list((run_dir / "history").glob("part-*.parquet")))
     part_sizes = [min(2 ** k, 2) for k in range(on_disk)]  # 1, 2, 2, …: flush_every=2
