@@ -388,11 +388,12 @@ def build(arch: Architecture, seed: int) -> nn.Module:
 
 
 def train(arch: Architecture, recipe: Recipe, seed: int, data: dict, steps: int = STEPS,
-          trace: bool = False) -> dict:
+          trace: bool = False, model: nn.Module | None = None) -> dict:
     """Train ``arch`` under ``recipe`` with ``seed`` (init and batches); the test accuracy at the end
     and the step where the loss first became non-finite (None if never); with ``trace``, every
-    step's training loss too (``losses``, up to the first non-finite one)."""
-    model = build(arch, seed)
+    step's training loss too (``losses``, up to the first non-finite one). A ``model`` given is
+    trained on from its weights (with a fresh optimizer; ``seed`` then sets the batches only)."""
+    model = build(arch, seed) if model is None else model
     opt = recipe.build(model)
     x, y = view(data["x_train"], arch.view), data["y_train"]
     generator = torch.Generator().manual_seed(10_000 + seed)

@@ -21,7 +21,7 @@ import torch.nn as nn
 from gradscope.errors import UsageError, UsageTypeError
 from gradscope.hooks import refuse_scripted
 from gradscope.monitor import Recorder
-from gradscope.probe import DEFAULT_LOSS, GIVEN_LOSS, Dynamics, run_probe
+from gradscope.probe import DEFAULT_LOSS, GIVEN_LOSS, Dynamics, constant_outputs, run_probe
 from gradscope.recipe import Recipe
 from gradscope.report import Report, build_report
 from gradscope.stats.reductions import floating_tensors
@@ -178,12 +178,19 @@ def _probe(model, args, kwargs, inputs, loss_fn, optimizer, probe_steps, clip_gr
         loss, kind["loss"] = training_loss(output, inputs, loss_fn, targets, seed)
         return loss
 
+    def constant_losses_at() -> list[Callable[[], torch.Tensor]]:
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            constants = constant_outputs(model(*args, **kwargs))
+        return [lambda c=c: training_loss(c, inputs, loss_fn, targets, seed)[0] for c in constants]
+
     assumed = optimizer is None
     opt = optimizer or torch.optim.SGD(model.parameters(), lr=DEFAULT_LR, momentum=DEFAULT_MOMENTUM)
     recipe = Recipe.of(opt, clip_grad_norm, assumed=assumed)
     model.train()
     try:
-        dynamics = run_probe(model, loss_at, opt, recipe, probe_steps, "")
+        dynamics = run_probe(model, loss_at, opt, recipe, probe_steps, "",
+                             constant_losses_at if loss_fn is not None else None)
         return dataclasses.replace(dynamics, loss_kind=kind["loss"]), None
     except Exception as e:  # the monitored steps ran; keep their findings
         return None, f"{type(e).__name__}: {e}"

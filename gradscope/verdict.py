@@ -68,6 +68,8 @@ def _evidence(dynamics: Dynamics | None) -> dict:
         "stability_ratio": dynamics.stability_ratio,
         "largest_stable_lr": dynamics.largest_stable_lr,
         "median_update_ratio": dynamics.median_update_ratio,
+        "constant_loss": dynamics.constant_loss,
+        "fit": dynamics.fit,
         # why not, where the curvature was not measured: a missing number is not a healthy one
         "curvature_not_measured": dynamics.curvature_note if dynamics.curvature is None else None,
     }
@@ -83,6 +85,9 @@ def _message(label: str, decided_by: list[Finding], dynamics: Dynamics | None, e
             measured.append(f"loss {fmt(evidence['loss_first'])} -> {fmt(evidence['loss_last'])} over "
                             f"{len(dynamics.losses) - 1} probe steps" if evidence["loss_finite"] else
                             f"loss non-finite after {max(len(dynamics.losses) - 1, 0)} probe steps")
+        if dynamics.fitted:
+            measured.append(f"the model already fits the batch (its loss is {fmt(evidence['fit'])} of a "
+                            f"constant prediction's, {fmt(evidence['constant_loss'])})")
         if "stability_ratio" in evidence:
             measured.append(f"curvature {fmt(evidence['curvature'])} = {fmt(evidence['stability_ratio'])} x "
                             "the recipe's stability limit")

@@ -185,3 +185,78 @@ def test_adadelta_is_preconditioned_by_its_own_step_per_unit_gradient():
     assert torch.allclose(scale, taken, rtol=0.02)
     # far from the 1 / sqrt(square_avg) of an RMSprop-style reading, 1 / |g| = 2, 0.5, 0.33 here
     assert float(scale[[0, 1, 3]].max()) < 0.1
+
+
+def _digits(n: int = 512):
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = torch.tensor(digits.data[:n], dtype=torch.float32)
+    return (x - x.mean(0)) / (x.std(0) + 1e-6), torch.tensor(digits.target[:n])
+
+
+def test_the_constant_loss_is_the_best_of_the_constant_predictions_in_float64():
+    """Against each constant prediction's cross-entropy computed by hand in float64: the mean
+    logits, zero logits (ln C) and the log of the mean predicted distribution."""
+    model = _small_model()
+    x, y = _data()
+    report = gradscope.diagnose(model, x, lambda out: F.cross_entropy(out, y),
+                                optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
+    with torch.no_grad():
+        logits = model.double()(x.double())
+    mean_logits = logits.mean(0, keepdim=True).expand_as(logits)
+    mean_distribution = logits.softmax(-1).mean(0, keepdim=True).log().expand_as(logits)
+    candidates = [F.cross_entropy(mean_logits, y), torch.tensor(np.log(3.0)), F.cross_entropy(mean_distribution, y)]
+    expected = float(min(candidates))
+    assert report.dynamics.constant_loss == pytest.approx(expected, rel=1e-5)
+    assert report.dynamics.fit == pytest.approx(float(F.cross_entropy(logits, y)) / expected, rel=1e-5)
+    assert not report.dynamics.fitted  # an untrained model does no better than a constant
+
+
+@pytest.mark.parametrize("output, count", [
+    (torch.randn(4, 3), 3),
+    ((torch.randn(4, 3), torch.arange(4)), 3),
+    ({"logits": torch.randn(4, 3), "mask": torch.ones(4, dtype=torch.bool)}, 3),
+    (torch.randn(1, 3), 0),  # one sample: no batch to average
+    (torch.arange(4), 0),  # no floating-point output
+    (object(), 0),  # an output type it does not know
+])
+def test_constant_outputs_average_every_floating_tensor_of_a_batch(output, count):
+    from gradscope.probe import constant_outputs
+
+    constants = constant_outputs(output)
+    assert len(constants) == count
+    for constant in constants:
+        tensor = constant if isinstance(constant, torch.Tensor) else \
+            constant[0] if isinstance(constant, tuple) else constant["logits"]
+        assert torch.equal(tensor, tensor[:1].expand_as(tensor))  # the same for every sample
+
+
+def test_a_trained_model_is_not_predicted_to_stall():
+    """A model trained to fit digits (Adam), diagnosed under SGD: its gradients are small because
+    its loss is, so its updates are far below 1e-3 of the weights. That is a fitted model, not a
+    stalled one: the finding is information and the verdict trains. The same recipe from
+    initialisation at a learning rate 1e4x smaller keeps the error."""
+    x, y = _digits()
+    torch.manual_seed(0)
+    model = nn.Sequential(*[m for _ in range(4) for m in (nn.Linear(64, 64), nn.Tanh())], nn.Linear(64, 10))
+    fresh = nn.Sequential(*[m for _ in range(4) for m in (nn.Linear(64, 64), nn.Tanh())], nn.Linear(64, 10))
+    fresh.load_state_dict(model.state_dict())
+    adam = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(300):
+        adam.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        adam.step()
+    with torch.no_grad():
+        loss = float(F.cross_entropy(model(x), y))
+    assert loss < 0.01  # fitted, checked by plain autograd
+    sgd = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    report = gradscope.diagnose(model, x, lambda out: F.cross_entropy(out, y), optimizer=sgd)
+    assert report.dynamics.fitted and report.dynamics.fit == pytest.approx(loss / report.dynamics.constant_loss)
+    [stalled] = [f for f in report.findings if f.rule == "updates-off-band"]
+    assert stalled.severity == "info" and "already fits the probe batch" in stalled.message
+    assert report.verdict.label == "trains" and "already fits the batch" in report.verdict.message
+    slow = torch.optim.SGD(fresh.parameters(), lr=5e-6, momentum=0.9)
+    report = gradscope.diagnose(fresh, x, lambda out: F.cross_entropy(out, y), optimizer=slow)
+    assert not report.dynamics.fitted and report.verdict.label == "fails"
+    assert [f.severity for f in report.findings if f.rule == "updates-off-band"] == ["error"]

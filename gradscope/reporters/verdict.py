@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from gradscope.probe import DEFAULT_LOSS, DEFAULT_LOSS_MARGIN, GIVEN_LOSS
+from gradscope.probe import DEFAULT_LOSS, DEFAULT_LOSS_MARGIN, FITTED, GIVEN_LOSS
 from gradscope.report import Report
 from gradscope.rules.base import fmt
 from gradscope.verdict import TRAINS, VERDICTS
@@ -92,6 +92,12 @@ def _measured(evidence: dict) -> list[str]:
             lines.append(f"Loss: {_number(evidence['loss_first'])} -> {_number(evidence['loss_last'])}{over}.")
         else:
             lines.append(f"Loss: {_number(evidence['loss_first'])} -> non-finite within {steps} probe steps.")
+    if "fit" in evidence and "constant_loss" in evidence:
+        fitted = float(evidence["fit"]) <= FITTED
+        lines.append(f"Against a constant prediction (the same output for every sample, loss "
+                     f"{_number(evidence['constant_loss'])}): {_number(evidence['fit'])}x."
+                     + (" The model already fits the batch, so the findings that predict it cannot learn "
+                        "are information." if fitted else ""))
     if "curvature" in evidence:
         line = f"Curvature: {_number(evidence['curvature'])}"
         if "stability_threshold" in evidence:

@@ -138,6 +138,20 @@ def about_assumed_recipe(violations: list[Violation], records: Records) -> list[
     return [replace(v, message=v.message + note, severity=INFO) for v in violations]
 
 
+def about_fitted_model(violations: list[Violation], records: Records) -> list[Violation]:
+    """A prediction that the model will not train, made of a model that already fits the probe
+    batch (a trained model, a resumed checkpoint: :attr:`Dynamics.fitted`), is information:
+    training got past it."""
+    dynamics = records.dynamics
+    if dynamics is None or not dynamics.fitted:
+        return violations
+    note = (f" But the model already fits the probe batch: its loss ({fmt(dynamics.losses[0])}) is "
+            f"{fmt(dynamics.fit)} of a constant prediction's ({fmt(dynamics.constant_loss)}), so training "
+            "got past this (a trained model or a resumed checkpoint); informational.")
+    return [replace(v, message=v.message + note, severity=INFO) if v.severity != INFO else v
+            for v in violations]
+
+
 def log10(values: np.ndarray | float) -> np.ndarray:
     return np.log10(np.maximum(np.asarray(values, dtype=float), TINY))
 

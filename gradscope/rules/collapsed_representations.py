@@ -12,7 +12,7 @@ import torch.nn as nn
 from gradscope.probe import DEFAULT_LOSS
 from gradscope.records import Records
 from gradscope.rules import advice
-from gradscope.rules.base import ERROR, INFO, WARNING, Violation, fmt
+from gradscope.rules.base import ERROR, INFO, WARNING, Violation, about_fitted_model, fmt
 from gradscope.rules.example_models import he, stack, x64
 
 FAILS_AT = 4.0
@@ -56,6 +56,9 @@ def detect(records: Records) -> list[Violation]:
         falls by less than 15%, in a model without skip connections: the outputs settle on one
         prediction for every sample (the loss's floor for a constant output), where SGD's steps
         shrink with the gradient. A warning (information under gradscope's default loss).
+        A model that already fits the probe batch (its loss a quarter or less of a constant
+        prediction's: a trained model, a resumed checkpoint) gets information instead: training got
+        past what this predicts.
 
     Why it matters:
         When every sample reaches the output layer as nearly the same vector, the output cannot
@@ -82,8 +85,9 @@ def detect(records: Records) -> list[Violation]:
         return []
     at_init = _at_initialisation(dynamics, structure)
     if at_init is not None and at_init.severity != INFO:
-        return [at_init]
-    settled = _settled_in_the_probe(dynamics, structure)
+        return about_fitted_model([at_init], records)
+    # a loss far below a constant guess's is no output settling on one (the pattern reads a start)
+    settled = _settled_in_the_probe(dynamics, structure) if not dynamics.fitted else None
     return [settled] if settled is not None else [at_init] if at_init is not None else []
 
 

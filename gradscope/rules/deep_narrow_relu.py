@@ -10,7 +10,7 @@ import torch.nn as nn
 from gradscope.layers import RELU
 from gradscope.records import Records
 from gradscope.rules import advice
-from gradscope.rules.base import Violation, fmt
+from gradscope.rules.base import Violation, about_fitted_model, fmt
 from gradscope.rules.example_models import he, stack, x64
 
 DEPTH_OVER_WIDTH = 1.0
@@ -24,6 +24,9 @@ def detect(records: Records) -> list[Violation]:
         a ReLU-family activation (width: output features or channels), in a model without
         normalisation layers whose skip connections, if any, do not shorten the gradient's path to
         under half of its weight layers. A warning at 1 or more (e.g. 16 layers of width 16).
+        A model that already fits the probe batch (its loss a quarter or less of a constant
+        prediction's: a trained model, a resumed checkpoint) gets information instead: training got
+        past what this predicts.
 
     Why it matters:
         Hanin & Rolnick (2018): even at the right (He) init, the variance across inputs and inits
@@ -61,8 +64,9 @@ def detect(records: Records) -> list[Violation]:
     fix = (f"Widen the layers (the sum of 1/width falls below 1 at width {int(len(hidden) / DEPTH_OVER_WIDTH) + 1} "
            f"for {len(hidden)} layers) or use fewer of them, or add normalisation "
            f"({advice.norm_choice(structure)}) and residual connections:\n" + advice.RESIDUAL_SNIPPET)
-    return [Violation([w.name for w in hidden[:6]], message, fix,
-                      {"sum_inverse_width": total, "hidden_relu_layers": len(hidden), "widths": widths})]
+    return about_fitted_model([Violation([w.name for w in hidden[:6]], message, fix,
+                                         {"sum_inverse_width": total, "hidden_relu_layers": len(hidden),
+                                          "widths": widths})], records)
 
 
 def pair(bad: bool) -> dict:

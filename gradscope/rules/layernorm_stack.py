@@ -10,7 +10,7 @@ import torch.nn as nn
 from gradscope.layers import RELU
 from gradscope.records import Records
 from gradscope.rules import advice
-from gradscope.rules.base import Violation, about_assumed_recipe
+from gradscope.rules.base import Violation, about_assumed_recipe, about_fitted_model
 from gradscope.rules.example_models import x64
 
 DEPTH = 16
@@ -37,6 +37,9 @@ def detect(records: Records) -> list[Violation]:
         ReLU-family activation, 30 or more otherwise), in a model without skip
         connections that shorten the gradient's path to under half of its weight layers and
         without BatchNorm. A warning; information when gradscope assumed the recipe.
+        A model that already fits the probe batch (its loss a quarter or less of a constant
+        prediction's: a trained model, a resumed checkpoint) gets information instead: training got
+        past what this predicts.
 
     Why it matters:
         A per-sample normalisation rescales each sample's vector but does nothing against the
@@ -86,9 +89,9 @@ def detect(records: Records) -> list[Violation]:
                f"does not prevent (on digits, {measured}).")
     fix = ("Add skip connections around the blocks (pre-norm residual blocks), or use BatchNorm between "
            "the layers, or make the stack shallower:\n" + advice.RESIDUAL_SNIPPET)
-    return about_assumed_recipe([Violation([w.name for w in normalised[:6]], message, fix,
-                                           {"normalised_layers": len(per_sample), "depth_limit": depth,
-                                            "adaptive": adaptive})], records)
+    return about_fitted_model(about_assumed_recipe([Violation(
+        [w.name for w in normalised[:6]], message, fix,
+        {"normalised_layers": len(per_sample), "depth_limit": depth, "adaptive": adaptive})], records), records)
 
 
 def pair(bad: bool) -> dict:

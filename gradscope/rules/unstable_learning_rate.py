@@ -74,6 +74,10 @@ def detect(records: Records) -> list[Violation]:
         from the real one, the curvature thresholds are 10x higher, and a divergence the curvature
         does not explain by that margin is a warning. When gradscope assumed the recipe (no
         optimizer given), the finding is information: an assumed recipe never makes a warning.
+        For a model that already fits the probe batch (its loss a quarter or less of a constant
+        prediction's: a trained model), a rise of the probe's loss that ends below the constant
+        prediction's loss is information (a fresh optimizer's first steps shake a trained model),
+        and the sharpening ReLU stack's warning does not apply.
 
     Why it matters:
         Along a direction whose curvature exceeds the limit, each step overshoots the minimum by
@@ -129,12 +133,13 @@ def _violations(records: Records) -> list[Violation]:
                           f"{loss_text} (first loss {fmt(losses[0])}){curvature_text}.", _fix(dynamics),
                           evidence, WARNING if loss_made else ERROR)]
     rise = max(losses) / losses[0] if losses[0] > 0 else 1.0
+    kept = _kept_its_fit(dynamics)
     if rise >= DIVERGED:
         return [Violation(layers, f"The loss rose {fmt(rise)}x within {len(losses) - 1} probe steps of "
                           f"{recipe.text()}{loss_text}{curvature_text}"
-                          + ("; the model's normalisation layers usually bring it back, so this is "
-                             "informational." if normalized else "."), _fix(dynamics), evidence,
-                          INFO if normalized else WARNING if loss_made else ERROR)]
+                          + (kept if kept else "; the model's normalisation layers usually bring it back, "
+                             "so this is informational." if normalized else "."), _fix(dynamics), evidence,
+                          INFO if normalized or kept else WARNING if loss_made else ERROR)]
     curvature = _curvature_violation(records, layers, evidence, normalized)
     default_loss = dynamics.loss_margin > 1  # the climb of a stand-in loss says little of the real one
     default_text = (" under gradscope's default loss, whose scale may be far from yours (pass your loss "
@@ -147,9 +152,9 @@ def _violations(records: Records) -> list[Violation]:
             f"On the batch it trains on, the loss rose from {fmt(losses[0])} to {fmt(losses[-1])} "
             f"({fmt(climb)}x) and the gradient norm {fmt(growth)}x within {len(losses) - 1} probe steps "
             f"of {recipe.text()}{default_text}{curvature_text}: the recipe is climbing, not descending, "
-            "in a model without normalisation."), _fix(dynamics),
+            f"in a model without normalisation{kept or '.'}"), _fix(dynamics),
             {**evidence, "loss_climb": climb, "grad_norm_growth": growth},
-            INFO if default_loss else WARNING)]
+            INFO if default_loss or kept else WARNING)]
     return [curvature] if curvature is not None else []
 
 
@@ -175,7 +180,7 @@ def _curvature_violation(records: Records, layers: list[str], evidence: dict,
                     "; without momentum, SGD usually trains at this edge of stability, its curvature "
                     "settling at the limit, so this is informational.")
     elif (scaled >= THIN_MARGIN and not normalized and not skips and not _plain_sgd(recipe)
-          and _relu_stack(records)):
+          and _relu_stack(records) and not dynamics.fitted):  # a fitted model has done its sharpening
         severity = WARNING
         tail = ("; in a ReLU-family stack without normalisation or skips, curvature typically grows "
                 "several-fold during training (progressive sharpening) and crosses the limit.")
@@ -193,6 +198,18 @@ def _curvature_violation(records: Records, layers: list[str], evidence: dict,
     message = (f"The curvature of the loss ({fmt(dynamics.curvature)}) is {fmt(ratio)}x the stability "
                f"limit of {recipe.text()} ({fmt(dynamics.threshold)}){margin_text}{tail}")
     return Violation(layers, message, _fix(dynamics), evidence, severity)
+
+
+def _kept_its_fit(dynamics) -> str:
+    """Why a rise of the probe's loss is information for a model that already fits the batch and
+    whose loss ended below a constant prediction's (``""`` when it is not)."""
+    if not dynamics.fitted or dynamics.nonfinite or dynamics.losses[-1] >= dynamics.constant_loss:
+        return ""
+    return (f"; but the model already fits the probe batch (its first loss is {fmt(dynamics.fit)} of a "
+            f"constant prediction's, {fmt(dynamics.constant_loss)}) and its loss ended below that "
+            f"({fmt(dynamics.losses[-1])}): the first steps of a fresh optimizer shake a trained model "
+            "(Adam's first steps are about lr per weight, whatever the gradient), and it comes back; "
+            "informational.")
 
 
 def _descended(dynamics) -> bool:

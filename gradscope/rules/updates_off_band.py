@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 from gradscope.records import Records
-from gradscope.rules.base import ERROR, WARNING, Violation, about_assumed_recipe, fmt
+from gradscope.rules.base import ERROR, WARNING, Violation, about_assumed_recipe, about_fitted_model, fmt
 from gradscope.rules.example_models import stack, x64
 
 STALLED_BELOW = 1e-4
@@ -35,6 +35,9 @@ def detect(records: Records) -> list[Violation]:
         gradscope's default loss (no loss given), whose scale may be far from the real one, both
         limits are 10x wider. When gradscope assumed the recipe (no optimizer given), the finding
         is information: an assumed recipe never makes an error.
+        A model that already fits the probe batch (its loss a quarter or less of a constant
+        prediction's: a trained model, a resumed checkpoint) gets information instead of an error
+        for updates too small.
 
     Why it matters:
         The update ratio is the step size as the model feels it. Far below the band the weights
@@ -74,10 +77,10 @@ def _violations(records: Records) -> list[Violation]:
     if median < STALLED_BELOW / margin:
         how_far = (f"{fmt(1e-3 / median)}x below the usual 1e-3" if median > 0 else
                    "exactly 0: most weights did not move (no gradient reached them, or the learning rate is 0)")
-        return [Violation(layers[:5], (
+        return about_fitted_model([Violation(layers[:5], (
             f"Updates are {fmt(median)} of the weights' size per step under {recipe} (median over "
             f"{len(per_step)} probe steps and all weights), {how_far}{_margin_text(margin)}: the model "
-            "will barely learn."), _fix(small=True), evidence, ERROR)]
+            "will barely learn."), _fix(small=True), evidence, ERROR)], records)
     normalized = records.structure is not None and records.structure.normalized
     if median > UNSTABLE_ABOVE * margin and not normalized:
         return [Violation(layers[-5:], (

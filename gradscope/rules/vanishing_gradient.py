@@ -9,7 +9,7 @@ import torch.nn as nn
 from gradscope.layers import RELU, SIGMOID, TANH, family_of_type, is_functional
 from gradscope.rules import advice
 from gradscope.records import Records
-from gradscope.rules.base import INFO, Violation, fmt
+from gradscope.rules.base import INFO, Violation, about_fitted_model, fmt
 from gradscope.rules.example_models import he, stack, x64
 from gradscope.rules.profile import signal_profile
 
@@ -30,6 +30,9 @@ def detect(records: Records) -> list[Violation]:
         an adaptive optimizer (Adam, RMSprop …) the finding is informational: dividing each
         parameter's gradient by its own running scale largely undoes the shrinkage, and such
         models train under it.
+        A model that already fits the probe batch (its loss a quarter or less of a constant
+        prediction's: a trained model, a resumed checkpoint) gets information instead: training got
+        past what this predicts.
 
     Why it matters:
         The weight gradient of a layer is its input times the signal at its output. When the
@@ -71,7 +74,7 @@ def detect(records: Records) -> list[Violation]:
     if adaptive:
         message += (f" Under {records.dynamics.recipe.text()} this is informational: an adaptive optimizer "
                     "divides each parameter's gradient by its own scale, which largely undoes the shrinkage.")
-    return [Violation(weak or profile.layers[: profile.quarter], message, _fix(records), {
+    return about_fitted_model([Violation(weak or profile.layers[: profile.quarter], message, _fix(records), {
         "orders": profile.rise,
         "trend_orders": profile.trend,
         "quarter_orders": profile.quarters,
@@ -82,7 +85,7 @@ def detect(records: Records) -> list[Violation]:
         "layers_in_profile": len(profile.layers),
         "layers_with_zero_signal": len(zero),
         "steps": profile.steps,
-    }, INFO if adaptive else None)]
+    }, INFO if adaptive else None)], records)
 
 
 def _fix(records: Records) -> str:
