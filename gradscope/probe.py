@@ -206,7 +206,7 @@ def constant_outputs(output: object) -> list[object]:
         if isinstance(x, torch.Tensor):
             if x.is_floating_point() and x.dim() >= 1 and x.shape[0] >= 2:
                 changed[0] = True
-                return make(x).expand_as(x)
+                return make(x).expand_as(x).contiguous()  # a loss may .view() it, as nanoGPT does
             return x
         if type(x) in (tuple, list):
             return type(x)(constant(v, make) for v in x)

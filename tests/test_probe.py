@@ -260,3 +260,17 @@ def test_a_trained_model_is_not_predicted_to_stall():
     report = gradscope.diagnose(fresh, x, lambda out: F.cross_entropy(out, y), optimizer=slow)
     assert not report.dynamics.fitted and report.verdict.label == "fails"
     assert [f.severity for f in report.findings if f.rule == "updates-off-band"] == ["error"]
+
+
+def test_the_constant_loss_reaches_a_loss_that_views_the_logits():
+    """nanoGPT's loss flattens the logits with ``.view``, which an expanded tensor refuses."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(20, 16), nn.Linear(16, 20))
+    x = torch.randint(0, 20, (8, 12))
+    report = gradscope.diagnose(model, x, lambda out: F.cross_entropy(out.view(-1, 20), x.view(-1)),
+                                optimizer=torch.optim.AdamW(model.parameters(), lr=3e-4))
+    counts = torch.bincount(x.view(-1), minlength=20).double()
+    frequencies = counts / counts.sum()
+    entropy = float(-(frequencies[counts > 0] * frequencies[counts > 0].log()).sum())
+    # the best constant is at most the uniform guess and at least the tokens' entropy
+    assert entropy - 1e-4 <= report.dynamics.constant_loss <= np.log(20) + 1e-4
