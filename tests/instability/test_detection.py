@@ -300,3 +300,40 @@ def test_a_run_nonfinite_from_its_first_step_is_not_blamed_on_the_learning_rate(
     divergence = next(f for f in mon.findings() if f.rule == "training-divergence")
     assert "from its first step, before any update" in divergence.message
     assert "learning rate" not in divergence.fix.lower() and "torch.isfinite(inputs)" in divergence.fix
+
+
+@pytest.mark.parametrize("xp", [np, torch], ids=["numpy", "torch"])
+def test_a_new_level_is_taken_into_the_band_after_ten_steps_in_a_row(xp):
+    """A loss that jumps to a new level and stays there (a new task) raises ten steps of spikes,
+    then is taken into the band (whose spread the jump widened for a while); a later spike ten
+    times the new level is caught again."""
+    from gradscope.detectors import MAX_SPIKE_RUN
+
+    rng = np.random.default_rng(2)
+    losses = np.concatenate([0.5 + 0.01 * rng.standard_normal(300), 3.0 + 0.01 * rng.standard_normal(300)])
+    losses[590] = 30.0
+    state = DetectorState(Detector("zscore", trend=0), 2, xp)
+    fired = []
+    for step, loss in enumerate(losses):
+        y = np.array([loss, 0.0]) if xp is np else torch.tensor([loss, 0.0], dtype=torch.float64)
+        if int(state.update(y)[0][0]) & LOSS_SPIKE:
+            fired.append(step)
+    assert fired == [*range(300, 300 + MAX_SPIKE_RUN), 590]
+
+
+def test_the_guard_does_not_stop_training_at_a_new_task():
+    """Continual learning: the targets change at step 200 and the loss jumps once, for good. The
+    guard skips the first ten updates of the new task, then the model learns it (plain autograd's
+    loss on the new targets falls 10x), where a guard that skipped every step left it untrained."""
+    model, x_all, y_all, g = regression()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    with gradscope.monitor(model, optimizer=opt, every=50, guard="skip") as mon:
+        train(model, x_all, y_all, g, opt, mon, 200)
+        new_targets = -5 * x_all[:, 1:2] + 3
+        with torch.no_grad():
+            before = float(F.mse_loss(model(x_all), new_targets))
+        train(model, x_all, new_targets, g, opt, mon, 300)
+    with torch.no_grad():
+        after = float(F.mse_loss(model(x_all), new_targets))
+    assert len(mon.skipped_steps) <= 10 and all(s >= 200 for s in mon.skipped_steps)
+    assert after < before / 10
