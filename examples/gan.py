@@ -6,6 +6,11 @@ not part of the discriminator's training step, so it runs inside ``mon_d.paused(
 discriminator's records hold its own two loss passes only, and the generator's records hold the
 signal that reached it through the discriminator.
 
+An adversarial loss is no measure of progress: each player's loss falls while it wins and climbs
+back as the other catches up, to the equilibrium (2 ln 2 = 1.386 for the discriminator's). The
+monitors' loss-rising alarm, which reads a climb of the loss as a run being lost, is therefore off
+(``gradscope.Detector(trend=0)``); spikes and non-finite values are still caught.
+
 Run: python examples/gan.py [--steps 300] [--out runs/gan]
 Then: gradscope summary runs/gan/discriminator; gradscope summary runs/gan/generator
 """
@@ -52,8 +57,10 @@ def main(argv: list[str] | None = None) -> dict[str, gradscope.Monitor]:
     bce = nn.BCELoss()
     batch = 64
     real_label, fake_label = torch.ones(batch, 1), torch.zeros(batch, 1)
-    mon_g = gradscope.monitor(netG, every=5, optimizer=optG, log_dir=args.out / "generator")
-    mon_d = gradscope.monitor(netD, every=5, optimizer=optD, log_dir=args.out / "discriminator")
+    adversarial = gradscope.Detector(trend=0)  # the losses climb back to equilibrium by design
+    mon_g = gradscope.monitor(netG, every=5, optimizer=optG, log_dir=args.out / "generator", detect=adversarial)
+    mon_d = gradscope.monitor(netD, every=5, optimizer=optD, log_dir=args.out / "discriminator",
+                              detect=adversarial)
     with mon_g, mon_d:
         for _ in range(args.steps):
             real = images[torch.randint(0, len(images), (batch,))]
