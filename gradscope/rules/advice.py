@@ -161,6 +161,34 @@ def episodes(events: list[dict], shown: int = 3) -> tuple[list[str], str]:
     return layers, listed + more
 
 
+RECOVERY_BEFORE, RECOVERY_AFTER = 50, 10
+"""Steps before a spike episode that give the loss's band, and steps after it whose loss is read."""
+RECOVERY_SPREAD = 3.0
+"""The loss after an episode is back in its band when its median is within this many robust
+standard deviations (1.4826 median absolute deviations) above the median before it."""
+
+
+def recovered(event: dict, records) -> bool | None:
+    """Whether the loss went on after a spike episode as before it: the median loss of the
+    ``RECOVERY_AFTER`` steps after the episode (those without an alarm) is within
+    ``RECOVERY_SPREAD`` robust standard deviations above the median of the ``RECOVERY_BEFORE``
+    steps before it (one hard batch's loss, whose update did no lasting harm). None where the pulse
+    does not hold enough steps on either side (the run ended, or they left its window)."""
+    pulse = records.pulse
+    if pulse is None or pulse.empty or "step" not in pulse or event.get("step") is None:
+        return None
+    first, last = int(event["step"]), int(event.get("last_step") or event["step"])
+    steps, loss = pulse["step"].to_numpy(), pulse["loss"].to_numpy(dtype=float)
+    quiet = (pulse["alarm"].to_numpy(dtype=float) == 0) & np.isfinite(loss)
+    before = loss[quiet & (steps >= first - RECOVERY_BEFORE) & (steps < first)]
+    after = loss[quiet & (steps > last) & (steps <= last + RECOVERY_AFTER)]
+    if len(before) < 10 or len(after) < RECOVERY_AFTER // 2:
+        return None
+    centre = float(np.median(before))
+    spread = 1.4826 * float(np.median(np.abs(before - centre)))
+    return float(np.median(after)) <= centre + RECOVERY_SPREAD * spread
+
+
 def clip_threshold(records) -> float | None:
     """The 99th percentile of the total gradient norm over the pulse's steps without an alarm:
     a clipping threshold that leaves ordinary steps alone and cuts spikes."""

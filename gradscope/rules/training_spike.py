@@ -5,8 +5,8 @@ Its code and severity are in the registry, ``gradscope.rules.RULES``."""
 from __future__ import annotations
 
 from gradscope.records import Records
-from gradscope.rules.advice import episodes, instability_fix, spike_events
-from gradscope.rules.base import Violation
+from gradscope.rules.advice import RECOVERY_AFTER, episodes, instability_fix, recovered, spike_events
+from gradscope.rules.base import INFO, Violation
 from gradscope.rules.example_models import spiking_run
 
 
@@ -18,7 +18,10 @@ def detect(records: Records) -> list[Violation]:
         of the loss and of the log gradient norm, 8 standard deviations) raises an alarm. Each
         episode names the step, the numbers, and the layer where the spike began: the parameter
         whose gradient norm left its own running band first (of those that left on the same step,
-        the one nearest the loss), and the micro-batch under gradient accumulation.
+        the one nearest the loss), and the micro-batch under gradient accumulation. A warning;
+        information when after every episode the loss went on as before (the median loss of the
+        10 steps after it within 3 robust standard deviations of the 50 before it): one hard
+        batch's loss in a small batch, or a spike the guard skipped, did no lasting harm.
 
     Why it matters:
         A spike is where a run starts to go wrong: the loss jumps, the optimizer's moments fill
@@ -49,9 +52,15 @@ def detect(records: Records) -> list[Violation]:
         return []
     layers, listed = episodes(events)
     message = f"{len(events)} spike episode{'s' if len(events) > 1 else ''} during training: {listed}."
+    went_on = [recovered(e, records) for e in events]
+    transient = all(went_on)  # None (not known) or False in any episode keeps the warning
+    if transient:
+        message += (f" After {'each' if len(events) > 1 else 'it'} the loss went on as before (the "
+                    f"median of the next {RECOVERY_AFTER} steps back within its band): one batch's loss "
+                    "or gradient, not an instability, so this is informational.")
     return [Violation(layers or ["(model)"], message, instability_fix(events, records),
                       {"episodes": len(events), "steps": [e["step"] for e in events],
-                       "layers": layers})]
+                       "layers": layers, "recovered": went_on}, INFO if transient else None)]
 
 
 def pair(bad: bool) -> dict:

@@ -337,3 +337,28 @@ def test_the_guard_does_not_stop_training_at_a_new_task():
         after = float(F.mse_loss(model(x_all), new_targets))
     assert len(mon.skipped_steps) <= 10 and all(s >= 200 for s in mon.skipped_steps)
     assert after < before / 10
+
+
+@pytest.mark.parametrize("guard", [None, "skip"])
+def test_a_spike_whose_update_did_no_lasting_harm_is_information(guard):
+    """A corrupt batch (inputs 5x) at step 150 of an SGD regression: taken, its update throws the
+    loss out of its band for many steps (a warning); skipped by the guard, the loss of the next
+    steps is where it was (information: one batch, not an instability). The loss after is read
+    from the run itself, by plain autograd, as the rule reads it from the pulse."""
+    model, x_all, y_all, g = regression()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    losses = []
+    with gradscope.monitor(model, optimizer=opt, every=100, guard=guard) as mon:
+        for step in range(260):
+            index = torch.randint(0, len(x_all), (32,), generator=g)
+            loss = F.mse_loss(model(x_all[index] * (5.0 if step == 150 else 1.0)), y_all[index])
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            losses.append(float(loss))
+    before, after = np.median(losses[100:150]), np.median(losses[151:161])
+    [finding] = [f for f in mon.findings() if f.rule == "training-spike"]
+    if guard is None:
+        assert after > 2 * before and finding.severity == "warning"
+    else:
+        assert after < 1.5 * before and finding.severity == "info" and "went on as before" in finding.message
