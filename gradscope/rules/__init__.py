@@ -19,6 +19,7 @@ from gradscope.errors import UsageError
 from gradscope.rules import (
     batchnorm_small_batch,
     collapsed_representations,
+    dead_network,
     dead_units,
     deep_bounded_activations,
     attention_logits_grow_with_width,
@@ -90,6 +91,9 @@ RULES: tuple[Rule, ...] = (
     _rule("GS113", "rising-loss", WARNING,
           "The smoothed training loss climbs back 30%+ of its fall: the run is diverging slowly.", rising_loss,
           decides=True, needs=(TRAINING_RUN,)),
+    _rule("GS114", "dead-network", ERROR,
+          "A ReLU layer with every unit dead and nothing before it getting a gradient: the output is constant.",
+          dead_network, decides=True),
     _rule("GS201", "no-skip-connections", INFO,
           "A stack of 10+ weight layers with no skip connection around them.", no_skip_connections,
           needs=(STRUCTURE,)),

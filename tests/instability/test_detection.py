@@ -362,3 +362,30 @@ def test_a_spike_whose_update_did_no_lasting_harm_is_information(guard):
         assert after > 2 * before and finding.severity == "warning"
     else:
         assert after < 1.5 * before and finding.severity == "info" and "went on as before" in finding.message
+
+
+def test_a_run_whose_units_died_at_a_high_learning_rate_fails():
+    """A 4-layer ReLU MLP under SGD lr 1.0 momentum 0.9: its units die within a few hundred steps,
+    the output goes constant and the loss sits at a constant guess's (checked by plain autograd:
+    the outputs of every sample are equal). The run's verdict is fails, by dead-network; the same
+    run at lr 0.01 trains and stays quiet."""
+    for lr, label in ((1.0, "fails"), (0.01, "trains")):
+        torch.manual_seed(0)
+        g = torch.Generator().manual_seed(0)
+        x_all = torch.randn(1000, 64, generator=g)
+        y_all = (x_all[:, :10].argmax(1))
+        layers = [m for _ in range(4) for m in (nn.Linear(64, 128) if not _ else nn.Linear(128, 128), nn.ReLU())]
+        model = nn.Sequential(*layers, nn.Linear(128, 10))
+        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+        with gradscope.monitor(model, optimizer=opt, every=10) as mon:
+            for _ in range(400):
+                index = torch.randint(0, 1000, (64,), generator=g)
+                F.cross_entropy(model(x_all[index]), y_all[index]).backward()
+                opt.step()
+                opt.zero_grad()
+        with torch.no_grad():
+            out = model(x_all[:64])
+        constant = bool(torch.allclose(out, out[:1].expand_as(out)))
+        report = mon.report()
+        assert report.verdict.label == label and constant == (label == "fails")
+        assert ("dead-network" in [f.rule for f in report.findings]) == (label == "fails")
