@@ -64,6 +64,10 @@ class SpikeEvent:
     """Under DDP/FSDP2, the ranks whose detector raised this event (gathered on rank 0 at the
     logged steps); empty in a single process."""
     lr: float | None = None
+    lr_before: float | None = None
+    """The lowest learning rate of the ``LR_LOOKBACK`` steps before the detection (where the
+    optimizer's is a plain number): a schedule that raised it (a warm restart, a warm-up) shows
+    as ``lr`` ``LR_RISE`` times above it or more."""
     last_step: int | None = None
     """The last step of the episode: alarms of the same kinds on the steps that follow, with
     fewer than ``QUIET`` steps between them, extend the event instead of making new ones."""
@@ -82,6 +86,12 @@ class SpikeEvent:
     def given_back(self) -> float | None:
         """For a rising loss: the share of its fall the smoothed loss climbed back."""
         return given_back(self.smoothed_loss, self.lowest_loss, self.fall)
+
+    @property
+    def lr_raised(self) -> bool:
+        """Whether the schedule raised the learning rate ``LR_RISE`` times or more in the
+        ``LR_LOOKBACK`` steps before the detection."""
+        return lr_raised(self.lr, self.lr_before)
 
     def to_dict(self) -> dict:
         """Plain JSON types; a non-finite number is the string "nan", "inf" or "-inf" (a NaN loss
@@ -118,6 +128,8 @@ class SpikeEvent:
                 line += f" at step {self.layer_left_at}"
             if self.layer_ratio is not None:
                 line += f" ({self.layer_ratio:.3g}x its band)"
+        if self.lr_raised:
+            line += f"; the learning rate rose from {self.lr_before:.3g} to {self.lr:.3g} in the steps before"
         if self.micro_batches > 1 and self.micro_batch is not None:
             line += f"; micro-batch {self.micro_batch} of {self.micro_batches}"
         if len(self.ranks) > 1:
@@ -147,6 +159,18 @@ def make_event(step: int, bits: int, ring: np.ndarray, window: int, names: list[
         micro_batch=micro, micro_batches=max(micro_count, 1), rank=rank, lr=lr,
         **(_trend_numbers(row) if bits & LOSS_RISING else {}),
     )
+
+
+LR_LOOKBACK = 10
+"""Steps before a detection whose learning rates :attr:`SpikeEvent.lr_before` reads."""
+LR_RISE = 1.5
+"""A learning rate this many times the lowest of the steps before was raised by the schedule."""
+
+
+def lr_raised(lr, lr_before) -> bool:
+    """``lr`` at least ``LR_RISE`` times ``lr_before`` (both positive numbers)."""
+    return isinstance(lr, (int, float)) and isinstance(lr_before, (int, float)) and lr_before > 0 \
+        and lr >= LR_RISE * lr_before
 
 
 NUMBER_FIELDS = tuple(f.name for f in fields(SpikeEvent) if "float" in str(f.type))

@@ -40,7 +40,7 @@ from gradscope.buffer import Layout, PendingStep, StepBuffer
 from gradscope.config import MonitorConfig
 from gradscope.distributed import RankAgreement, local, rank_and_world, unwrap
 from gradscope.errors import UsageError, UsageTypeError
-from gradscope.events import (SHARED_ALARMS, SHARED_COLUMNS, SpikeEvent, extended, extends, make_event,
+from gradscope.events import (LR_LOOKBACK, SHARED_ALARMS, SHARED_COLUMNS, SpikeEvent, extended, extends, make_event,
                               merge_rank_alarms, shared_rows)
 from gradscope.guard import StateSnapshot, all_finite
 from gradscope.failures import FailurePolicy
@@ -434,6 +434,8 @@ class Recorder:
         self._record_until = -1
         self._pulse_read_upto = -1
         self._last_ring: tuple[np.ndarray, int] | None = None
+        self._lrs: deque = deque(maxlen=LR_LOOKBACK)
+        """The learning rate of the last steps (plain numbers only: a tensor's would need a read)."""
         self._pulse_rows: list[np.ndarray] = []
         self._pulse_steps: list[np.ndarray] = []
         self.events: list[SpikeEvent] = []
@@ -624,6 +626,9 @@ class Recorder:
         elif self.is_logged(step) or (step + 1) % pulse.window == 0:
             self._read_pulse(wait=False)
         pulse.next_step()
+        if self.optimizer is not None and self.optimizer.param_groups:
+            lr = self.optimizer.param_groups[0].get("lr")
+            self._lrs.append(lr if isinstance(lr, (int, float)) and not isinstance(lr, bool) else None)
 
     def _read_pulse(self, wait: bool) -> None:
         """Copy the ring rows not read yet into the pulse history."""
@@ -661,6 +666,9 @@ class Recorder:
             return
         event = make_event(step, bits, ring, pulse.window, pulse.names, pulse.band(),
                            skipped=skipped, rank=self.rank, lr=lr, first_step=first)
+        before = [v for v in self._lrs if v is not None]
+        if before:
+            event = replace(event, lr_before=float(min(before)))
         self.events.append(event)
         if self.world_size > 1:
             self._unshared.append(event)

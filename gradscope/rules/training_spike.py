@@ -5,6 +5,7 @@ Its code and severity are in the registry, ``gradscope.rules.RULES``."""
 from __future__ import annotations
 
 from gradscope.records import Records
+from gradscope.events import lr_raised
 from gradscope.rules.advice import RECOVERY_AFTER, episodes, instability_fix, recovered, spike_events
 from gradscope.rules.base import INFO, Violation
 from gradscope.rules.example_models import spiking_run
@@ -21,7 +22,9 @@ def detect(records: Records) -> list[Violation]:
         the one nearest the loss), and the micro-batch under gradient accumulation. A warning;
         information when after every episode the loss went on as before (the median loss of the
         10 steps after it within 3 robust standard deviations of the 50 before it): one hard
-        batch's loss in a small batch, or a spike the guard skipped, did no lasting harm.
+        batch's loss in a small batch, or a spike the guard skipped, did no lasting harm. An
+        episode that began right after the schedule raised the learning rate 1.5x or more (over
+        the 10 steps before it: a warm restart, a warm-up) counts as explained too.
 
     Why it matters:
         A spike is where a run starts to go wrong: the loss jumps, the optimizer's moments fill
@@ -53,11 +56,24 @@ def detect(records: Records) -> list[Violation]:
     layers, listed = episodes(events)
     message = f"{len(events)} spike episode{'s' if len(events) > 1 else ''} during training: {listed}."
     went_on = [recovered(e, records) for e in events]
-    transient = all(went_on)  # None (not known) or False in any episode keeps the warning
+    scheduled = [lr_raised(e.get("lr"), e.get("lr_before")) for e in events]
+    # None (not known) or False in an episode not explained by the schedule keeps the warning
+    transient = all(back or raised for back, raised in zip(went_on, scheduled))
+    if any(scheduled):
+        raised = [e for e, s in zip(events, scheduled) if s]
+        message += ((" It began" if len(events) == 1 else f" {len(raised)} of them began")
+                    + " right after the schedule raised the learning rate "
+                    + f"(from {raised[0]['lr_before']:.3g} to {raised[0]['lr']:.3g} before step "
+                    f"{raised[0]['step']}): a warm restart's or warm-up's expected jolt.")
     if transient:
-        message += (f" After {'each' if len(events) > 1 else 'it'} the loss went on as before (the "
-                    f"median of the next {RECOVERY_AFTER} steps back within its band): one batch's loss "
-                    "or gradient, not an instability, so this is informational.")
+        if not all(scheduled):
+            others = sum(not raised for raised in scheduled)
+            which = "it" if len(events) == 1 else "each of the others" if any(scheduled) else "each"
+            message += (f" After {which} the loss went on as before (the median of the next {RECOVERY_AFTER} "
+                        "steps back within its band): "
+                        + ("one batch's loss or gradient" if others == 1 else "single batches' losses or gradients")
+                        + ", not an instability.")
+        message += " So this is informational."
     return [Violation(layers or ["(model)"], message, instability_fix(events, records),
                       {"episodes": len(events), "steps": [e["step"] for e in events],
                        "layers": layers, "recovered": went_on}, INFO if transient else None)]

@@ -389,3 +389,25 @@ def test_a_run_whose_units_died_at_a_high_learning_rate_fails():
         report = mon.report()
         assert report.verdict.label == label and constant == (label == "fails")
         assert ("dead-network" in [f.rule for f in report.findings]) == (label == "fails")
+
+
+@pytest.mark.parametrize("lr_before, severity", [(1e-4, "info"), (0.1, "warning"), (None, "warning")])
+def test_a_spike_right_after_the_schedule_raised_the_learning_rate_is_information(lr_before, severity):
+    """A warm restart (lr from 1e-4 back to 0.1) jolts the loss, which stays above its band for a
+    while: expected of the schedule, information. The same spike at a steady lr, or where the lr
+    was not known, keeps the warning."""
+    from gradscope.events import SpikeEvent
+    from gradscope.records import Records
+    from gradscope.rules import find_rule
+
+    rng = np.random.default_rng(0)
+    loss = 1.0 + 0.01 * rng.standard_normal(300)
+    loss[200], loss[201:260] = 5.0, 2.0
+    pulse = pd.DataFrame({"step": range(300), "loss": loss, "grad_norm": 1.0, "alarm": 0.0})
+    pulse.loc[200, "alarm"] = float(LOSS_SPIKE)
+    event = SpikeEvent(200, ["loss spike"], 5.0, 1.0, 400.0, 0.0, False, lr=0.1, lr_before=lr_before)
+    records = Records(pd.DataFrame(columns=["step", "layer", "metric", "value"]), pd.DataFrame(),
+                      pulse=pulse, events=({**event.to_dict(), "text": event.text},))
+    [finding] = find_rule("training-spike").check(records)
+    assert finding.severity == severity
+    assert ("raised the learning rate (from 0.0001 to 0.1" in finding.message) == (severity == "info")
