@@ -80,14 +80,6 @@ _SMOOTHED_NOISE = _HALF_NORMAL * math.sqrt(_TREND_ALPHA / (2 - _TREND_ALPHA))
 """The smoothed loss's noise standard deviation over the mean absolute difference."""
 KINDS = tuple(_DEFAULTS)
 
-MAX_SPIKE_RUN = 10
-"""zscore: a series (the loss, the gradient norm) above its band this many steps in a row has
-moved to a new level (a new task or data mixture, a schedule's jump): from the next step on it is
-taken into the band, which catches up within a step or two, and the guard stops skipping. A spike
-of an instability is shorter, and a lasting climb is the loss trend's business. Without the cap a
-band that takes in only the steps without an alarm never follows a new level, and the guard skips
-every update after it: the model no longer moves, so the loss stays where it jumped."""
-
 SPIKE_FLOOR = 0.1
 """zscore: a loss spike must also stand above the loss's running mean by this share of the fall
 the mean has made from its highest value: near convergence (a mean of 0.002 after a start at 2.3)
@@ -194,7 +186,14 @@ class DetectorState:
         self.peak = self._new((1,), -float("inf"))
         """The highest running mean of the loss so far (zscore's spike floor)."""
         self.run = self._new((2,), 0.0)
-        """Steps in a row the loss and the gradient norm have been above their band (zscore)."""
+        """Steps in a row the loss and the gradient norm have been above their band (zscore). A
+        series above its band for a whole ``window`` of steps in a row (100 by default) has moved
+        to a new level (a new task or data mixture): from the next step on it is taken into the
+        band, which catches up within a step or two, and the guard stops skipping. Without the cap
+        a band that takes in only the steps without an alarm never follows a new level, and the
+        guard skips every update after it: the model no longer moves, so the loss stays where it
+        jumped. A shorter cap lets a burst of bad batches through: at 10 steps the last updates
+        of a 30-batch burst of corrupt inputs killed a ReLU MLP that the guard had kept whole."""
         self.seen = 0
         """Steps taken so far (a host count: warmup and the moving average's start)."""
         self.trend = (TrendState(detector.trend) if xp is np else
@@ -234,7 +233,7 @@ class DetectorState:
         fall = xp.where(self.peak > self.mean[0:1], self.peak - self.mean[0:1], self.peak * 0.0)
         spiking[0:1] = spiking[0:1] & (deviation[0:1] > SPIKE_FLOOR * fall)
         self.run[:] = xp.where(spiking, self.run + 1, 0.0 * self.run)
-        spiking = spiking & (self.run <= MAX_SPIKE_RUN)  # a new level: taken into the band
+        spiking = spiking & (self.run <= d.window)  # a new level: taken into the band
         spikes = spiking[0:1] * float(LOSS_SPIKE) + spiking[1:2] * float(GRAD_SPIKE)
         # the first steps average with equal weights, then the moving average takes over
         alpha = max(2.0 / (d.window + 1), 1.0 / (self.seen + 1))
@@ -263,8 +262,8 @@ class DetectorState:
         grad_spike = warm and bool(finite[1]) and z[1] > d.threshold
         self.run[0] = self.run[0] + 1 if loss_spike else 0.0
         self.run[1] = self.run[1] + 1 if grad_spike else 0.0
-        loss_spike = loss_spike and self.run[0] <= MAX_SPIKE_RUN  # a new level: taken into the band
-        grad_spike = grad_spike and self.run[1] <= MAX_SPIKE_RUN
+        loss_spike = loss_spike and self.run[0] <= d.window  # a new level: taken into the band
+        grad_spike = grad_spike and self.run[1] <= d.window
         alarm = float(GRAD_NONFINITE) * (not finite[1] and y[1] != -math.inf) \
             + float(LOSS_NONFINITE) * (has_loss and not finite[0]) \
             + float(LOSS_SPIKE) * loss_spike + float(GRAD_SPIKE) * grad_spike
