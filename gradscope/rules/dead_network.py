@@ -21,9 +21,12 @@ def detect(records: Records) -> list[Violation]:
     """What it checks:
         A ReLU-family layer with every unit dead (never above zero for any sample, on each of the
         recent logged steps) while every module before it receives a backpropagated signal of
-        exactly 0 on those steps: no skip connection carries the gradient around it. Of such
-        layers, the one nearest the output is named. An error, which decides the verdict: in a
-        monitored run as in ``diagnose``.
+        exactly 0 and every weight of the model (each parameter but the biases) gets a gradient
+        of exactly 0 on those steps: no other path carries the input to the output, and only
+        biases still move. Of such layers, the one nearest the output is named. An error, which
+        decides the verdict: in a monitored run as in ``diagnose``. A dead side branch, a
+        zero-initialised adapter or a residual block whose branch is dead leaves the main path's
+        weights learning, and is left to dead-units.
 
     Why it matters:
         Past a layer whose units are all dead, the model's output no longer depends on its input:
@@ -63,19 +66,30 @@ def detect(records: Records) -> list[Violation]:
         values = values[np.isfinite(values)]
         if len(values) and np.all(values == 0):
             named = (layer, before)
-    if named is None:
+    if named is None or not _only_biases_learn(records):
         return []
     layer, before = named
     kind = records.types.get(layer, "ReLU")
     steps = len(dead.index)
     message = (f"Every unit of {layer} ({kind}) is dead on {'each of the last ' + str(steps) if steps > 1 else 'the'} "
-               f"logged step{'s' if steps > 1 else ''}, and the {len(before)} modules before it receive a "
-               "backpropagated signal of exactly 0: the output no longer depends on the input (it is the "
-               "same for every sample) and nothing before the layer can learn.")
+               f"logged step{'s' if steps > 1 else ''}, the {len(before)} modules before it receive a "
+               "backpropagated signal of exactly 0, and every weight of the model gets a gradient of exactly "
+               "0: the output no longer depends on the input (it is the same for every sample), and only "
+               "biases still learn.")
     fix = ("Restart from a checkpoint taken before the units died, with a lower learning rate (10x lower, "
            "or a warm-up) and gradient clipping; use LeakyReLU or GELU, He init and normalisation before "
            "the activation:\n" + advice.clip_code(1.0))
     return [Violation([layer], message, fix, {"layer": layer, "modules_before": len(before), "steps": steps})]
+
+
+def _only_biases_learn(records: Records) -> bool:
+    """Every parameter but the biases has a gradient norm of exactly 0 on the recent logged steps
+    (at least one such parameter recorded)."""
+    norms = records.wide("grad_norm", recent=True)
+    weights = [c for c in norms.columns if not str(c).endswith("bias")]
+    values = norms[weights].to_numpy(dtype=float) if weights else np.empty(0)
+    values = values[np.isfinite(values)]
+    return bool(len(values)) and bool(np.all(values == 0))
 
 
 def pair(bad: bool) -> dict:

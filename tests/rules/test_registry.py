@@ -45,3 +45,36 @@ def test_bad_model_yields_the_finding_and_good_model_does_not(rule):
     assert found[0].layers and found[0].message and found[0].fix
     assert rule.slug not in [f.rule for f in good.findings]
     json.loads(bad.to_json())  # serialisable, strict JSON (no bare NaN)
+
+
+def test_a_dead_side_branch_or_adapter_is_no_dead_network():
+    """A branch whose ReLU is all dead, beside a main path that learns (a metadata side branch
+    run first, a zero-initialised adapter): the output still depends on the input, so GS114 stays
+    quiet, where a plain stack cut by the same dead layer fails."""
+    import torch
+    import torch.nn as nn
+
+    import gradscope
+
+    class SideBranch(nn.Module):
+        def __init__(self, adapter: bool) -> None:
+            super().__init__()
+            self.down, self.act = nn.Linear(64, 16), nn.ReLU()
+            self.up, self.body = nn.Linear(16, 64), nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+            self.adapter = adapter
+            nn.init.zeros_(self.down.weight) if adapter else nn.init.constant_(self.down.bias, -100.0)
+            if adapter:
+                nn.init.zeros_(self.down.bias)
+
+        def forward(self, x):
+            side = self.up(self.act(self.down(x)))
+            return self.body(x + side if self.adapter else x) + 0 * side.sum()
+
+    torch.manual_seed(0)
+    x = torch.randn(64, 64)
+    for adapter in (False, True):
+        report = gradscope.diagnose(SideBranch(adapter), x)
+        assert "dead-network" not in [f.rule for f in report.findings]
+    cut = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+    nn.init.constant_(cut[2].bias, -100.0)
+    assert "dead-network" in [f.rule for f in gradscope.diagnose(cut, x).findings]
