@@ -58,6 +58,14 @@ already fits the batch. At initialisation the share was 0.94 or more for every o
 trainability benchmark's 166 architectures (random outputs do no better than a constant); models
 trained on digits to 93–99% measured 0.0001 to 0.05."""
 
+DEEPLY_FITTED = 0.05
+"""The share below which small gradients and updates are the fit's doing (the loss is small),
+not the model's or the recipe's: the predictions that a model cannot learn (a vanishing gradient,
+updates far below 1e-3, collapse) need it. Trained models flagged by updates-off-band measured
+0.0002 to 0.014; untrained models whose loss a constant prediction does far worse on than they do
+measured more: a residual denoiser (the identity skip leaves the loss at the noise's, 0.23), a
+contrastive loss at a low temperature (random encoders tell the views apart, 0.11)."""
+
 
 @dataclass(frozen=True)
 class Dynamics:
@@ -111,6 +119,12 @@ class Dynamics:
         """The model already fits the probe batch: its loss is :data:`FITTED` of a constant
         prediction's or less (a trained model, or a checkpoint resumed)."""
         return self.fit is not None and self.fit <= FITTED
+
+    @property
+    def deeply_fitted(self) -> bool:
+        """The model fits the batch so well (:data:`DEEPLY_FITTED`) that small gradients and
+        updates are the fit's doing."""
+        return self.fit is not None and self.fit <= DEEPLY_FITTED
 
     @property
     def loss_margin(self) -> float:

@@ -138,12 +138,14 @@ def about_assumed_recipe(violations: list[Violation], records: Records) -> list[
     return [replace(v, message=v.message + note, severity=INFO) for v in violations]
 
 
-def about_fitted_model(violations: list[Violation], records: Records) -> list[Violation]:
+def about_fitted_model(violations: list[Violation], records: Records, deep: bool = False) -> list[Violation]:
     """A prediction that the model will not train, made of a model that already fits the probe
     batch (a trained model, a resumed checkpoint: :attr:`Dynamics.fitted`), is information:
-    training got past it."""
+    training got past it. With ``deep`` (the predictions read from small gradients or updates),
+    only a model that fits it far better (:attr:`Dynamics.deeply_fitted`), whose gradients are
+    small because its loss is."""
     dynamics = records.dynamics
-    if dynamics is None or not dynamics.fitted:
+    if dynamics is None or not (dynamics.deeply_fitted if deep else dynamics.fitted):
         return violations
     note = (f" But the model already fits the probe batch: its loss ({fmt(dynamics.losses[0])}) is "
             f"{fmt(dynamics.fit)} of a constant prediction's ({fmt(dynamics.constant_loss)}), so training "

@@ -56,9 +56,9 @@ def detect(records: Records) -> list[Violation]:
         falls by less than 15%, in a model without skip connections: the outputs settle on one
         prediction for every sample (the loss's floor for a constant output), where SGD's steps
         shrink with the gradient. A warning (information under gradscope's default loss).
-        A model that already fits the probe batch (its loss a quarter or less of a constant
-        prediction's: a trained model, a resumed checkpoint) gets information instead: training got
-        past what this predicts.
+        A model that already fits the probe batch far better than a constant prediction (its loss a
+        twentieth of one's or less: a trained model, a resumed checkpoint) gets information instead
+        (its gradients are small because its loss is).
 
     Why it matters:
         When every sample reaches the output layer as nearly the same vector, the output cannot
@@ -85,9 +85,9 @@ def detect(records: Records) -> list[Violation]:
         return []
     at_init = _at_initialisation(dynamics, structure)
     if at_init is not None and at_init.severity != INFO:
-        return about_fitted_model([at_init], records)
+        return about_fitted_model([at_init], records, deep=True)
     # a loss far below a constant guess's is no output settling on one (the pattern reads a start)
-    settled = _settled_in_the_probe(dynamics, structure) if not dynamics.fitted else None
+    settled = _settled_in_the_probe(dynamics, structure) if not dynamics.deeply_fitted else None
     return [settled] if settled is not None else [at_init] if at_init is not None else []
 
 

@@ -35,9 +35,9 @@ def detect(records: Records) -> list[Violation]:
         gradscope's default loss (no loss given), whose scale may be far from the real one, both
         limits are 10x wider. When gradscope assumed the recipe (no optimizer given), the finding
         is information: an assumed recipe never makes an error.
-        A model that already fits the probe batch (its loss a quarter or less of a constant
-        prediction's: a trained model, a resumed checkpoint) gets information instead of an error
-        for updates too small.
+        A model that already fits the probe batch far better than a constant prediction (its loss a
+        twentieth of one's or less: a trained model, a resumed checkpoint) gets information instead
+        of an error for updates too small.
 
     Why it matters:
         The update ratio is the step size as the model feels it. Far below the band the weights
@@ -80,7 +80,7 @@ def _violations(records: Records) -> list[Violation]:
         return about_fitted_model([Violation(layers[:5], (
             f"Updates are {fmt(median)} of the weights' size per step under {recipe} (median over "
             f"{len(per_step)} probe steps and all weights), {how_far}{_margin_text(margin)}: the model "
-            "will barely learn."), _fix(small=True), evidence, ERROR)], records)
+            "will barely learn."), _fix(small=True), evidence, ERROR)], records, deep=True)
     normalized = records.structure is not None and records.structure.normalized
     if median > UNSTABLE_ABOVE * margin and not normalized:
         return [Violation(layers[-5:], (

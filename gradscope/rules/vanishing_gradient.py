@@ -30,9 +30,9 @@ def detect(records: Records) -> list[Violation]:
         an adaptive optimizer (Adam, RMSprop …) the finding is informational: dividing each
         parameter's gradient by its own running scale largely undoes the shrinkage, and such
         models train under it.
-        A model that already fits the probe batch (its loss a quarter or less of a constant
-        prediction's: a trained model, a resumed checkpoint) gets information instead: training got
-        past what this predicts.
+        A model that already fits the probe batch far better than a constant prediction (its loss a
+        twentieth of one's or less: a trained model, a resumed checkpoint) gets information instead
+        (its gradients are small because its loss is).
 
     Why it matters:
         The weight gradient of a layer is its input times the signal at its output. When the
@@ -85,7 +85,7 @@ def detect(records: Records) -> list[Violation]:
         "layers_in_profile": len(profile.layers),
         "layers_with_zero_signal": len(zero),
         "steps": profile.steps,
-    }, INFO if adaptive else None)], records)
+    }, INFO if adaptive else None)], records, deep=True)
 
 
 def _fix(records: Records) -> str:

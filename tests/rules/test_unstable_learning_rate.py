@@ -117,3 +117,18 @@ def test_a_fitted_model_shaken_by_a_fresh_optimizer_below_a_constant_guess_is_in
 def test_a_fitted_model_whose_loss_ends_at_a_constant_guess_or_above_keeps_the_error(losses):
     [finding] = _fitted(losses, 2.26)
     assert finding.severity == "error"
+
+
+@pytest.mark.parametrize("constant_loss, severity", [(100.0, "info"), (9.0, "error"), (None, "error")])
+def test_stalled_updates_are_information_only_for_a_model_that_fits_far_better_than_a_constant(
+        constant_loss, severity):
+    """Updates 1e-6 of the weights: a trained model's (its loss 1/100 of a constant prediction's,
+    its gradients small because its loss is) is information; at 1/9 (an untrained contrastive
+    encoder at a low temperature measured 0.11, a residual denoiser 0.23) or unknown, an error."""
+    recipe = Recipe("SGD", 0.05, momentum=0.9)
+    dynamics = Dynamics(recipe, GIVEN_LOSS, 2, [1.0, 1.0, 1.0], [1.0, 1.0], [1e-6, 1e-6],
+                        {"fc.weight": 1e-6, "out.weight": 1e-6}, 1.0, "Hessian-vector products", None,
+                        recipe.stability_threshold(), constant_loss=constant_loss)
+    check_band = find_rule("updates-off-band").check
+    [finding] = check_band(make_records({(0, "fc.weight", "grad_norm"): 1.0}, TYPES, dynamics=dynamics))
+    assert finding.severity == severity
