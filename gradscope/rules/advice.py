@@ -165,14 +165,24 @@ RECOVERY_BEFORE, RECOVERY_AFTER = 50, 10
 """Steps before a spike episode that give the loss's band, and steps after it whose loss is read."""
 RECOVERY_SPREAD = 3.0
 """The loss after an episode is back in its band when its median is within this many robust
-standard deviations (1.4826 median absolute deviations) above the median before it."""
+standard deviations (1.4826 median absolute deviations) above the median before it, …"""
+RECOVERY_RATIO = 1.5
+"""… and, for a positive loss, at most this many times that median: early in a run the loss's
+noise is wide, and a band of 3 deviations let a run that a spike had set back (its loss 0.82 →
+1.53 in the next steps, and at chance later) pass for recovered. Or else the loss after stands
+above the median before by no more than ``RECOVERY_FALL`` of the fall the run had made to it
+(from the median of its first 10 steps): near convergence a small batch's losses are
+heavy-tailed, and 0.02 → 0.04 on a run that fell from 2.3 is no setback."""
+RECOVERY_FALL = 0.1
 
 
 def recovered(event: dict, records) -> bool | None:
     """Whether the loss went on after a spike episode as before it: the median loss of the
     ``RECOVERY_AFTER`` steps after the episode (those without an alarm) is within
     ``RECOVERY_SPREAD`` robust standard deviations above the median of the ``RECOVERY_BEFORE``
-    steps before it (one hard batch's loss, whose update did no lasting harm). None where the pulse
+    steps before it, and at most ``RECOVERY_RATIO`` times it, or above it by no more than
+    ``RECOVERY_FALL`` of the run's fall (one hard batch's loss, whose update did no lasting
+    harm). None where the pulse
     does not hold enough steps on either side (the run ended, or they left its window)."""
     pulse = records.pulse
     if pulse is None or pulse.empty or "step" not in pulse or event.get("step") is None:
@@ -186,7 +196,12 @@ def recovered(event: dict, records) -> bool | None:
         return None
     centre = float(np.median(before))
     spread = 1.4826 * float(np.median(np.abs(before - centre)))
-    return float(np.median(after)) <= centre + RECOVERY_SPREAD * spread
+    limit = centre + RECOVERY_SPREAD * spread
+    if centre > 0:
+        limit = min(limit, RECOVERY_RATIO * centre)
+    start = loss[quiet & (steps < first)][:10]
+    fall = float(np.median(start)) - centre if len(start) else 0.0
+    return float(np.median(after)) <= max(limit, centre + RECOVERY_FALL * max(fall, 0.0))
 
 
 def clip_threshold(records) -> float | None:

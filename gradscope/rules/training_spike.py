@@ -21,7 +21,8 @@ def detect(records: Records) -> list[Violation]:
         whose gradient norm left its own running band first (of those that left on the same step,
         the one nearest the loss), and the micro-batch under gradient accumulation. A warning;
         information when after every episode the loss went on as before (the median loss of the
-        10 steps after it within 3 robust standard deviations of the 50 before it): one hard
+        10 steps after it within 3 robust standard deviations and 1.5x of the median of the 50
+        before it, or above it by no more than a tenth of the fall the run had made): one hard
         batch's loss in a small batch, or a spike the guard skipped, did no lasting harm. An
         episode that began right after the schedule raised the learning rate 1.5x or more (over
         the 10 steps before it: a warm restart, a warm-up) counts as explained too.

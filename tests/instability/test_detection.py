@@ -427,3 +427,28 @@ def test_the_guard_keeps_a_model_whole_through_a_burst_of_corrupt_batches():
         after = float(F.mse_loss(model(x_all), y_all))
     assert set(range(150, 180)) <= set(mon.skipped_steps)
     assert after < 1.5 * before
+
+
+@pytest.mark.parametrize("centre, spread, after, severity", [
+    (0.82, 0.6, 1.53, "warning"),  # early and noisy: set back by half its fall (and at chance later)
+    (0.02, 0.02, 0.038, "info"),  # converged, batch of 4: twice a tiny loss, 1% of the fall
+    (0.02, 0.02, 0.019, "info"),  # back where it was
+])
+def test_a_setback_is_judged_against_the_band_and_the_fall(centre, spread, after, severity):
+    """The loss after a spike counts as recovered within 3 robust deviations and 1.5x of the loss
+    before it, or within a tenth of the fall the run had made (from 2.3)."""
+    from gradscope.events import SpikeEvent
+    from gradscope.records import Records
+    from gradscope.rules import find_rule
+
+    rng = np.random.default_rng(0)
+    loss = np.concatenate([np.full(10, 2.3), centre + spread * 0.6745 * rng.choice([-1.0, 1.0], 190),
+                           [5.0], np.full(20, after)])
+    loss = np.abs(loss)
+    pulse = pd.DataFrame({"step": range(len(loss)), "loss": loss, "grad_norm": 1.0, "alarm": 0.0})
+    pulse.loc[200, "alarm"] = float(LOSS_SPIKE)
+    event = SpikeEvent(200, ["loss spike"], 5.0, 1.0, 50.0, 0.0, False)
+    records = Records(pd.DataFrame(columns=["step", "layer", "metric", "value"]), pd.DataFrame(),
+                      pulse=pulse, events=({**event.to_dict(), "text": event.text},))
+    [finding] = find_rule("training-spike").check(records)
+    assert finding.severity == severity
