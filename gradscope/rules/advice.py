@@ -182,8 +182,8 @@ def recovered(event: dict, records) -> bool | None:
     ``RECOVERY_SPREAD`` robust standard deviations above the median of the ``RECOVERY_BEFORE``
     steps before it, and at most ``RECOVERY_RATIO`` times it, or above it by no more than
     ``RECOVERY_FALL`` of the run's fall (one hard batch's loss, whose update did no lasting
-    harm). None where the pulse
-    does not hold enough steps on either side (the run ended, or they left its window)."""
+    harm). None where the pulse does not hold enough steps on either side (the run ended, or
+    they left its window)."""
     pulse = records.pulse
     if pulse is None or pulse.empty or "step" not in pulse or event.get("step") is None:
         return None
