@@ -21,7 +21,8 @@ import torch.nn as nn
 from gradscope.errors import UsageError, UsageTypeError
 from gradscope.hooks import refuse_scripted
 from gradscope.monitor import Recorder
-from gradscope.probe import DEFAULT_LOSS, GIVEN_LOSS, Dynamics, constant_outputs, run_probe
+from gradscope.probe import (DEFAULT_LOSS, GIVEN_LOSS, Dynamics, constant_layer_losses, constant_outputs, output_layer,
+                             run_probe)
 from gradscope.recipe import Recipe
 from gradscope.report import Report, build_report
 from gradscope.stats.reductions import floating_tensors
@@ -179,6 +180,11 @@ def _probe(model, args, kwargs, inputs, loss_fn, optimizer, probe_steps, clip_gr
         return loss
 
     def constant_losses_at() -> list[Callable[[], torch.Tensor]]:
+        if loss_fn is None:  # the model's own loss: its logits layer's output made constant
+            if kind["loss"] in ("", DEFAULT_LOSS):
+                return []
+            layer = output_layer(model, loss_at)
+            return constant_layer_losses(layer, loss_at) if layer is not None else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
             constants = constant_outputs(model(*args, **kwargs))
@@ -189,8 +195,7 @@ def _probe(model, args, kwargs, inputs, loss_fn, optimizer, probe_steps, clip_gr
     recipe = Recipe.of(opt, clip_grad_norm, assumed=assumed)
     model.train()
     try:
-        dynamics = run_probe(model, loss_at, opt, recipe, probe_steps, "",
-                             constant_losses_at if loss_fn is not None else None)
+        dynamics = run_probe(model, loss_at, opt, recipe, probe_steps, "", constant_losses_at)
         return dataclasses.replace(dynamics, loss_kind=kind["loss"]), None
     except Exception as e:  # the monitored steps ran; keep their findings
         return None, f"{type(e).__name__}: {e}"

@@ -95,8 +95,9 @@ class Dynamics:
     """Per weight layer in forward order: the mean correlation between the samples' outputs."""
     constant_loss: float | None = None
     """The loss, at the initial weights, of the best of a few constant predictions, the same for
-    every sample (:func:`constant_outputs`). None where the loss is the model's own (computed
-    inside its forward) or the output has no batch."""
+    every sample (:func:`constant_outputs`; for a model that computes its own loss, the output of
+    its last weight layer made constant: :func:`constant_layer_losses`). None under gradscope's
+    default loss or where the output has no batch."""
     length_spread: dict[str, float] = field(default_factory=dict)
     """Per weight layer in forward order: the standard deviation across samples of ln ||output||."""
     seconds: float = 0.0
@@ -233,6 +234,41 @@ def constant_outputs(output: object) -> list[object]:
     except TypeError:
         return []
     return results if changed[0] else []
+
+
+def output_layer(model: nn.Module, forward: Callable[[], object]) -> nn.Module | None:
+    """The weight layer that ``forward()`` (one forward of ``model``) calls last with a batch
+    (2 or more samples along dim 0) of floating-point output: the layer that makes the logits of
+    a model that computes its own loss (``output.loss``)."""
+    last: list[nn.Module | None] = [None]
+
+    def hook(module, args, output):
+        if isinstance(output, torch.Tensor) and output.is_floating_point() and output.dim() >= 1 \
+                and output.shape[0] >= 2:
+            last[0] = module
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if is_weight_layer(m)]
+    try:
+        forward()
+    finally:
+        for h in handles:
+            h.remove()
+    return last[0]
+
+
+def constant_layer_losses(layer: nn.Module, loss_at: Callable[[], torch.Tensor]) -> list[Callable[[], torch.Tensor]]:
+    """One loss per :data:`CONSTANTS`, each from a forward whose ``layer`` output is replaced by
+    that constant: the model's own loss of a prediction that is the same for every sample."""
+    def with_constant(make):
+        def loss() -> torch.Tensor:
+            handle = layer.register_forward_hook(lambda m, a, out: make(out).expand_as(out).contiguous())
+            try:
+                return loss_at()
+            finally:
+                handle.remove()
+        return loss
+
+    return [with_constant(make) for make in CONSTANTS]
 
 
 def _constant_loss(constant_losses_at) -> float | None:
