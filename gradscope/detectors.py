@@ -80,6 +80,14 @@ _SMOOTHED_NOISE = _HALF_NORMAL * math.sqrt(_TREND_ALPHA / (2 - _TREND_ALPHA))
 """The smoothed loss's noise standard deviation over the mean absolute difference."""
 KINDS = tuple(_DEFAULTS)
 
+EXPLOSION = 100.0
+"""zscore, during its warm-up (no band yet): a loss this many times the run's first (finite,
+positive) loss is a spike. A run at a learning rate far too high leaves its start within
+the warm-up (a char-level GPT at lr 1.0: loss 4.8, then 118 at step 10 and 1,320 at step 14,
+non-finite at 21), where only the loss trend could see it, two steps ahead. A hundredfold is no
+early wobble: a GAN's generator loss, which climbs as the discriminator learns, goes from 0.7 to
+a few units."""
+
 SPIKE_FLOOR = 0.1
 """zscore: a loss spike must also stand above the loss's running mean by this share of the fall
 the mean has made from its highest value: near convergence (a mean of 0.002 after a start at 2.3)
@@ -185,6 +193,8 @@ class DetectorState:
         self.last_loss = self._new((1,), float("inf"))
         self.peak = self._new((1,), -float("inf"))
         """The highest running mean of the loss so far (zscore's spike floor)."""
+        self.first = self._new((1,), float("nan"))
+        """The first finite loss (zscore's warm-up explosion)."""
         self.run = self._new((2,), 0.0)
         """Steps in a row the loss and the gradient norm have been above their band (zscore). A
         series above its band for a whole ``window`` of steps in a row (100 by default) has moved
@@ -232,6 +242,9 @@ class DetectorState:
         spiking = (z[0:2] > d.threshold) & finite[0:2] & warm
         fall = xp.where(self.peak > self.mean[0:1], self.peak - self.mean[0:1], self.peak * 0.0)
         spiking[0:1] = spiking[0:1] & (deviation[0:1] > SPIKE_FLOOR * fall)
+        if not warm:  # no band yet: only an explosion of the loss
+            spiking[0:1] = finite[0:1] & (self.first > 0) & (y[0:1] > EXPLOSION * self.first)
+            self.first[:] = xp.where(xp.isnan(self.first) & finite[0:1], y[0:1], self.first)
         self.run[:] = xp.where(spiking, self.run + 1, 0.0 * self.run)
         spiking = spiking & (self.run <= d.window)  # a new level: taken into the band
         spikes = spiking[0:1] * float(LOSS_SPIKE) + spiking[1:2] * float(GRAD_SPIKE)
@@ -259,6 +272,10 @@ class DetectorState:
         warm = self.seen >= d.warmup
         loss_spike = warm and bool(finite[0]) and z[0] > d.threshold \
             and deviation[0] > SPIKE_FLOOR * max(float(self.peak[0] - self.mean[0]), 0.0)
+        if not warm:  # no band yet: only an explosion of the loss
+            loss_spike = bool(finite[0]) and self.first[0] > 0 and y[0] > EXPLOSION * self.first[0]
+            if self.first[0] != self.first[0] and finite[0]:
+                self.first[0] = y[0]
         grad_spike = warm and bool(finite[1]) and z[1] > d.threshold
         self.run[0] = self.run[0] + 1 if loss_spike else 0.0
         self.run[1] = self.run[1] + 1 if grad_spike else 0.0

@@ -452,3 +452,20 @@ def test_a_setback_is_judged_against_the_band_and_the_fall(centre, spread, after
                       pulse=pulse, events=({**event.to_dict(), "text": event.text},))
     [finding] = find_rule("training-spike").check(records)
     assert finding.severity == severity
+
+
+@pytest.mark.parametrize("xp", [np, torch], ids=["numpy", "torch"])
+def test_an_explosion_within_the_warm_up_is_a_spike_and_a_tenfold_climb_is_not(xp):
+    """A run at a learning rate far too high leaves its start before the z-score has a band: a
+    loss 100x the highest running mean before it is a spike then. A generator's loss that climbs
+    10x as its discriminator learns is not."""
+    exploding = [4.8, 4.7, 19.5, 30.0, 60.0, 118.0, 300.0, 700.0, 1320.0]
+    climbing = [0.7, 0.8, 1.5, 3.0, 5.0, 7.0, 6.5, 6.0, 5.5]
+    for losses, first in ((exploding, 7), (climbing, None)):
+        state = DetectorState(Detector("zscore", trend=0), 2, xp)
+        fired = []
+        for step, loss in enumerate(losses):
+            y = np.array([loss, 0.0]) if xp is np else torch.tensor([loss, 0.0], dtype=torch.float64)
+            if int(state.update(y)[0][0]) & LOSS_SPIKE:
+                fired.append(step)
+        assert (fired[0] if fired else None) == first
