@@ -51,11 +51,13 @@ def _one(job: tuple[str, str]) -> dict:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         report = gradscope.diagnose(model, x, lambda out: F.cross_entropy(out, y), optimizer=recipe.build(model))
-        fitted, probe.FITTED = probe.FITTED, 0.0  # the verdict as it was before fitted models were told apart
+        # the verdict as it was before fitted models were told apart
+        thresholds = probe.FITTED, probe.DEEPLY_FITTED
+        probe.FITTED = probe.DEEPLY_FITTED = 0.0
         try:
             before = gradscope.diagnose(model, x, lambda out: F.cross_entropy(out, y), optimizer=recipe.build(model))
         finally:
-            probe.FITTED = fitted
+            probe.FITTED, probe.DEEPLY_FITTED = thresholds
     on = zoo.train(arch, recipe, ON_SEED, data, model=model)
     dynamics = report.dynamics
     return {
