@@ -55,8 +55,8 @@ much more margin under the default loss, so that its scale alone never makes a f
 FITTED = 0.25
 """A first probe loss at most this share of the best constant prediction's loss is a model that
 already fits the batch. At initialisation the share was 0.94 or more for every one of the
-trainability benchmark's 166 architectures (random outputs do no better than a constant); models
-trained on digits to 93–99% measured 0.0001 to 0.05."""
+trainability benchmark's 176 architectures under both seeds (random outputs do no better than a
+constant); models trained on digits to 93–99% measured 0.0001 to 0.05."""
 
 DEEPLY_FITTED = 0.05
 """The share below which small gradients and updates are the fit's doing (the loss is small),
@@ -93,13 +93,13 @@ class Dynamics:
     """The recipe's stability threshold for ``curvature`` (:meth:`Recipe.stability_threshold`)."""
     similarity: dict[str, float] = field(default_factory=dict)
     """Per weight layer in forward order: the mean correlation between the samples' outputs."""
+    length_spread: dict[str, float] = field(default_factory=dict)
+    """Per weight layer in forward order: the standard deviation across samples of ln ||output||."""
     constant_loss: float | None = None
     """The loss, at the initial weights, of the best of a few constant predictions, the same for
     every sample (:func:`constant_outputs`; for a model that computes its own loss, the output of
     its last weight layer made constant: :func:`constant_layer_losses`). None under gradscope's
     default loss or where the output has no batch."""
-    length_spread: dict[str, float] = field(default_factory=dict)
-    """Per weight layer in forward order: the standard deviation across samples of ln ||output||."""
     seconds: float = 0.0
 
     @property

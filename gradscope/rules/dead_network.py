@@ -96,7 +96,7 @@ def pair(bad: bool) -> dict:
     """Two hidden ReLU layers; in the bad model the second one's bias is -100, so none of its
     units fires."""
     torch.manual_seed(0)
-    model = stack(2, nn.ReLU, bias=None)
+    model = stack(2, nn.ReLU)
     if bad:
         nn.init.constant_(model[2].bias, -100.0)
     return {"model": model, "inputs": x64()}
