@@ -174,6 +174,12 @@ above the median before by no more than ``RECOVERY_FALL`` of the fall the run ha
 (from the median of its first 10 steps): near convergence a small batch's losses are
 heavy-tailed, and 0.02 → 0.04 on a run that fell from 2.3 is no setback."""
 RECOVERY_FALL = 0.1
+RECOVERY_LATER = 60
+"""Where the ``RECOVERY_AFTER`` steps right after an episode stand above the band, the steps from
+there to this many after it are read too: a spike's large update shakes an adaptive optimizer's
+moments, and a converged run's loss (median 0.0012) sat at twice that for the ten steps after a
+spike and below it in the ten after those. Back in the band there, the episode did no lasting
+harm; a run the spike set back stays above it."""
 
 
 def recovered(event: dict, records) -> bool | None:
@@ -182,8 +188,9 @@ def recovered(event: dict, records) -> bool | None:
     ``RECOVERY_SPREAD`` robust standard deviations above the median of the ``RECOVERY_BEFORE``
     steps before it, and at most ``RECOVERY_RATIO`` times it, or above it by no more than
     ``RECOVERY_FALL`` of the run's fall (one hard batch's loss, whose update did no lasting
-    harm). None where the pulse does not hold enough steps on either side (the run ended, or
-    they left its window)."""
+    harm); or else the median of the steps from there to ``RECOVERY_LATER`` after it is. None
+    where the pulse does not hold enough steps on either side (the run ended, or they left its
+    window)."""
     pulse = records.pulse
     if pulse is None or pulse.empty or "step" not in pulse or event.get("step") is None:
         return None
@@ -201,7 +208,11 @@ def recovered(event: dict, records) -> bool | None:
         limit = min(limit, RECOVERY_RATIO * centre)
     start = loss[quiet & (steps < first)][:10]
     fall = float(np.median(start)) - centre if len(start) else 0.0
-    return float(np.median(after)) <= max(limit, centre + RECOVERY_FALL * max(fall, 0.0))
+    limit = max(limit, centre + RECOVERY_FALL * max(fall, 0.0))
+    if float(np.median(after)) <= limit:
+        return True
+    later = loss[quiet & (steps > last + RECOVERY_AFTER) & (steps <= last + RECOVERY_LATER)]
+    return len(later) >= (RECOVERY_LATER - RECOVERY_AFTER) // 2 and float(np.median(later)) <= limit
 
 
 def clip_threshold(records) -> float | None:

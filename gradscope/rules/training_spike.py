@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from gradscope.records import Records
 from gradscope.events import lr_raised
-from gradscope.rules.advice import RECOVERY_AFTER, episodes, instability_fix, recovered, spike_events
+from gradscope.rules.advice import RECOVERY_AFTER, RECOVERY_LATER, episodes, instability_fix, recovered, spike_events
 from gradscope.rules.base import INFO, Violation
 from gradscope.rules.example_models import spiking_run
 
@@ -22,8 +22,9 @@ def detect(records: Records) -> list[Violation]:
         the one nearest the loss), and the micro-batch under gradient accumulation. A warning;
         information when after every episode the loss went on as before (the median loss of the
         10 steps after it within 3 robust standard deviations and 1.5x of the median of the 50
-        before it, or above it by no more than a tenth of the fall the run had made): one hard
-        batch's loss in a small batch, or a spike the guard skipped, did no lasting harm. An
+        before it, or above it by no more than a tenth of the fall the run had made; or else that
+        of the steps 11 to 60 after it): one hard batch's loss in a small batch, or a spike the
+        guard skipped, did no lasting harm. An
         episode that began right after the schedule raised the learning rate 1.5x or more (over
         the 10 steps before it: a warm restart, a warm-up) counts as explained too.
 
@@ -71,7 +72,7 @@ def detect(records: Records) -> list[Violation]:
             others = sum(not raised for raised in scheduled)
             which = "it" if len(events) == 1 else "each of the others" if any(scheduled) else "each"
             message += (f" After {which} the loss went on as before (the median of the next {RECOVERY_AFTER} "
-                        "steps back within its band): "
+                        f"steps, or of those up to {RECOVERY_LATER} after, back within its band): "
                         + ("one batch's loss or gradient" if others == 1 else "single batches' losses or gradients")
                         + ", not an instability.")
         message += " So this is informational."

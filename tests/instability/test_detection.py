@@ -459,6 +459,27 @@ def test_a_setback_is_judged_against_the_band_and_the_fall(centre, spread, after
     assert finding.severity == severity
 
 
+@pytest.mark.parametrize("elevated, severity", [(10, "info"), (60, "warning")])
+def test_a_loss_shaken_for_ten_steps_then_back_in_its_band_recovered(elevated, severity):
+    """A converged run's loss (median 0.0012, no fall seen) at 2x for the 10 steps after a spike:
+    back in its band over steps 11-60 after, the spike did no lasting harm; still 2x there, it
+    set the run back."""
+    from gradscope.events import SpikeEvent
+    from gradscope.records import Records
+    from gradscope.rules import find_rule
+
+    rng = np.random.default_rng(0)
+    quiet = lambda n: 0.0012 * np.exp(0.3 * rng.standard_normal(n))  # noqa: E731
+    loss = np.concatenate([quiet(200), [0.01], 2 * quiet(elevated), quiet(60 - elevated)])
+    pulse = pd.DataFrame({"step": range(len(loss)), "loss": loss, "grad_norm": 1.0, "alarm": 0.0})
+    pulse.loc[200, "alarm"] = float(LOSS_SPIKE)
+    event = SpikeEvent(200, ["loss spike"], 0.01, 1.0, 10.0, 0.0, False)
+    records = Records(pd.DataFrame(columns=["step", "layer", "metric", "value"]), pd.DataFrame(),
+                      pulse=pulse, events=({**event.to_dict(), "text": event.text},))
+    [finding] = find_rule("training-spike").check(records)
+    assert finding.severity == severity
+
+
 @pytest.mark.parametrize("xp", [np, torch], ids=["numpy", "torch"])
 def test_an_explosion_within_the_warm_up_is_a_spike_and_a_tenfold_climb_is_not(xp):
     """A run at a learning rate far too high leaves its start before the z-score has a band: a
