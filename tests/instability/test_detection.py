@@ -395,24 +395,31 @@ def test_a_run_whose_units_died_at_a_high_learning_rate_fails():
         assert ("dead-network" in [f.rule for f in report.findings]) == (label == "fails")
 
 
+def _spike_finding(loss, z: float, **lr):
+    """The training-spike finding of a run whose pulse holds ``loss`` with one loss spike at step
+    200 (z-score ``z``)."""
+    from gradscope.events import SpikeEvent
+    from gradscope.records import Records
+    from gradscope.rules import find_rule
+
+    pulse = pd.DataFrame({"step": range(len(loss)), "loss": loss, "grad_norm": 1.0, "alarm": 0.0})
+    pulse.loc[200, "alarm"] = float(LOSS_SPIKE)
+    event = SpikeEvent(200, ["loss spike"], float(loss[200]), 1.0, z, 0.0, False, **lr)
+    records = Records(pd.DataFrame(columns=["step", "layer", "metric", "value"]), pd.DataFrame(),
+                      pulse=pulse, events=({**event.to_dict(), "text": event.text},))
+    [finding] = find_rule("training-spike").check(records)
+    return finding
+
+
 @pytest.mark.parametrize("lr_before, severity", [(1e-4, "info"), (0.1, "warning"), (None, "warning")])
 def test_a_spike_right_after_the_schedule_raised_the_learning_rate_is_information(lr_before, severity):
     """A warm restart (lr from 1e-4 back to 0.1) jolts the loss, which stays above its band for a
     while: expected of the schedule, information. The same spike at a steady lr, or where the lr
     was not known, keeps the warning."""
-    from gradscope.events import SpikeEvent
-    from gradscope.records import Records
-    from gradscope.rules import find_rule
-
     rng = np.random.default_rng(0)
     loss = 1.0 + 0.01 * rng.standard_normal(300)
     loss[200], loss[201:260] = 5.0, 2.0
-    pulse = pd.DataFrame({"step": range(300), "loss": loss, "grad_norm": 1.0, "alarm": 0.0})
-    pulse.loc[200, "alarm"] = float(LOSS_SPIKE)
-    event = SpikeEvent(200, ["loss spike"], 5.0, 1.0, 400.0, 0.0, False, lr=0.1, lr_before=lr_before)
-    records = Records(pd.DataFrame(columns=["step", "layer", "metric", "value"]), pd.DataFrame(),
-                      pulse=pulse, events=({**event.to_dict(), "text": event.text},))
-    [finding] = find_rule("training-spike").check(records)
+    finding = _spike_finding(loss, 400.0, lr=0.1, lr_before=lr_before)
     assert finding.severity == severity
     assert ("raised the learning rate (from 0.0001 to 0.1" in finding.message) == (severity == "info")
 
@@ -442,21 +449,11 @@ def test_the_guard_keeps_a_model_whole_through_a_burst_of_corrupt_batches():
 def test_a_setback_is_judged_against_the_band_and_the_fall(centre, spread, after, severity):
     """The loss after a spike counts as recovered within 3 robust deviations and 1.5x of the loss
     before it, or within a tenth of the fall the run had made (from 2.3)."""
-    from gradscope.events import SpikeEvent
-    from gradscope.records import Records
-    from gradscope.rules import find_rule
-
     rng = np.random.default_rng(0)
     loss = np.concatenate([np.full(10, 2.3), centre + spread * 0.6745 * rng.choice([-1.0, 1.0], 190),
                            [5.0], np.full(20, after)])
     loss = np.abs(loss)
-    pulse = pd.DataFrame({"step": range(len(loss)), "loss": loss, "grad_norm": 1.0, "alarm": 0.0})
-    pulse.loc[200, "alarm"] = float(LOSS_SPIKE)
-    event = SpikeEvent(200, ["loss spike"], 5.0, 1.0, 50.0, 0.0, False)
-    records = Records(pd.DataFrame(columns=["step", "layer", "metric", "value"]), pd.DataFrame(),
-                      pulse=pulse, events=({**event.to_dict(), "text": event.text},))
-    [finding] = find_rule("training-spike").check(records)
-    assert finding.severity == severity
+    assert _spike_finding(loss, 50.0).severity == severity
 
 
 @pytest.mark.parametrize("elevated, severity", [(10, "info"), (60, "warning")])
@@ -464,20 +461,10 @@ def test_a_loss_shaken_for_ten_steps_then_back_in_its_band_recovered(elevated, s
     """A converged run's loss (median 0.0012, no fall seen) at 2x for the 10 steps after a spike:
     back in its band over steps 11-60 after, the spike did no lasting harm; still 2x there, it
     set the run back."""
-    from gradscope.events import SpikeEvent
-    from gradscope.records import Records
-    from gradscope.rules import find_rule
-
     rng = np.random.default_rng(0)
     quiet = lambda n: 0.0012 * np.exp(0.3 * rng.standard_normal(n))  # noqa: E731
     loss = np.concatenate([quiet(200), [0.01], 2 * quiet(elevated), quiet(60 - elevated)])
-    pulse = pd.DataFrame({"step": range(len(loss)), "loss": loss, "grad_norm": 1.0, "alarm": 0.0})
-    pulse.loc[200, "alarm"] = float(LOSS_SPIKE)
-    event = SpikeEvent(200, ["loss spike"], 0.01, 1.0, 10.0, 0.0, False)
-    records = Records(pd.DataFrame(columns=["step", "layer", "metric", "value"]), pd.DataFrame(),
-                      pulse=pulse, events=({**event.to_dict(), "text": event.text},))
-    [finding] = find_rule("training-spike").check(records)
-    assert finding.severity == severity
+    assert _spike_finding(loss, 10.0).severity == severity
 
 
 @pytest.mark.parametrize("xp", [np, torch], ids=["numpy", "torch"])
