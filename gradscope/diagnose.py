@@ -100,6 +100,14 @@ def diagnose(
         raise UsageTypeError(
             f"Expected `optimizer` to be a torch.optim.Optimizer but got {type(optimizer).__name__}."
         )
+    if optimizer is not None and _needs_closure(optimizer):
+        raise UsageError(
+            f"Got {type(optimizer).__name__}, whose step() needs a closure that re-evaluates the loss; "
+            "diagnose runs plain optimizer.step() calls, so it cannot probe this recipe. Pass "
+            "optimizer=None (diagnose then assumes SGD and says so) or a first-order optimizer, and "
+            "watch the real LBFGS run with gradscope.monitor(model, optimizer=opt), which records "
+            "opt.step(closure)."
+        )
     refuse_scripted(model, "gradscope.diagnose")
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     args, kwargs = split_inputs(inputs, device)
@@ -192,13 +200,40 @@ def _probe(model, args, kwargs, inputs, loss_fn, optimizer, probe_steps, clip_gr
 
     assumed = optimizer is None
     opt = optimizer or torch.optim.SGD(model.parameters(), lr=DEFAULT_LR, momentum=DEFAULT_MOMENTUM)
-    recipe = Recipe.of(opt, clip_grad_norm, assumed=assumed)
+    scheduled_from = _at_schedule_peak(opt)  # the optimizer's state, lr included, is restored afterwards
+    recipe = dataclasses.replace(Recipe.of(opt, clip_grad_norm, assumed=assumed), scheduled_from=scheduled_from)
     model.train()
     try:
         dynamics = run_probe(model, loss_at, opt, recipe, probe_steps, "", constant_losses_at)
         return dataclasses.replace(dynamics, loss_kind=kind["loss"]), None
     except Exception as e:  # the monitored steps ran; keep their findings
         return None, f"{type(e).__name__}: {e}"
+
+
+def _at_schedule_peak(optimizer: torch.optim.Optimizer) -> float | None:
+    """Set each parameter group's learning rate to its schedule's peak where a torch LR scheduler
+    holds it lower (a warm-up starts near 0; ``initial_lr`` is the rate it climbs to,
+    OneCycleLR's ``max_lr`` its top): the recipe trains at that rate after the first steps. Returns
+    the largest rate the optimizer held before, or None where nothing changed."""
+    held = None
+    for group in optimizer.param_groups:
+        lr = Recipe.number(group.get("lr"))
+        peak = max((v for v in (Recipe.number(group.get("initial_lr")), Recipe.number(group.get("max_lr")))
+                    if v is not None), default=None)
+        if lr is None or peak is None or not peak > lr or isinstance(group.get("lr"), torch.Tensor):
+            continue
+        held = lr if held is None else max(held, lr)
+        group["lr"] = peak
+    return held
+
+
+def _needs_closure(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether ``optimizer.step`` has a required ``closure`` argument (LBFGS)."""
+    try:
+        parameter = inspect.signature(type(optimizer).step).parameters.get("closure")
+    except (TypeError, ValueError):
+        return False
+    return parameter is not None and parameter.default is inspect.Parameter.empty
 
 
 def _materialize_lazy(model: nn.Module, args: tuple, kwargs: dict, inputs: object) -> None:
@@ -231,8 +266,11 @@ def _run(model, args, kwargs, inputs, loss_fn, steps, opt, batch, seed, progress
                     raise ModelError(
                         "The model raised in forward"
                         + (f" at module {where!r} ({type(model.get_submodule(where)).__name__})" if where else "")
-                        + f": {type(e).__name__}: {e}. Inputs given: {describe(inputs)}; check that "
-                        "they fit the model."
+                        + f": {type(e).__name__}: {e}. Inputs given: {describe(inputs)}; "
+                        + ("diagnose runs the model in training mode, where BatchNorm normalises with "
+                           "the batch's own statistics (a module you keep in eval mode included): "
+                           "pass a batch of 2 or more samples." if "more than 1 value per channel" in str(e)
+                           else "check that they fit the model.")
                     ) from e
             loss, loss_kind = training_loss(output, inputs, loss_fn, targets, seed)
             if probe is not None:

@@ -15,6 +15,8 @@ a monitor's history.
 
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass
 from typing import Callable, Iterable, NamedTuple
 
@@ -87,11 +89,23 @@ def weight_fans(module: nn.Module) -> tuple[int, int]:
     return int(weight[0].numel()), int(weight.shape[0])
 
 
+_NORM_TYPE = re.compile(r"Norm(alization)?(\d[dD])?(Act\d?[dD]?|Gated|Fp32)?$")
+NOT_NORMS = ("NoNorm", "PseudoNorm", "SpectralNorm", "WeightNorm", "GradNorm")
+"""Names of the ``…Norm`` pattern that normalise no forward signal: MobileBERT's ``NoNorm`` (an
+elementwise affine), gradscope's ``PseudoNorm`` (rescales the backward gradient only), weight
+reparametrisations."""
+
+
 def is_norm_type(type_name: str) -> bool:
     """Whether a recorded layer type is a normalisation: torch's (``"LayerNorm"``,
     ``"BatchNorm2d"`` …) and the many written elsewhere, named ``…Norm`` by convention
-    (``"LlamaRMSNorm"``, ``"T5LayerNorm"``)."""
-    return "Norm" in type_name
+    (``"LlamaRMSNorm"``, ``"T5LayerNorm"``, ``"FrozenBatchNorm2d"``, timm's ``"BatchNormAct2d"``).
+    The name must end that way: ``"NormalNet"`` or ``"GradNormHook"`` is no normalisation.
+
+    >>> [is_norm_type(n) for n in ("LlamaRMSNorm", "BatchNorm2d", "GroupNormAct", "NormalNet", "NoNorm")]
+    [True, True, True, False, False]
+    """
+    return _NORM_TYPE.search(type_name) is not None and not type_name.endswith(NOT_NORMS)
 
 
 def is_embedding_type(type_name: str) -> bool:

@@ -30,6 +30,7 @@ import torch.nn as nn
 
 from gradscope.layers import is_weight_layer
 from gradscope.recipe import Recipe
+from gradscope.stats.reductions import stored_values
 
 POWER_ITERATIONS = 20
 POWER_TOLERANCE = 0.02
@@ -80,9 +81,14 @@ class Dynamics:
     grad_norms: list[float]
     """The total gradient norm (all parameters) at each probe step, before clipping."""
     update_ratios: list[float]
-    """Per step, the median over weight tensors (2+ dimensions) of ``||Δw|| / ||w||``."""
+    """Per step, the median over the trained weight tensors (2+ dimensions) of ``||Δw|| / ||w||``:
+    those the optimizer holds, in its parameter groups with the largest learning rates (at least
+    a tenth of the largest), that got a gradient on that step. A weight left out of the optimizer,
+    given a far smaller learning rate (discriminative learning rates) or that the loss does not
+    reach (an unused head, a stop-gradient branch, an expert no sample was routed to) is not
+    trained by this recipe by design."""
     layer_update_ratios: dict[str, float]
-    """Per weight tensor, its update ratio at the first step."""
+    """Per trained weight tensor, its update ratio at the first step."""
     curvature: float | None
     """The largest eigenvalue of the Hessian of the loss on the batch at initialisation;
     preconditioned by the optimizer's per-parameter scale for adaptive optimizers."""
@@ -100,6 +106,8 @@ class Dynamics:
     every sample (:func:`constant_outputs`; for a model that computes its own loss, the output of
     its last weight layer made constant: :func:`constant_layer_losses`). None under gradscope's
     default loss or where the output has no batch."""
+    weight_update_ratios: dict[str, float] = field(default_factory=dict)
+    """Per trained weight tensor, the median of its update ratio over the probe steps."""
     seconds: float = 0.0
 
     @property
@@ -177,7 +185,8 @@ def run_probe(
         initial = [p.detach().clone() for p in params]
     similarity, spread = _forward_statistics(model, loss_at)
     constant_loss = _constant_loss(constant_losses_at)
-    losses, grad_norms, ratios, layer_ratios = _steps(model, loss_at, optimizer, recipe, params, steps)
+    losses, grad_norms, ratios, layer_ratios, weight_ratios = _steps(model, loss_at, optimizer, recipe,
+                                                                     params, steps)
     with torch.no_grad():
         for p, value in zip(params, initial):
             p.copy_(value)
@@ -187,7 +196,7 @@ def run_probe(
         update_ratios=ratios, layer_update_ratios=layer_ratios, curvature=curvature,
         curvature_method=method, curvature_note=note, threshold=recipe.stability_threshold(),
         similarity=similarity, length_spread=spread, constant_loss=constant_loss,
-        seconds=time.perf_counter() - start,
+        weight_update_ratios=weight_ratios, seconds=time.perf_counter() - start,
     )
 
 
@@ -323,9 +332,22 @@ def _forward_statistics(model: nn.Module, loss_at) -> tuple[dict[str, float], di
     return ({n: row[0] for n, row in zip(names, table)}, {n: row[1] for n, row in zip(names, table)})
 
 
+def trained_weights(params, optimizer: torch.optim.Optimizer) -> list:
+    """The weight tensors (2+ dimensions) of ``params`` that ``optimizer`` trains at about its
+    full learning rate: in a parameter group whose learning rate is at least a tenth of the
+    largest group's."""
+    lr_of = {}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            lr_of.setdefault(p, Recipe.number(group.get("lr")))
+    rates = [lr for lr in lr_of.values() if lr is not None]
+    lowest = max(rates) / 10 if rates else -math.inf
+    return [p for p in params if p.dim() >= 2 and p in lr_of and not (lr_of[p] is not None and lr_of[p] < lowest)]
+
+
 def _steps(model, loss_at, optimizer, recipe, params, steps):
     names = {p: n for n, p in model.named_parameters()}
-    weights = [p for p in params if p.dim() >= 2]
+    weights = trained_weights(params, optimizer)
     losses: list[float] = []
     grad_norms: list[float] = []
     ratio_rows: list[torch.Tensor] = []
@@ -337,7 +359,8 @@ def _steps(model, loss_at, optimizer, recipe, params, steps):
         if not math.isfinite(value):
             break
         loss.backward()
-        grads = [p.grad for p in params if p.grad is not None]
+        # a sparse gradient (nn.Embedding(sparse=True)) counts by the values it stores
+        grads = [stored_values(p.grad) if p.grad.is_sparse else p.grad for p in params if p.grad is not None]
         total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else torch.zeros(())
         grad_norms.append(float(total))
         if not math.isfinite(grad_norms[-1]):
@@ -346,21 +369,26 @@ def _steps(model, loss_at, optimizer, recipe, params, steps):
             torch.nn.utils.clip_grad_norm_(params, recipe.clip_grad_norm)
         with torch.no_grad():
             before = [w.detach().clone() for w in weights]
+            reached = torch.tensor([w.grad is not None for w in weights], dtype=torch.bool)
             optimizer.step()
             if weights:
                 delta = torch._foreach_sub([w.detach() for w in weights], before)
                 sizes = torch.stack(torch._foreach_norm(before))
-                # a weight of zero norm has no update ratio (NaN, left out of the medians)
-                ratio_rows.append(torch.stack(torch._foreach_norm(delta)) / sizes.where(sizes > 0, torch.nan))
+                # a weight of zero norm, or that no gradient reached on this step, has no update
+                # ratio (NaN, left out of the medians)
+                ratios = torch.stack(torch._foreach_norm(delta)) / sizes.where(sizes > 0, torch.nan)
+                ratio_rows.append(ratios.where(reached.to(ratios.device), torch.nan))
     else:
         losses.append(float(loss_at().detach()))
     optimizer.zero_grad(set_to_none=True)
     if not ratio_rows:
-        return losses, grad_norms, [], {}
+        return losses, grad_norms, [], {}, {}
     table = torch.stack(ratio_rows).cpu()  # one transfer for all steps and weights
     medians = table.nanmedian(dim=1).values.tolist()
     first = {names[w]: float(v) for w, v in zip(weights, table[0].tolist())}
-    return losses, grad_norms, medians, first
+    per_weight = {names[w]: float(v) for w, v in zip(weights, table.nanmedian(dim=0).values.tolist())
+                  if math.isfinite(v)}
+    return losses, grad_norms, medians, first, per_weight
 
 
 def _curvature(loss_at, params, optimizer, recipe) -> tuple[float | None, str | None, str | None]:
@@ -374,6 +402,11 @@ def _curvature(loss_at, params, optimizer, recipe) -> tuple[float | None, str | 
             return None, None, (f"{recipe.optimizer}'s per-parameter scale was not found in its state, "
                                 "so its preconditioned curvature was not measured")
         note = "preconditioned by the optimizer's per-parameter scale after the probe steps"
+    shares = _lr_shares(optimizer, params)
+    if shares is not None:  # parameter groups at other learning rates: steps scaled by lr / largest lr
+        scale = [s * share for s, share in zip(scale, shares)] if scale is not None else \
+            [torch.full_like(p, share) for p, share in zip(params, shares)]
+        note = (note + "; " if note else "") + "each parameter group's steps scaled by its share of the largest learning rate"
     try:
         matvec, method = _hessian_vector_product(loss_at, params), "Hessian-vector products"
     except (RuntimeError, NotImplementedError) as e:
@@ -388,12 +421,34 @@ def _curvature(loss_at, params, optimizer, recipe) -> tuple[float | None, str | 
     try:
         value, unresolved = _top_eigenvalue(matvec, params)
     except (RuntimeError, NotImplementedError) as e:
-        return None, None, f"the curvature could not be measured: {type(e).__name__}: {e}"
+        return None, None, f"the curvature could not be measured: {type(e).__name__}: {_first_line(e)}"
     if unresolved is not None:
         return None, method, unresolved
     if value is None or not math.isfinite(value):
         return None, method, "the curvature is not finite"
     return value, method, note
+
+
+def _lr_shares(optimizer: torch.optim.Optimizer, params) -> list[float] | None:
+    """Per parameter, its group's learning rate as a share of the largest group's (0 for a
+    parameter the optimizer does not hold); None where every parameter has the largest."""
+    lr_of = {}
+    for group in optimizer.param_groups:
+        lr = Recipe.number(group.get("lr"))
+        for p in group["params"]:
+            lr_of.setdefault(p, lr)
+    rates = [lr for lr in lr_of.values() if lr is not None and lr > 0]
+    if not rates:
+        return None
+    largest = max(rates)
+
+    def share(p) -> float:
+        if p not in lr_of:
+            return 0.0
+        return 1.0 if lr_of[p] is None else max(lr_of[p], 0.0) / largest
+
+    shares = [share(p) for p in params]
+    return None if all(s == 1.0 for s in shares) else shares
 
 
 def _preconditioner(optimizer: torch.optim.Optimizer, params) -> list[torch.Tensor] | None:
@@ -418,10 +473,13 @@ def _preconditioner(optimizer: torch.optim.Optimizer, params) -> list[torch.Tens
             second = state["square_avg"]
         elif "sum" in state:
             second = state["sum"]
+        elif not state:  # no gradient reached it in the probe steps (or not the optimizer's): it did not move
+            scale.append(torch.zeros_like(p))
+            continue
         else:
             return None
         scale.append(1.0 / (second.sqrt() + eps))
-    return scale
+    return scale if any(optimizer.state.get(p) for p in params) else None
 
 
 def _hessian_vector_product(loss_at, params):
@@ -512,3 +570,9 @@ def _norm(vectors) -> float:
 
 def _normalized(vectors):
     return torch._foreach_div(vectors, _norm(vectors))
+
+
+def _first_line(error: Exception) -> str:
+    """An exception's message cut to its first line (torch's dispatcher errors list every backend)."""
+    text = str(error).strip()
+    return text.splitlines()[0][:200] if text else ""

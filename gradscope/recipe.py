@@ -34,16 +34,26 @@ class Recipe:
     clip_grad_norm: float | None = None
     assumed: bool = False
     """True when the user gave no optimizer and gradscope assumed this default."""
+    lr_smallest: float | None = None
+    """With parameter groups at different learning rates, the smallest (``lr`` is the largest,
+    and the other settings are that group's)."""
+    scheduled_from: float | None = None
+    """Where an LR scheduler held the learning rate below its peak (a warm-up), the rate the
+    optimizer held; ``lr`` is then the schedule's peak, which the probe ran at."""
 
     @classmethod
     def of(cls, optimizer: torch.optim.Optimizer, clip_grad_norm: float | None = None,
            assumed: bool = False) -> "Recipe":
-        group = optimizer.param_groups[0] if optimizer.param_groups else {}
+        groups = optimizer.param_groups or [{}]
+        rates = [cls.number(g.get("lr")) for g in groups]
+        known = [lr for lr in rates if lr is not None]
+        group = groups[rates.index(max(known))] if known else groups[0]
         betas = group.get("betas")
         momentum = float(betas[0]) if betas is not None else float(group.get("momentum", 0.0) or 0.0)
         return cls(
             optimizer=type(optimizer).__name__,
-            lr=_number(group.get("lr")),
+            lr=cls.number(group.get("lr")),
+            lr_smallest=min(known) if known and min(known) < max(known) else None,
             momentum=momentum,
             beta2=float(betas[1]) if betas is not None else None,
             weight_decay=float(group.get("weight_decay", 0.0) or 0.0),
@@ -51,6 +61,13 @@ class Recipe:
             clip_grad_norm=clip_grad_norm,
             assumed=assumed,
         )
+
+    @staticmethod
+    def number(value: object) -> float | None:
+        """A learning rate (or any setting) as a float: a tensor's value, None where it is not a number."""
+        if isinstance(value, torch.Tensor):
+            value = value.item()
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
     @property
     def adaptive(self) -> bool:
@@ -83,7 +100,10 @@ class Recipe:
     def text(self) -> str:
         parts = [self.optimizer]
         if self.lr is not None:
-            parts.append(f"lr {self.lr:g}")
+            parts.append(f"lr {self.lr:g}" + (f" (down to {self.lr_smallest:g} in other parameter groups)"
+                                              if self.lr_smallest is not None else "")
+                         + (f" (its schedule's peak; {self.scheduled_from:g} now)"
+                            if self.scheduled_from is not None else ""))
         if self.adaptive and self.beta2 is not None:
             parts.append(f"betas ({self.momentum:g}, {self.beta2:g})")
         elif self.momentum:
@@ -96,9 +116,3 @@ class Recipe:
 
     def to_dict(self) -> dict:
         return {**asdict(self), "text": self.text()}
-
-
-def _number(value: object) -> float | None:
-    if isinstance(value, torch.Tensor):
-        value = value.item()
-    return float(value) if isinstance(value, (int, float)) else None

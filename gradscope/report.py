@@ -120,7 +120,7 @@ def build_report(
                       None, nothing, pulse, events)
     findings = run_rules(records)
     return Report(model, findings, layer_summary(history, layers), history, structure, options, dynamics,
-                  decide(findings, dynamics), rule_coverage(records), pulse, events)
+                  decide(findings, dynamics, options.get("probe_error")), rule_coverage(records), pulse, events)
 
 
 def without_skipped_steps(history: pd.DataFrame) -> pd.DataFrame:

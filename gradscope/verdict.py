@@ -42,8 +42,9 @@ class Verdict:
                    dict(data.get("evidence") or {}), str(data.get("message") or ""))
 
 
-def decide(findings: list[Finding], dynamics: Dynamics | None) -> Verdict:
-    """The verdict of ``findings`` (and the probe's numbers, as evidence)."""
+def decide(findings: list[Finding], dynamics: Dynamics | None, probe_error: str | None = None) -> Verdict:
+    """The verdict of ``findings`` (and the probe's numbers, as evidence; ``probe_error``: why the
+    probe did not finish, said in the message)."""
     deciding = [f for f in findings if f.code in _DECIDING and f.severity in (ERROR, WARNING)]
     errors = [f for f in deciding if f.severity == ERROR]
     label = FAILS if errors else AT_RISK if deciding else TRAINS
@@ -51,7 +52,11 @@ def decide(findings: list[Finding], dynamics: Dynamics | None) -> Verdict:
     reasons = list(dict.fromkeys(f"{f.code} {f.rule}" for f in decided_by))
     evidence = _evidence(dynamics)
     recipe = dynamics.recipe.to_dict() if dynamics is not None else None
-    return Verdict(label, reasons, recipe, evidence, _message(label, decided_by, dynamics, evidence))
+    message = _message(label, decided_by, dynamics, evidence)
+    if dynamics is None and probe_error:
+        message = message.replace("(the verdict rests on the findings alone)",
+                                  f"(it raised {probe_error.splitlines()[0][:200]}; the verdict rests on the findings alone)")
+    return Verdict(label, reasons, recipe, evidence, message)
 
 
 def _evidence(dynamics: Dynamics | None) -> dict:

@@ -188,6 +188,15 @@ def test_model_error_names_the_module_and_the_inputs():
         gradscope.diagnose(model, torch.randn(3, 4))
 
 
+def test_a_batchnorm_kept_in_eval_mode_given_one_sample_is_told_why():
+    """diagnose trains the model, BatchNorm on the batch's own statistics: one sample is not enough,
+    and the message says so rather than that the inputs do not fit."""
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2))
+    model[1].eval()
+    with pytest.raises(gradscope.ModelError, match=r"training mode.*pass a batch of 2 or more samples"):
+        gradscope.diagnose(model, torch.randn(1, 4))
+
+
 @pytest.mark.parametrize("kwargs, match", [
     ({"inputs": "x"}, "Expected `inputs` to be a tensor, a tuple"),
     ({"steps": 0}, "Expected `steps` to be a positive int"),
@@ -197,12 +206,15 @@ def test_model_error_names_the_module_and_the_inputs():
     ({"model": nn.Linear(4, 2).requires_grad_(False)}, "all 2 of its parameters are frozen"),
     ({"model": nn.Linear(4, 2).to("meta")}, "on the meta device .* model.to_empty"),
     ({"model": "scripted"}, "TorchScript module .* Pass the nn.Module"),
+    ({"optimizer": "lbfgs"}, r"Got LBFGS, whose step\(\) needs a closure .* gradscope.monitor"),
 ])
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
 def test_usage_errors(kwargs, match):
     args = {"model": nn.Linear(4, 2), "inputs": torch.randn(3, 4), **kwargs}
     if args["model"] == "scripted":
         args["model"] = torch.jit.script(nn.Linear(4, 2))
+    if args.get("optimizer") == "lbfgs":
+        args["optimizer"] = torch.optim.LBFGS(args["model"].parameters())
     with pytest.raises(gradscope.UsageError, match=match):
         gradscope.diagnose(**args)
 
@@ -291,3 +303,52 @@ def test_the_monitored_steps_clip_the_gradient_as_the_recipe_says():
     grads = report.history[report.history["metric"] == "grad_norm"]
     totals = grads.groupby("step")["value"].apply(lambda v: float((v ** 2).sum() ** 0.5))
     assert len(totals) == 4 and (totals <= 0.25 * (1 + 1e-5)).all(), totals
+
+
+def _bn_mlp(std: float, norm: bool = True) -> nn.Module:
+    """64-256-256-10 ReLU MLP, each hidden Linear followed by a BatchNorm, hidden weights N(0, std^2)."""
+    torch.manual_seed(0)
+    layers = []
+    for fan_in in (64, 256):
+        linear = nn.Linear(fan_in, 256)
+        nn.init.normal_(linear.weight, std=std)
+        layers += [linear, nn.BatchNorm1d(256) if norm else nn.Identity(), nn.ReLU()]
+    return nn.Sequential(*layers, nn.Linear(256, 10))
+
+
+def test_large_weights_under_batchnorm_learn_through_the_others_and_are_information():
+    """Hidden weights N(0, 100) under BatchNorm are scale-invariant: SGD moves them by about 1e-6
+    of their size, but the head moves within the band, and the model trains (0.93-0.96 on digits
+    in 600 steps). updates-off-band says so as information; the verdict trains. The same model at
+    lr 1e-7, whose head barely moves either, keeps the error."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 64, generator=g), torch.randint(0, 10, (64,), generator=g)
+    for lr, severity, label in ((0.05, "info", "trains"), (1e-7, "error", "fails")):
+        model = _bn_mlp(10.0)
+        report = gradscope.diagnose(model, x, lambda out: F.cross_entropy(out, y),
+                                    optimizer=torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9))
+        [finding] = [f for f in report.findings if f.rule == "updates-off-band"]
+        assert (finding.severity, report.verdict.label) == (severity, label)
+        assert ("feed a normalisation layer" in finding.message) == (severity == "info")
+
+
+def test_a_class_name_with_norm_in_it_is_no_normalisation_layer():
+    """A root class named NormalNet, an identity named NoNorm and gradscope's PseudoNorm (which
+    rescales the backward gradient only) normalise no forward signal: a plain MLP stays plain."""
+    from gradscope.fixes import PseudoNorm
+    from gradscope.structure import StructureProbe
+
+    class NormalNet(nn.Sequential):
+        pass
+
+    class NoNorm(nn.Identity):
+        pass
+
+    model = NormalNet(nn.Linear(4, 8), NoNorm(), nn.ReLU(), PseudoNorm(), nn.Linear(8, 2))
+    with StructureProbe(model) as probe:
+        loss = model(torch.randn(3, 4)).sum()
+    structure = probe.structure(loss, 3)
+    assert structure.norm_layers == [] and not structure.normalized
+    with StructureProbe(_bn_mlp(1.0)) as probe:
+        loss = probe.model(torch.randn(3, 64)).sum()
+    assert probe.structure(loss, 3).norm_layers == ["1", "4"]

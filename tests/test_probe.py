@@ -274,3 +274,127 @@ def test_the_constant_loss_reaches_a_loss_that_views_the_logits():
     entropy = float(-(frequencies[counts > 0] * frequencies[counts > 0].log()).sum())
     # the best constant is at most the uniform guess and at least the tokens' entropy
     assert entropy - 1e-4 <= report.dynamics.constant_loss <= np.log(20) + 1e-4
+
+
+def _reference_ratios(net: nn.Module, optimizer, weights: list, x, y, steps: int) -> list[float]:
+    """Per step of a plain training loop, the median over ``weights`` of ||Δw|| / ||w|| (float64)."""
+    ratios = []
+    for _ in range(steps):
+        optimizer.zero_grad()
+        F.cross_entropy(net(x), y).backward()
+        before = [w.detach().double().clone() for w in weights]
+        optimizer.step()
+        ratios.append(float(np.median([float((w.detach().double() - b).norm() / b.norm())
+                                       for w, b in zip(weights, before)])))
+    return ratios
+
+
+def test_update_ratios_leave_out_weights_the_recipe_does_not_train():
+    """A head-only optimizer (linear probing), a trunk at a hundredth of the head's learning rate,
+    and an unused head: the median update ratio is that of the weights the recipe trains, by
+    plain autograd in float64; the others do not move by design."""
+    x, y = _data()
+
+    def groups(net: nn.Module, case: str) -> list[dict]:
+        head, trunk = list(net[4].parameters()), list(net[0].parameters()) + list(net[2].parameters())
+        unused = list(net.unused.parameters()) if hasattr(net, "unused") else []
+        if case == "head only":
+            return [{"params": head}]
+        if case == "slow trunk":
+            return [{"params": trunk, "lr": 0.005}, {"params": head + unused}]
+        return [{"params": trunk + head + unused}]
+
+    for case in ("head only", "slow trunk", "unused head"):
+        model, twin = _three_layers(), _three_layers()
+        model.add_module("unused", nn.Linear(6, 3))  # a second head the loss never reads
+        opt = torch.optim.SGD(groups(model, case), lr=0.5)
+        dynamics = run_probe(model, lambda: F.cross_entropy(model[:5](x), y), opt, Recipe.of(opt), 2, "loss_fn")
+        trained = [twin[4].weight] if case != "unused head" else [twin[0].weight, twin[2].weight, twin[4].weight]
+        ratios = _reference_ratios(twin, torch.optim.SGD(groups(twin, case), lr=0.5), trained, x, y, 2)
+        assert dynamics.update_ratios == pytest.approx(ratios, rel=1e-4), case
+        assert set(dynamics.weight_update_ratios) == {n for n, p in twin.named_parameters()
+                                                      if any(p is w for w in trained)}, case
+
+
+def test_parameter_groups_give_the_largest_learning_rate_and_say_the_smallest():
+    model = _three_layers()
+    opt = torch.optim.SGD([{"params": model[0].parameters(), "lr": 1e-5},
+                           {"params": list(model[2].parameters()) + list(model[4].parameters()), "momentum": 0.5}],
+                          lr=0.05, momentum=0.9)
+    recipe = Recipe.of(opt)
+    assert (recipe.lr, recipe.lr_smallest, recipe.momentum) == (0.05, 1e-5, 0.5)
+    assert recipe.text() == "SGD lr 0.05 (down to 1e-05 in other parameter groups) momentum 0.5"
+    assert Recipe.of(torch.optim.SGD(model.parameters(), lr=0.05)).lr_smallest is None
+
+
+def test_a_slow_group_counts_for_the_curvature_by_its_share_of_the_learning_rate():
+    """With the first layer's group at a tenth of the learning rate, the curvature is the top
+    eigenvalue of D^1/2 H D^1/2, D the groups' shares of the largest rate (float64 Hessian)."""
+    model = _small_model()
+    x, y = _data()
+    opt = torch.optim.SGD([{"params": model[0].parameters(), "lr": 0.01}, {"params": model[2].parameters()}], lr=0.1)
+    value, _, note = _curvature(lambda: F.cross_entropy(model(x), y), list(model.parameters()), opt, Recipe.of(opt))
+    shares = torch.tensor([0.1] * (6 * 5 + 6) + [1.0] * (3 * 6 + 3), dtype=torch.float64).sqrt()
+    hessian = _reference_hessian(model, x, y)
+    expected = float(torch.linalg.eigvalsh(shares[:, None] * hessian * shares[None, :]).max())
+    assert value == pytest.approx(expected, rel=0.03) and "share of the largest learning rate" in note
+
+
+def test_adam_curvature_leaves_out_a_parameter_no_gradient_reached():
+    """An unused head has no Adam state: Adam does not move it, so its preconditioner is 0 and
+    the curvature is that of the used parameters (before, it was not measured at all)."""
+    model = _small_model()
+    model.add_module("unused", nn.Linear(3, 3))
+    x, y = _data()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    dynamics = run_probe(model, lambda: F.cross_entropy(model[:3](x), y), opt, Recipe.of(opt), 2, "loss_fn")
+    assert dynamics.curvature is not None and dynamics.curvature > 0
+
+
+def test_a_warm_up_schedule_is_probed_at_its_peak_and_left_where_it_was():
+    """A LambdaLR warm-up holds SGD's lr at 5e-4 of its 0.5: the probe runs at the peak (its
+    update ratios are those of a plain SGD at 0.5 from the same weights, by plain autograd), says
+    so, and hands the optimizer and its schedule back at 5e-4."""
+    x, y = _data()
+    model, twin = _three_layers(), _three_layers()
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / 1000))
+    report = gradscope.diagnose(model, x, lambda out: F.cross_entropy(out, y), optimizer=opt, probe_steps=2)
+    ratios = _reference_ratios(twin, torch.optim.SGD(twin.parameters(), lr=0.5),
+                               [twin[0].weight, twin[2].weight, twin[4].weight], x, y, 2)
+    assert report.dynamics.update_ratios == pytest.approx(ratios, rel=1e-4)
+    assert "lr 0.5 (its schedule's peak; 0.0005 now)" in report.verdict.message
+    assert opt.param_groups[0]["lr"] == pytest.approx(5e-4) and schedule.get_last_lr() == pytest.approx([5e-4])
+
+
+def test_a_sparse_gradient_is_probed():
+    """nn.EmbeddingBag(sparse=True) under SGD: the probe reads the sparse gradient's stored values
+    (before, it raised and the verdict rested on the findings alone)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.EmbeddingBag(500, 16, mode="mean", sparse=True), nn.Linear(16, 4))
+    x, y = torch.randint(0, 500, (32, 10)), torch.arange(32) % 4
+    report = gradscope.diagnose(model, x, lambda out: F.cross_entropy(out, y),
+                                optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
+    assert report.dynamics is not None and "probe_error" not in report.options
+    assert report.dynamics.grad_norms[0] > 0
+
+
+def test_a_probe_that_raises_says_why_in_the_verdict():
+    """An optimizer whose second step raises (the monitored step is its first, the probe's its
+    second): the report keeps the monitored step's findings, and the verdict names the error."""
+    class FailsLater(torch.optim.SGD):
+        calls = 0
+
+        def step(self, closure=None):
+            FailsLater.calls += 1
+            if FailsLater.calls > 1:
+                raise RuntimeError("the optimizer's own bug\nwith a second line")
+            return super().step(closure)
+
+    model = _three_layers()
+    x, y = _data()
+    report = gradscope.diagnose(model, x, lambda out: F.cross_entropy(out, y),
+                                optimizer=FailsLater(model.parameters(), lr=0.1))
+    assert report.dynamics is None
+    assert "no recipe probe ran (it raised RuntimeError: the optimizer's own bug; the verdict rests" \
+        in report.verdict.message

@@ -5,12 +5,13 @@ Its code and severity are in the registry, ``gradscope.rules.RULES``."""
 from __future__ import annotations
 
 import math
+import statistics
 
 import torch
 import torch.nn as nn
 
 from gradscope.records import Records
-from gradscope.rules.base import ERROR, WARNING, Violation, about_assumed_recipe, about_fitted_model, fmt
+from gradscope.rules.base import ERROR, INFO, WARNING, Violation, about_assumed_recipe, about_fitted_model, fmt
 from gradscope.rules.example_models import stack, x64
 
 STALLED_BELOW = 1e-4
@@ -27,9 +28,13 @@ BAND = (1e-4, 1e-2)
 
 def detect(records: Records) -> list[Violation]:
     """What it checks:
-        The size of the recipe's updates: ``||Δw|| / ||w||`` for every weight tensor at each step
-        of ``diagnose``'s recipe probe, its median over the weights, and the median of that over
-        the probe steps. Working recipes put it near 1e-3. An error below 1e-4 (the updates are
+        The size of the recipe's updates: ``||Δw|| / ||w||`` for every weight tensor the recipe
+        trains at each step of ``diagnose``'s recipe probe, its median over the weights, and the
+        median of that over the probe steps. Working recipes put it near 1e-3. A weight outside
+        the optimizer, in a parameter group at under a tenth of the largest learning rate
+        (discriminative learning rates, a trunk kept nearly frozen), or that no gradient reached
+        (an unused head, a stop-gradient branch, an expert no sample was routed to) is left out:
+        it does not move by design. An error below 1e-4 (the updates are
         too small for the model to learn in a normal run); a warning above 0.3 in a model
         without normalisation layers (each step rewrites a third of the weights). Under
         gradscope's default loss (no loss given), whose scale may be far from the real one, both
@@ -37,7 +42,10 @@ def detect(records: Records) -> list[Violation]:
         is information: an assumed recipe never makes an error.
         A model that already fits the probe batch far better than a constant prediction (its loss a
         twentieth of one's or less: a trained model, a resumed checkpoint) gets information instead
-        of an error for updates too small.
+        of an error for updates too small. So does a model whose small updates are those of
+        weights feeding a normalisation layer (scale-invariant: a large weight there takes a
+        proportionally smaller step) while its other weights move within the band: it learns
+        through those, with its normalised layers near their initial random features.
 
     Why it matters:
         The update ratio is the step size as the model feels it. Far below the band the weights
@@ -77,10 +85,21 @@ def _violations(records: Records) -> list[Violation]:
     if median < STALLED_BELOW / margin:
         how_far = (f"{fmt(1e-3 / median)}x below the usual 1e-3" if median > 0 else
                    "exactly 0: most weights did not move (no gradient reached them, or the learning rate is 0)")
-        return about_fitted_model([Violation(layers[:5], (
-            f"Updates are {fmt(median)} of the weights' size per step under {recipe} (median over "
-            f"{len(per_step)} probe steps and all weights), {how_far}{_margin_text(margin)}: the model "
-            "will barely learn."), _fix(small=True), evidence, ERROR)], records, deep=True)
+        message = (f"Updates are {fmt(median)} of the weights' size per step under {recipe} (median over "
+                   f"{len(per_step)} probe steps and the trained weights), {how_far}{_margin_text(margin)}")
+        scale_free, others = _scale_invariant(records)
+        if scale_free and others and statistics.median(others.values()) >= STALLED_BELOW / margin:
+            return about_fitted_model([Violation(sorted(scale_free)[:5], (
+                f"{message}. {len(scale_free)} of them feed a normalisation layer, which makes them "
+                "scale-invariant: their gradient shrinks as they grow, so these large weights barely "
+                f"move; the other weights ({', '.join(sorted(others)[:3])}"
+                f"{' …' if len(others) > 3 else ''}) move by {fmt(statistics.median(others.values()))}. "
+                "The model learns through those, with its normalised layers close to their "
+                "initial random features."), _fix_scale_invariant(), {**evidence, "scale_invariant": sorted(
+                    scale_free), "others_median_update_ratio": statistics.median(others.values())},
+                INFO)], records, deep=True)
+        return about_fitted_model([Violation(layers[:5], f"{message}: the model will barely learn.",
+                                             _fix(small=True), evidence, ERROR)], records, deep=True)
     normalized = records.structure is not None and records.structure.normalized
     if median > UNSTABLE_ABOVE * margin and not normalized:
         return [Violation(layers[-5:], (
@@ -89,6 +108,29 @@ def _violations(records: Records) -> list[Violation]:
             "normalisation."),
             _fix(small=False), evidence, WARNING)]
     return []
+
+
+def _scale_invariant(records: Records) -> tuple[set[str], dict[str, float]]:
+    """The trained weights that feed a normalisation layer before their activation (their
+    layer's output is normalised, so the loss does not change with their scale), and the median
+    update ratio of each of the other trained weights."""
+    structure, ratios = records.structure, records.dynamics.weight_update_ratios
+    if structure is None or not ratios:
+        return set(), {}
+    normalized = {layer.name for layer in structure.weight_layers if layer.normalized}
+    owner = {name: name.rpartition(".")[0] for name in ratios}
+    scale_free = {name for name in ratios if owner[name] in normalized}
+    return scale_free, {name: r for name, r in ratios.items() if name not in scale_free}
+
+
+def _fix_scale_invariant() -> str:
+    return ("Initialise the weights before each normalisation layer at the usual scale (a larger "
+            "weight under a normalisation layer takes a proportionally smaller step: its effective "
+            "learning rate is lr / ||w||^2), e.g. He init:\n"
+            "    for m in model.modules():\n"
+            "        if isinstance(m, (nn.Linear, nn.Conv2d)):\n"
+            "            nn.init.kaiming_normal_(m.weight, nonlinearity='relu')\n"
+            "or raise their learning rate; weight decay also shrinks them back over training.")
 
 
 def _margin_text(margin: float) -> str:
