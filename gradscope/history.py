@@ -161,10 +161,15 @@ class History:
         }))
 
 
+def holds_a_run(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a gradscope run (its meta.json or a history part)."""
+    return (run_dir / META_FILE).exists() or any((run_dir / HISTORY_DIR).glob("part-*.parquet"))
+
+
 def _refuse_previous_run(run_dir: Path) -> None:
     """A second run into a directory that holds one would mix two histories (steps from 0 again,
     one meta.json): refuse before anything is written."""
-    if (run_dir / META_FILE).exists() or any((run_dir / HISTORY_DIR).glob("part-*.parquet")):
+    if holds_a_run(run_dir):
         raise UsageError(
             f"`log_dir` {str(run_dir)!r} already holds a gradscope run; pass a new directory for "
             "each run (e.g. runs/<name>-<date>), or delete the old one. To monitor one run in "

@@ -13,15 +13,49 @@ in the same run directory.
 
 from __future__ import annotations
 
+import warnings
+from pathlib import Path
+
 from gradscope.api import Monitor
+from gradscope.errors import UsageError
+from gradscope.history import holds_a_run
 
 
-def monitor_for_run(current: Monitor | None, model: object, every: int, options: dict) -> Monitor:
+def refuse_guard(options: dict, callback: str) -> None:
+    """The framework steps its optimizer itself (Lightning inside a closure), so the guard cannot
+    hold a step back there: say so before training rather than guard nothing."""
+    if options.get("guard") not in (None, False):
+        raise UsageError(
+            f"{callback} got guard={options['guard']!r}, but the guard cannot skip an update the "
+            "framework's own optimizer step makes, and would guard nothing. Drop `guard` here; to "
+            "skip spiking steps, train in a loop of your own under gradscope.monitor(model, "
+            "optimizer=opt, guard='skip'). Spikes are still detected and reported without it."
+        )
+
+
+def monitor_for_run(current: Monitor | None, model: object, every: int, options: dict,
+                    global_step: int = 0) -> Monitor:
     """The monitor of a callback's new training run: its monitor again when it watched ``model``
-    before (stopped first if a run that raised left it started), else a new one."""
+    before (stopped first if a run that raised left it started), else a new one. A new monitor
+    for a run resumed from a checkpoint (``global_step`` > 0) whose ``log_dir`` holds the run it
+    resumes writes next to it, in ``<log_dir>-resumed-at-<step>``, and says so; its steps are
+    numbered from ``global_step``, as the trainer numbers them."""
     if current is not None:
         if current._active:
             current.stop()
         if current.model is model:
             return current.start()
-    return Monitor(model, every, **options).start()
+    log_dir = options.get("log_dir")
+    if log_dir is not None and global_step > 0 and holds_a_run(Path(log_dir)):
+        base = Path(log_dir)
+        resumed = base.with_name(f"{base.name}-resumed-at-{global_step}")
+        n = 2
+        while holds_a_run(resumed):
+            resumed, n = base.with_name(f"{base.name}-resumed-at-{global_step}-{n}"), n + 1
+        warnings.warn(f"gradscope: {str(base)!r} holds the run this training resumes (at step "
+                      f"{global_step}); this part is written to {str(resumed)!r}.", stacklevel=3)
+        options = {**options, "log_dir": resumed}
+    monitor = Monitor(model, every, **options)
+    monitor._step = global_step  # steps numbered as the trainer numbers them, on a resumed run too
+    return monitor.start()
+

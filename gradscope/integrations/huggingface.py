@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from gradscope.errors import UsageError
 from gradscope.api import Monitor
-from gradscope.integrations import monitor_for_run
+from gradscope.integrations import monitor_for_run, refuse_guard
 
 try:
     from transformers import TrainerCallback
@@ -26,6 +26,7 @@ class GradscopeTrainerCallback(TrainerCallback):
     """
 
     def __init__(self, every: int = 1, **options) -> None:
+        refuse_guard(options, "GradscopeTrainerCallback")
         self.every = every
         self.options = options
         self.monitor: Monitor | None = None
@@ -35,7 +36,7 @@ class GradscopeTrainerCallback(TrainerCallback):
         if not state.is_world_process_zero:
             options.pop("log_dir", None)
             options.pop("tensorboard", None)
-        self.monitor = monitor_for_run(self.monitor, model, self.every, options)
+        self.monitor = monitor_for_run(self.monitor, model, self.every, options, state.global_step)
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         if self.monitor is not None and self.monitor._active:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from gradscope.errors import UsageError
 from gradscope.api import Monitor
-from gradscope.integrations import monitor_for_run
+from gradscope.integrations import monitor_for_run, refuse_guard
 
 try:
     import pytorch_lightning as _pl
@@ -34,6 +34,7 @@ class GradscopeCallback(_pl.Callback):
 
     def __init__(self, every: int = 1, **options) -> None:
         super().__init__()
+        refuse_guard(options, "GradscopeCallback")
         self.every = every
         self.options = options
         self.monitor: Monitor | None = None
@@ -43,7 +44,7 @@ class GradscopeCallback(_pl.Callback):
         if not trainer.is_global_zero:
             options.pop("log_dir", None)
             options.pop("tensorboard", None)
-        self.monitor = monitor_for_run(self.monitor, pl_module, self.every, options)
+        self.monitor = monitor_for_run(self.monitor, pl_module, self.every, options, trainer.global_step)
 
     def on_before_backward(self, trainer, pl_module, loss) -> None:
         """The loss goes to the spike detector (added up over accumulated micro-batches)."""

@@ -73,3 +73,43 @@ def test_a_second_fit_with_the_same_callback_continues_the_run(tmp_path):
     fit()  # a second phase with the same callback and log_dir: refused before ("already holds a run")
     assert gradscope_cb.monitor is first and not first._active
     assert sorted(first.to_dataframe().step.unique()) == list(range(6))
+
+
+def test_a_job_resumed_from_a_checkpoint_writes_next_to_its_run_with_the_trainers_steps(tmp_path):
+    """A restarted job (a new callback, a new model) resumes from a checkpoint with the same
+    log_dir: it trains, into <log_dir>-resumed-at-<step>, its steps numbered as Lightning's.
+    Before, the run directory of the first job refused it and the resumed fit trained nothing."""
+    torch.manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randn(64, 6), torch.randn(64, 1))
+    loader = torch.utils.data.DataLoader(data, batch_size=8)
+
+    def fit(max_steps, ckpt_path=None):
+        callback = GradscopeCallback(every=1, log_dir=tmp_path / "run")
+        trainer = pl.Trainer(max_steps=max_steps, accelerator="cpu", logger=False, enable_progress_bar=False,
+                             enable_model_summary=False, callbacks=[callback], default_root_dir=tmp_path)
+        trainer.fit(Tiny(), loader, ckpt_path=ckpt_path)
+        return trainer, callback
+
+    first, _ = fit(3)
+    checkpoint = tmp_path / "resume.ckpt"
+    first.save_checkpoint(checkpoint)
+    with pytest.warns(UserWarning, match="holds the run this training resumes .at step 3"):
+        second, callback = fit(6, ckpt_path=checkpoint)
+    assert second.global_step == 6
+    assert sorted(callback.monitor.to_dataframe().step.unique()) == [3, 4, 5]
+    assert (tmp_path / "run-resumed-at-3" / "findings.json").exists()
+
+
+@pytest.mark.parametrize("callback", ["lightning", "huggingface"])
+def test_the_guard_is_refused_where_the_framework_steps_the_optimizer(callback):
+    """The guard cannot hold back the framework's own optimizer step: refused before training,
+    with what to do instead, rather than accepted and guarding nothing."""
+    from gradscope.errors import UsageError
+
+    if callback == "huggingface":
+        pytest.importorskip("transformers")
+        from gradscope.integrations.huggingface import GradscopeTrainerCallback as make
+    else:
+        make = GradscopeCallback
+    with pytest.raises(UsageError, match=r"guard='skip'.*gradscope.monitor\(model, optimizer=opt, guard='skip'\)"):
+        make(every=10, guard="skip")
