@@ -435,6 +435,9 @@ class Recorder:
         self._pulse_read_upto = -1
         self._last_ring: tuple[np.ndarray, int] | None = None
         self._lrs: deque = deque(maxlen=LR_LOOKBACK)
+        self._lr_source: torch.optim.Optimizer | None = None
+        """An optimizer whose learning rate the events read, where the monitor follows no
+        optimizer's steps (a framework's callback calls ``mon.step()``): :meth:`read_lr_from`."""
         """The learning rate of the last steps (plain numbers only: a tensor's would need a read)."""
         self._pulse_rows: list[np.ndarray] = []
         self._pulse_steps: list[np.ndarray] = []
@@ -626,9 +629,9 @@ class Recorder:
         elif self.is_logged(step) or (step + 1) % pulse.window == 0:
             self._read_pulse(wait=False)
         pulse.next_step()
-        if self.optimizer is not None and self.optimizer.param_groups:
-            lr = self.optimizer.param_groups[0].get("lr")
-            self._lrs.append(lr if isinstance(lr, (int, float)) and not isinstance(lr, bool) else None)
+        lr = self._current_lr()
+        if lr is not None or self._lrs:
+            self._lrs.append(lr)
 
     def _read_pulse(self, wait: bool) -> None:
         """Copy the ring rows not read yet into the pulse history."""
@@ -645,11 +648,22 @@ class Recorder:
         self._pulse_read_upto = pulse.last_step
         self._last_ring = (ring, first)
 
+    def read_lr_from(self, optimizer: torch.optim.Optimizer) -> None:
+        """Read the learning rate of ``optimizer``'s first parameter group at each step, for the
+        spike events (``lr``, and ``lr_before``: whether a schedule raised it, a warm restart's
+        expected jolt), without following its steps: for a framework's callback, which ends each
+        step with ``mon.step()``. An optimizer the monitor follows is read anyway."""
+        self._lr_source = optimizer
+
     def _current_lr(self) -> float | None:
-        if self.optimizer is None or not self.optimizer.param_groups:
+        optimizer = self.optimizer if self.optimizer is not None else self._lr_source
+        groups = getattr(optimizer, "param_groups", None)
+        if not groups:
             return None
-        value = self.optimizer.param_groups[0].get("lr")
-        return float(value) if isinstance(value, (int, float)) or torch.is_tensor(value) else None
+        value = groups[0].get("lr")
+        if torch.is_tensor(value) and value.numel() == 1:
+            value = value.item()
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
     def _detected(self, step: int, bits: int) -> None:
         pulse = self._pulse

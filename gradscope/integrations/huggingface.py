@@ -38,8 +38,10 @@ class GradscopeTrainerCallback(TrainerCallback):
             options.pop("tensorboard", None)
         self.monitor = monitor_for_run(self.monitor, model, self.every, options, state.global_step)
 
-    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+    def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
         if self.monitor is not None and self.monitor._active:
+            if optimizer is not None:
+                self.monitor.read_lr_from(optimizer)  # a schedule's warm restart explains its spike
             self.monitor.step()
 
     def on_train_end(self, args, state, control, **kwargs):

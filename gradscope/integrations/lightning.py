@@ -53,6 +53,7 @@ class GradscopeCallback(_pl.Callback):
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         if self.monitor is not None and self.monitor._active:
+            self.monitor.read_lr_from(optimizer)  # a schedule's warm restart explains its spike
             scaler = getattr(trainer.precision_plugin, "scaler", None)
             self.monitor.step(loss_scale=getattr(scaler, "_scale", None))
 

@@ -26,7 +26,7 @@ def detect(records: Records) -> list[Violation]:
         of the steps 11 to 60 after it): one hard batch's loss in a small batch, or a spike the
         guard skipped, did no lasting harm. An
         episode that began right after the schedule raised the learning rate 1.5x or more (over
-        the 10 steps before it: a warm restart, a warm-up) counts as explained too.
+        the 50 steps before it: a warm restart, a warm-up) counts as explained too.
 
     Why it matters:
         A spike is where a run starts to go wrong: the loss jumps, the optimizer's moments fill

@@ -113,3 +113,33 @@ def test_the_guard_is_refused_where_the_framework_steps_the_optimizer(callback):
         make = GradscopeCallback
     with pytest.raises(UsageError, match=r"guard='skip'.*gradscope.monitor\(model, optimizer=opt, guard='skip'\)"):
         make(every=10, guard="skip")
+
+
+class Restarting(Tiny):
+    """Tiny under a schedule that drops the learning rate 100x and restores it every 3 steps."""
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.SGD(self.parameters(), lr=0.05)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 if step % 3 == 0 else 0.01)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+class LearningRates(pl.Callback):
+    def __init__(self) -> None:
+        self.lrs = []
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        self.lrs.append(optimizer.param_groups[0]["lr"])
+
+
+def test_the_callback_reads_the_schedules_learning_rate_for_its_spike_events():
+    """The learning rate of each step, as the schedule set it, reaches the monitor (a spike
+    right after a warm restart is explained by it); before, the callback's monitor read none."""
+    torch.manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randn(64, 6), torch.randn(64, 1))
+    callback, reference = GradscopeCallback(every=10), LearningRates()
+    pl.Trainer(max_steps=7, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+               enable_model_summary=False, callbacks=[reference, callback]).fit(
+        Restarting(), torch.utils.data.DataLoader(data, batch_size=8))
+    assert reference.lrs == pytest.approx([0.05, 5e-4, 5e-4] * 2 + [0.05])
+    assert list(callback.monitor._lrs) == pytest.approx(reference.lrs)
