@@ -474,3 +474,27 @@ def test_an_explosion_within_the_warm_up_is_a_spike_and_a_tenfold_climb_is_not(x
     discriminator learns is not."""
     assert _loss_spikes([4.8, 4.7, 19.5, 30.0, 60.0, 118.0, 300.0, 700.0, 1320.0], xp)[0] == 7
     assert _loss_spikes([0.7, 0.8, 1.5, 3.0, 5.0, 7.0, 6.5, 6.0, 5.5], xp) == []
+
+
+def test_a_run_whose_guard_skips_most_updates_is_not_called_trains():
+    """AdamW at a learning rate far too high: its first updates throw the loss far out, and the
+    guard then skips most of the rest. A run that takes under half its updates is not training:
+    skipped-updates warns and the verdict is at-risk, whatever the skipped batches were. The
+    corrupt-burst run, which skips 30 of 230, keeps it as information."""
+    model, x_all, y_all, g = regression()
+    opt = torch.optim.AdamW(model.parameters(), lr=3.0)
+    with gradscope.monitor(model, optimizer=opt, every=10, guard="skip") as mon:
+        train(model, x_all, y_all, g, opt, mon, 150)
+    report = mon.report()
+    [skipped] = [f for f in report.findings if f.rule == "skipped-updates"]
+    assert len(mon.skipped_steps) > 75 and skipped.severity == "warning" and report.verdict.label != "trains"
+    assert f"{len(mon.skipped_steps)} of the run's 150 updates" in skipped.message
+
+    model, x_all, y_all, g = regression()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    with gradscope.monitor(model, optimizer=opt, every=100, guard="skip") as mon:
+        train(model, x_all, y_all, g, opt, mon, 150)
+        train(model, x_all, y_all, g, opt, mon, 30, corrupt=range(30))
+        train(model, x_all, y_all, g, opt, mon, 50)
+    [skipped] = [f for f in mon.report().findings if f.rule == "skipped-updates"]
+    assert skipped.severity == "info"
