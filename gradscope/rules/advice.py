@@ -174,6 +174,10 @@ above the median before by no more than ``RECOVERY_FALL`` of the fall the run ha
 (from the median of its first 10 steps): near convergence a small batch's losses are
 heavy-tailed, and 0.02 → 0.04 on a run that fell from 2.3 is no setback."""
 RECOVERY_FALL = 0.1
+RECOVERY_EARLY = 3
+"""An episode in the run's first steps is judged against as many steps as came before it, at least
+this many (10 later on): a model trained on with a fresh optimizer (a converged checkpoint under a
+new AdamW) jolts at step 4, when its loss has 4 steps behind it."""
 RECOVERY_LATER = 60
 """Where the ``RECOVERY_AFTER`` steps right after an episode stand above the band, the steps from
 there to this many after it are read too: a spike's large update shakes an adaptive optimizer's
@@ -199,7 +203,8 @@ def recovered(event: dict, records) -> bool | None:
     quiet = (pulse["alarm"].to_numpy(dtype=float) == 0) & np.isfinite(loss)
     before = loss[quiet & (steps >= first - RECOVERY_BEFORE) & (steps < first)]
     after = loss[quiet & (steps > last) & (steps <= last + RECOVERY_AFTER)]
-    if len(before) < 10 or len(after) < RECOVERY_AFTER // 2:
+    needed = max(RECOVERY_EARLY, min(10, first - int(steps.min())))  # fewer only early in the run
+    if len(before) < needed or len(after) < RECOVERY_AFTER // 2:
         return None
     centre = float(np.median(before))
     spread = 1.4826 * float(np.median(np.abs(before - centre)))

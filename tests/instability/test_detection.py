@@ -395,16 +395,16 @@ def test_a_run_whose_units_died_at_a_high_learning_rate_fails():
         assert ("dead-network" in [f.rule for f in report.findings]) == (label == "fails")
 
 
-def _spike_finding(loss, z: float, **lr):
+def _spike_finding(loss, z: float, at: int = 200, **lr):
     """The training-spike finding of a run whose pulse holds ``loss`` with one loss spike at step
-    200 (z-score ``z``)."""
+    ``at`` (z-score ``z``)."""
     from gradscope.events import SpikeEvent
     from gradscope.records import Records
     from gradscope.rules import find_rule
 
     pulse = pd.DataFrame({"step": range(len(loss)), "loss": loss, "grad_norm": 1.0, "alarm": 0.0})
-    pulse.loc[200, "alarm"] = float(LOSS_SPIKE)
-    event = SpikeEvent(200, ["loss spike"], float(loss[200]), 1.0, z, 0.0, False, **lr)
+    pulse.loc[at, "alarm"] = float(LOSS_SPIKE)
+    event = SpikeEvent(at, ["loss spike"], float(loss[at]), 1.0, z, 0.0, False, **lr)
     records = Records(pd.DataFrame(columns=["step", "layer", "metric", "value"]), pd.DataFrame(),
                       pulse=pulse, events=({**event.to_dict(), "text": event.text},))
     [finding] = find_rule("training-spike").check(records)
@@ -498,3 +498,14 @@ def test_a_run_whose_guard_skips_most_updates_is_not_called_trains():
         train(model, x_all, y_all, g, opt, mon, 50)
     [skipped] = [f for f in mon.report().findings if f.rule == "skipped-updates"]
     assert skipped.severity == "info"
+
+
+@pytest.mark.parametrize("after, severity", [(1.0, "info"), (5.0, "warning")])
+def test_a_spike_in_the_first_steps_is_judged_against_the_steps_before_it(after, severity):
+    """A fresh optimizer's jolt at step 4 of a converged model (loss 1e-4): the 4 steps before
+    are its band. Back there, information; five times above it for good, a warning. Before,
+    fewer than 10 steps before an episode left it unjudged, and it warned."""
+    rng = np.random.default_rng(0)
+    quiet = lambda n: 1e-4 * np.exp(0.2 * rng.standard_normal(n))  # noqa: E731
+    loss = np.concatenate([quiet(4), [0.02], after * quiet(80)])
+    assert _spike_finding(loss, 0.0, at=4).severity == severity
