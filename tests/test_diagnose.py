@@ -352,3 +352,29 @@ def test_a_class_name_with_norm_in_it_is_no_normalisation_layer():
     with StructureProbe(_bn_mlp(1.0)) as probe:
         loss = probe.model(torch.randn(3, 64)).sum()
     assert probe.structure(loss, 3).norm_layers == ["1", "4"]
+
+
+def test_parameters_the_loss_does_not_reach_are_information_and_an_unlearning_layer_a_warning():
+    """An unused second head gets no gradient by design (as Hugging Face models' poolers and mask
+    tokens do): stalled-updates names it, as information. A layer whose optimizer group has lr 0
+    is in the graph and does not move: a warning."""
+    class TwoHeads(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.trunk = nn.Sequential(nn.Linear(16, 32), nn.Tanh())
+            self.head, self.unused = nn.Linear(32, 1), nn.Linear(32, 4)
+
+        def forward(self, x):
+            return self.head(self.trunk(x))
+
+    torch.manual_seed(0)
+    model = TwoHeads()
+    x = torch.randn(64, 16)
+    report = gradscope.diagnose(model, x, lambda out: out.pow(2).mean(), steps=3,
+                                optimizer=torch.optim.SGD(model.parameters(), lr=0.05))
+    [finding] = [f for f in report.findings if f.rule == "stalled-updates"]
+    assert finding.severity == "info" and finding.layers == ["unused.weight", "unused.bias"]
+    assert "no gradient reached it" in finding.message and report.verdict.label == "trains"
+    pair = gradscope.rules.find_rule("stalled-updates").pair(bad=True)
+    [finding] = [f for f in gradscope.diagnose(**pair).findings if f.rule == "stalled-updates"]
+    assert finding.severity == "warning" and "update ratio" in finding.message

@@ -11,7 +11,7 @@ import torch.nn as nn
 from gradscope.rules import advice
 from gradscope.layers import is_embedding_type, is_norm_type, parameter_kind
 from gradscope.records import RECENT_STEPS, Records
-from gradscope.rules.base import Violation, fmt
+from gradscope.rules.base import INFO, Violation, fmt
 from gradscope.rules.example_models import x64
 
 ORDERS_BELOW = 3.0
@@ -19,6 +19,8 @@ ORDERS_BELOW = 3.0
 
 ABSOLUTE = 1e-3
 """… and below this absolute value is stalled."""
+
+UNUSED = "no gradient reached it on any logged step"
 
 
 def detect(records: Records) -> list[Violation]:
@@ -30,7 +32,11 @@ def detect(records: Records) -> list[Violation]:
         gradient reaches at all on any logged step. Biases, normalisation scales and embeddings are exempt
         from (a) and (b): a bias just before a normalisation legitimately gets a zero gradient, a
         norm's scale starts at 1 and moves slowly, an embedding updates only the rows in the
-        batch.
+        batch. A warning; information when every parameter found is of (c): a parameter the loss
+        does not reach is by design in many standard models (Hugging Face models' unused poolers,
+        mask tokens and segment embeddings: XLNet, Funnel, Longformer, BigBird, LED, DINOv2, ESM
+        and Reformer train to 0.92-0.98 with them), as in a multi-task model or a mixture of
+        experts.
 
     Why it matters:
         A layer that does not move is dead weight: a parameter left out of the optimizer or
@@ -80,7 +86,7 @@ def detect(records: Records) -> list[Violation]:
         params = records.layers[records.layers["kind"] == "parameter"]
         for name, trainable in zip(params["layer"], params["trainable"]):
             if bool(trainable) and name not in grads.columns:
-                stalled.setdefault(name, "no gradient reached it on any logged step")
+                stalled.setdefault(name, UNUSED)
     if not stalled:
         return []
     order = {n: i for i, n in enumerate(records.layers["layer"])}
@@ -88,6 +94,11 @@ def detect(records: Records) -> list[Violation]:
     listed = "; ".join(f"{n}: {stalled[n]}" for n in names[:8])
     message = f"{len(names)} parameter{'s do' if len(names) > 1 else ' does'} not learn: {listed}{' …' if len(names) > 8 else ''}."
     evidence["parameters"] = {n: stalled[n] for n in names}
+    unused = all(stalled[n] == UNUSED for n in names)
+    if unused:
+        message += (" No gradient reaches them: they take no part in this loss. That is by design for an "
+                    "unused head or pooler, a stop-gradient branch or experts no sample was routed to, "
+                    "and a bug for a layer the forward forgot to call, so this is informational.")
     fix = (
         "Check that the optimizer holds these parameters with a non-zero learning rate:\n"
         + advice.code(
@@ -97,7 +108,7 @@ def detect(records: Records) -> list[Violation]:
         + "\nLook for .detach(), torch.no_grad() or an unused branch on their path; if their "
         "gradients are tiny rather than zero, see vanishing-gradient."
     )
-    return [Violation(names, message, fix, evidence)]
+    return [Violation(names, message, fix, evidence, INFO if unused else None)]
 
 
 def _exempt(records: Records, name: str) -> bool:
