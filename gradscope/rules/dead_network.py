@@ -74,8 +74,9 @@ def detect(records: Records) -> list[Violation]:
     message = (f"Every unit of {layer} ({kind}) is dead on {'each of the last ' + str(steps) if steps > 1 else 'the'} "
                f"logged step{'s' if steps > 1 else ''}, the {len(before)} modules before it receive a "
                "backpropagated signal of exactly 0, and every weight of the model gets a gradient of exactly "
-               "0: the output no longer depends on the input (it is the same for every sample), and only "
-               "biases still learn.")
+               "0: on these batches the output no longer depends on the input (it is the same for every "
+               "sample), and only biases still learn. Samples that reach a unit of the layer (other data, "
+               "a batch of another kind) would revive it; on the data seen, none does.")
     fix = ("Restart from a checkpoint taken before the units died, with a lower learning rate (10x lower, "
            "or a warm-up) and gradient clipping; use LeakyReLU or GELU, He init and normalisation before "
            "the activation:\n" + advice.clip_code(1.0))
