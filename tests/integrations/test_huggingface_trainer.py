@@ -88,3 +88,21 @@ def test_train_again_after_a_run_that_raised_with_the_same_callback(tmp_path):
     trainer.train()  # refused before: the model was still watched by the first run's monitor
     assert not gradscope_cb.monitor._active
     assert len(gradscope_cb.monitor.to_dataframe().step.unique()) >= 3
+
+
+class LearningRates(transformers.TrainerCallback):
+    def __init__(self) -> None:
+        self.lrs = []
+
+    def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
+        self.lrs.append(optimizer.param_groups[0]["lr"])
+
+
+def test_the_callback_reads_the_trainers_scheduled_learning_rate(tmp_path):
+    """The Trainer's linear warm-up sets the learning rate of each step; the monitor reads it (for
+    its spike events' lr and lr_before) from the optimizer the Trainer passes to the callback."""
+    model, args = _bert_and_args(tmp_path, max_steps=4, warmup_steps=4)
+    gradscope_cb, reference = GradscopeTrainerCallback(every=10), LearningRates()
+    transformers.Trainer(model=model, args=args, train_dataset=Rows(64), callbacks=[reference, gradscope_cb]).train()
+    assert reference.lrs == pytest.approx([0.0, 2.5e-4, 5e-4, 7.5e-4])
+    assert list(gradscope_cb.monitor._lrs) == pytest.approx(reference.lrs)
