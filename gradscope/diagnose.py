@@ -121,6 +121,8 @@ def diagnose(
     _materialize_lazy(model, args, kwargs, inputs)
     _refuse_without_values_or_gradients(model)
     saved = _SavedState(model, optimizer)
+    # an optimizer that has not stepped yet sits at its schedule's start (a warm-up's first rate)
+    unstepped = optimizer is not None and not optimizer.state and not getattr(optimizer, "_opt_called", False)
     for p in model.parameters():
         p.grad = None  # gradients already there would add to the first backward's; restored after
     devices = [device.index or 0] if device.type == "cuda" else []
@@ -137,7 +139,7 @@ def diagnose(
         dynamics, probe_error = None, None
         if probe_steps:
             dynamics, probe_error = _probe(model, args, kwargs, inputs, loss_fn, optimizer, probe_steps,
-                                           clip_grad_norm, seed, devices)
+                                           clip_grad_norm, seed, devices, unstepped)
     finally:
         saved.restore()
     summary = {
@@ -173,8 +175,8 @@ def _refuse_without_values_or_gradients(model: nn.Module) -> None:
         )
 
 
-def _probe(model, args, kwargs, inputs, loss_fn, optimizer, probe_steps, clip_grad_norm, seed, devices
-           ) -> tuple[Dynamics | None, str | None]:
+def _probe(model, args, kwargs, inputs, loss_fn, optimizer, probe_steps, clip_grad_norm, seed, devices,
+           unstepped: bool = False) -> tuple[Dynamics | None, str | None]:
     """The recipe probe from the initial state; a failure inside it leaves the report without
     dynamics (and says why) rather than losing the findings."""
     targets: dict[int, torch.Tensor] = {}
@@ -200,7 +202,8 @@ def _probe(model, args, kwargs, inputs, loss_fn, optimizer, probe_steps, clip_gr
 
     assumed = optimizer is None
     opt = optimizer or torch.optim.SGD(model.parameters(), lr=DEFAULT_LR, momentum=DEFAULT_MOMENTUM)
-    scheduled_from = _at_schedule_peak(opt)  # the optimizer's state, lr included, is restored afterwards
+    # the optimizer's state, lr included, is restored afterwards
+    scheduled_from = _at_schedule_peak(opt) if unstepped else None
     recipe = dataclasses.replace(Recipe.of(opt, clip_grad_norm, assumed=assumed), scheduled_from=scheduled_from)
     model.train()
     try:
@@ -212,9 +215,11 @@ def _probe(model, args, kwargs, inputs, loss_fn, optimizer, probe_steps, clip_gr
 
 def _at_schedule_peak(optimizer: torch.optim.Optimizer) -> float | None:
     """Set each parameter group's learning rate to its schedule's peak where a torch LR scheduler
-    holds it lower (a warm-up starts near 0; ``initial_lr`` is the rate it climbs to,
+    holds it lower before the first step (a warm-up starts near 0; ``initial_lr`` is the rate it climbs to,
     OneCycleLR's ``max_lr`` its top): the recipe trains at that rate after the first steps. Returns
-    the largest rate the optimizer held before, or None where nothing changed."""
+    the largest rate the optimizer held before, or None where nothing changed. Called only for an
+    optimizer that had not stepped when diagnose began: one that has (it has state, or a scheduler
+    saw its step) is mid-run, and a rate below the peak is then the schedule's decay."""
     held = None
     for group in optimizer.param_groups:
         lr = Recipe.number(group.get("lr"))

@@ -89,23 +89,24 @@ def weight_fans(module: nn.Module) -> tuple[int, int]:
     return int(weight[0].numel()), int(weight.shape[0])
 
 
-_NORM_TYPE = re.compile(r"Norm(alization)?(\d[dD])?(Act\d?[dD]?|Gated|Fp32)?$")
-NOT_NORMS = ("NoNorm", "PseudoNorm", "SpectralNorm", "WeightNorm", "GradNorm")
-"""Names of the ``…Norm`` pattern that normalise no forward signal: MobileBERT's ``NoNorm`` (an
-elementwise affine), gradscope's ``PseudoNorm`` (rescales the backward gradient only), weight
-reparametrisations."""
+_NORM_TYPE = re.compile(r"(?<!No)(?<!Pseudo)(?<!Spectral)(?<!Weight)(?<!Grad)Norm(alization)?(?![a-z])")
+"""``Norm`` as a word of a class name (not ``Normal``), not the name of something that
+normalises no forward signal: MobileBERT's ``NoNorm`` (an elementwise affine), gradscope's
+``PseudoNorm`` (rescales the backward gradient only), weight reparametrisations, gradient
+normalisers."""
 
 
 def is_norm_type(type_name: str) -> bool:
     """Whether a recorded layer type is a normalisation: torch's (``"LayerNorm"``,
     ``"BatchNorm2d"`` …) and the many written elsewhere, named ``…Norm`` by convention
-    (``"LlamaRMSNorm"``, ``"T5LayerNorm"``, ``"FrozenBatchNorm2d"``, timm's ``"BatchNormAct2d"``).
-    The name must end that way: ``"NormalNet"`` or ``"GradNormHook"`` is no normalisation.
+    (``"LlamaRMSNorm"``, ``"T5LayerNorm"``, ``"FrozenBatchNorm2d"``, timm's ``"BatchNormAct2d"``
+    and ``"EvoNorm2dB0"``, diffusers' ``"AdaLayerNormZero"``). ``"NormalNet"``, ``"NoNorm"`` and
+    ``"GradNormHook"`` are none.
 
-    >>> [is_norm_type(n) for n in ("LlamaRMSNorm", "BatchNorm2d", "GroupNormAct", "NormalNet", "NoNorm")]
+    >>> [is_norm_type(n) for n in ("LlamaRMSNorm", "BatchNorm2d", "AdaLayerNormZero", "NormalNet", "NoNorm")]
     [True, True, True, False, False]
     """
-    return _NORM_TYPE.search(type_name) is not None and not type_name.endswith(NOT_NORMS)
+    return _NORM_TYPE.search(type_name) is not None
 
 
 def is_embedding_type(type_name: str) -> bool:

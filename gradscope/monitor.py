@@ -435,10 +435,12 @@ class Recorder:
         self._pulse_read_upto = -1
         self._last_ring: tuple[np.ndarray, int] | None = None
         self._lrs: deque = deque(maxlen=LR_LOOKBACK)
+        """The learning rate of the last steps (plain numbers only: a tensor's would need a read)."""
         self._lr_source: torch.optim.Optimizer | None = None
         """An optimizer whose learning rate the events read, where the monitor follows no
         optimizer's steps (a framework's callback calls ``mon.step()``): :meth:`read_lr_from`."""
-        """The learning rate of the last steps (plain numbers only: a tensor's would need a read)."""
+        self._first_step = 0
+        """The number of the first step (:meth:`number_from`)."""
         self._pulse_rows: list[np.ndarray] = []
         self._pulse_steps: list[np.ndarray] = []
         self.events: list[SpikeEvent] = []
@@ -641,12 +643,20 @@ class Recorder:
         if not wait and pulse.device.type != "cpu":
             wait = True  # read at most once per logged step: the ring is small
         ring = pulse.read()
-        first = max(self._pulse_read_upto + 1, pulse.last_step - pulse.window + 1)
+        first = max(self._pulse_read_upto + 1, pulse.last_step - pulse.window + 1, self._first_step)
         steps = np.arange(first, pulse.last_step + 1)
         self._pulse_rows.append(ring[steps % pulse.window])
         self._pulse_steps.append(steps)
         self._pulse_read_upto = pulse.last_step
         self._last_ring = (ring, first)
+
+    def number_from(self, step: int) -> None:
+        """Number this monitor's steps from ``step`` rather than 0: a run resumed at a trainer's
+        global step (the framework callbacks do this). Only before its first step."""
+        if self._step != self._first_step or self._pulse_read_upto >= self._first_step:
+            raise UsageError("number_from() is for a monitor that has not recorded a step yet.")
+        self._step = self._first_step = int(step)
+        self._pulse_read_upto = self._first_step - 1
 
     def read_lr_from(self, optimizer: torch.optim.Optimizer) -> None:
         """Read the learning rate of ``optimizer``'s first parameter group at each step, for the
@@ -668,7 +678,7 @@ class Recorder:
     def _detected(self, step: int, bits: int) -> None:
         pulse = self._pulse
         ring, _ = self._last_ring
-        first = max(0, pulse.last_step - pulse.window + 1)
+        first = max(self._first_step, pulse.last_step - pulse.window + 1)
         skipped = self.config.guard is not None and self._guard_restore is not None \
             and bool(bits & SKIPPABLE)
         lr = self._current_lr()
@@ -718,7 +728,8 @@ class Recorder:
                                   round(z_grad, 2), False, rank=rank, ranks=(rank,), lr=lr)
             ring = pulse.read()
             event = make_event(step, bits, ring, pulse.window, pulse.names, pulse.band(), skipped=False,
-                               rank=rank, lr=lr, first_step=max(0, pulse.last_step - pulse.window + 1))
+                               rank=rank, lr=lr,
+                               first_step=max(self._first_step, pulse.last_step - pulse.window + 1))
             return replace(event, loss=loss, z_loss=round(z_loss, 2), z_grad=round(z_grad, 2), ranks=(rank,))
 
         self.events, new = merge_rank_alarms(self.events, gathered, make)

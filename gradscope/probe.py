@@ -335,14 +335,19 @@ def _forward_statistics(model: nn.Module, loss_at) -> tuple[dict[str, float], di
 def trained_weights(params, optimizer: torch.optim.Optimizer) -> list:
     """The weight tensors (2+ dimensions) of ``params`` that ``optimizer`` trains at about its
     full learning rate: in a parameter group whose learning rate is at least a tenth of the
-    largest group's."""
+    largest that holds a weight. Where the optimizer holds no weight, all of them: they do not
+    move, which is what the update ratios must show."""
     lr_of = {}
     for group in optimizer.param_groups:
         for p in group["params"]:
             lr_of.setdefault(p, Recipe.number(group.get("lr")))
-    rates = [lr for lr in lr_of.values() if lr is not None]
+    rates = [lr_of[p] for p in params if p.dim() >= 2 and p in lr_of and lr_of[p] is not None]
     lowest = max(rates) / 10 if rates else -math.inf
-    return [p for p in params if p.dim() >= 2 and p in lr_of and not (lr_of[p] is not None and lr_of[p] < lowest)]
+    weights = [p for p in params if p.dim() >= 2]
+    held = [p for p in weights if p in lr_of]
+    # a recipe that holds no weight, or none at its full rate (biases and norms only, a typo in a
+    # group's lr), trains the weights it holds, or none: measured as they are, not left out
+    return [p for p in held if not (lr_of[p] is not None and lr_of[p] < lowest)] or held or weights
 
 
 def _steps(model, loss_at, optimizer, recipe, params, steps):
@@ -377,7 +382,9 @@ def _steps(model, loss_at, optimizer, recipe, params, steps):
                 # a weight of zero norm, or that no gradient reached on this step, has no update
                 # ratio (NaN, left out of the medians)
                 ratios = torch.stack(torch._foreach_norm(delta)) / sizes.where(sizes > 0, torch.nan)
-                ratio_rows.append(ratios.where(reached.to(ratios.device), torch.nan))
+                if reached.any():  # no weight reached at all: the recipe moves none of them (0s)
+                    ratios = ratios.where(reached.to(ratios.device), torch.nan)
+                ratio_rows.append(ratios)
     else:
         losses.append(float(loss_at().detach()))
     optimizer.zero_grad(set_to_none=True)

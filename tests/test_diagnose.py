@@ -320,11 +320,13 @@ def test_large_weights_under_batchnorm_learn_through_the_others_and_are_informat
     """Hidden weights N(0, 100) under BatchNorm are scale-invariant: SGD moves them by about 1e-6
     of their size, but the head moves within the band, and the model trains (0.93-0.96 on digits
     in 600 steps). updates-off-band says so as information; the verdict trains. The same model at
-    lr 1e-7, whose head barely moves either, keeps the error."""
+    lr 1e-7, whose head barely moves either, keeps the error, and so does a BatchNorm MLP of
+    ordinary weights at lr 1e-4, whose head moves faster than its hidden layers."""
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(64, 64, generator=g), torch.randint(0, 10, (64,), generator=g)
-    for lr, severity, label in ((0.05, "info", "trains"), (1e-7, "error", "fails")):
-        model = _bn_mlp(10.0)
+    for std, lr, severity, label in ((10.0, 0.05, "info", "trains"), (10.0, 1e-7, "error", "fails"),
+                                     (0.05, 1e-4, "error", "fails")):  # small weights: no excuse
+        model = _bn_mlp(std)
         report = gradscope.diagnose(model, x, lambda out: F.cross_entropy(out, y),
                                     optimizer=torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9))
         [finding] = [f for f in report.findings if f.rule == "updates-off-band"]

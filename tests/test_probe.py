@@ -398,3 +398,30 @@ def test_a_probe_that_raises_says_why_in_the_verdict():
     assert report.dynamics is None
     assert "no recipe probe ran (it raised RuntimeError: the optimizer's own bug; the verdict rests" \
         in report.verdict.message
+
+
+def test_a_schedule_decayed_mid_run_is_probed_at_the_rate_it_holds():
+    """An optimizer that has stepped is mid-run: a rate below its schedule's initial one is the
+    decay (StepLR from 0.5 to 5e-4 after three steps), and the probe runs at it."""
+    x, y = _data()
+    model = _three_layers()
+    opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+    schedule = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.1)
+    for _ in range(3):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+        schedule.step()
+    report = gradscope.diagnose(model, x, lambda out: F.cross_entropy(out, y), optimizer=opt, probe_steps=2)
+    assert report.dynamics.recipe.lr == pytest.approx(5e-4) and report.dynamics.recipe.scheduled_from is None
+
+
+def test_a_recipe_that_trains_no_weight_is_said_to_stall():
+    """AdamW given only the biases (the no-decay group alone): no weight matrix moves, and the
+    update ratios say 0 rather than leaving every weight out."""
+    x, y = _data()
+    model = _three_layers()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.dim() == 1], lr=1e-3)
+    report = gradscope.diagnose(model, x, lambda out: F.cross_entropy(out, y), optimizer=opt)
+    assert report.dynamics.update_ratios == [0.0] * 10
+    assert report.verdict.label == "fails" and "GS108 updates-off-band" in report.verdict.reasons

@@ -56,6 +56,6 @@ def monitor_for_run(current: Monitor | None, model: object, every: int, options:
                       f"{global_step}); this part is written to {str(resumed)!r}.", stacklevel=3)
         options = {**options, "log_dir": resumed}
     monitor = Monitor(model, every, **options)
-    monitor._step = global_step  # steps numbered as the trainer numbers them, on a resumed run too
+    monitor.number_from(global_step)  # steps numbered as the trainer numbers them, on a resumed run too
     return monitor.start()
 

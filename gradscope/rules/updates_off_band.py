@@ -22,6 +22,10 @@ UNSTABLE_ABOVE = 0.3
 """A median update ratio above this (in a model without normalisation) rewrites the weights
 every few steps."""
 
+LARGE_GAIN = 3.0
+"""std(weight) * sqrt(fan_in) above which a weight is far larger than a standard init (He gives
+1.41, PyTorch's default 0.58): under a normalisation layer its step shrinks as 1 / ||w||^2."""
+
 BAND = (1e-4, 1e-2)
 """Where most working recipes put the update ratio (about 1e-3)."""
 
@@ -43,9 +47,10 @@ def detect(records: Records) -> list[Violation]:
         A model that already fits the probe batch far better than a constant prediction (its loss a
         twentieth of one's or less: a trained model, a resumed checkpoint) gets information instead
         of an error for updates too small. So does a model whose small updates are those of
-        weights feeding a normalisation layer (scale-invariant: a large weight there takes a
-        proportionally smaller step) while its other weights move within the band: it learns
-        through those, with its normalised layers near their initial random features.
+        weights feeding a normalisation layer and far larger than a standard init
+        (scale-invariant: a large weight there takes a proportionally smaller step) while its
+        other weights move within the band: it learns through those, with its normalised layers
+        near their initial random features.
 
     Why it matters:
         The update ratio is the step size as the model feels it. Far below the band the weights
@@ -112,12 +117,14 @@ def _violations(records: Records) -> list[Violation]:
 
 def _scale_invariant(records: Records) -> tuple[set[str], dict[str, float]]:
     """The trained weights that feed a normalisation layer before their activation (their
-    layer's output is normalised, so the loss does not change with their scale), and the median
-    update ratio of each of the other trained weights."""
+    layer's output is normalised, so the loss does not change with their scale) and are far
+    larger than a standard init, and the median update ratio of each of the other trained
+    weights."""
     structure, ratios = records.structure, records.dynamics.weight_update_ratios
     if structure is None or not ratios:
         return set(), {}
-    normalized = {layer.name for layer in structure.weight_layers if layer.normalized}
+    # only weights far larger than any standard init: a small step is then their size's doing
+    normalized = {layer.name for layer in structure.weight_layers if layer.normalized and layer.gain > LARGE_GAIN}
     owner = {name: name.rpartition(".")[0] for name in ratios}
     scale_free = {name for name in ratios if owner[name] in normalized}
     return scale_free, {name: r for name, r in ratios.items() if name not in scale_free}

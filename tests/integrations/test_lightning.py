@@ -97,6 +97,7 @@ def test_a_job_resumed_from_a_checkpoint_writes_next_to_its_run_with_the_trainer
         second, callback = fit(6, ckpt_path=checkpoint)
     assert second.global_step == 6
     assert sorted(callback.monitor.to_dataframe().step.unique()) == [3, 4, 5]
+    assert list(callback.monitor.pulse_history().step) == [3, 4, 5]  # no rows before the resumed step
     assert (tmp_path / "run-resumed-at-3" / "findings.json").exists()
 
 
