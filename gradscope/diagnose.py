@@ -285,7 +285,17 @@ def _run(model, args, kwargs, inputs, loss_fn, steps, opt, batch, seed, progress
             except Exception as e:
                 raise ModelError(f"The backward pass raised: {type(e).__name__}: {e}.") from e
             if clip_grad_norm is not None:  # the recipe's clipping, as its training loop does it
-                torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
+                try:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
+                except (RuntimeError, NotImplementedError) as e:
+                    sparse = [n for n, p in model.named_parameters() if p.grad is not None and p.grad.is_sparse]
+                    raise UsageError(
+                        f"clip_grad_norm={clip_grad_norm} was given, but torch cannot clip these gradients "
+                        f"({type(e).__name__}: {str(e).splitlines()[0][:120]})"
+                        + (f"; {sparse[0]!r} has a sparse gradient (nn.Embedding(sparse=True)), which "
+                           "clip_grad_norm_ does not take" if sparse else "")
+                        + ". Leave clip_grad_norm out, as your training loop must."
+                    ) from e
             if opt is not None:
                 opt.step()
                 opt.zero_grad(set_to_none=True)

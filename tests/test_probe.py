@@ -377,6 +377,9 @@ def test_a_sparse_gradient_is_probed():
                                 optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
     assert report.dynamics is not None and "probe_error" not in report.options
     assert report.dynamics.grad_norms[0] > 0
+    with pytest.raises(gradscope.UsageError, match=r"'0.weight' has a sparse gradient .* Leave clip_grad_norm out"):
+        gradscope.diagnose(model, x, lambda out: F.cross_entropy(out, y), clip_grad_norm=1.0,
+                           optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
 
 
 def test_a_probe_that_raises_says_why_in_the_verdict():
