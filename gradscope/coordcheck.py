@@ -68,10 +68,11 @@ def coordcheck(
     >>> def mlp(width):
     ...     return nn.Sequential(nn.Linear(8, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(),
     ...                          nn.Linear(width, 1))
+    >>> _ = torch.manual_seed(0)
     >>> report = gradscope.coordcheck(mlp, [64, 128, 256], torch.randn(32, 8), lr=0.01, steps=3, seeds=2)
     >>> [f.rule for f in report.findings]
     ['readout-grows-with-width', 'hidden-updates-scale-with-width']
-    >>> report.sweep.final("4", "act_rms").trend
+    >>> report.sweep.final("2", "act_rms").trend  # the hidden layer's output after 3 steps
     'grows'
     """
     widths = _check_widths(widths)

@@ -23,7 +23,7 @@ from gradscope.hooks import refuse_scripted
 from gradscope.monitor import Recorder
 from gradscope.probe import (DEFAULT_LOSS, GIVEN_LOSS, Dynamics, constant_layer_losses, constant_outputs, output_layer,
                              run_probe)
-from gradscope.recipe import Recipe
+from gradscope.recipe import Recipe, unwrap_optimizer
 from gradscope.report import Report, build_report
 from gradscope.stats.reductions import floating_tensors
 from gradscope.structure import StructureProbe
@@ -96,6 +96,7 @@ def diagnose(
     if clip_grad_norm is not None and (isinstance(clip_grad_norm, bool) or not isinstance(clip_grad_norm, (int, float))
                                        or not clip_grad_norm > 0):
         raise UsageError(f"Expected `clip_grad_norm` to be a positive number or None but got {clip_grad_norm!r}.")
+    optimizer = unwrap_optimizer(optimizer)  # Lightning's self.optimizers(), the HF Trainer's accelerate wrapper
     if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
         raise UsageTypeError(
             f"Expected `optimizer` to be a torch.optim.Optimizer but got {type(optimizer).__name__}."
@@ -229,6 +230,13 @@ def _at_schedule_peak(optimizer: torch.optim.Optimizer) -> float | None:
             continue
         held = lr if held is None else max(held, lr)
         group["lr"] = peak
+        momentum = Recipe.number(group.get("base_momentum"))
+        if momentum is not None and Recipe.number(group.get("max_lr")) == peak:
+            # OneCycleLR cycles momentum against the rate: at its top, the lowest momentum
+            if isinstance(group.get("betas"), tuple):
+                group["betas"] = (momentum, *group["betas"][1:])
+            elif "momentum" in group:
+                group["momentum"] = momentum
     return held
 
 
@@ -421,6 +429,9 @@ def describe(obj: object) -> str:
     return type(obj).__name__
 
 
+_MISSING = object()
+
+
 class _SavedState:
     """The model's per-module modes, parameters, buffers and gradients, the optimizer's state and
     the Python and numpy random states (torch's is forked), copied so that ``restore`` puts them
@@ -435,6 +446,8 @@ class _SavedState:
             self.grads = {p: (p.grad, p.grad.detach().clone() if p.grad is not None else None)
                           for p in model.parameters()}
         self.optimizer_state = copy.deepcopy(optimizer.state_dict()) if optimizer is not None else None
+        # an LR scheduler's step wrapper marks the optimizer as stepped: the probe's steps must not
+        self.opt_called = vars(optimizer).get("_opt_called", _MISSING) if optimizer is not None else _MISSING
         self.python_random = random.getstate()
         self.numpy_random = np.random.get_state()
 
@@ -453,3 +466,7 @@ class _SavedState:
         if self.optimizer is not None:
             # a copy: load_state_dict keeps the given tensors, which the next steps would change in place
             self.optimizer.load_state_dict(copy.deepcopy(self.optimizer_state))
+            if self.opt_called is _MISSING:
+                vars(self.optimizer).pop("_opt_called", None)
+            else:
+                self.optimizer._opt_called = self.opt_called

@@ -54,6 +54,7 @@ from gradscope.sinks import Sink, StepRecord, abort_sinks
 from gradscope.stats import STATISTICS
 from gradscope.stats.histograms import HistogramCollector
 from gradscope.stats.rescale import RescalePlan
+from gradscope.recipe import unwrap_optimizer
 
 _MONITORED: "weakref.WeakKeyDictionary[nn.Module, Recorder]" = weakref.WeakKeyDictionary()
 """Every module under an active monitor, so that two monitors never hook the same module."""
@@ -1124,6 +1125,7 @@ def _check_optimizer(
 ) -> torch.optim.Optimizer | None:
     if optimizer is None and not attaching:
         return None
+    optimizer = unwrap_optimizer(optimizer)
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise UsageTypeError(
             f"Expected `optimizer` to be a torch.optim.Optimizer but got {type(optimizer).__name__}; "

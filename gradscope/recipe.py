@@ -116,3 +116,19 @@ class Recipe:
 
     def to_dict(self) -> dict:
         return {**asdict(self), "text": self.text()}
+
+
+def unwrap_optimizer(optimizer: object) -> object:
+    """The torch optimizer inside a framework's wrapper: Lightning's ``LightningOptimizer``
+    (``self.optimizers()``, holding it as ``_optimizer``) and accelerate's
+    ``AcceleratedOptimizer`` (the Hugging Face Trainer's ``trainer.optimizer``, as ``optimizer``).
+    The wrapper's step calls the inner one's, so hooks and the guard on the inner optimizer see
+    every step, and its class name is the real optimizer's. Anything else is returned as it is."""
+    for _ in range(4):  # a wrapper of a wrapper
+        inner = getattr(optimizer, "_optimizer", None)
+        if not isinstance(inner, torch.optim.Optimizer):
+            inner = getattr(optimizer, "optimizer", None)
+        if not isinstance(inner, torch.optim.Optimizer) or inner is optimizer:
+            return optimizer
+        optimizer = inner
+    return optimizer

@@ -365,6 +365,9 @@ def test_a_warm_up_schedule_is_probed_at_its_peak_and_left_where_it_was():
     assert report.dynamics.update_ratios == pytest.approx(ratios, rel=1e-4)
     assert "lr 0.5 (its schedule's peak; 0.0005 now)" in report.verdict.message
     assert opt.param_groups[0]["lr"] == pytest.approx(5e-4) and schedule.get_last_lr() == pytest.approx([5e-4])
+    # the probe's steps went through the schedule's step wrapper: the optimizer is still unstepped
+    again = gradscope.diagnose(model, x, lambda out: F.cross_entropy(out, y), optimizer=opt, probe_steps=2)
+    assert again.verdict.message == report.verdict.message and "_opt_called" not in vars(opt)
 
 
 def test_a_sparse_gradient_is_probed():
@@ -428,3 +431,47 @@ def test_a_recipe_that_trains_no_weight_is_said_to_stall():
     report = gradscope.diagnose(model, x, lambda out: F.cross_entropy(out, y), optimizer=opt)
     assert report.dynamics.update_ratios == [0.0] * 10
     assert report.verdict.label == "fails" and "GS108 updates-off-band" in report.verdict.reasons
+
+
+class _Wrapper(torch.optim.Optimizer):
+    """A framework's optimizer wrapper, as accelerate's AcceleratedOptimizer: an Optimizer that
+    never ran Optimizer.__init__ and steps the optimizer it holds."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
+        self.optimizer = optimizer
+
+    @property
+    def param_groups(self):
+        return self.optimizer.param_groups
+
+    @property
+    def state(self):
+        return self.optimizer.state
+
+    def step(self, closure=None):
+        return self.optimizer.step(closure)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.optimizer.zero_grad(set_to_none)
+
+
+def test_a_frameworks_optimizer_wrapper_is_read_through():
+    """The Hugging Face Trainer's trainer.optimizer (a wrapper) and Lightning's self.optimizers():
+    diagnose reads the recipe of the optimizer inside (Adam, not a momentum SGD) and the monitor
+    follows its steps (before, both raised AttributeError on the wrapper)."""
+    x, y = _data()
+    model = _three_layers()
+    inner = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    report = gradscope.diagnose(model, x, lambda out: F.cross_entropy(out, y), optimizer=_Wrapper(inner))
+    assert report.dynamics.recipe.optimizer == "AdamW" and report.dynamics.recipe.adaptive
+    wrapper = _Wrapper(inner)
+    with gradscope.monitor(model, optimizer=wrapper, every=1) as mon:
+        for _ in range(3):
+            wrapper.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            wrapper.step()
+    assert sorted(mon.to_dataframe().step.unique()) == [0, 1, 2]
+    lightning = pytest.importorskip("pytorch_lightning.core.optimizer")
+    report = gradscope.diagnose(model, x, lambda out: F.cross_entropy(out, y),
+                                optimizer=lightning.LightningOptimizer(inner))
+    assert report.dynamics.recipe.optimizer == "AdamW"
