@@ -24,7 +24,10 @@ from gradscope.history import holds_a_run
 def refuse_guard(options: dict, callback: str) -> None:
     """The framework steps its optimizer itself (Lightning inside a closure), so the guard cannot
     hold a step back there: say so before training rather than guard nothing."""
-    if options.get("guard") not in (None, False):
+    from gradscope.guard import check_guard
+
+    # a value the monitor would not take gets the monitor's own message
+    if check_guard(options.get("guard"), options.get("detect", "zscore")) is not None:
         raise UsageError(
             f"{callback} got guard={options['guard']!r}, but the guard cannot skip an update the "
             "framework's own optimizer step makes, and would guard nothing. Drop `guard` here; to "

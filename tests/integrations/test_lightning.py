@@ -114,6 +114,8 @@ def test_the_guard_is_refused_where_the_framework_steps_the_optimizer(callback):
         make = GradscopeCallback
     with pytest.raises(UsageError, match=r"guard='skip'.*gradscope.monitor\(model, optimizer=opt, guard='skip'\)"):
         make(every=10, guard="skip")
+    with pytest.raises(UsageError, match=r"Expected `guard` to be 'skip' or None but got 'warn'"):
+        make(every=10, guard="warn")  # a value no monitor takes: the monitor's own message
 
 
 class Restarting(Tiny):
