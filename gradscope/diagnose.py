@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from gradscope.errors import UsageError, UsageTypeError
+from gradscope.errors import UsageError, UsageTypeError, first_line
 from gradscope.hooks import refuse_scripted
 from gradscope.monitor import Recorder
 from gradscope.probe import (DEFAULT_LOSS, GIVEN_LOSS, Dynamics, constant_layer_losses, constant_outputs, output_layer,
@@ -299,7 +299,7 @@ def _run(model, args, kwargs, inputs, loss_fn, steps, opt, batch, seed, progress
                     sparse = [n for n, p in model.named_parameters() if p.grad is not None and p.grad.is_sparse]
                     raise UsageError(
                         f"clip_grad_norm={clip_grad_norm} was given, but torch cannot clip these gradients "
-                        f"({type(e).__name__}: {str(e).splitlines()[0][:120]})"
+                        f"({type(e).__name__}: {first_line(e, 120)})"
                         + (f"; {sparse[0]!r} has a sparse gradient (nn.Embedding(sparse=True)), which "
                            "clip_grad_norm_ does not take" if sparse else "")
                         + ". Leave clip_grad_norm out, as your training loop must."

@@ -54,7 +54,7 @@ from gradscope.sinks import Sink, StepRecord, abort_sinks
 from gradscope.stats import STATISTICS
 from gradscope.stats.histograms import HistogramCollector
 from gradscope.stats.rescale import RescalePlan
-from gradscope.recipe import unwrap_optimizer
+from gradscope.recipe import Recipe, unwrap_optimizer
 
 _MONITORED: "weakref.WeakKeyDictionary[nn.Module, Recorder]" = weakref.WeakKeyDictionary()
 """Every module under an active monitor, so that two monitors never hook the same module."""
@@ -632,7 +632,7 @@ class Recorder:
         elif self.is_logged(step) or (step + 1) % pulse.window == 0:
             self._read_pulse(wait=False)
         pulse.next_step()
-        lr = self._current_lr()
+        lr = self._current_lr(plain_only=True)  # a tensor's would be a read from the device every step
         if lr is not None or self._lrs:
             self._lrs.append(lr)
 
@@ -666,15 +666,13 @@ class Recorder:
         step with ``mon.step()``. An optimizer the monitor follows is read anyway."""
         self._lr_source = optimizer
 
-    def _current_lr(self) -> float | None:
+    def _current_lr(self, plain_only: bool = False) -> float | None:
+        """The first parameter group's learning rate; a tensor's only when not ``plain_only``."""
         optimizer = self.optimizer if self.optimizer is not None else self._lr_source
         groups = getattr(optimizer, "param_groups", None)
-        if not groups:
+        if not groups or (plain_only and torch.is_tensor(groups[0].get("lr"))):
             return None
-        value = groups[0].get("lr")
-        if torch.is_tensor(value) and value.numel() == 1:
-            value = value.item()
-        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+        return Recipe.number(groups[0].get("lr"))
 
     def _detected(self, step: int, bits: int) -> None:
         pulse = self._pulse

@@ -28,8 +28,9 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from gradscope.errors import first_line
 from gradscope.layers import is_weight_layer
-from gradscope.recipe import Recipe
+from gradscope.recipe import Recipe, lr_by_parameter
 from gradscope.stats.reductions import stored_values
 
 POWER_ITERATIONS = 20
@@ -337,10 +338,7 @@ def trained_weights(params, optimizer: torch.optim.Optimizer) -> list:
     full learning rate: in a parameter group whose learning rate is at least a tenth of the
     largest that holds a weight. Where the optimizer holds no weight, all of them: they do not
     move, which is what the update ratios must show."""
-    lr_of = {}
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            lr_of.setdefault(p, Recipe.number(group.get("lr")))
+    lr_of = lr_by_parameter(optimizer)
     rates = [lr_of[p] for p in params if p.dim() >= 2 and p in lr_of and lr_of[p] is not None]
     lowest = max(rates) / 10 if rates else -math.inf
     weights = [p for p in params if p.dim() >= 2]
@@ -428,7 +426,7 @@ def _curvature(loss_at, params, optimizer, recipe) -> tuple[float | None, str | 
     try:
         value, unresolved = _top_eigenvalue(matvec, params)
     except (RuntimeError, NotImplementedError) as e:
-        return None, None, f"the curvature could not be measured: {type(e).__name__}: {_first_line(e)}"
+        return None, None, f"the curvature could not be measured: {type(e).__name__}: {first_line(e)}"
     if unresolved is not None:
         return None, method, unresolved
     if value is None or not math.isfinite(value):
@@ -439,11 +437,7 @@ def _curvature(loss_at, params, optimizer, recipe) -> tuple[float | None, str | 
 def _lr_shares(optimizer: torch.optim.Optimizer, params) -> list[float] | None:
     """Per parameter, its group's learning rate as a share of the largest group's (0 for a
     parameter the optimizer does not hold); None where every parameter has the largest."""
-    lr_of = {}
-    for group in optimizer.param_groups:
-        lr = Recipe.number(group.get("lr"))
-        for p in group["params"]:
-            lr_of.setdefault(p, lr)
+    lr_of = lr_by_parameter(optimizer)
     rates = [lr for lr in lr_of.values() if lr is not None and lr > 0]
     if not rates:
         return None
@@ -577,9 +571,3 @@ def _norm(vectors) -> float:
 
 def _normalized(vectors):
     return torch._foreach_div(vectors, _norm(vectors))
-
-
-def _first_line(error: Exception) -> str:
-    """An exception's message cut to its first line (torch's dispatcher errors list every backend)."""
-    text = str(error).strip()
-    return text.splitlines()[0][:200] if text else ""

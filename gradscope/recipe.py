@@ -118,6 +118,17 @@ class Recipe:
         return {**asdict(self), "text": self.text()}
 
 
+def lr_by_parameter(optimizer: torch.optim.Optimizer) -> dict:
+    """Each parameter ``optimizer`` holds, to its group's learning rate (None where that is not
+    a number); a parameter in two groups counts by the first."""
+    rates: dict = {}
+    for group in optimizer.param_groups:
+        lr = Recipe.number(group.get("lr"))
+        for p in group["params"]:
+            rates.setdefault(p, lr)
+    return rates
+
+
 def unwrap_optimizer(optimizer: object) -> object:
     """The torch optimizer inside a framework's wrapper: Lightning's ``LightningOptimizer``
     (``self.optimizers()``, holding it as ``_optimizer``) and accelerate's

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from gradscope.errors import first_line
 from gradscope.probe import Dynamics
 from gradscope.rules import RULES, Finding
 from gradscope.rules.base import ERROR, WARNING, fmt, json_safe
@@ -52,11 +53,7 @@ def decide(findings: list[Finding], dynamics: Dynamics | None, probe_error: str 
     reasons = list(dict.fromkeys(f"{f.code} {f.rule}" for f in decided_by))
     evidence = _evidence(dynamics)
     recipe = dynamics.recipe.to_dict() if dynamics is not None else None
-    message = _message(label, decided_by, dynamics, evidence)
-    if dynamics is None and probe_error:
-        message = message.replace("(the verdict rests on the findings alone)",
-                                  f"(it raised {probe_error.splitlines()[0][:200]}; the verdict rests on the findings alone)")
-    return Verdict(label, reasons, recipe, evidence, message)
+    return Verdict(label, reasons, recipe, evidence, _message(label, decided_by, dynamics, evidence, probe_error))
 
 
 def _evidence(dynamics: Dynamics | None) -> dict:
@@ -81,7 +78,8 @@ def _evidence(dynamics: Dynamics | None) -> dict:
     return {k: v for k, v in evidence.items() if v is not None}
 
 
-def _message(label: str, decided_by: list[Finding], dynamics: Dynamics | None, evidence: dict) -> str:
+def _message(label: str, decided_by: list[Finding], dynamics: Dynamics | None, evidence: dict,
+             probe_error: str | None = None) -> str:
     recipe = f" under {dynamics.recipe.text()}" + (" (assumed)" if dynamics.recipe.assumed else "") \
         if dynamics is not None else ""
     measured = []
@@ -100,7 +98,8 @@ def _message(label: str, decided_by: list[Finding], dynamics: Dynamics | None, e
             measured.append(f"curvature not measured ({evidence['curvature_not_measured']})")
         if "median_update_ratio" in evidence:
             measured.append(f"median update ratio {fmt(evidence['median_update_ratio'])}")
-    what = "; ".join(measured) if measured else "no recipe probe ran (the verdict rests on the findings alone)"
+    raised = f"it raised {first_line(probe_error)}; " if probe_error else ""
+    what = "; ".join(measured) if measured else f"no recipe probe ran ({raised}the verdict rests on the findings alone)"
     if label == TRAINS:
         because = "no finding that predicts failure"
     else:

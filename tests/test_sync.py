@@ -42,10 +42,10 @@ def one_step(model, opt, x, y):
     opt.zero_grad()
 
 
-def counted_steps(device: str, every: int, steps: int, monitored: bool, monkeypatch=None, **options):
+def counted_steps(device: str, every: int, steps: int, monitored: bool, monkeypatch=None, lr=0.1, **options):
     torch.manual_seed(0)
     model = models.mlp().to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
     data = [(torch.randn(16, 6, device=device), torch.randn(16, 3, device=device)) for _ in range(steps)]
     logs = []
     copies = []
@@ -88,6 +88,16 @@ def test_at_most_one_host_copy_per_logged_step_and_no_sync(device, tensorboard, 
         # alarm bits every step and its ring on a logged step; nothing on a CPU
         assert len(log.device_to_host) == ((2 if logged else 1) if device == "cuda" else 0), step
         assert copies == (1 if logged else 0), step
+
+
+def test_a_tensor_learning_rate_is_not_read_on_unlogged_steps():
+    """The learning rate the spike events compare against is kept for plain numbers only: a
+    tensor's (capturable optimizers on a GPU) would be a read from the device every step. An
+    unlogged step waits for nothing more than the optimizer's own step does."""
+    plain = counted_steps("cpu", every=3, steps=3, monitored=False, lr=torch.tensor(0.1))
+    watched = counted_steps("cpu", every=3, steps=3, monitored=True, lr=torch.tensor(0.1))
+    for step in (1, 2):
+        assert watched[step][0].syncs == plain[step][0].syncs, step
 
 
 def test_unlogged_steps_do_no_tensor_work_without_detection():

@@ -24,9 +24,9 @@ def detect(records: Records) -> list[Violation]:
         10 steps after it within 3 robust standard deviations and 1.5x of the median of the 50
         before it, or above it by no more than a tenth of the fall the run had made; or else that
         of the steps 11 to 60 after it): one hard batch's loss in a small batch, or a spike the
-        guard skipped, did no lasting harm. An
-        episode that began right after the schedule raised the learning rate 1.5x or more (over
-        the 50 steps before it: a warm restart, a warm-up) counts as explained too.
+        guard skipped, did no lasting harm. An episode that began right after the schedule
+        raised the learning rate 1.5x or more (over the 50 steps before it: a warm restart, a
+        warm-up) counts as explained too.
 
     Why it matters:
         A spike is where a run starts to go wrong: the loss jumps, the optimizer's moments fill

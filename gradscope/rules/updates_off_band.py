@@ -10,6 +10,7 @@ import statistics
 import torch
 import torch.nn as nn
 
+from gradscope.layers import parameter_owner
 from gradscope.records import Records
 from gradscope.rules.base import ERROR, INFO, WARNING, Violation, about_assumed_recipe, about_fitted_model, fmt
 from gradscope.rules.example_models import stack, x64
@@ -92,17 +93,16 @@ def _violations(records: Records) -> list[Violation]:
                    "exactly 0: most weights did not move (no gradient reached them, or the learning rate is 0)")
         message = (f"Updates are {fmt(median)} of the weights' size per step under {recipe} (median over "
                    f"{len(per_step)} probe steps and the trained weights), {how_far}{_margin_text(margin)}")
-        scale_free, others = _scale_invariant(records)
-        if scale_free and others and statistics.median(others.values()) >= STALLED_BELOW / margin:
-            return about_fitted_model([Violation(sorted(scale_free)[:5], (
+        scale_free, others, moved = _scale_invariant(records)
+        if scale_free and moved is not None and moved >= STALLED_BELOW / margin:
+            return about_fitted_model([Violation(scale_free[:5], (
                 f"{message}. {len(scale_free)} of them feed a normalisation layer, which makes them "
                 "scale-invariant: their gradient shrinks as they grow, so these large weights barely "
-                f"move; the other weights ({', '.join(sorted(others)[:3])}"
-                f"{' …' if len(others) > 3 else ''}) move by {fmt(statistics.median(others.values()))}. "
-                "The model learns through those, with its normalised layers close to their "
-                "initial random features."), _fix_scale_invariant(), {**evidence, "scale_invariant": sorted(
-                    scale_free), "others_median_update_ratio": statistics.median(others.values())},
-                INFO)], records, deep=True)
+                f"move; the other weights ({', '.join(others[:3])}{' …' if len(others) > 3 else ''}) move "
+                f"by {fmt(moved)}. The model learns through those, with its normalised layers close to "
+                "their initial random features."), _fix_scale_invariant(),
+                {**evidence, "scale_invariant": scale_free, "others_median_update_ratio": moved}, INFO)],
+                records, deep=True)
         return about_fitted_model([Violation(layers[:5], f"{message}: the model will barely learn.",
                                              _fix(small=True), evidence, ERROR)], records, deep=True)
     normalized = records.structure is not None and records.structure.normalized
@@ -115,19 +115,19 @@ def _violations(records: Records) -> list[Violation]:
     return []
 
 
-def _scale_invariant(records: Records) -> tuple[set[str], dict[str, float]]:
+def _scale_invariant(records: Records) -> tuple[list[str], list[str], float | None]:
     """The trained weights that feed a normalisation layer before their activation (their
     layer's output is normalised, so the loss does not change with their scale) and are far
-    larger than a standard init, and the median update ratio of each of the other trained
-    weights."""
+    larger than a standard init; the other trained weights; and the median over those of their
+    update ratios (None without any)."""
     structure, ratios = records.structure, records.dynamics.weight_update_ratios
     if structure is None or not ratios:
-        return set(), {}
+        return [], [], None
     # only weights far larger than any standard init: a small step is then their size's doing
     normalized = {layer.name for layer in structure.weight_layers if layer.normalized and layer.gain > LARGE_GAIN}
-    owner = {name: name.rpartition(".")[0] for name in ratios}
-    scale_free = {name for name in ratios if owner[name] in normalized}
-    return scale_free, {name: r for name, r in ratios.items() if name not in scale_free}
+    scale_free = sorted(name for name in ratios if parameter_owner(name) in normalized)
+    others = sorted(name for name in ratios if parameter_owner(name) not in normalized)
+    return scale_free, others, statistics.median(ratios[n] for n in others) if others else None
 
 
 def _fix_scale_invariant() -> str:
