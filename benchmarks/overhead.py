@@ -10,8 +10,10 @@ counted. Prints
 markdown tables with the machine, torch version and command.
 
 Run: python benchmarks/overhead.py [--models mlp,cnn,gpt] [--rounds 7] [--steps 20] [--no-peers]
-     [--threads 1]
-On a GPU: python benchmarks/overhead.py --device cuda --models gpt2-small,resnet50
+     [--threads 1] [--autocast bf16] [--matrix]
+On a GPU: python benchmarks/overhead.py --device cuda --models gpt2-small --autocast bf16
+--matrix prints Cockpit's published format instead: each configuration (gradscope, gradscope
+without the pulse, Cockpit economy/business/full) at logging intervals 1, 4, 16 and 64.
 """
 
 from __future__ import annotations
@@ -36,6 +38,14 @@ import gradscope  # noqa: E402
 from models import setup  # noqa: E402
 
 Step = Callable[[], None]
+AUTOCAST: list[torch.dtype | None] = [None]  # the forward's autocast dtype (--autocast)
+
+
+def forward(model, x):
+    """The model's forward, under autocast when --autocast asks for it."""
+    dtype = AUTOCAST[0]
+    with torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        return model(x)
 
 
 class Config:
@@ -51,7 +61,7 @@ class Config:
 
 def plain_step(model, opt, x, y, loss) -> Step:
     def step():
-        loss(model(x), y).backward()
+        loss(forward(model, x), y).backward()
         opt.step()
         opt.zero_grad()
     return step
@@ -74,7 +84,7 @@ def naive_config() -> Config:
         params = [p for p in model.parameters() if p.requires_grad]
 
         def step():
-            loss(model(x), y).backward()
+            loss(forward(model, x), y).backward()
             norms = [p.grad.norm().item() for p in params if p.grad is not None]  # noqa: F841
             opt.step()
             opt.zero_grad()
@@ -98,7 +108,7 @@ def wandb_configs() -> list[Config]:
             state["model"] = model
 
             def step():
-                value = loss(model(x), y)
+                value = loss(forward(model, x), y)
                 value.backward()
                 opt.step()
                 opt.zero_grad()
@@ -110,27 +120,29 @@ def wandb_configs() -> list[Config]:
     return [make("gradients", 1), make("all", 1), make("gradients", 100), make("all", 100)]
 
 
-def cockpit_config() -> Config | None:
+def cockpit_config(label: str = "economy", interval: int = 1) -> Config:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             from backpack import extend
             from cockpit import Cockpit
+            from cockpit.utils import schedules
             from cockpit.utils.configuration import configuration
     except Exception as e:  # noqa: BLE001 - reported in the table
-        return Config(f"Cockpit economy (does not import: {type(e).__name__}: {e})", None)
+        return Config(f"Cockpit {label} (does not import: {type(e).__name__}: {e})", None)
     holder = {}
 
     def start(model, opt, x, y, loss):
         extend(model)
         mean_loss = extend(torch.nn.CrossEntropyLoss())
         individual = torch.nn.CrossEntropyLoss(reduction="none")
-        cockpit = Cockpit(model.parameters(), quantities=configuration("economy"))
+        cockpit = Cockpit(model.parameters(),
+                          quantities=configuration(label, track_schedule=schedules.linear(interval)))
         holder["step"] = 0
 
         def step():
             opt.zero_grad()
-            out = model(x)
+            out = forward(model, x)
             value = mean_loss(out.reshape(-1, out.shape[-1]), y.reshape(-1))
             losses = individual(out.reshape(-1, out.shape[-1]), y.reshape(-1))
             with cockpit(holder["step"], info={"batch_size": x.shape[0], "individual_losses": losses,
@@ -140,15 +152,44 @@ def cockpit_config() -> Config | None:
             holder["step"] += 1
         return step
 
-    return Config("Cockpit economy", start)
+    return Config(f"Cockpit {label}" + (f" every={interval}" if interval != 1 else ""), start)
 
 
-def measure(model_name: str, device: str, rounds: int, steps: int, peers: bool) -> list[tuple[str, str, float | None]]:
+INTERVALS = (1, 4, 16, 64)
+MATRIX_ROWS = ("gradscope", "gradscope detect=None", "Cockpit economy", "Cockpit business", "Cockpit full")
+
+
+def matrix_configs(peers: bool) -> list[Config]:
+    """Cockpit's published format: each configuration at each logging interval."""
+    configs = [Config("plain", plain_step)]
+    configs += [gradscope_config(k) for k in INTERVALS]
+    configs += [gradscope_config(k, detect=None) for k in INTERVALS]
+    if peers:
+        configs += [cockpit_config(label, k) for label in ("economy", "business", "full") for k in INTERVALS]
+    return configs
+
+
+def matrix_cell(rows, row: str, interval: int) -> str:
+    """The table cell of one configuration at one interval."""
+    if row.startswith("gradscope"):
+        name = f"gradscope every={interval}" + row[len("gradscope"):]
+    else:
+        name = row + (f" every={interval}" if interval != 1 else "")
+    for config, value, ratio in rows:
+        if config == name or (config.startswith(row) and "does not import" in config):
+            return f"{ratio:.3f}x" if ratio is not None else "did not run"
+    return "not run"
+
+
+def measure(model_name: str, device: str, rounds: int, steps: int, peers: bool,
+            matrix: bool = False) -> list[tuple[str, str, float | None]]:
     torch.manual_seed(0)
     base, x, y, loss = setup(model_name, device)
     configs = [Config("plain", plain_step), gradscope_config(1), gradscope_config(10), gradscope_config(100),
                gradscope_config(10, detect=None), gradscope_config(100, detect=None)]
-    if peers:
+    if matrix:
+        configs = matrix_configs(peers)
+    elif peers:
         configs.append(naive_config())
         configs += wandb_configs()
         cockpit = cockpit_config()
@@ -217,15 +258,28 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="steps per block")
     parser.add_argument("--no-peers", action="store_true", help="gradscope and plain only")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--autocast", choices=["bf16", "fp16"], default=None,
+                        help="run the forward under torch.autocast in this dtype")
+    parser.add_argument("--matrix", action="store_true",
+                        help="Cockpit's format: configurations x logging intervals 1/4/16/64")
     args = parser.parse_args()
+    AUTOCAST[0] = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None}[args.autocast]
     if args.threads:
         torch.set_num_threads(args.threads)
     where = (torch.cuda.get_device_name() if args.device == "cuda"
              else f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads")
-    print(f"torch {torch.__version__}, gradscope {gradscope.__version__}, {args.device}: {where}")
+    print(f"torch {torch.__version__}, gradscope {gradscope.__version__}, {args.device}: {where}"
+          + (f", autocast {args.autocast}" if args.autocast else ""))
     print(f"command: python {' '.join(sys.argv)}")
     for name in args.models.split(","):
-        rows = measure(name, args.device, args.rounds, args.steps, not args.no_peers)
+        rows = measure(name, args.device, args.rounds, args.steps, not args.no_peers, args.matrix)
+        if args.matrix:
+            print(f"\n### {name}: ratio to a plain step by logging interval\n")
+            print("| configuration | " + " | ".join(f"every {k}" for k in INTERVALS) + " |")
+            print("| --- |" + " --- |" * len(INTERVALS))
+            for row in MATRIX_ROWS:
+                print(f"| {row} | " + " | ".join(matrix_cell(rows, row, k) for k in INTERVALS) + " |")
+            continue
         plain = next(r for r in rows if r[0] == "plain")
         plain_ms = float(plain[1].split()[0])
         print(f"\n### {name}\n")

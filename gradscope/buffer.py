@@ -250,7 +250,7 @@ class StepBuffer:
                 counts = np.zeros(size)
                 for offset, amount in self._counts.items():
                     counts[offset] += amount
-                primary.add_(_to_device(torch.from_numpy(counts), self.primary_device))
+                primary.add_(to_device(torch.from_numpy(counts), self.primary_device))
             if reduce is not None:
                 for other in buffers[:-1]:
                     primary.add_(other.to(self.primary_device))
@@ -285,7 +285,7 @@ class StepBuffer:
         key = (device, "rescale", tuple(offsets))
         index = self._index_cache.get(key)
         if index is None:
-            index = self._index_cache[key] = _to_device(torch.tensor(offsets), device)
+            index = self._index_cache[key] = to_device(torch.tensor(offsets), device)
         return index
 
     def _buffer(self, device: torch.device, size: int) -> torch.Tensor:
@@ -315,8 +315,8 @@ class StepBuffer:
                 *[np.full(len(o), q) for o, q in zip(parts.scatter_offsets, parts.scatter_squares)],
             ])
             cached = (
-                _to_device(torch.from_numpy(index.astype(np.int64)), device),
-                _to_device(torch.from_numpy(square), device),
+                to_device(torch.from_numpy(index.astype(np.int64)), device),
+                to_device(torch.from_numpy(square), device),
             )
             if len(self._index_cache) > 16:
                 self._index_cache.clear()
@@ -324,7 +324,7 @@ class StepBuffer:
         return cached
 
 
-def _to_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:
+def to_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:
     """Host-to-device without stalling the host: through pinned memory, non-blocking on CUDA."""
     if device.type == "cpu":
         return host

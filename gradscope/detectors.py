@@ -233,6 +233,12 @@ class DetectorState:
         self.seen += 1
         return alarm + spikes, z
 
+    def steady(self) -> bool:
+        """Whether every later :meth:`update` runs the same arithmetic: past the warm-up, with
+        the moving average's weight at its final value (a GPU replays it as one graph)."""
+        d = self.detector
+        return d.kind == "zscore" and self.seen >= d.warmup and 1.0 / (self.seen + 1) <= 2.0 / (d.window + 1)
+
     def _zscore(self, y, finite):
         xp, d = self.xp, self.detector
         deviation = y - self.mean

@@ -70,6 +70,8 @@ class StateSnapshot:
     def __init__(self, optimizer: torch.optim.Optimizer) -> None:
         self.optimizer = optimizer
         self._copies: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._stateless: set[int] = set()
+        """ids of the parameters the optimizer stepped without keeping state for them."""
 
     def restorable(self, device: torch.device) -> str | None:
         """None when every tensor the step can change exists and lives on ``device``; else why
@@ -80,10 +82,20 @@ class StateSnapshot:
                     continue
                 state = self.optimizer.state.get(p)
                 if not state:
+                    if id(p) in self._stateless:
+                        continue
                     return "no state yet"
                 if any(isinstance(v, torch.Tensor) and v.device != device for v in state.values()):
                     return "state on another device"
         return None
+
+    def stepped(self) -> None:
+        """After an optimizer step: the parameters it moved and keeps no state for (SGD without
+        momentum) need only their values put back, so later steps are restorable."""
+        for group in self.optimizer.param_groups:
+            for p in group["params"]:
+                if p.grad is not None and not self.optimizer.state.get(p):
+                    self._stateless.add(id(p))
 
     def take(self) -> None:
         tensors = []

@@ -492,7 +492,8 @@ class Recorder:
         """Every step's pulse read so far: step, loss, grad_norm (total), z_loss, z_grad, alarm
         (bits, gradscope.detectors), skipped, micro-batch columns, the loss trend (loss_smoothed,
         loss_lowest, loss_fall; NaN while it is off or warming up), and each parameter's gradient
-        norm (``grad_norm/<parameter>``, estimated from a sample, gradscope/pulse.py)."""
+        norm (``grad_norm/<parameter>``: estimated from a sample on the CPU, exact on a GPU;
+        gradscope/pulse.py)."""
         self._read_pulse(wait=True)
         names = list(PULSE_COLUMNS) + [f"grad_norm/{n}" for n in (self._pulse.names if self._pulse else [])]
         if not self._pulse_rows:
@@ -796,7 +797,10 @@ class Recorder:
             if int(alarm[0]) & SKIPPABLE:  # on the CPU this reads memory in place
                 self._skip_step()
                 return None
-            return original(*args, **kwargs)
+            out = original(*args, **kwargs)
+            if why_not == "no state yet":
+                self._snapshot.stepped()
+            return out
         self._snapshot.take()
         out = original(*args, **kwargs)
         skip = skippable(alarm).reshape(())

@@ -8,12 +8,16 @@ gradient norm]``. Nothing is read back on an unlogged step: the ring is
 copied to the host once per logged step (a blocking copy on a GPU; so the history keeps every step's loss and gradient norm
 even at ``every=100``), and the alarm bits of each step follow in a tiny non-blocking copy, so the
 host learns of a spike without waiting for the device. On the CPU, where reading memory is no
-device synchronisation, both are read in place.
+device synchronisation, both are read in place. On a GPU, once the detector is past its warm-up,
+the step's arithmetic (about 170 small kernels) is replayed as one CUDA graph.
 
-Each parameter's gradient norm is read from a fixed strided sample of at most :data:`SAMPLE`
-elements and scaled by ``sqrt(numel / sampled)``: an estimate for large tensors (exact for those of
-at most ``SAMPLE`` elements), which keeps the every-step cost to a fraction of one pass over the
-gradients. Exact per-parameter norms are recorded on logged steps as ``grad_norm``, and the guard
+On the CPU each parameter's gradient norm is read from a fixed strided sample of at most
+:data:`SAMPLE` elements and scaled by ``sqrt(numel / sampled)``: an estimate for large tensors
+(exact for those of at most ``SAMPLE`` elements), which keeps the every-step cost to a fraction of
+one pass over the gradients. On a GPU the norms are exact, from one foreach norm over the whole
+gradients: a couple of launches, where a strided view per tensor would cost a launch (and its host
+overhead) each, and a read of the gradients that takes a fraction of a percent of a step. Exact
+per-parameter norms are recorded on logged steps as ``grad_norm``, and the guard
 (gradscope/guard.py) reads every element when it decides on a non-finite gradient.
 
 The loss arrives in one of two ways: ``mon.step(loss=...)`` / ``mon.observe_loss(loss)``, or by
@@ -31,12 +35,17 @@ import weakref
 import numpy as np
 import torch
 
+from gradscope.buffer import to_device
 from gradscope.detectors import GRAD_NONFINITE, Detector, has_bit, without_gradient_alarms
 from gradscope.distributed import is_dtensor, local
 from gradscope.stats.reductions import stored_values
 
 SAMPLE = 1024
 """Elements of each parameter's gradient read on every step (all of them for smaller tensors)."""
+
+CUDA_GRAPHS = True
+"""Whether the pulse's per-step arithmetic on a GPU is replayed as a CUDA graph once the detector
+is past its warm-up (:meth:`Pulse._replayed`)."""
 
 MICRO_BATCHES = 64
 """Micro-batches per step kept apart; later ones share the last slot."""
@@ -69,14 +78,23 @@ class Pulse:
         self._sharded = any(is_dtensor(p) for p in self.params)
         sizes = [local(p.detach()).numel() for p in self.params]
         rows = [local(p.detach()).shape[-1] if local(p.detach()).dim() else 1 for p in self.params]
-        self._strides = [_stride(n, row) for n, row in zip(sizes, rows)]
+        # on a GPU whole gradients: one foreach norm over contiguous tensors is a couple of
+        # launches and a read the memory bandwidth hardly notices, where a strided view per
+        # tensor takes the per-tensor path (a launch and its host overhead each)
+        self._strides = [_stride(n, row) if self.on_host else 1 for n, row in zip(sizes, rows)]
         sampled = [len(range(0, n, s)) for n, s in zip(sizes, self._strides)]
         scale = [math.sqrt(n / max(m, 1)) for n, m in zip(sizes, sampled)]
         self._sampled = sampled
         self._new = (lambda shape, value: np.full(shape, value)) if self.on_host \
             else (lambda shape, value: torch.full(shape, value, device=self.device))
         self.ring = self._new((window, FIRST_PARAMETER + len(self.params)), float("nan"))
-        self._scale = np.array(scale) if self.on_host else torch.tensor(scale, device=self.device)
+        self._scale = np.array(scale) if self.on_host else to_device(torch.tensor(scale), self.device)
+        self._constants: dict[tuple[float, ...], torch.Tensor] = {}
+        self._indices: dict[tuple[int, ...], torch.Tensor] = {}
+        self._graphs: dict | None = ({} if CUDA_GRAPHS and self.device.type == "cuda" and not self.on_host
+                                     and detector.kind == "zscore" else None)
+        """The CUDA graphs of :meth:`_replayed`, by kind of step; None where the arithmetic runs
+        as plain kernels (the CPU, other detectors, a capture that failed)."""
         self._state = detector.state(2 + len(self.params), self.device, xp)
         self.loss = self._new((1,), 0.0)
         """The losses of this step's backward passes, summed (in the scale ``backward()`` got)."""
@@ -138,29 +156,70 @@ class Pulse:
                 alarm[0] = without_gradient_alarms(alarm, 1.0)[0]
                 self.ring[step % self.window, ALARM] = alarm[0]
             return alarm
-        xp = self.xp
         norms = self._sampled_norms()
         if loss is not None:  # given by the user: as it is
             self.loss[:] = self._value(loss)
             self.losses_seen = max(self.losses_seen, 1)
         elif loss_scale is not None:  # taken from backward(): scaled by the GradScaler
             self.loss[:] = self.loss / self._value(loss_scale)
-        loss_value = self.loss if self.losses_seen else self.loss * float("nan")
+        if finite is not None:
+            finite = finite.reshape(1).cpu().numpy() if self.on_host else finite.reshape(1)
+        if scaler_skipped is not None:
+            scaler_skipped = scaler_skipped.reshape(1).float()
+            scaler_skipped = scaler_skipped.cpu().numpy() if self.on_host else scaler_skipped.to(self.device)
+        inputs = (norms, finite, scaler_skipped, self._micro_columns())
+        if self._graphs is not None and self._state.steady():
+            alarm, row = self._replayed(self.losses_seen > 0, inputs)
+        else:
+            alarm, row = self._row(self.losses_seen > 0, *inputs)
+        self.ring[step % self.window] = row
+        self.last_step = step
+        return alarm
+
+    def _row(self, has_loss: bool, norms, finite, skipped, columns):
+        """(alarm bits, ring row) of the step: the detector's update on the step's gradient norms,
+        its loss (``self.loss``), the guard's finite flag and the scaler's skip flag (1-element
+        arrays, or None) and the micro-batch columns. Moves the detector's state on, in place."""
+        xp = self.xp
+        loss_value = self.loss if has_loss else self.loss * float("nan")
         total = ((norms * norms).sum() ** 0.5).reshape(1)
         with np.errstate(divide="ignore", invalid="ignore"):
             y = self._cat((loss_value, xp.log(total), xp.log(norms)))
-            alarm, z = self._state.update(y, self.losses_seen > 0)
+            alarm, z = self._state.update(y, has_loss)
         if finite is not None:
-            finite = finite.reshape(1).cpu().numpy() if self.on_host else finite.reshape(1)
             alarm = xp.where(finite | has_bit(alarm, GRAD_NONFINITE), alarm, alarm + float(GRAD_NONFINITE))
-        if scaler_skipped is not None:
-            skipped = scaler_skipped.reshape(1).float()
-            skipped = skipped.cpu().numpy() if self.on_host else skipped.to(alarm.device)
+        if skipped is not None:
             alarm = without_gradient_alarms(alarm, skipped > 0)
-        self.ring[step % self.window] = self._cat((loss_value, total, z[0:2], alarm, self._micro_columns(),
-                                                   self._trend_columns(), norms))
-        self.last_step = step
-        return alarm
+        return alarm, self._cat((loss_value, total, z[0:2], alarm, columns, self._trend_columns(), norms))
+
+    def _replayed(self, has_loss: bool, inputs: tuple):
+        """:meth:`_row` as one CUDA graph launch. Once the detector is past its warm-up its
+        arithmetic is the same every step (the same kernels on the same persistent tensors), so
+        it is captured once per kind of step (with or without a loss, a guard's flag, a scaler's
+        flag) and replayed, its inputs copied into the graph's own: about 170 small kernels a step
+        become one launch. A capture that fails leaves the pulse on plain kernels for the run."""
+        key = (has_loss, *(None if t is None else (t.dtype, tuple(t.shape)) for t in inputs))
+        entry = self._graphs.get(key)
+        if entry is None:
+            static = tuple(None if t is None else t.clone() for t in inputs)
+            graph = torch.cuda.CUDAGraph()
+            seen = self._state.seen
+            try:
+                with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                    out = self._row(has_loss, *static)
+            except Exception:  # noqa: BLE001 - the same arithmetic, a kernel at a time
+                self._graphs = None
+                self._state.seen = seen
+                return self._row(has_loss, *inputs)
+            self._state.seen = seen  # the capture ran no kernel: the state has not moved yet
+            entry = self._graphs[key] = (graph, static, out)
+        graph, static, out = entry
+        for mine, given in zip(static, inputs):
+            if mine is not None and mine is not given:
+                mine.copy_(given)
+        graph.replay()
+        self._state.seen += 1
+        return out
 
     def _observe_on_host(self, step: int, loss: torch.Tensor | None, loss_scale: torch.Tensor | None):
         """:meth:`observe` on the CPU, where the step's budget is a few tens of microseconds and
@@ -222,15 +281,36 @@ class Pulse:
         """[skipped (0 until the guard says), micro-batches, the one with the highest loss, the
         one after which the accumulated gradient norm grew most]."""
         n = min(self.backwards, MICRO_BATCHES)
-        columns = self._new((4,), 0.0)
-        columns[1] = float(n)
+        if self.on_host:
+            columns = self._new((4,), 0.0)
+            columns[1] = float(n)
+        else:  # a Python number written into device memory would make the host wait
+            columns = self._constant((0.0, float(n), 0.0, 0.0))
         if self._accumulating and n >= 2:
+            columns = columns if self.on_host else columns.clone()
             rows = self.micro[:n]
             squares = rows[:, 1] * rows[:, 1]
             growth = squares - self._cat((squares[:1] * 0.0, squares[:-1]))
             columns[2:3] = rows[:, 0].argmax().reshape(1) * 1.0
             columns[3:4] = growth.argmax().reshape(1) * 1.0
         return columns
+
+    def _constant(self, values: tuple[float, ...]) -> torch.Tensor:
+        """``values`` on the device, copied there once (without a wait) and kept; not to be
+        written into."""
+        if values not in self._constants:
+            self._constants[values] = to_device(torch.tensor(values, dtype=self.ring.dtype), self.device)
+        return self._constants[values]
+
+    def _positions(self, positions: list[int]) -> torch.Tensor:
+        """``positions`` as an index on the device (a list would be copied there, with a wait,
+        every step); the last few kept."""
+        key = tuple(positions)
+        if key not in self._indices:
+            if len(self._indices) >= 16:
+                self._indices.clear()
+            self._indices[key] = to_device(torch.tensor(positions, dtype=torch.long), self.device)
+        return self._indices[key]
 
     def _trend_columns(self):
         """[smoothed loss, its minimum, the fall made to it] of the detector's loss trend."""
@@ -251,7 +331,8 @@ class Pulse:
         self.backwards = 0
 
     def _sampled_norms(self):
-        """Each parameter's estimated gradient norm (0 without a gradient), one array."""
+        """Each parameter's gradient norm (0 without a gradient), one array: estimated from a
+        strided sample on the host, exact on a GPU."""
         grads = [p.grad for p in self.params]
         if self._sharded:
             grads = [None if g is None else local(g) for g in grads]
@@ -276,10 +357,12 @@ class Pulse:
         found = found.numpy().astype(np.float64) if self.on_host else found
         if len(positions) < len(self.params):
             full = self._new((len(self.params),), 0.0)
-            full[positions] = found
+            full[positions if self.on_host else self._positions(positions)] = found
             found = full
+        if not self.on_host:
+            return found  # whole gradients: exact
         if whole:
-            scale = self._scale.copy() if self.on_host else self._scale.clone()
+            scale = self._scale.copy()
             scale[whole] = 1.0
             return found * scale
         return found * self._scale

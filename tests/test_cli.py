@@ -13,6 +13,14 @@ import pytest
 from typer.testing import CliRunner
 
 from gradscope.cli import app
+from tests.golden import pin_consoles
+
+
+@pytest.fixture(autouse=True)
+def wide_consoles(monkeypatch):
+    """Every console at 200 columns, whatever the terminal: the assertions read sentences that an
+    80-column console would break across lines (the golden fixture pins its own width)."""
+    pin_consoles(monkeypatch, 200)
 
 ENV = {"COLUMNS": "100", "NO_COLOR": "1", "GITHUB_ACTIONS": "", "GITHUB_STEP_SUMMARY": ""}
 

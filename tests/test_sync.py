@@ -83,10 +83,14 @@ def test_at_most_one_host_copy_per_logged_step_and_no_sync(device, tensorboard, 
     logs = counted_steps(device, every=3, steps=7, monitored=True, monkeypatch=monkeypatch, **options)
     for step, (log, copies) in enumerate(logs):
         logged = step % 3 == 0
-        assert log.syncs == [], f"step {step} made the host wait: {log.syncs}"
+        # the guard reads the alarm on the host before the optimizer's first step, which has no
+        # state yet to put back; a GPU's alone, where the read is a wait
+        first_read = ["_local_scalar_dense"] if guard and device == "cuda" and step == 0 else []
+        assert log.syncs == first_read, f"step {step} made the host wait: {log.syncs}"
         # the step buffer: one (non-blocking) device-to-host copy per logged step; the pulse: its
-        # alarm bits every step and its ring on a logged step; nothing on a CPU
-        assert len(log.device_to_host) == ((2 if logged else 1) if device == "cuda" else 0), step
+        # alarm bits every step (non-blocking) and its ring on a logged step (the logged step's
+        # one wait); nothing on a CPU
+        assert len(log.device_to_host) == ((3 if logged else 1) if device == "cuda" else 0), step
         assert copies == (1 if logged else 0), step
 
 
@@ -123,9 +127,9 @@ def test_unlogged_steps_with_detection_only_read_a_sample_of_each_gradient():
         assert extra.count("detach") <= n_params + 2 and len(extra) <= n_params + 3, extra
 
 
-def test_the_gpu_path_of_the_pulse_reads_a_strided_sample_in_one_foreach_norm():
-    """The pulse's torch arithmetic (a GPU's), run on the CPU: one strided view per large
-    gradient, one foreach norm for all of them; never a host read."""
+def test_the_gpu_path_of_the_pulse_reads_whole_gradients_in_one_foreach_norm():
+    """The pulse's torch arithmetic (a GPU's), run on the CPU: one foreach norm over the whole
+    gradients, no view of them; never a host read."""
     torch.manual_seed(0)
     model = models.mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -139,6 +143,7 @@ def test_the_gpu_path_of_the_pulse_reads_a_strided_sample_in_one_foreach_norm():
             assert log.syncs == [], step
             if step > 0:
                 assert log.ops.count("_foreach_norm") == 1, log.ops
+                assert "as_strided" not in log.ops, log.ops
 
 
 def test_op_log_sees_a_sync_when_there_is_one():
