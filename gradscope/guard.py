@@ -63,6 +63,13 @@ def all_finite(params: list[torch.nn.Parameter]) -> torch.Tensor | None:
     return torch.cat([f.to(first.device) for f in flags]).all() if len(flags) > 1 else first[0]
 
 
+def _keeps_no_state(optimizer: torch.optim.Optimizer, group: dict) -> bool:
+    """Whether ``optimizer`` keeps no state for the parameters of ``group``: torch's own SGD
+    without momentum (a subclass or a wrapper may keep state elsewhere, and a momentum raised
+    later creates it), so putting back the weights undoes a step."""
+    return type(optimizer) is torch.optim.SGD and group.get("momentum", 0) == 0
+
+
 class StateSnapshot:
     """A copy of every parameter and optimizer-state tensor of ``optimizer`` on the device, taken
     before a step, and the device-side put-back after it."""
@@ -70,8 +77,6 @@ class StateSnapshot:
     def __init__(self, optimizer: torch.optim.Optimizer) -> None:
         self.optimizer = optimizer
         self._copies: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self._stateless: set[int] = set()
-        """ids of the parameters the optimizer stepped without keeping state for them."""
 
     def restorable(self, device: torch.device) -> str | None:
         """None when every tensor the step can change exists and lives on ``device``; else why
@@ -82,20 +87,12 @@ class StateSnapshot:
                     continue
                 state = self.optimizer.state.get(p)
                 if not state:
-                    if id(p) in self._stateless:
+                    if _keeps_no_state(self.optimizer, group):
                         continue
                     return "no state yet"
                 if any(isinstance(v, torch.Tensor) and v.device != device for v in state.values()):
                     return "state on another device"
         return None
-
-    def stepped(self) -> None:
-        """After an optimizer step: the parameters it moved and keeps no state for (SGD without
-        momentum) need only their values put back, so later steps are restorable."""
-        for group in self.optimizer.param_groups:
-            for p in group["params"]:
-                if p.grad is not None and not self.optimizer.state.get(p):
-                    self._stateless.add(id(p))
 
     def take(self) -> None:
         tensors = []

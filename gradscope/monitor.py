@@ -797,10 +797,7 @@ class Recorder:
             if int(alarm[0]) & SKIPPABLE:  # on the CPU this reads memory in place
                 self._skip_step()
                 return None
-            out = original(*args, **kwargs)
-            if why_not == "no state yet":
-                self._snapshot.stepped()
-            return out
+            return original(*args, **kwargs)
         self._snapshot.take()
         out = original(*args, **kwargs)
         skip = skippable(alarm).reshape(())

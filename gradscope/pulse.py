@@ -197,15 +197,17 @@ class Pulse:
         arithmetic is the same every step (the same kernels on the same persistent tensors), so
         it is captured once per kind of step (with or without a loss, a guard's flag, a scaler's
         flag) and replayed, its inputs copied into the graph's own: about 170 small kernels a step
-        become one launch. A capture that fails leaves the pulse on plain kernels for the run."""
+        become one launch. The capture waits for the device once; a capture that fails leaves
+        the pulse on plain kernels for the run."""
         key = (has_loss, *(None if t is None else (t.dtype, tuple(t.shape)) for t in inputs))
         entry = self._graphs.get(key)
         if entry is None:
             static = tuple(None if t is None else t.clone() for t in inputs)
             graph = torch.cuda.CUDAGraph()
             seen = self._state.seen
-            try:
-                with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            try:  # on the pulse's device, whichever is current (the capture waits for it once)
+                with torch.cuda.device(self.device), torch.cuda.graph(
+                        graph, stream=torch.cuda.Stream(self.device), capture_error_mode="thread_local"):
                     out = self._row(has_loss, *static)
             except Exception:  # noqa: BLE001 - the same arithmetic, a kernel at a time
                 self._graphs = None
@@ -217,7 +219,8 @@ class Pulse:
         for mine, given in zip(static, inputs):
             if mine is not None and mine is not given:
                 mine.copy_(given)
-        graph.replay()
+        with torch.cuda.device(self.device):
+            graph.replay()
         self._state.seen += 1
         return out
 

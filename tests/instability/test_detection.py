@@ -78,27 +78,33 @@ def test_the_corrupt_micro_batch_is_named_under_gradient_accumulation():
 
 
 @pytest.mark.parametrize("host_arithmetic", [None, False], ids=["cpu", "gpu-path"])
-@pytest.mark.parametrize("optimizer", ["sgd", "sgd-momentum", "adamw"])
+@pytest.mark.parametrize("optimizer", ["sgd", "sgd-momentum", "sgd-momentum-raised", "adamw"])
 def test_the_guard_leaves_parameters_and_optimizer_state_bit_identical(host_arithmetic, optimizer):
+    """sgd-momentum-raised: SGD without momentum (no state) until the corrupt step, which is the
+    first with momentum: skipped, it must not leave a momentum buffer behind."""
     model, x, y, g = regression()
-    opt = (torch.optim.SGD(model.parameters(), lr=0.01) if optimizer == "sgd" else
+    opt = (torch.optim.SGD(model.parameters(), lr=0.01) if optimizer in ("sgd", "sgd-momentum-raised") else
            torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9) if optimizer == "sgd-momentum"
            else torch.optim.AdamW(model.parameters(), lr=1e-3))
     mon = gradscope.monitor(model, every=100, optimizer=opt, guard="skip")
     mon._host_arithmetic = host_arithmetic
     with mon:
         train(model, x, y, g, opt, mon, 200)
+        if optimizer == "sgd-momentum-raised":
+            for group in opt.param_groups:
+                group["momentum"] = 0.9
         before = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
         log = OpLog()
         with log:
             train(model, x, y, g, opt, mon, 1, corrupt=(0,))  # step 200: a corrupt batch
         after = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
-        if host_arithmetic is False and optimizer != "adamw":  # (AdamW's step reads its step count)
+        if host_arithmetic is False and optimizer in ("sgd", "sgd-momentum"):  # (AdamW's step reads its step count)
             # put back on the device, without reading the alarm on the host
             assert log.syncs == [], log.syncs
         train(model, x, y, g, opt, mon, 50)
     for k in after[0]:
         assert torch.equal(before[0][k], after[0][k]), k
+    assert {i: set(s) for i, s in after[1]["state"].items()} == {i: set(s) for i, s in before[1]["state"].items()}
     for i, state in after[1]["state"].items():
         for k, v in state.items():
             assert torch.equal(torch.as_tensor(before[1]["state"][i][k]), torch.as_tensor(v)), (i, k)
