@@ -22,6 +22,12 @@ import torch
 from gradscope.stats import PRESENCE, STATISTICS
 
 
+AS_IS, SQUARE, POSITIVE = 0, 1, 2
+"""How the step end transforms a queued partial before summing it: as it is, squared (a norm
+queued for its sum of squares), or 1 where above zero or NaN and 0 elsewhere (a unit's largest
+output queued for whether it fired)."""
+
+
 @dataclass
 class Entry:
     """One (layer, metric) of the long table and the buffer slots of its state components."""
@@ -137,19 +143,19 @@ class _DeviceParts:
     """One device's queued partials: 0-dim values (most of them) and vectors, kept as parallel
     lists so that a step with thousands of partials allocates no tuple per partial."""
 
-    __slots__ = ("scalar_offsets", "scalar_squares", "scalars", "vector_offsets", "vector_sizes",
-                 "vector_squares", "vectors", "scatter_offsets", "scatter_squares", "scattered")
+    __slots__ = ("scalar_offsets", "scalar_modes", "scalars", "vector_offsets", "vector_sizes",
+                 "vector_modes", "vectors", "scatter_offsets", "scatter_modes", "scattered")
 
     def __init__(self) -> None:
         self.scalar_offsets: list[int] = []
-        self.scalar_squares: list[bool] = []
+        self.scalar_modes: list[int] = []
         self.scalars: list[torch.Tensor] = []
         self.vector_offsets: list[int] = []
         self.vector_sizes: list[int] = []
-        self.vector_squares: list[bool] = []
+        self.vector_modes: list[int] = []
         self.vectors: list[torch.Tensor] = []
         self.scatter_offsets: list[tuple[int, ...]] = []
-        self.scatter_squares: list[bool] = []
+        self.scatter_modes: list[int] = []
         self.scattered: list[torch.Tensor] = []
 
 
@@ -180,13 +186,25 @@ class StepBuffer:
             parts = self._parts[value.device] = _DeviceParts()
         if value.dim() == 0:
             parts.scalar_offsets.append(offset)
-            parts.scalar_squares.append(square)
+            parts.scalar_modes.append(SQUARE if square else AS_IS)
             parts.scalars.append(value)
         else:
             parts.vector_offsets.append(offset)
             parts.vector_sizes.append(value.numel())
-            parts.vector_squares.append(square)
+            parts.vector_modes.append(SQUARE if square else AS_IS)
             parts.vectors.append(value)
+
+    def add_positive(self, offset: int, values: torch.Tensor) -> None:
+        """Queue, for each element of ``values`` (a 1-D tensor), 1 where it is above zero or NaN
+        and 0 elsewhere, summed at ``offset`` onwards: the flags are taken at the step end for the
+        whole step at once (a unit's largest output gives whether it fired)."""
+        parts = self._parts.get(values.device)
+        if parts is None:
+            parts = self._parts[values.device] = _DeviceParts()
+        parts.vector_offsets.append(offset)
+        parts.vector_sizes.append(values.numel())
+        parts.vector_modes.append(POSITIVE)
+        parts.vectors.append(values)
 
     def add_many(self, offsets: tuple[int, ...], values: torch.Tensor, square: bool = False) -> None:
         """Queue a 1-D ``values`` whose i-th element is summed at ``offsets[i]`` (one partial for a
@@ -195,7 +213,7 @@ class StepBuffer:
         if parts is None:
             parts = self._parts[values.device] = _DeviceParts()
         parts.scatter_offsets.append(offsets)
-        parts.scatter_squares.append(square)
+        parts.scatter_modes.append(SQUARE if square else AS_IS)
         parts.scattered.append(values)
 
     def counts(self, offsets: tuple[int, ...]) -> None:
@@ -271,14 +289,21 @@ class StepBuffer:
         parts = self._parts.get(device)
         if parts is None or not (parts.scalars or parts.vectors or parts.scattered):
             return
-        index, square = self._index(device, parts)
+        index, square, positive = self._index(device, parts)
         pieces = []
         if parts.scalars:
             pieces.append(torch.stack(parts.scalars).to(torch.float64))
-        pieces += [v.reshape(-1).to(torch.float64) for v in parts.vectors]
-        pieces += [v.to(torch.float64) for v in parts.scattered]
+        rest = [v.reshape(-1) for v in parts.vectors] + parts.scattered
+        if len(rest) > 1 and len({v.dtype for v in rest}) == 1:  # one cast for all of them
+            pieces.append(torch.cat(rest).to(torch.float64))
+        else:
+            pieces += [v.to(torch.float64) for v in rest]
         values = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
-        values = torch.where(square, values * values, values)
+        # each transform once for the whole step rather than once per partial in the hooks
+        if square is not None:
+            values = torch.where(square, values * values, values)
+        if positive is not None:
+            values = torch.where(positive, (~(values <= 0)).to(values.dtype), values)
         buffer.index_add_(0, index, values)
 
     def _offsets_tensor(self, device: torch.device, offsets: list[int]) -> torch.Tensor:
@@ -296,12 +321,13 @@ class StepBuffer:
             self._device_buffers[device] = buffer
         return buffer
 
-    def _index(self, device: torch.device, parts: _DeviceParts) -> tuple[torch.Tensor, torch.Tensor]:
-        """Buffer offsets and square flags per element of the step's values, cached by layout of
+    def _index(self, device: torch.device, parts: _DeviceParts):
+        """Buffer offsets per element of the step's values, and where :data:`SQUARE` and
+        :data:`POSITIVE` apply (bool masks, None where no element takes it), cached by layout of
         the partials (the same from one logged step to the next)."""
-        key = (device, tuple(parts.scalar_offsets), tuple(parts.scalar_squares),
-               tuple(parts.vector_offsets), tuple(parts.vector_sizes), tuple(parts.vector_squares),
-               tuple(parts.scatter_offsets), tuple(parts.scatter_squares))
+        key = (device, tuple(parts.scalar_offsets), tuple(parts.scalar_modes),
+               tuple(parts.vector_offsets), tuple(parts.vector_sizes), tuple(parts.vector_modes),
+               tuple(parts.scatter_offsets), tuple(parts.scatter_modes))
         cached = self._index_cache.get(key)
         if cached is None:
             index = np.concatenate([
@@ -309,14 +335,15 @@ class StepBuffer:
                 *[np.arange(o, o + n) for o, n in zip(parts.vector_offsets, parts.vector_sizes)],
                 *[np.asarray(o, dtype=np.int64) for o in parts.scatter_offsets],
             ])
-            square = np.concatenate([
-                np.asarray(parts.scalar_squares, dtype=bool),
-                *[np.full(n, q) for n, q in zip(parts.vector_sizes, parts.vector_squares)],
-                *[np.full(len(o), q) for o, q in zip(parts.scatter_offsets, parts.scatter_squares)],
+            modes = np.concatenate([
+                np.asarray(parts.scalar_modes, dtype=np.int8),
+                *[np.full(n, m, dtype=np.int8) for n, m in zip(parts.vector_sizes, parts.vector_modes)],
+                *[np.full(len(o), m, dtype=np.int8) for o, m in zip(parts.scatter_offsets, parts.scatter_modes)],
             ])
             cached = (
                 to_device(torch.from_numpy(index.astype(np.int64)), device),
-                to_device(torch.from_numpy(square), device),
+                *(to_device(torch.from_numpy(modes == mode), device) if (modes == mode).any() else None
+                  for mode in (SQUARE, POSITIVE)),
             )
             if len(self._index_cache) > 16:
                 self._index_cache.clear()

@@ -31,7 +31,7 @@ from gradscope.layers import (
     module_activation,
 )
 from gradscope.stats import FLAT, NUMEL, PRESENCE, SQ, site_components
-from gradscope.stats.reductions import alive_units, flat_count, floating_tensors, sum_of_squares, unit_dim
+from gradscope.stats.reductions import flat_count, floating_tensors, sum_of_squares_partial, unit_dim, unit_maxima
 
 OFF, GRAD_ONLY, FULL = 0, 1, 2
 """Frame modes: record nothing (eval, no-grad); only gradients (a checkpoint's recomputation
@@ -56,7 +56,8 @@ class _Reduced:
 
     ref: weakref.ref
     version: int
-    sum_sq: torch.Tensor | None = None
+    sum_sq: tuple[torch.Tensor | float, bool] | None = None
+    """Its sum of squares as the step buffer takes it (gradscope.stats.reductions.sum_of_squares_partial)."""
     grad_targets: list[tuple[int, int]] | None = None
 
 
@@ -364,7 +365,8 @@ class HookManager:
             return
         sq, numel = self._slot(name, "act_rms", SQ), self._slot(name, "act_rms", NUMEL)
         for t in tensors:
-            self.buffer.add(sq, self._sum_sq(t))
+            value, square = self._sum_sq(t)
+            self.buffer.add(sq, value, square=square)
             self.buffer.count(numel, t.numel())
         self.buffer.count(self._slot(name, "act_rms", PRESENCE))
 
@@ -376,10 +378,10 @@ class HookManager:
             self._reduced[id(t)] = seen
         return seen
 
-    def _sum_sq(self, t: torch.Tensor) -> torch.Tensor:
+    def _sum_sq(self, t: torch.Tensor) -> tuple[torch.Tensor | float, bool]:
         seen = self._reduced_record(t)
         if seen.sum_sq is None:
-            seen.sum_sq = sum_of_squares(t)
+            seen.sum_sq = sum_of_squares_partial(t)
         return seen.sum_sq
 
     def _activation(
@@ -395,16 +397,16 @@ class HookManager:
             self._guard(name, "saturation", self._saturation, name, kind, t)
 
     def _dead_units(self, name: str, t: torch.Tensor, producer: str | None, site: int) -> None:
-        alive = alive_units(t, unit_dim(t, producer))
-        key = (name, site, alive.numel())
+        maxima = unit_maxima(t, unit_dim(t, producer))  # whether each fired: taken at the step end
+        key = (name, site, maxima.numel())
         slots = self._site_slots.get(key)
         if slots is None:
             entry = self.layout.entry(name, "dead_fraction")
-            alive_name, calls_name = site_components(site, alive.numel())
-            slots = (self.layout.slot(entry, alive_name, alive.numel()), self.layout.slot(entry, calls_name),
+            alive_name, calls_name = site_components(site, maxima.numel())
+            slots = (self.layout.slot(entry, alive_name, maxima.numel()), self.layout.slot(entry, calls_name),
                      self._slot(name, "dead_fraction", PRESENCE))
             self._site_slots[key] = slots
-        self.buffer.add(slots[0], alive)
+        self.buffer.add_positive(slots[0], maxima)
         self.buffer.count(slots[1])
         self.buffer.count(slots[2])
 
@@ -438,7 +440,7 @@ class HookManager:
         return reduce_gradient
 
     def _add_gradient(self, grad: torch.Tensor, targets: list[tuple[int, int]]) -> None:
-        sum_sq = sum_of_squares(grad)
+        value, square = sum_of_squares_partial(grad)
         for sq, presence in targets:
-            self.buffer.add(sq, sum_sq)
+            self.buffer.add(sq, value, square=square)
             self.buffer.count(presence)

@@ -168,7 +168,8 @@ class Pulse:
             scaler_skipped = scaler_skipped.reshape(1).float()
             scaler_skipped = scaler_skipped.cpu().numpy() if self.on_host else scaler_skipped.to(self.device)
         inputs = (norms, finite, scaler_skipped, self._micro_columns())
-        if self._graphs is not None and self._state.steady():
+        # not while the user captures a graph of their own step: the kernels go into theirs
+        if self._graphs is not None and self._state.steady() and not torch.cuda.is_current_stream_capturing():
             alarm, row = self._replayed(self.losses_seen > 0, inputs)
         else:
             alarm, row = self._row(self.losses_seen > 0, *inputs)

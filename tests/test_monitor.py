@@ -88,6 +88,20 @@ def test_mlp_every_step():
     assert {"dead_fraction", "saturation", "update_ratio"} <= set(df.metric)
 
 
+def test_the_gpu_form_of_the_sums_of_squares_matches_the_reference(monkeypatch):
+    """On a GPU a sum of squares is queued as a norm and squared at the step end with the step's
+    other partials; that path, run on the CPU, against the float64 reference."""
+    import functools
+
+    import gradscope.hooks
+    from gradscope.stats import reductions
+    monkeypatch.setattr(gradscope.hooks, "sum_of_squares_partial",
+                        functools.partial(reductions.sum_of_squares_partial, on_host=False))
+    torch.manual_seed(0)
+    df = train_and_compare(models.conv_bn(), batch(8, 3, 6, 6), steps=2)
+    assert {"act_rms", "out_grad_norm", "dead_fraction"} <= set(df.metric)
+
+
 def test_every_n_logs_steps_0_n_2n():
     torch.manual_seed(0)
     df = train_and_compare(models.mlp(), batch(16, 6), steps=7, every=3)

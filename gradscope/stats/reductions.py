@@ -49,6 +49,16 @@ def sum_of_squares(t: torch.Tensor) -> torch.Tensor | float:
     return result
 
 
+def sum_of_squares_partial(t: torch.Tensor, on_host: bool | None = None) -> tuple[torch.Tensor | float, bool]:
+    """Σ t² as the step buffer takes it: (value, whether the step end squares it). On a GPU the
+    L2 norm, one kernel, squared with the step's other partials in float64 at the step end; on
+    the CPU :func:`sum_of_squares`, read on the host (``on_host``: that choice, forced)."""
+    if t.is_cpu if on_host is None else on_host:
+        return sum_of_squares(t), False
+    t = t.detach()
+    return torch.linalg.vector_norm(t, dtype=norm_dtype(t.dtype)), True
+
+
 def stored_values(t: torch.Tensor) -> torch.Tensor:
     """The elements a tensor stores: itself, or a sparse gradient's (``nn.Embedding(sparse=True)``)
     values, the only ones that can be non-zero."""
@@ -124,15 +134,20 @@ def unit_dim(t: torch.Tensor, producer: str | None) -> int:
     return t.dim() - 1
 
 
+def unit_maxima(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Per unit along ``dim``, its largest output over samples and positions (NaN where one is):
+    a fresh tensor, whatever later happens to ``t`` in place."""
+    t = t.detach()
+    if t.dim() <= 1:
+        return t.clone()
+    return t.amax(dim=[d for d in range(t.dim()) if d != dim])  # amax is NaN where a NaN is
+
+
 def alive_units(t: torch.Tensor, dim: int) -> torch.Tensor:
     """Bool per unit along ``dim``: was it above zero for any sample and position. A unit whose
     outputs hold a NaN counts as alive: one non-finite sample (the non-finite rule's business)
     must not make every unit of the layer look dead."""
-    t = t.detach()
-    if t.dim() <= 1:
-        return ~(t <= 0)
-    others = [d for d in range(t.dim()) if d != dim]
-    return ~(t.amax(dim=others) <= 0)  # amax is NaN where a NaN is
+    return ~(unit_maxima(t, dim) <= 0)
 
 
 def flat_count(t: torch.Tensor, bounds: tuple[float, float]) -> torch.Tensor:
