@@ -38,7 +38,7 @@ import torch
 from gradscope.buffer import to_device
 from gradscope.detectors import GRAD_NONFINITE, Detector, has_bit, without_gradient_alarms
 from gradscope.distributed import is_dtensor, local
-from gradscope.stats.reductions import stored_values
+from gradscope.stats.reductions import norm_dtype, stored_values
 
 SAMPLE = 1024
 """Elements of each parameter's gradient read on every step (all of them for smaller tensors)."""
@@ -354,7 +354,13 @@ class Pulse:
         ]
         if not samples:
             return self._new((len(self.params),), 0.0)
-        norms = torch._foreach_norm(samples)
+        # one foreach norm per dtype (a list of several takes the per-tensor path), half precision
+        # reduced in float32 (a float16 norm overflows past 65504)
+        norms: list = [None] * len(samples)
+        for dtype in {s.dtype for s in samples}:
+            at = [i for i, s in enumerate(samples) if s.dtype == dtype]
+            for i, norm in zip(at, torch._foreach_norm([samples[i] for i in at], 2, dtype=norm_dtype(dtype))):
+                norms[i] = norm
         found = torch.stack(norms if len({n.dtype for n in norms}) == 1 else [n.float() for n in norms])
         if found.dtype not in (torch.float32, torch.float64):
             found = found.float()  # half precision: numpy has no bfloat16

@@ -259,3 +259,30 @@ def test_a_root_never_called_keeps_counting_its_loss_after_its_layers_are_replac
     # replaced them has no loss, every later one has it again
     assert np.isnan(losses[2])
     assert [losses[i] for i in (0, 1, 3)] == pytest.approx([expected[i] for i in (0, 1, 3)], rel=1e-6)
+
+
+@pytest.mark.parametrize("host_arithmetic", [None, False], ids=["numpy", "torch"])
+def test_half_precision_gradients_beside_float32_ones_are_read_in_float32(host_arithmetic):
+    """A float16 layer beside float32 ones (one foreach norm per dtype): its gradient norm, past
+    float16's largest value 65504, is read in float32 and matches float64 autograd."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.Linear(16, 3))
+    model[1].half()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    mon = gradscope.monitor(model, every=5, optimizer=opt)
+    mon._host_arithmetic = host_arithmetic
+    expected = []
+    with mon:
+        for x, y in batches(3):
+            out = model[1](model[0](x).half())
+            loss = F.mse_loss(out.float(), y) * 1e5
+            loss.backward()
+            expected.append([float(p.grad.double().norm()) for p in model.parameters()])
+            opt.step()
+            opt.zero_grad()
+    pulse = mon.pulse_history()
+    names = [n for n, _ in model.named_parameters()]
+    assert max(expected[0][2:]) > 65504  # the float16 layer's norm is past float16's range
+    for step, norms in enumerate(expected):
+        got = [pulse.iloc[step][f"grad_norm/{n}"] for n in names]
+        assert got == pytest.approx(norms, rel=1e-3)  # float16 gradients, summed in float32
