@@ -25,6 +25,15 @@ def test_nonfinite_counts():
     assert [float(c) for c in counts] == [3.0, 0.0]
 
 
+@pytest.mark.parametrize("one_kernel", [False, True], ids=["cpu", "gpu-form"])
+def test_nonfinite_counts_of_bfloat16_are_exact_past_256(one_kernel):
+    """A count kept in bfloat16 would round (999 to 1000)."""
+    t = torch.full((999,), float("nan"), dtype=torch.bfloat16)
+    t[::7] = 1.0
+    (count,) = r.foreach_nonfinite_counts([t], one_kernel=one_kernel)
+    assert float(count) == 999 - len(range(0, 999, 7))
+
+
 def test_delta_norms():
     before, after = [torch.ones(4)], [torch.full((4,), 3.0)]
     (d,) = r.foreach_delta_norms(before, after)
