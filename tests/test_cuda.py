@@ -56,7 +56,8 @@ class CountingEvent(torch.cuda.Event):
 
 
 def waits_per_step(mode: str, monitored: bool, steps: int, every: int, monkeypatch, **options):
-    """(synchronizing CUDA calls, event waits) of each step of a short training run on CUDA."""
+    """(synchronizing CUDA calls, event waits, CUDA graphs the pulse holds) of each step of a
+    training run on CUDA."""
     torch.manual_seed(0)
     torch._dynamo.reset()
     model = models.mlp().cuda()
@@ -96,7 +97,8 @@ def waits_per_step(mode: str, monitored: bool, steps: int, every: int, monkeypat
                 finally:
                     torch.cuda.set_sync_debug_mode("default")
             syncs = sum("synchronizing" in str(w.message) for w in caught)
-            counts.append((syncs, CountingEvent.waits))
+            graphs = len(mon._pulse._graphs or {}) if mon is not None and mon._pulse is not None else 0
+            counts.append((syncs, CountingEvent.waits, graphs))
     finally:
         if mon:
             mon.stop()
@@ -115,7 +117,7 @@ def test_the_host_waits_at_most_once_per_logged_step(mode, guard, monkeypatch):
     watched, mon = waits_per_step(mode, True, steps, every, monkeypatch, guard=guard)
     start = 1 if mode == "compile" else 0  # the first compiled step compiles, monitored or not
     for step in range(start, steps):
-        (plain_syncs, plain_waits), (syncs, waits) = plain[step], watched[step]
+        (plain_syncs, plain_waits, _), (syncs, waits, _) = plain[step], watched[step]
         assert plain_waits == 0
         assert syncs >= plain_syncs
         # a logged step reads the pulse's ring; the guard reads the alarm before the optimizer's
@@ -129,6 +131,25 @@ def test_the_host_waits_at_most_once_per_logged_step(mode, guard, monkeypatch):
     assert len(mon.pulse_history()) == steps  # and every step's pulse
     if mode == "fp16-scaler":  # the scaler did skip a step: it halved its scale
         assert mon.scaler.get_scale() == 2.0 ** 9
+
+
+@pytest.mark.parametrize("guard", [None, "skip"])
+def test_the_replayed_pulse_waits_for_nothing(guard, monkeypatch):
+    """Past the detector's warm-up (step 50) the pulse replays its CUDA graph: the step that
+    captures it waits for the device once (the capture); the others as before, nothing beyond
+    the plain loop's waits on an unlogged step."""
+    steps, every = 80, 40
+    plain, _ = waits_per_step("fp32", False, steps, every, monkeypatch)
+    watched, _ = waits_per_step("fp32", True, steps, every, monkeypatch, guard=guard)
+    graphs = [count for _, _, count in watched]
+    assert graphs[-1] >= 1  # the graph path ran
+    for step in range(1, steps):
+        if graphs[step] != graphs[step - 1]:
+            continue  # this step captured a graph
+        (plain_syncs, _, _), (syncs, waits, _) = plain[step], watched[step]
+        allowed = int(step % every == 0)
+        assert syncs - plain_syncs + waits <= allowed, (f"step {step}: {syncs} synchronizing calls (the "
+                                                        f"plain loop made {plain_syncs}) and {waits} event waits")
 
 
 def regression_run(guard, steps=300, corrupt=(200, 250)):
