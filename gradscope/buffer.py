@@ -181,9 +181,7 @@ class StepBuffer:
         if value.__class__ is float:
             self._on_cpu[offset] = self._on_cpu.get(offset, 0.0) + (value * value if square else value)
             return
-        parts = self._parts.get(value.device)
-        if parts is None:
-            parts = self._parts[value.device] = _DeviceParts()
+        parts = self._parts_on(value.device)
         if value.dim() == 0:
             parts.scalar_offsets.append(offset)
             parts.scalar_modes.append(SQUARE if square else AS_IS)
@@ -198,9 +196,7 @@ class StepBuffer:
         """Queue, for each element of ``values`` (a 1-D tensor), 1 where it is above zero or NaN
         and 0 elsewhere, summed at ``offset`` onwards: the flags are taken at the step end for the
         whole step at once (a unit's largest output gives whether it fired)."""
-        parts = self._parts.get(values.device)
-        if parts is None:
-            parts = self._parts[values.device] = _DeviceParts()
+        parts = self._parts_on(values.device)
         parts.vector_offsets.append(offset)
         parts.vector_sizes.append(values.numel())
         parts.vector_modes.append(POSITIVE)
@@ -209,12 +205,16 @@ class StepBuffer:
     def add_many(self, offsets: tuple[int, ...], values: torch.Tensor, square: bool = False) -> None:
         """Queue a 1-D ``values`` whose i-th element is summed at ``offsets[i]`` (one partial for a
         whole group of parameters, instead of one per parameter)."""
-        parts = self._parts.get(values.device)
-        if parts is None:
-            parts = self._parts[values.device] = _DeviceParts()
+        parts = self._parts_on(values.device)
         parts.scatter_offsets.append(offsets)
         parts.scatter_modes.append(SQUARE if square else AS_IS)
         parts.scattered.append(values)
+
+    def _parts_on(self, device: torch.device) -> _DeviceParts:
+        parts = self._parts.get(device)
+        if parts is None:
+            parts = self._parts[device] = _DeviceParts()
+        return parts
 
     def counts(self, offsets: tuple[int, ...]) -> None:
         """``count(offset)`` for each of ``offsets``."""

@@ -13,10 +13,11 @@ exactly afterwards. The decision needs the alarm, which lives on the device:
   costs a copy of the parameters and the optimizer state per step. Optimizer state kept on the
   host (torch's Adam keeps its step count on the CPU unless ``capturable=True`` or
   ``fused=True``), or not created yet (the first step), cannot be restored that way: there the
-  guard reads the alarm, one wait for the GPU per step, and says so once.
+  guard reads the alarm, one wait for the GPU per step, and says so once. Torch's SGD without
+  momentum keeps no state at all, so its weights alone are put back, from the first step on.
 
 Before an alarm can be trusted every element of every gradient is checked for NaN/Inf (the pulse
-reads a sample of each gradient), so no non-finite value slips through a guarded step.
+reads a sample of each gradient on the CPU), so no non-finite value slips through a guarded step.
 """
 
 from __future__ import annotations

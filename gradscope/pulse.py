@@ -38,7 +38,7 @@ import torch
 from gradscope.buffer import to_device
 from gradscope.detectors import GRAD_NONFINITE, Detector, has_bit, without_gradient_alarms
 from gradscope.distributed import is_dtensor, local
-from gradscope.stats.reductions import norm_dtype, stored_values
+from gradscope.stats.reductions import foreach_norms, group_by_device_and_dtype, stored_values
 
 SAMPLE = 1024
 """Elements of each parameter's gradient read on every step (all of them for smaller tensors)."""
@@ -88,11 +88,10 @@ class Pulse:
         self._new = (lambda shape, value: np.full(shape, value)) if self.on_host \
             else (lambda shape, value: torch.full(shape, value, device=self.device))
         self.ring = self._new((window, FIRST_PARAMETER + len(self.params)), float("nan"))
-        self._scale = np.array(scale) if self.on_host else to_device(torch.tensor(scale), self.device)
+        self._scale = np.array(scale)  # the host's estimate (a GPU reads whole gradients)
         self._constants: dict[tuple[float, ...], torch.Tensor] = {}
         self._indices: dict[tuple[int, ...], torch.Tensor] = {}
-        self._graphs: dict | None = ({} if CUDA_GRAPHS and self.device.type == "cuda" and not self.on_host
-                                     and detector.kind == "zscore" else None)
+        self._graphs: dict | None = {} if CUDA_GRAPHS and self.device.type == "cuda" and not self.on_host else None
         """The CUDA graphs of :meth:`_replayed`, by kind of step; None where the arithmetic runs
         as plain kernels (the CPU, other detectors, a capture that failed)."""
         self._state = detector.state(2 + len(self.params), self.device, xp)
@@ -218,7 +217,7 @@ class Pulse:
             entry = self._graphs[key] = (graph, static, out)
         graph, static, out = entry
         for mine, given in zip(static, inputs):
-            if mine is not None and mine is not given:
+            if mine is not None:
                 mine.copy_(given)
         with torch.cuda.device(self.device):
             graph.replay()
@@ -357,9 +356,8 @@ class Pulse:
         # one foreach norm per dtype (a list of several takes the per-tensor path), half precision
         # reduced in float32 (a float16 norm overflows past 65504)
         norms: list = [None] * len(samples)
-        for dtype in {s.dtype for s in samples}:
-            at = [i for i, s in enumerate(samples) if s.dtype == dtype]
-            for i, norm in zip(at, torch._foreach_norm([samples[i] for i in at], 2, dtype=norm_dtype(dtype))):
+        for at in group_by_device_and_dtype(samples).values():
+            for i, norm in zip(at, foreach_norms([samples[i] for i in at])):
                 norms[i] = norm
         found = torch.stack(norms if len({n.dtype for n in norms}) == 1 else [n.float() for n in norms])
         if found.dtype not in (torch.float32, torch.float64):

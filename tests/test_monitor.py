@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 
 import pytest
@@ -11,6 +12,8 @@ import torch.nn.functional as F
 import torch.optim.optimizer as optimizer_module
 
 import gradscope
+import gradscope.hooks
+from gradscope.stats import reductions
 from tests import models
 from tests.reference import reference
 
@@ -91,10 +94,6 @@ def test_mlp_every_step():
 def test_the_gpu_form_of_the_sums_of_squares_matches_the_reference(monkeypatch):
     """On a GPU a sum of squares is queued as a norm and squared at the step end with the step's
     other partials; that path, run on the CPU, against the float64 reference."""
-    import functools
-
-    import gradscope.hooks
-    from gradscope.stats import reductions
     monkeypatch.setattr(gradscope.hooks, "sum_of_squares_partial",
                         functools.partial(reductions.sum_of_squares_partial, on_host=False))
     torch.manual_seed(0)

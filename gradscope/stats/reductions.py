@@ -140,18 +140,13 @@ def unit_dim(t: torch.Tensor, producer: str | None) -> int:
 
 def unit_maxima(t: torch.Tensor, dim: int) -> torch.Tensor:
     """Per unit along ``dim``, its largest output over samples and positions (NaN where one is):
-    a fresh tensor, whatever later happens to ``t`` in place."""
+    a fresh tensor, whatever later happens to ``t`` in place. A unit is alive where its maximum is
+    above zero or NaN (one non-finite sample, the non-finite rule's business, must not make every
+    unit of the layer look dead); the step buffer takes that flag (``StepBuffer.add_positive``)."""
     t = t.detach()
     if t.dim() <= 1:
         return t.clone()
     return t.amax(dim=[d for d in range(t.dim()) if d != dim])  # amax is NaN where a NaN is
-
-
-def alive_units(t: torch.Tensor, dim: int) -> torch.Tensor:
-    """Bool per unit along ``dim``: was it above zero for any sample and position. A unit whose
-    outputs hold a NaN counts as alive: one non-finite sample (the non-finite rule's business)
-    must not make every unit of the layer look dead."""
-    return ~(unit_maxima(t, dim) <= 0)
 
 
 def flat_count(t: torch.Tensor, bounds: tuple[float, float]) -> torch.Tensor:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from gradscope.buffer import Layout, StepBuffer
 from gradscope.stats import reductions as r
 
 
@@ -63,8 +64,17 @@ def test_unit_dim(shape, producer, dim):
 
 
 def test_alive_units_over_samples_and_positions():
-    y = torch.full((3, 2, 4), -1.0)
+    """unit_maxima per unit, then the step buffer's flag: above zero or NaN is alive."""
+    y = torch.full((3, 2, 5), -1.0)
     y[2, 1, 0] = 0.5  # unit 0 fires once
     y[0, 0, 3] = 0.0  # exactly zero is not alive
-    assert r.alive_units(y, 2).tolist() == [True, False, False, False]
+    y[1, 1, 4] = float("nan")  # a NaN unit is alive
+    maxima = r.unit_maxima(y, 2)
+    y.fill_(1.0)  # what happens to the output later does not change the maxima
+    layout = Layout()
+    slot = layout.slot(layout.entry("relu", "dead_fraction"), "alive", 5)
+    buffer = StepBuffer(layout, torch.device("cpu"))
+    buffer.add_positive(slot, maxima)
+    state = buffer.finish(0).state()
+    assert state[slot:slot + 5].tolist() == [1.0, 0.0, 0.0, 0.0, 1.0]
 
