@@ -18,9 +18,16 @@ exactly afterwards. The decision needs the alarm, which lives on the device:
 
 Before an alarm can be trusted every element of every gradient is checked for NaN/Inf (the pulse
 reads a sample of each gradient on the CPU), so no non-finite value slips through a guarded step.
+
+A step given a closure (``opt.step(closure)``) is decided the same way when the optimizer
+evaluates the closure once, before its update (torch's own optimizers but LBFGS): the guard
+evaluates it first and hands the step its loss. Any other closure step goes through unguarded,
+and the monitor says so.
 """
 
 from __future__ import annotations
+
+import inspect
 
 import torch
 
@@ -62,6 +69,17 @@ def all_finite(params: list[torch.nn.Parameter]) -> torch.Tensor | None:
         flags.append(torch.isfinite(torch.stack(largest).float()).all().reshape(1))
     first = flags[0]
     return torch.cat([f.to(first.device) for f in flags]).all() if len(flags) > 1 else first[0]
+
+
+def evaluates_closure_once(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether ``optimizer.step(closure)`` calls its closure exactly once, before the update: the
+    step functions of torch's own optimizers (a subclass that keeps one), all but LBFGS, which
+    calls it many times. Then the guard can evaluate the closure first and decide before the
+    update; a closure of any other optimizer (SAM calls it twice, LBFGS in a loop) it cannot."""
+    step = inspect.unwrap(type(optimizer).step)
+    module = getattr(step, "__module__", None) or ""
+    return (module == "torch.optim" or module.startswith("torch.optim.")) \
+        and not getattr(step, "__qualname__", "").startswith("LBFGS.")
 
 
 def _keeps_no_state(optimizer: torch.optim.Optimizer, group: dict) -> bool:

@@ -42,7 +42,7 @@ from gradscope.distributed import RankAgreement, local, rank_and_world, unwrap
 from gradscope.errors import UsageError, UsageTypeError
 from gradscope.events import (LR_LOOKBACK, SHARED_ALARMS, SHARED_COLUMNS, SpikeEvent, extended, extends, make_event,
                               merge_rank_alarms, shared_rows)
-from gradscope.guard import StateSnapshot, all_finite
+from gradscope.guard import StateSnapshot, all_finite, evaluates_closure_once
 from gradscope.failures import FailurePolicy
 from gradscope.hooks import HookManager, WeakHook, refuse_scripted
 from gradscope.layers import join_name
@@ -181,6 +181,13 @@ class Recorder:
             loss_scale = torch.tensor(float(loss_scale))
         if loss is not None:
             self.observe_loss(loss)
+        if self.config.guard is not None and self.detects:
+            self._warn_once(
+                ALL_PARAMETERS, "guard without optimizer",
+                "guard='skip' holds back the optimizer's update, but this monitor follows no "
+                "optimizer (its steps end at mon.step()), so no update is skipped; spikes are still "
+                "detected and reported. Pass optimizer=opt to gradscope.monitor (or call "
+                "mon.attach_optimizer(opt)) and drop the mon.step() call.")
         self._observe_pulse(loss_scale)
         self._end_step_here(self._parameter_statistics, loss_scale)
 
@@ -452,6 +459,8 @@ class Recorder:
         """Steps whose optimizer update the guard skipped."""
         self._pulse_handles: list = []
         self._guard_restore: Callable[[], None] | None = None
+        self._unguarded_steps: deque = deque(maxlen=LR_LOOKBACK)
+        """Recent steps the guard let through unguarded (a closure it cannot evaluate first)."""
         self._snapshot: StateSnapshot | None = None
         self._host_arithmetic: bool | None = None
         """The pulse's arithmetic in numpy (True), torch (False) or by device (None: numpy on
@@ -680,7 +689,7 @@ class Recorder:
         ring, _ = self._last_ring
         first = max(self._first_step, pulse.last_step - pulse.window + 1)
         skipped = self.config.guard is not None and self._guard_restore is not None \
-            and bool(bits & SKIPPABLE)
+            and bool(bits & SKIPPABLE) and step not in self._unguarded_steps
         lr = self._current_lr()
         if skipped and step not in self.skipped_steps[-3:]:  # the host's guard counted it already
             self.skipped_steps.append(step)
@@ -747,9 +756,28 @@ class Recorder:
         self._snapshot = StateSnapshot(optimizer)
 
         def guarded_step(opt, *args, **kwargs):
-            if not self._active or _closure_argument((opt, *args), kwargs) is not None:
+            if not self._active:
                 return original(*args, **kwargs)
-            return self._guarded_step(original, args, kwargs)
+            closure = _closure_argument((opt, *args), kwargs)
+            if closure is None:
+                return self._guarded_step(original, args, kwargs)
+            if not evaluates_closure_once(opt):
+                self._unguarded_steps.append(self._step)
+                self._warn_once(
+                    ALL_PARAMETERS, "guard closure",
+                    f"guard='skip' cannot guard {type(opt).__name__}.step(closure): the closure is "
+                    "evaluated inside the step (maybe several times), after which the update cannot "
+                    "be held back; spikes are still detected and reported, and no step is skipped. "
+                    "The guard acts on a step without a closure, or on one of torch's own optimizers "
+                    "other than LBFGS (their closure is evaluated once, before the update).")
+                return original(*args, **kwargs)
+            # the closure's forward and backward run first, as the step would run them, so that
+            # the update can be decided on before it is made
+            with torch.enable_grad():
+                loss = closure()
+            args, kwargs = _with_closure((opt, *args), kwargs, lambda: loss)
+            out = self._guarded_step(original, args[1:], kwargs)
+            return loss if out is None else out
 
         guarded_step.__wrapped__ = original
         if hasattr(original, "_wrapped_by_lr_sched"):

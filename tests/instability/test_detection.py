@@ -114,6 +114,88 @@ def test_the_guard_leaves_parameters_and_optimizer_state_bit_identical(host_arit
     assert "skipped-updates" in findings and "1 optimizer update" in findings["skipped-updates"].message
 
 
+def train_with_closure(model, x_all, y_all, g, opt, steps, corrupt=()):
+    """``opt.step(closure)``, the closure zeroing, running the forward and the backward; the
+    losses ``step()`` returned."""
+    returned = []
+    for step in range(steps):
+        index = torch.randint(0, len(x_all), (32,), generator=g)
+        x = x_all[index] * (30.0 if step in corrupt else 1.0)
+
+        def closure():
+            opt.zero_grad()
+            loss = F.mse_loss(model(x), y_all[index])
+            loss.backward()
+            return loss
+
+        returned.append(opt.step(closure))
+    return returned
+
+
+@pytest.mark.parametrize("host_arithmetic", [None, False], ids=["cpu", "gpu-path"])
+@pytest.mark.parametrize("optimizer", ["sgd-momentum", "adamw"])
+def test_the_guard_holds_back_a_step_whose_closure_the_optimizer_evaluates(host_arithmetic, optimizer):
+    """``opt.step(closure)`` of torch's one-evaluation optimizers: the guard evaluates the closure
+    first and decides before the update (before, a closure step passed unguarded). The step
+    returns the closure's loss either way."""
+    model, x, y, g = regression()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9) if optimizer == "sgd-momentum" \
+        else torch.optim.AdamW(model.parameters(), lr=1e-3)
+    mon = gradscope.monitor(model, every=100, optimizer=opt, guard="skip")
+    mon._host_arithmetic = host_arithmetic
+    evaluations = []
+    with mon:
+        train_with_closure(model, x, y, g, opt, 200)
+        before = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
+        index = torch.randint(0, len(x), (32,), generator=g)
+
+        def corrupt():
+            evaluations.append(1)
+            opt.zero_grad()
+            loss = F.mse_loss(model(x[index] * 30.0), y[index])
+            loss.backward()
+            return loss
+
+        returned = opt.step(corrupt)  # step 200
+        after = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
+        with torch.no_grad():  # the weights did not move: the corrupt batch's loss at them
+            expected = F.mse_loss(model(x[index] * 30.0), y[index])
+        train_with_closure(model, x, y, g, opt, 20)
+    assert len(evaluations) == 1  # evaluated once, as the optimizer alone would
+    assert torch.equal(returned.detach(), expected)
+    for k in after[0]:
+        assert torch.equal(before[0][k], after[0][k]), k
+    for i, state in after[1]["state"].items():
+        for k, v in state.items():
+            assert torch.equal(torch.as_tensor(before[1]["state"][i][k]), torch.as_tensor(v)), (i, k)
+    assert mon.skipped_steps == [200]
+    assert mon.events[0].step == 200 and mon.events[0].skipped
+
+
+def test_the_guard_says_it_cannot_hold_back_an_lbfgs_step():
+    """LBFGS evaluates its closure many times inside the step: the guard cannot decide before
+    the update, says so once, and reports the spike as not skipped."""
+    model, x, y, g = regression()
+    opt = torch.optim.LBFGS(model.parameters(), lr=0.1, max_iter=2)
+    with pytest.warns(gradscope.GradscopeWarning, match=r"cannot guard LBFGS.step\(closure\)"):
+        with gradscope.monitor(model, every=100, optimizer=opt, guard="skip") as mon:
+            train_with_closure(model, x, y, g, opt, 60, corrupt=(55,))
+    assert mon.skipped_steps == []
+    assert [e.step for e in mon.events][:1] == [55] and not mon.events[0].skipped
+
+
+def test_a_guard_without_the_optimizer_says_it_skips_nothing():
+    model, x, y, g = regression()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with pytest.warns(gradscope.GradscopeWarning, match=r"follows no optimizer .* no update is skipped"):
+        with gradscope.monitor(model, every=100, guard="skip") as mon:
+            for _ in range(3):
+                F.mse_loss(model(x[:32]), y[:32]).backward()
+                mon.step()
+                opt.step()
+                opt.zero_grad()
+
+
 def test_without_the_guard_the_same_batch_changes_the_weights():
     """The other side of the guard test: the corrupt batch does move the weights when not guarded."""
     model, x, y, g = regression()
