@@ -563,6 +563,18 @@ class Recorder:
         pulse = self._pulse_for_step()
         if pulse is None:
             return
+        if pulse.on_host and tensor.is_cpu and tensor.numel() == 1:
+            # a read of CPU memory that runs no torch op: right after a backward pass each op (a
+            # detach, a view) costs microseconds, its code having left the caches
+            value = tensor.tolist()
+            while isinstance(value, list):
+                value = value[0]
+            if isinstance(value, float):
+                pulse.add_loss_value(value)
+                pulse.backward_done(tensor)
+            else:
+                pulse.backward_done(None)
+            return
         loss = tensor if tensor.numel() == 1 and tensor.is_floating_point() else None
         if loss is not None:
             pulse.add_loss(loss)

@@ -106,9 +106,8 @@ class Pulse:
         self.last_step: int | None = None
         self._cat = np.concatenate if xp is np else torch.cat
         if self.on_host:
-            self._norms = np.zeros(len(self.params))
-            self._y = np.zeros(2 + len(self.params))
-            self._steps = list(enumerate(self._strides))
+            self._plan = list(zip(self.params, self._strides))
+            self._host_scale = self._scale.tolist()
 
     # -- during the step -----------------------------------------------------------------------
 
@@ -125,6 +124,11 @@ class Pulse:
             self.loss[0] += float(loss.detach().numpy().reshape(-1)[0])  # a view of CPU memory: no copy
         else:
             self.loss += self._value(loss)
+        self.losses_seen += 1
+
+    def add_loss_value(self, value: float) -> None:
+        """One backward pass's loss, read on the host already (the CPU)."""
+        self.loss[0] += value
         self.losses_seen += 1
 
     def backward_done(self, loss: torch.Tensor | None) -> None:
@@ -226,59 +230,58 @@ class Pulse:
 
     def _observe_on_host(self, step: int, loss: torch.Tensor | None, loss_scale: torch.Tensor | None):
         """:meth:`observe` on the CPU, where the step's budget is a few tens of microseconds and
-        every numpy call counts: the same numbers written in place into preallocated rows."""
+        every numpy call counts (right after a backward pass each one costs microseconds: its
+        code and data have left the caches): the norms, the detector and the row in Python
+        floats, the row written into the ring in one assignment."""
         norms = self._host_norms()
         if loss is not None:
             self.loss[0] = self._value(loss)[0]
             self.losses_seen = max(self.losses_seen, 1)
         elif loss_scale is not None:
             self.loss[0] = self.loss[0] / float(loss_scale)
-        total = math.sqrt(float(norms @ norms))
-        y = self._y
-        y[0] = self.loss[0] if self.losses_seen else math.nan
-        y[1] = math.log(total) if total > 0 else -math.inf if total == 0 else math.nan
-        y[2:] = -math.inf  # log 0, without numpy's warning machinery (a context costs more than the log)
-        np.log(norms, out=y[2:], where=norms != 0)
-        alarm, z = self._state.update(y, self.losses_seen > 0)
-        row = self.ring[step % self.window]
-        row[LOSS] = y[0]
-        row[GRAD_NORM] = total
-        row[Z_LOSS:Z_GRAD + 1] = z[0:2]
-        row[ALARM] = alarm[0]
+        total = math.sqrt(sum(n * n for n in norms))
+        loss_value = float(self.loss[0]) if self.losses_seen else math.nan
+        alarm, z_loss, z_grad = self._state.host_update([loss_value, _log(total), *map(_log, norms)],
+                                                        self.losses_seen > 0)
         if self._accumulating or self.backwards != 1:
-            row[SKIPPED:LOSS_SMOOTHED] = self._micro_columns()
+            micro = self._micro_columns().tolist()
         else:  # one backward pass: no micro-batches to tell apart
-            row[SKIPPED:LOSS_SMOOTHED] = (0.0, 1.0, 0.0, 0.0)
+            micro = (0.0, 1.0, 0.0, 0.0)
         trend = self._state.trend
-        row[LOSS_SMOOTHED:FIRST_PARAMETER] = trend.values() if trend is not None else (math.nan,) * 3
-        row[FIRST_PARAMETER:] = norms
+        self.ring[step % self.window] = (loss_value, total, z_loss, z_grad, alarm, *micro,
+                                         *(trend.values() if trend is not None else (math.nan,) * 3), *norms)
         self.last_step = step
-        return alarm
+        return np.array([alarm])
 
-    def _host_norms(self) -> np.ndarray:
-        """:meth:`_sampled_norms` read through numpy views of the gradients (no copy; on the CPU
-        each torch call costs several numpy ones); gradients numpy cannot view (half precision,
-        sparse, non-contiguous, sharded) go the torch way."""
-        out = self._norms
-        params = self.params
-        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is redone, a NaN is data
-            for i, stride in self._steps:
-                g = params[i].grad
-                if g is None:
-                    out[i] = 0.0
-                    continue
-                if g.dtype not in (torch.float32, torch.float64) or g.layout != torch.strided \
-                        or self._sharded or g.requires_grad or not g.is_contiguous():
-                    return self._sampled_norms()
-                a = g.numpy().reshape(-1)
-                if stride > 1:
-                    a = a[::stride]
-                out[i] = np.dot(a, a)
-                if not math.isfinite(out[i]):  # a float32 sum past ~3e38: redone in float64
-                    out[i] = np.dot(a.astype(np.float64), a.astype(np.float64))
-        np.sqrt(out, out=out)
-        out *= self._scale
-        return out  # used at once by observe, before the next step overwrites it
+    def _host_norms(self) -> list[float]:
+        """:meth:`_sampled_norms` as Python floats, read through numpy views of the gradients (no
+        copy; on the CPU each torch call costs several numpy ones). Gradients numpy cannot view
+        (half precision, sparse, sharded, needing a gradient of their own) go the torch way."""
+        if self._sharded:
+            return self._sampled_norms().tolist()
+        squares = []
+        dot = np.dot
+        try:
+            with np.errstate(over="ignore", invalid="ignore"):  # an overflow is redone, a NaN is data
+                for p, stride in self._plan:
+                    g = p.grad
+                    if g is None:
+                        squares.append(0.0)
+                        continue
+                    a = g.numpy().reshape(-1)  # raises for what numpy cannot view
+                    if a.itemsize < 4:
+                        raise TypeError("half precision")  # its dot would overflow past 65504
+                    if stride > 1:
+                        a = a[::stride]
+                    squares.append(dot(a, a))
+        except (TypeError, RuntimeError, ValueError):
+            return self._sampled_norms().tolist()
+        norms = [math.sqrt(q) * c for q, c in zip(squares, self._host_scale)]
+        for i, n in enumerate(norms):
+            if n == math.inf:  # a float32 sum past ~3e38: redone in float64 (a NaN is data)
+                a = self.params[i].grad.numpy().reshape(-1)[::self._plan[i][1]].astype(np.float64)
+                norms[i] = math.sqrt(dot(a, a)) * self._host_scale[i]
+        return norms
 
     def _micro_columns(self):
         """[skipped (0 until the guard says), micro-batches, the one with the highest loss, the
@@ -421,6 +424,11 @@ class Pulse:
         if not self.on_host:
             mean, var = (t.detach().to("cpu", torch.float64).numpy() for t in (mean, var))
         return np.array(mean, dtype=float), np.sqrt(np.array(var, dtype=float))
+
+
+def _log(x: float) -> float:
+    """``log(x)`` of a norm: -inf at 0, NaN for NaN, without numpy's warnings machinery."""
+    return math.log(x) if x > 0 else -math.inf if x == 0 else math.nan
 
 
 def _stride(numel: int, row: int) -> int:
