@@ -181,7 +181,7 @@ class Recorder:
             loss_scale = torch.tensor(float(loss_scale))
         if loss is not None:
             self.observe_loss(loss)
-        if self.config.guard is not None and self.detects:
+        if self.config.guard is not None and self.detects and not self._unfollowed:
             self._warn_once(
                 ALL_PARAMETERS, "guard without optimizer",
                 "guard='skip' holds back the optimizer's update, but this monitor follows no "
@@ -460,6 +460,10 @@ class Recorder:
         self._pulse_handles: list = []
         self._guard_restore: Callable[[], None] | None = None
         self._unguarded_steps: deque = deque(maxlen=LR_LOOKBACK)
+        self._unfollowed: list[torch.optim.Optimizer] = []
+        """Optimizers guarded whose steps the monitor does not follow (:meth:`_guard_unfollowed`)."""
+        self._decided: tuple | None = None
+        """(optimizer, skip) of the step :meth:`_decide_guard` decided on, until its update."""
         """Recent steps the guard let through unguarded (a closure it cannot evaluate first)."""
         self._snapshot: StateSnapshot | None = None
         self._host_arithmetic: bool | None = None
@@ -762,34 +766,30 @@ class Recorder:
     # -- the guard ----------------------------------------------------------------------------
 
     def _install_guard(self) -> None:
-        optimizer = self.optimizer
+        self._snapshot = StateSnapshot(self.optimizer)
+        self._wrap_step(self.optimizer, self._guarded_call)
+
+    def _guard_unfollowed(self, optimizer: torch.optim.Optimizer) -> None:
+        """Guard ``optimizer``, whose steps this monitor does not follow: a framework callback ends
+        each step with ``mon.step()`` inside the framework's optimizer step (Lightning, in its
+        closure), after :meth:`_decide_guard`; the optimizer's wrapped step then acts on that
+        decision."""
+        if not self._active or self.config.guard is None or not self.detects \
+                or any(o is optimizer for o in self._unfollowed):
+            return
+        self._unfollowed.append(optimizer)
+        self._wrap_step(optimizer, self._decided_call)
+
+    def _wrap_step(self, optimizer: torch.optim.Optimizer, call: Callable) -> None:
+        """Route ``optimizer.step`` through ``call(opt, original, args, kwargs)`` while the monitor
+        is active; put back exactly when the guard is removed."""
         original = optimizer.step
         had_own = "step" in vars(optimizer)
-        self._snapshot = StateSnapshot(optimizer)
 
         def guarded_step(opt, *args, **kwargs):
             if not self._active:
                 return original(*args, **kwargs)
-            closure = _closure_argument((opt, *args), kwargs)
-            if closure is None:
-                return self._guarded_step(original, args, kwargs)
-            if not evaluates_closure_once(opt):
-                self._unguarded_steps.append(self._step)
-                self._warn_once(
-                    ALL_PARAMETERS, "guard closure",
-                    f"guard='skip' cannot guard {type(opt).__name__}.step(closure): the closure is "
-                    "evaluated inside the step (maybe several times), after which the update cannot "
-                    "be held back; spikes are still detected and reported, and no step is skipped. "
-                    "The guard acts on a step without a closure, or on one of torch's own optimizers "
-                    "other than LBFGS (their closure is evaluated once, before the update).")
-                return original(*args, **kwargs)
-            # the closure's forward and backward run first, as the step would run them, so that
-            # the update can be decided on before it is made
-            with torch.enable_grad():
-                loss = closure()
-            args, kwargs = _with_closure((opt, *args), kwargs, lambda: loss)
-            out = self._guarded_step(original, args[1:], kwargs)
-            return loss if out is None else out
+            return call(opt, original, args, kwargs)
 
         guarded_step.__wrapped__ = original
         if hasattr(original, "_wrapped_by_lr_sched"):
@@ -807,12 +807,110 @@ class Recorder:
                 else:
                     del optimizer.step
 
-        self._guard_restore = restore
+        earlier = self._guard_restore
+        self._guard_restore = restore if earlier is None else (lambda: (restore(), earlier()))
 
     def _remove_guard(self) -> None:
         restore, self._guard_restore = self._guard_restore, None
+        self._unfollowed.clear()
+        self._decided = None
         if restore is not None:
             restore()
+
+    def _evaluated_closure(self, opt, args: tuple, kwargs: dict):
+        """``(args, kwargs, loss)`` of a guarded step, its closure (if any) evaluated already and
+        replaced by its loss, so that the update can be decided on before it is made; None for
+        a closure the step must evaluate itself (warned: such a step is not guarded)."""
+        closure = _closure_argument((opt, *args), kwargs)
+        if closure is None:
+            return args, kwargs, None
+        if not evaluates_closure_once(opt):
+            self._unguarded_steps.append(self._step)
+            self._warn_once(
+                ALL_PARAMETERS, "guard closure",
+                f"guard='skip' cannot guard {type(opt).__name__}.step(closure): the closure is "
+                "evaluated inside the step (maybe several times), after which the update cannot "
+                "be held back; spikes are still detected and reported, and no step is skipped. "
+                "The guard acts on a step without a closure, or on one of torch's own optimizers "
+                "other than LBFGS (their closure is evaluated once, before the update).")
+            return None
+        with torch.enable_grad():  # as the step would run it
+            loss = closure()
+        args, kwargs = _with_closure((opt, *args), kwargs, lambda: loss)
+        return args[1:], kwargs, loss
+
+    def _guarded_call(self, opt, original, args, kwargs):
+        """The followed optimizer's guarded step."""
+        evaluated = self._evaluated_closure(opt, args, kwargs)
+        if evaluated is None:
+            return original(*args, **kwargs)
+        args, kwargs, loss = evaluated
+        out = self._guarded_step(original, args, kwargs)
+        return loss if out is None else out
+
+    def _decide_guard(self, optimizer: torch.optim.Optimizer, loss_scale: torch.Tensor | None = None) -> None:
+        """For an optimizer guarded by :meth:`_guard_unfollowed`, before ``mon.step()`` ends the
+        step: take the step's pulse with every gradient checked, and decide whether the coming
+        update is skipped (recorded now, acted on by the optimizer's wrapped step)."""
+        self._decided = None  # an earlier decision no guarded step took (a scaler skipped it)
+        if not self._active or not any(o is optimizer for o in self._unfollowed):
+            return
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        finite = None
+        try:
+            finite = all_finite(params)
+        except Exception as e:  # noqa: BLE001 - the step goes on unguarded
+            self._report(ALL_PARAMETERS, "guard", e)
+        alarm = self._observe_pulse(loss_scale, finite)
+        if self.world_size > 1:
+            alarm = self._skip_on_every_rank(alarm, params)
+        if alarm is None:
+            return
+        step = self._step
+        if isinstance(alarm, np.ndarray):  # on the host: read in place
+            skip = bool(int(alarm[0]) & SKIPPABLE)
+            if skip:
+                if self._pulse is not None:
+                    self._pulse.mark_skipped(step, 1.0)
+                if step not in self.skipped_steps[-1:]:
+                    self.skipped_steps.append(step)
+        else:  # on the device: the decision stays there
+            skip = skippable(alarm).reshape(())
+            if self._pulse is not None:
+                self._pulse.mark_skipped(step, skip.float())
+        self._decided = (optimizer, skip)
+
+    def _decided_call(self, opt, original, args, kwargs):
+        """The step of an optimizer guarded by :meth:`_guard_unfollowed`: its closure evaluated
+        first (which ends the monitor's step and decides), then the update held back or made."""
+        evaluated = self._evaluated_closure(opt, args, kwargs)
+        if evaluated is None:
+            return original(*args, **kwargs)
+        args, kwargs, loss = evaluated
+        decided, self._decided = self._decided, None
+        if decided is None or decided[0] is not opt:
+            return original(*args, **kwargs)
+        skip = decided[1]
+        if not isinstance(skip, bool):
+            snapshot = StateSnapshot(opt)
+            why_not = snapshot.restorable(skip.device)
+            if why_not is None:
+                snapshot.take()
+                out = original(*args, **kwargs)
+                snapshot.put_back_where(skip)
+                return out
+            self._warn_state_on_host(why_not)
+            skip = bool(skip)  # a wait for the device
+        if skip:
+            return loss
+        return original(*args, **kwargs)
+
+    def _warn_state_on_host(self, why_not: str) -> None:
+        if why_not == "state on another device":
+            self._warn_once(ALL_PARAMETERS, "guard sync",
+                            "guard='skip': the optimizer keeps state on the host (torch's Adam keeps "
+                            "its step count on the CPU unless capturable=True or fused=True), so the "
+                            "guard reads the alarm from the GPU before each step: one wait per step.")
 
     def _guarded_step(self, original, args, kwargs):
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
@@ -829,11 +927,8 @@ class Recorder:
         on_host = self._pulse is None or self._pulse.on_host
         why_not = None if on_host else self._snapshot.restorable(alarm.device)
         if on_host or why_not is not None:
-            if why_not == "state on another device":
-                self._warn_once(ALL_PARAMETERS, "guard sync",
-                                "guard='skip': the optimizer keeps state on the host (torch's Adam keeps "
-                                "its step count on the CPU unless capturable=True or fused=True), so the "
-                                "guard reads the alarm from the GPU before each step: one wait per step.")
+            if why_not is not None:
+                self._warn_state_on_host(why_not)
             if int(alarm[0]) & SKIPPABLE:  # on the CPU this reads memory in place
                 self._skip_step()
                 return None

@@ -22,7 +22,7 @@ from gradscope.history import holds_a_run
 
 
 def refuse_guard(options: dict, callback: str) -> None:
-    """The framework steps its optimizer itself (Lightning inside a closure), so the guard cannot
+    """The framework steps its optimizer itself (the Hugging Face Trainer), so the guard cannot
     hold a step back there: say so before training rather than guard nothing."""
     from gradscope.guard import check_guard
 

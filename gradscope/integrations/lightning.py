@@ -2,16 +2,24 @@
 
 Statistics are taken at ``on_before_optimizer_step``, where Lightning has accumulated the
 gradients of ``accumulate_grad_batches`` batches and unscaled them under mixed precision (the
-backpropagated signal is divided by the precision plugin's loss scale). Lightning calls this hook
-for the steps its scaler then skips as well, so under ``16-mixed`` an overflow step shows up as
-non-finite gradients rather than as a skipped step.
+backpropagated signal is divided by the precision plugin's loss scale), before it clips them.
+Lightning calls this hook for the steps its scaler then skips as well, so under ``16-mixed`` an
+overflow step shows up as non-finite gradients rather than as a skipped step.
+
+With ``guard="skip"`` the callback wraps the step of each optimizer of the run (torch's own,
+but LBFGS): Lightning calls it with a closure that runs the training step, the backward pass and
+``on_before_optimizer_step``; the wrapped step evaluates that closure first, the callback decides
+there (the gradients checked for NaN/Inf, the spike detector's alarm) and the step then makes the
+update or holds it back, leaving parameters and optimizer state as they were. Under strategies
+that step through an engine of their own (DeepSpeed), nothing is guarded, and the callback says so.
 """
 
 from __future__ import annotations
 
 from gradscope.errors import UsageError
 from gradscope.api import Monitor
-from gradscope.integrations import monitor_for_run, refuse_guard
+from gradscope.integrations import monitor_for_run
+from gradscope.guard import check_guard
 
 try:
     import pytorch_lightning as _pl
@@ -28,13 +36,13 @@ class GradscopeCallback(_pl.Callback):
     """Watch the LightningModule's gradient flow during ``trainer.fit``.
 
     ``every`` and ``options`` are those of :func:`gradscope.monitor` (``log_dir``,
-    ``tensorboard``, …); only the global-zero process writes files. ``update_ratio`` is not
-    recorded (Lightning drives the optimizer step through a closure).
+    ``tensorboard``, ``guard``, …); only the global-zero process writes files. ``update_ratio``
+    is not recorded (Lightning drives the optimizer step through a closure).
     """
 
     def __init__(self, every: int = 1, **options) -> None:
         super().__init__()
-        refuse_guard(options, "GradscopeCallback")
+        self.guard = check_guard(options.get("guard"), options.get("detect", "zscore"))
         self.every = every
         self.options = options
         self.monitor: Monitor | None = None
@@ -45,6 +53,17 @@ class GradscopeCallback(_pl.Callback):
             options.pop("log_dir", None)
             options.pop("tensorboard", None)
         self.monitor = monitor_for_run(self.monitor, pl_module, self.every, options, trainer.global_step)
+        if self.guard is not None:
+            strategy = type(trainer.strategy).__name__
+            if strategy in _OWN_STEP_STRATEGIES:
+                self.monitor._warn_once(
+                    "", "guard strategy",
+                    f"guard='skip' cannot hold back the optimizer step of Lightning's {strategy}, which "
+                    "steps through an engine of its own, so no update is skipped; spikes are still "
+                    "detected and reported.")
+            else:
+                for optimizer in trainer.optimizers:
+                    self.monitor._guard_unfollowed(optimizer)
 
     def on_before_backward(self, trainer, pl_module, loss) -> None:
         """The loss goes to the spike detector (added up over accumulated micro-batches)."""
@@ -55,7 +74,10 @@ class GradscopeCallback(_pl.Callback):
         if self.monitor is not None and self.monitor._active:
             self.monitor.read_lr_from(optimizer)  # a schedule's warm restart explains its spike
             scaler = getattr(trainer.precision_plugin, "scaler", None)
-            self.monitor.step(loss_scale=getattr(scaler, "_scale", None))
+            loss_scale = getattr(scaler, "_scale", None)
+            if self.guard is not None:
+                self.monitor._decide_guard(optimizer, loss_scale)
+            self.monitor.step(loss_scale=loss_scale)
 
     def on_train_end(self, trainer, pl_module) -> None:
         if self.monitor is not None:
@@ -64,3 +86,7 @@ class GradscopeCallback(_pl.Callback):
     def on_exception(self, trainer, pl_module, exception) -> None:
         if self.monitor is not None:
             self.monitor.stop()
+
+
+_OWN_STEP_STRATEGIES = ("DeepSpeedStrategy", "XLAStrategy", "XLAFSDPStrategy")
+"""Lightning strategies whose optimizer step does not go through the torch optimizer's ``step``."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn as nn
@@ -101,21 +103,105 @@ def test_a_job_resumed_from_a_checkpoint_writes_next_to_its_run_with_the_trainer
     assert (tmp_path / "run-resumed-at-3" / "findings.json").exists()
 
 
-@pytest.mark.parametrize("callback", ["lightning", "huggingface"])
-def test_the_guard_is_refused_where_the_framework_steps_the_optimizer(callback):
-    """The guard cannot hold back the framework's own optimizer step: refused before training,
-    with what to do instead, rather than accepted and guarding nothing."""
+def test_the_huggingface_callback_refuses_the_guard():
+    """The Trainer steps its optimizer where no callback can hold it back: refused before
+    training, with what to do instead, rather than accepted and guarding nothing."""
     from gradscope.errors import UsageError
 
-    if callback == "huggingface":
-        pytest.importorskip("transformers")
-        from gradscope.integrations.huggingface import GradscopeTrainerCallback as make
-    else:
-        make = GradscopeCallback
+    pytest.importorskip("transformers")
+    from gradscope.integrations.huggingface import GradscopeTrainerCallback as make
+
     with pytest.raises(UsageError, match=r"guard='skip'.*gradscope.monitor\(model, optimizer=opt, guard='skip'\)"):
         make(every=10, guard="skip")
     with pytest.raises(UsageError, match=r"Expected `guard` to be 'skip' or None but got 'warn'"):
         make(every=10, guard="warn")  # a value no monitor takes: the monitor's own message
+    with pytest.raises(UsageError, match=r"Expected `guard` to be 'skip' or None but got 'warn'"):
+        GradscopeCallback(every=10, guard="warn")
+
+
+class Regression(pl.LightningModule):
+    """A ReLU regression under SGD with momentum (or AdamW), its batch ``corrupt`` scaled 30x."""
+
+    def __init__(self, optimizer: str, corrupt: int) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 1))
+        self.optimizer, self.corrupt = optimizer, corrupt
+        self.states: dict[str, tuple] = {}
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        if batch_idx == self.corrupt:
+            x = x * 30.0
+        return F.mse_loss(self.net(x), y)
+
+    def on_train_batch_start(self, batch, batch_idx):
+        if batch_idx in (self.corrupt, self.corrupt + 1):
+            self.states[f"before {batch_idx}"] = self._state()
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        if batch_idx in (self.corrupt, self.corrupt + 1):
+            self.states[f"after {batch_idx}"] = self._state()
+
+    def _state(self):
+        opt = self.trainer.optimizers[0]
+        return (copy.deepcopy(self.state_dict()), copy.deepcopy(opt.state_dict()["state"]))
+
+    def configure_optimizers(self):
+        if self.optimizer == "adamw":
+            return torch.optim.AdamW(self.parameters(), lr=1e-3)
+        return torch.optim.SGD(self.parameters(), lr=0.01, momentum=0.9)
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return torch.equal(torch.as_tensor(a), torch.as_tensor(b))
+
+
+class DevicePath(GradscopeCallback):
+    """The callback with the pulse's torch arithmetic (a GPU's: the decision stays on the device
+    and the update is put back from a copy), run on the CPU."""
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        super().on_train_start(trainer, pl_module)
+        self.monitor._host_arithmetic = False
+
+
+@pytest.mark.parametrize("path", ["cpu", "device-path"])
+@pytest.mark.parametrize("optimizer", ["sgd-momentum", "adamw"])
+def test_the_guard_holds_back_the_update_of_a_spiking_batch_under_lightning(path, optimizer):
+    """Lightning steps its optimizer with a closure (training step, backward,
+    on_before_optimizer_step): the guarded step evaluates it first, the callback decides, and the
+    update of the corrupt batch is not made: weights and optimizer state bit-identical across
+    it, while the next batch trains."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(32 * 130, 20, generator=g)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, x[:, :1] * 2), batch_size=32)
+    model = Regression(optimizer, corrupt=120)
+    callback = (DevicePath if path == "device-path" else GradscopeCallback)(every=100, guard="skip")
+    pl.Trainer(max_steps=125, accelerator="cpu", logger=False, enable_checkpointing=False,
+               enable_progress_bar=False, enable_model_summary=False, callbacks=[callback]).fit(model, loader)
+    mon = callback.monitor
+    assert mon.skipped_steps == [120]
+    assert mon.events[0].step == 120 and mon.events[0].skipped
+    before, after = model.states["before 120"], model.states["after 120"]
+    assert _same(before[0], after[0]) and _same(before[1], after[1])
+    assert not _same(model.states["before 121"][0], model.states["after 121"][0])  # the next one trains
+    assert mon._guard_restore is None and "step" not in vars(model.trainer.optimizers[0])  # put back
+
+
+def test_without_the_guard_the_spiking_batch_moves_the_weights_under_lightning():
+    """The other side: the same run unguarded does update on the corrupt batch."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(32 * 130, 20, generator=g)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, x[:, :1] * 2), batch_size=32)
+    model = Regression("sgd-momentum", corrupt=120)
+    callback = GradscopeCallback(every=100)
+    pl.Trainer(max_steps=125, accelerator="cpu", logger=False, enable_checkpointing=False,
+               enable_progress_bar=False, enable_model_summary=False, callbacks=[callback]).fit(model, loader)
+    assert callback.monitor.skipped_steps == [] and not callback.monitor.events[0].skipped
+    assert not _same(model.states["before 120"][0], model.states["after 120"][0])
 
 
 class Restarting(Tiny):
