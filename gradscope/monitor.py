@@ -466,6 +466,10 @@ class Recorder:
         """(optimizer, skip) of the step :meth:`_decide_guard` decided on, until its update."""
         """Recent steps the guard let through unguarded (a closure it cannot evaluate first)."""
         self._snapshot: StateSnapshot | None = None
+        self._norms_at_backward = False
+        """The pulse's gradient norms taken at the end of each step's last backward pass
+        (:attr:`Pulse.norms_at_backward`): set by the Hugging Face callback, whose Trainer clips
+        the gradients before the step ends."""
         self._host_arithmetic: bool | None = None
         """The pulse's arithmetic in numpy (True), torch (False) or by device (None: numpy on
         the CPU); tests set False to run the GPU's path on the CPU."""
@@ -617,6 +621,7 @@ class Recorder:
             window = max(128, self.config.every, self.config.detect.window)
             self._pulse = Pulse([n for n, _ in params], [p for _, p in params], self.config.detect, window,
                                 self._host_arithmetic)
+            self._pulse.norms_at_backward = self._norms_at_backward
         return self._pulse
 
     def _observe_pulse(self, loss_scale: torch.Tensor | None = None,

@@ -102,6 +102,11 @@ class Pulse:
         """Per micro-batch of this step: its loss and the accumulated gradient norm after it."""
         self.backwards = 0
         self._accumulating = False
+        self.norms_at_backward = False
+        """Take each step's gradient norms when its last backward pass ends rather than when the
+        step is observed: for a framework that clips the gradients in between (the Hugging Face
+        Trainer), whose clipped norms would hide a gradient spike."""
+        self._backward_norms = None
         self._alarm_host: list[tuple[int, object, object]] = []
         self.last_step: int | None = None
         self._cat = np.concatenate if xp is np else torch.cat
@@ -133,16 +138,24 @@ class Pulse:
 
     def backward_done(self, loss: torch.Tensor | None) -> None:
         """A backward pass through the model ended: under gradient accumulation (more than one
-        pass per step, seen on the previous step or this one) its micro-batch row is kept."""
+        pass per step, seen on the previous step or this one) its micro-batch row is kept; with
+        :attr:`norms_at_backward` the gradient norms are taken now, for the step's row."""
         slot = min(self.backwards, MICRO_BATCHES - 1)
         self.backwards += 1
         if self.backwards > 1:
             self._accumulating = True
+        if not (self._accumulating or self.norms_at_backward):
+            return
+        norms = self._host_norms() if self.on_host else self._sampled_norms()
+        if self.norms_at_backward:
+            self._backward_norms = norms
         if not self._accumulating:
             return
-        norms = self._sampled_norms()
         self.micro[slot, 0:1] = self._value(loss) if loss is not None else float("nan")
-        self.micro[slot, 1:2] = ((norms * norms).sum() ** 0.5).reshape(1)
+        if self.on_host:
+            self.micro[slot, 1] = math.sqrt(sum(n * n for n in norms))
+        else:
+            self.micro[slot, 1:2] = ((norms * norms).sum() ** 0.5).reshape(1)
 
     def observe(self, step: int, loss: torch.Tensor | None = None,
                 loss_scale: torch.Tensor | None = None, finite: torch.Tensor | None = None,
@@ -159,7 +172,9 @@ class Pulse:
                 alarm[0] = without_gradient_alarms(alarm, 1.0)[0]
                 self.ring[step % self.window, ALARM] = alarm[0]
             return alarm
-        norms = self._sampled_norms()
+        norms = self._sampled_norms() if self._backward_norms is None else self._backward_norms
+        if isinstance(norms, list):  # taken on the host at the backward's end
+            norms = np.array(norms)
         if loss is not None:  # given by the user: as it is
             self.loss[:] = self._value(loss)
             self.losses_seen = max(self.losses_seen, 1)
@@ -233,7 +248,7 @@ class Pulse:
         every numpy call counts (right after a backward pass each one costs microseconds: its
         code and data have left the caches): the norms, the detector and the row in Python
         floats, the row written into the ring in one assignment."""
-        norms = self._host_norms()
+        norms = self._host_norms() if self._backward_norms is None else self._backward_norms
         if loss is not None:
             self.loss[0] = self._value(loss)[0]
             self.losses_seen = max(self.losses_seen, 1)
@@ -330,6 +345,7 @@ class Pulse:
         self.ring[step % self.window, SKIPPED] = skipped
 
     def next_step(self) -> None:
+        self._backward_norms = None
         self.loss[:] = 0.0
         self.losses_seen = 0
         if self.backwards <= 1:

@@ -4,6 +4,11 @@ Statistics are taken at ``on_pre_optimizer_step``, right before ``optimizer.step
 Trainer has accumulated the gradients and, when ``max_grad_norm > 0``, clipped them (which also
 unscales fp16 gradients). Under ``fp16=True`` the backpropagated signal keeps the loss scale and
 steps the scaler skips are not told apart; bf16 and fp32 are unaffected.
+
+The spike detector's gradient norms are taken earlier, when the step's last backward pass ends,
+before the Trainer clips: a clipped norm reads about ``max_grad_norm`` whatever the spike. Under
+``fp16=True`` the gradients are still scaled then (by a loss scale that moves), so there the
+norms are taken at the step, clipped.
 """
 
 from __future__ import annotations
@@ -37,6 +42,10 @@ class GradscopeTrainerCallback(TrainerCallback):
             options.pop("log_dir", None)
             options.pop("tensorboard", None)
         self.monitor = monitor_for_run(self.monitor, model, self.every, options, state.global_step)
+        # the Trainer clips before on_pre_optimizer_step: the detector reads the norms before
+        self.monitor._norms_at_backward = not getattr(args, "fp16", False)
+        if self.monitor._pulse is not None:
+            self.monitor._pulse.norms_at_backward = self.monitor._norms_at_backward
 
     def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
         if self.monitor is not None and self.monitor._active:

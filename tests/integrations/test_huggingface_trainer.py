@@ -106,3 +106,64 @@ def test_the_callback_reads_the_trainers_scheduled_learning_rate(tmp_path):
     transformers.Trainer(model=model, args=args, train_dataset=Rows(64), callbacks=[reference, gradscope_cb]).train()
     assert reference.lrs == pytest.approx([0.0, 2.5e-4, 5e-4, 7.5e-4])
     assert list(gradscope_cb.monitor._lrs) == pytest.approx(reference.lrs)
+
+
+class Regression(torch.nn.Module):
+    """A small regression whose every parameter is read whole by the pulse (at most 1024
+    elements each, so its norms are exact); the inputs of its forward call ``corrupt`` are
+    multiplied by 30."""
+
+    def __init__(self, corrupt: int) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 1))
+        self.calls, self.corrupt = 0, corrupt
+
+    def forward(self, x, y):
+        if self.training:
+            self.calls += 1
+            if self.calls == self.corrupt:
+                x = x * 30.0
+        return {"loss": torch.nn.functional.mse_loss(self.net(x), y)}
+
+
+class Pairs(torch.utils.data.Dataset):
+    def __init__(self, n: int) -> None:
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.randn(n, 8, generator=g)
+        self.y = self.x[:, :1] * 2
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return {"x": self.x[i], "y": self.y[i]}
+
+
+def test_the_spike_detector_reads_the_gradient_norm_before_the_trainer_clips_it(tmp_path, monkeypatch):
+    """The Trainer clips (max_grad_norm=1.0, its default) before on_pre_optimizer_step: the
+    detector takes its norms when the step's last backward pass ends, so the total it sees is the
+    norm clip_grad_norm_ measured before clipping (recorded independently), and the corrupt
+    step's gradient spike is caught. Before, every norm read at most 1.0 and the spike was not a
+    gradient spike."""
+    before_clipping = []
+    clip = torch.nn.utils.clip_grad_norm_
+
+    def recorded(parameters, *args, **kwargs):
+        norm = clip(parameters, *args, **kwargs)
+        before_clipping.append(float(norm))
+        return norm
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", recorded)
+    model = Regression(corrupt=2 * 70 + 1)  # the first micro-batch of step 70
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path), per_device_train_batch_size=16, learning_rate=1e-3, max_steps=80,
+        gradient_accumulation_steps=2, max_grad_norm=1.0, report_to=[], save_strategy="no",
+        logging_strategy="no", use_cpu=True, dataloader_num_workers=0)
+    callback = GradscopeTrainerCallback(every=100)
+    transformers.Trainer(model=model, args=args, train_dataset=Pairs(4096), callbacks=[callback]).train()
+    pulse = callback.monitor.pulse_history()
+    assert len(before_clipping) == 80 and max(before_clipping) > 10  # clipping did act
+    assert pulse.grad_norm.tolist() == pytest.approx(before_clipping, rel=1e-5)
+    event = callback.monitor.events[0]
+    assert event.step == 70 and "gradient spike" in event.alarms and event.micro_batch == 0
