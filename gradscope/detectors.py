@@ -291,8 +291,8 @@ class DetectorState:
             z.append((value - mean[i]) / math.sqrt(var[i] + 1e-24) if warm and math.isfinite(value) else 0.0)
         loss, grad = y[0], y[1]
         loss_finite, grad_finite = math.isfinite(loss), math.isfinite(grad)
-        if warm:
-            loss_spike = loss_finite and z[0] > d.threshold \
+        if warm:  # (no spike floor, and no spike, before an accepted finite loss set the peak)
+            loss_spike = loss_finite and z[0] > d.threshold and self.peak > -math.inf \
                 and loss - mean[0] > SPIKE_FLOOR * max(self.peak - mean[0], 0.0)
         else:  # no band yet: only an explosion of the loss
             loss_spike = loss_finite and self.first > 0 and loss > EXPLOSION * self.first

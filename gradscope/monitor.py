@@ -181,7 +181,7 @@ class Recorder:
             loss_scale = torch.tensor(float(loss_scale))
         if loss is not None:
             self.observe_loss(loss)
-        if self.config.guard is not None and self.detects and not self._unfollowed:
+        if self.config.guard is not None and self.detects and not self._unfollowed and not self._guard_declined:
             self._warn_once(
                 ALL_PARAMETERS, "guard without optimizer",
                 "guard='skip' holds back the optimizer's update, but this monitor follows no "
@@ -462,6 +462,8 @@ class Recorder:
         self._unguarded_steps: deque = deque(maxlen=LR_LOOKBACK)
         self._unfollowed: list[torch.optim.Optimizer] = []
         """Optimizers guarded whose steps the monitor does not follow (:meth:`_guard_unfollowed`)."""
+        self._guard_declined = False
+        """The guard said it cannot act in this run (:meth:`_decline_guard`)."""
         self._decided: tuple | None = None
         """(optimizer, skip) of the step :meth:`_decide_guard` decided on, until its update."""
         """Recent steps the guard let through unguarded (a closure it cannot evaluate first)."""
@@ -782,8 +784,21 @@ class Recorder:
         if not self._active or self.config.guard is None or not self.detects \
                 or any(o is optimizer for o in self._unfollowed):
             return
+        if not evaluates_closure_once(optimizer):
+            self._decline_guard(
+                f"guard='skip' cannot guard {type(optimizer).__name__}: the framework steps it with a "
+                "closure that only the step evaluates (maybe several times), after which the update "
+                "cannot be held back; spikes are still detected and reported, and no step is "
+                "skipped. The guard acts on torch's own optimizers other than LBFGS.")
+            return
         self._unfollowed.append(optimizer)
         self._wrap_step(optimizer, self._decided_call)
+
+    def _decline_guard(self, message: str) -> None:
+        """The guard cannot act in this run (said once, in ``message``); ``mon.step()`` then says
+        nothing more of it."""
+        self._guard_declined = True
+        self._warn_once(ALL_PARAMETERS, "guard declined", message)
 
     def _wrap_step(self, optimizer: torch.optim.Optimizer, call: Callable) -> None:
         """Route ``optimizer.step`` through ``call(opt, original, args, kwargs)`` while the monitor
@@ -853,10 +868,13 @@ class Recorder:
         out = self._guarded_step(original, args, kwargs)
         return loss if out is None else out
 
-    def _decide_guard(self, optimizer: torch.optim.Optimizer, loss_scale: torch.Tensor | None = None) -> None:
+    def _decide_guard(self, optimizer: torch.optim.Optimizer, loss_scale: torch.Tensor | None = None,
+                      scaler_skipped: torch.Tensor | None = None) -> None:
         """For an optimizer guarded by :meth:`_guard_unfollowed`, before ``mon.step()`` ends the
         step: take the step's pulse with every gradient checked, and decide whether the coming
-        update is skipped (recorded now, acted on by the optimizer's wrapped step)."""
+        update is skipped (recorded now, acted on by the optimizer's wrapped step).
+        ``scaler_skipped``: the GradScaler's found-Inf count, when a scaler will skip the step
+        itself (its gradient alarms are then not the guard's to act on)."""
         self._decided = None  # an earlier decision no guarded step took (a scaler skipped it)
         if not self._active or not any(o is optimizer for o in self._unfollowed):
             return
@@ -866,7 +884,7 @@ class Recorder:
             finite = all_finite(params)
         except Exception as e:  # noqa: BLE001 - the step goes on unguarded
             self._report(ALL_PARAMETERS, "guard", e)
-        alarm = self._observe_pulse(loss_scale, finite)
+        alarm = self._observe_pulse(loss_scale, finite, scaler_skipped)
         if self.world_size > 1:
             alarm = self._skip_on_every_rank(alarm, params)
         if alarm is None:

@@ -284,8 +284,9 @@ class Pulse:
                         squares.append(0.0)
                         continue
                     a = g.numpy().reshape(-1)  # raises for what numpy cannot view
-                    if a.itemsize < 4:
-                        raise TypeError("half precision")  # its dot would overflow past 65504
+                    if a.dtype.kind != "f" or a.itemsize < 4:
+                        # half precision's dot would overflow past 65504; a complex one is not |a|²
+                        raise TypeError(f"{a.dtype} gradient")
                     if stride > 1:
                         a = a[::stride]
                     squares.append(dot(a, a))

@@ -16,6 +16,7 @@ that step through an engine of their own (DeepSpeed), nothing is guarded, and th
 
 from __future__ import annotations
 
+from gradscope.amp import found_inf
 from gradscope.errors import UsageError
 from gradscope.api import Monitor
 from gradscope.integrations import monitor_for_run
@@ -56,8 +57,7 @@ class GradscopeCallback(_pl.Callback):
         if self.guard is not None:
             strategy = type(trainer.strategy).__name__
             if strategy in _OWN_STEP_STRATEGIES:
-                self.monitor._warn_once(
-                    "", "guard strategy",
+                self.monitor._decline_guard(
                     f"guard='skip' cannot hold back the optimizer step of Lightning's {strategy}, which "
                     "steps through an engine of its own, so no update is skipped; spikes are still "
                     "detected and reported.")
@@ -75,8 +75,9 @@ class GradscopeCallback(_pl.Callback):
             self.monitor.read_lr_from(optimizer)  # a schedule's warm restart explains its spike
             scaler = getattr(trainer.precision_plugin, "scaler", None)
             loss_scale = getattr(scaler, "_scale", None)
-            if self.guard is not None:
-                self.monitor._decide_guard(optimizer, loss_scale)
+            if self.guard is not None:  # (under 16-mixed a step the scaler skips is not the guard's)
+                skipped = found_inf(scaler, optimizer) if scaler is not None else None
+                self.monitor._decide_guard(optimizer, loss_scale, skipped)
             self.monitor.step(loss_scale=loss_scale)
 
     def on_train_end(self, trainer, pl_module) -> None:

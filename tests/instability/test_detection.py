@@ -319,6 +319,26 @@ def test_numpy_and_torch_arithmetic_raise_the_same_alarms():
             assert np.allclose(z_a, z_b.numpy(), rtol=1e-3, atol=1e-3)
 
 
+def test_numpy_and_torch_agree_when_the_first_loss_comes_after_the_warm_up():
+    """No loss for the first 60 steps (a backward on a non-scalar, say), then a steady one: the
+    first losses have no band yet and no spike floor, and neither arithmetic raises a spike for
+    them. The host's once raised one on 100 steps in a row there, which the guard skipped."""
+    rng = np.random.default_rng(2)
+    trace = np.column_stack([1 + 0.05 * rng.standard_normal(200), 0.1 * rng.standard_normal((200, 2))])
+    a, b = DetectorState(Detector("zscore"), 3, np), DetectorState(Detector("zscore"), 3, torch, torch.device("cpu"))
+    fired_a, fired_b = [], []
+    for step, row in enumerate(trace):
+        has_loss = step >= 60
+        row = row.copy()
+        if not has_loss:
+            row[0] = np.nan
+        alarm_a, _ = a.update(row.copy(), has_loss)
+        alarm_b, _ = b.update(torch.tensor(row), has_loss)
+        fired_a += [step] if int(alarm_a[0]) else []
+        fired_b += [step] if int(alarm_b[0]) else []
+    assert fired_a == fired_b == []
+
+
 @pytest.mark.parametrize("xp", [np, torch], ids=["numpy", "torch"])
 def test_a_spike_after_a_nonfinite_step_and_a_step_without_loss_is_still_caught(xp):
     """A NaN loss, an Inf gradient norm (a GradScaler's overflow step) and a step with no loss

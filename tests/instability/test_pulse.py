@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -286,3 +287,34 @@ def test_half_precision_gradients_beside_float32_ones_are_read_in_float32(host_a
     for step, norms in enumerate(expected):
         got = [pulse.iloc[step][f"grad_norm/{n}"] for n in names]
         assert got == pytest.approx(norms, rel=1e-3)  # float16 gradients, summed in float32
+
+
+def test_a_complex_gradient_is_never_measured_wrong():
+    """numpy views a complex gradient, and its dot with itself is Σa², not Σ|a|²: the CPU path
+    must not take it. The pulse either measures |a| right or says it failed (torch's norms of
+    complex tensors are refused as well); before, it recorded the real part of Σa²'s root."""
+    torch.manual_seed(0)
+
+    class Complex(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(3, dtype=torch.cfloat))
+
+        def forward(self, x):
+            return (self.w * x).abs().pow(2).sum()
+
+    model = Complex()
+    expected = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with gradscope.monitor(model) as mon:
+            for _ in range(4):
+                model.zero_grad()
+                model(torch.randn(3, dtype=torch.cfloat)).backward()
+                expected.append(model.w.grad.abs().double().norm().item())
+                mon.step()
+    history = mon.pulse_history()
+    if len(history):
+        assert history["grad_norm"].tolist() == pytest.approx(expected, rel=1e-5)
+    else:
+        assert any("pulse" in str(w.message) and "failed" in str(w.message) for w in caught)

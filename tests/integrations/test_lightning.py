@@ -191,6 +191,27 @@ def test_the_guard_holds_back_the_update_of_a_spiking_batch_under_lightning(path
     assert mon._guard_restore is None and "step" not in vars(model.trainer.optimizers[0])  # put back
 
 
+class WithLBFGS(Regression):
+    def configure_optimizers(self):
+        return torch.optim.LBFGS(self.parameters(), lr=0.05, max_iter=2)
+
+
+def test_the_lightning_guard_says_it_cannot_hold_back_an_lbfgs_step():
+    """LBFGS evaluates Lightning's closure itself, several times: the callback says so at the
+    start and records no skip (before, every evaluation's decision counted as a skipped step
+    while the update went through)."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(32 * 40, 20, generator=g)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, x[:, :1] * 2), batch_size=32)
+    callback = GradscopeCallback(every=100, guard="skip")
+    with pytest.warns(UserWarning, match=r"cannot guard LBFGS"):
+        pl.Trainer(max_steps=40, accelerator="cpu", logger=False, enable_checkpointing=False,
+                   enable_progress_bar=False, enable_model_summary=False,
+                   callbacks=[callback]).fit(WithLBFGS("lbfgs", corrupt=30), loader)
+    assert callback.monitor.skipped_steps == []
+    assert not any(e.skipped for e in callback.monitor.events)
+
+
 def test_without_the_guard_the_spiking_batch_moves_the_weights_under_lightning():
     """The other side: the same run unguarded does update on the corrupt batch."""
     g = torch.Generator().manual_seed(1)
