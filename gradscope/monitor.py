@@ -460,13 +460,13 @@ class Recorder:
         self._pulse_handles: list = []
         self._guard_restore: Callable[[], None] | None = None
         self._unguarded_steps: deque = deque(maxlen=LR_LOOKBACK)
+        """Recent steps the guard let through unguarded (a closure it cannot evaluate first)."""
         self._unfollowed: list[torch.optim.Optimizer] = []
         """Optimizers guarded whose steps the monitor does not follow (:meth:`_guard_unfollowed`)."""
         self._guard_declined = False
         """The guard said it cannot act in this run (:meth:`_decline_guard`)."""
         self._decided: tuple | None = None
         """(optimizer, skip) of the step :meth:`_decide_guard` decided on, until its update."""
-        """Recent steps the guard let through unguarded (a closure it cannot evaluate first)."""
         self._snapshot: StateSnapshot | None = None
         self._norms_at_backward = False
         """The pulse's gradient norms taken at the end of each step's last backward pass
@@ -878,15 +878,7 @@ class Recorder:
         self._decided = None  # an earlier decision no guarded step took (a scaler skipped it)
         if not self._active or not any(o is optimizer for o in self._unfollowed):
             return
-        params = [p for group in optimizer.param_groups for p in group["params"]]
-        finite = None
-        try:
-            finite = all_finite(params)
-        except Exception as e:  # noqa: BLE001 - the step goes on unguarded
-            self._report(ALL_PARAMETERS, "guard", e)
-        alarm = self._observe_pulse(loss_scale, finite, scaler_skipped)
-        if self.world_size > 1:
-            alarm = self._skip_on_every_rank(alarm, params)
+        alarm = self._guard_alarm(optimizer, loss_scale, scaler_skipped)
         if alarm is None:
             return
         step = self._step
@@ -935,16 +927,23 @@ class Recorder:
                             "its step count on the CPU unless capturable=True or fused=True), so the "
                             "guard reads the alarm from the GPU before each step: one wait per step.")
 
-    def _guarded_step(self, original, args, kwargs):
-        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+    def _guard_alarm(self, optimizer: torch.optim.Optimizer, loss_scale: torch.Tensor | None,
+                     scaler_skipped: torch.Tensor | None = None):
+        """The step's alarm the guard acts on: the pulse taken with every gradient of
+        ``optimizer`` checked for NaN/Inf, agreed by all ranks; None without a pulse."""
+        params = [p for group in optimizer.param_groups for p in group["params"]]
         finite = None
         try:
             finite = all_finite(params)
         except Exception as e:  # noqa: BLE001 - the step goes on unguarded
             self._report(ALL_PARAMETERS, "guard", e)
-        alarm = self._observe_pulse(self._scale_now(), finite)
+        alarm = self._observe_pulse(loss_scale, finite, scaler_skipped)
         if self.world_size > 1:
             alarm = self._skip_on_every_rank(alarm, params)
+        return alarm
+
+    def _guarded_step(self, original, args, kwargs):
+        alarm = self._guard_alarm(self.optimizer, self._scale_now())
         if alarm is None:
             return original(*args, **kwargs)
         on_host = self._pulse is None or self._pulse.on_host
