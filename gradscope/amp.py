@@ -107,6 +107,14 @@ def found_inf(scaler: object, optimizer: object) -> torch.Tensor | None:
     return torch.stack([f.to(found[0].device) for f in found]).sum()
 
 
+def unscaled(scaler: object, optimizer: object) -> bool:
+    """Whether ``optimizer``'s gradients are free of ``scaler``'s loss scale now: the scaler is
+    disabled, or ``scaler.unscale_(optimizer)`` ran in this step."""
+    if not scaler.is_enabled():
+        return True
+    return bool(scaler._per_optimizer_states.get(id(optimizer), {}).get("found_inf_per_device"))
+
+
 def record_skip(scaler: object, optimizer: object, layout: Layout, buffer: StepBuffer) -> None:
     """Queue ``amp_skipped`` for the step: the scaler's found-Inf flags of ``optimizer``, summed
     over devices on the device."""

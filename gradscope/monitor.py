@@ -35,7 +35,7 @@ from torch.nn.modules.module import (
 )
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from gradscope.amp import ScalerPatch, check_scaler, found_inf, record_skip
+from gradscope.amp import ScalerPatch, check_scaler, found_inf, record_skip, unscaled
 from gradscope.buffer import Layout, PendingStep, StepBuffer
 from gradscope.config import MonitorConfig
 from gradscope.distributed import RankAgreement, local, rank_and_world, unwrap
@@ -559,6 +559,21 @@ class Recorder:
         self._touched = False
         self._guard(ALL_PARAMETERS, "pulse", self._count_backward, tensor)
 
+    def gradients_clipping(self) -> None:
+        """The gradients are about to be clipped in place (``torch.nn.utils.clip_grad_norm_``,
+        ``clip_grad_value_``) after this step's backward passes: the pulse's norms, and on a
+        logged step the parameter statistics, are read first, so that the detector and
+        ``grad_norm`` see the gradients the backward passes made; clipped ones would hide the
+        spike the clipping is there for."""
+        pulse = self._pulse
+        if not self._active or self.hooks.paused or pulse is None or not pulse.backwards:
+            return
+        if self.scaler is not None and not unscaled(self.scaler, self.optimizer):
+            return  # still scaled (clipped before scaler.unscale_): read at the step, unscaled
+        self._guard(ALL_PARAMETERS, "pulse", pulse.take_norms)
+        if self.is_logged(self._step):
+            self._guard(ALL_PARAMETERS, "grad_norm", self._parameter_statistics, True)
+
     def _mark_gradients(self) -> list:
         """Which gradient tensor (and its in-place version) a few of the model's parameters hold:
         a backward that reaches the model replaces or adds into them."""
@@ -774,7 +789,7 @@ class Recorder:
 
     def _install_guard(self) -> None:
         self._snapshot = StateSnapshot(self.optimizer)
-        self._wrap_step(self.optimizer, self._guarded_call)
+        self._wrap_step(self.optimizer, "_guarded_call")
 
     def _guard_unfollowed(self, optimizer: torch.optim.Optimizer) -> None:
         """Guard ``optimizer``, whose steps this monitor does not follow: a framework callback ends
@@ -792,7 +807,7 @@ class Recorder:
                 "skipped. The guard acts on torch's own optimizers other than LBFGS.")
             return
         self._unfollowed.append(optimizer)
-        self._wrap_step(optimizer, self._decided_call)
+        self._wrap_step(optimizer, "_decided_call")
 
     def _decline_guard(self, message: str) -> None:
         """The guard cannot act in this run (said once, in ``message``); ``mon.step()`` then says
@@ -800,16 +815,21 @@ class Recorder:
         self._guard_declined = True
         self._warn_once(ALL_PARAMETERS, "guard declined", message)
 
-    def _wrap_step(self, optimizer: torch.optim.Optimizer, call: Callable) -> None:
-        """Route ``optimizer.step`` through ``call(opt, original, args, kwargs)`` while the monitor
-        is active; put back exactly when the guard is removed."""
+    def _wrap_step(self, optimizer: torch.optim.Optimizer, call: str) -> None:
+        """Route ``optimizer.step`` through the method ``call(opt, original, args, kwargs)`` while
+        the monitor is active; put back exactly when the guard is removed. Where something
+        wrapped the step after the guard did (an LR scheduler built inside the monitor), the
+        guard's wrapper stays in the chain after the monitor stopped, passing every call
+        straight through and holding the monitor only weakly (its history is freed)."""
         original = optimizer.step
         had_own = "step" in vars(optimizer)
+        owner = weakref.ref(self)
 
         def guarded_step(opt, *args, **kwargs):
-            if not self._active:
+            monitor = owner()
+            if monitor is None or not monitor._active:
                 return original(*args, **kwargs)
-            return call(opt, original, args, kwargs)
+            return getattr(monitor, call)(opt, original, args, kwargs)
 
         guarded_step.__wrapped__ = original
         if hasattr(original, "_wrapped_by_lr_sched"):

@@ -29,6 +29,8 @@ gradient norm after it are kept for the step, to say which micro-batch a spike c
 
 from __future__ import annotations
 
+import functools
+import importlib
 import math
 import weakref
 
@@ -107,6 +109,8 @@ class Pulse:
         step is observed: for a framework that clips the gradients in between (the Hugging Face
         Trainer), whose clipped norms would hide a gradient spike."""
         self._backward_norms = None
+        self._norms_taken = False
+        """The step's norms were taken since its last backward pass (:meth:`take_norms`)."""
         self._alarm_host: list[tuple[int, object, object]] = []
         self.last_step: int | None = None
         self._cat = np.concatenate if xp is np else torch.cat
@@ -144,11 +148,14 @@ class Pulse:
         self.backwards += 1
         if self.backwards > 1:
             self._accumulating = True
+        self._norms_taken = False
+        self._backward_norms = None  # taken before a clipping that this pass's gradients replace
         if not (self._accumulating or self.norms_at_backward):
             return
         norms = self._host_norms() if self.on_host else self._sampled_norms()
         if self.norms_at_backward:
             self._backward_norms = norms
+            self._norms_taken = True
         if not self._accumulating:
             return
         self.micro[slot, 0:1] = self._value(loss) if loss is not None else float("nan")
@@ -156,6 +163,15 @@ class Pulse:
             self.micro[slot, 1] = math.sqrt(sum(n * n for n in norms))
         else:
             self.micro[slot, 1:2] = ((norms * norms).sum() ** 0.5).reshape(1)
+
+    def take_norms(self) -> None:
+        """The gradients are about to be changed in place (clipped) after this step's backward
+        passes: the step's gradient norms are taken now, as the backward passes left them (a
+        clipped norm would hide the spike it was clipped for). Nothing before the step's first
+        backward pass, nor twice after the same one."""
+        if self.backwards and not self._norms_taken:
+            self._backward_norms = self._host_norms() if self.on_host else self._sampled_norms()
+            self._norms_taken = True
 
     def observe(self, step: int, loss: torch.Tensor | None = None,
                 loss_scale: torch.Tensor | None = None, finite: torch.Tensor | None = None,
@@ -347,6 +363,7 @@ class Pulse:
 
     def next_step(self) -> None:
         self._backward_norms = None
+        self._norms_taken = False
         self.loss[:] = 0.0
         self.losses_seen = 0
         if self.backwards <= 1:
@@ -463,9 +480,12 @@ _ORIGINAL_BACKWARD = None
 
 
 def follow_backward(owner) -> None:
-    """Route ``Tensor.backward`` calls to ``owner.backward_called(tensor, run)`` while any owner
-    follows them (the patch is installed once and removed with the last owner)."""
+    """Route ``Tensor.backward`` calls to ``owner.backward_starting()`` and
+    ``owner.backward_ended(tensor)``, and in-place gradient clipping to
+    ``owner.gradients_clipping()`` before it clips, while any owner follows them (the patches are
+    installed once and removed with the last owner)."""
     global _ORIGINAL_BACKWARD
+    _follow_clipping()
     if _ORIGINAL_BACKWARD is None:
         _ORIGINAL_BACKWARD = torch.Tensor.backward
         original = _ORIGINAL_BACKWARD
@@ -493,7 +513,64 @@ def unfollow_backward(owner) -> None:
     wrapped it after gradscope did (then the wrapper stays, passing every call straight through)."""
     global _ORIGINAL_BACKWARD
     _ACTIVE.discard(owner)
-    if not len(_ACTIVE) and _ORIGINAL_BACKWARD is not None \
-            and getattr(torch.Tensor.backward, "__wrapped__", None) is _ORIGINAL_BACKWARD:
+    if len(_ACTIVE):
+        return
+    _unfollow_clipping()
+    if _ORIGINAL_BACKWARD is not None and getattr(torch.Tensor.backward, "__wrapped__", None) is _ORIGINAL_BACKWARD:
         torch.Tensor.backward = _ORIGINAL_BACKWARD
         _ORIGINAL_BACKWARD = None
+
+
+_CLIPPING = (
+    ("torch.nn.utils.clip_grad", "_clip_grads_with_norm_"),
+    ("torch.nn.utils", "clip_grads_with_norm_"),
+    ("torch.nn.utils.clip_grad", "clip_grad_value_"),
+    ("torch.nn.utils", "clip_grad_value_"),
+)
+"""The functions that clip gradients in place, by module and name. ``clip_grad_norm_`` calls the
+first once it has the total norm, by its module-level name, so a ``clip_grad_norm_`` imported
+before the monitor started is followed too."""
+_CLIPPING_BEFORE_2_6 = (("torch.nn.utils.clip_grad", "clip_grad_norm_"), ("torch.nn.utils", "clip_grad_norm_"))
+"""Where torch has no ``_clip_grads_with_norm_``: the public names of ``clip_grad_norm_``."""
+_CLIP_PATCHES: dict[tuple[str, str], tuple] = {}
+"""(module, name) -> (the original function, gradscope's wrapper of it)."""
+
+
+def _follow_clipping() -> None:
+    if _CLIP_PATCHES:
+        return
+    places = _CLIPPING
+    if not hasattr(importlib.import_module("torch.nn.utils.clip_grad"), "_clip_grads_with_norm_"):
+        places = _CLIPPING_BEFORE_2_6 + _CLIPPING[2:]
+    for module_name, name in places:
+        module = importlib.import_module(module_name)
+        original = getattr(module, name, None)
+        if callable(original):
+            wrapper = _clipping(original)
+            _CLIP_PATCHES[(module_name, name)] = (original, wrapper)
+            setattr(module, name, wrapper)
+
+
+def _unfollow_clipping() -> None:
+    """Put the clipping functions back, each unless something replaced gradscope's wrapper since
+    (then the wrapper stays, passing every call straight through)."""
+    for (module_name, name), (original, wrapper) in list(_CLIP_PATCHES.items()):
+        module = importlib.import_module(module_name)
+        if getattr(module, name, None) is wrapper:
+            setattr(module, name, original)
+    _CLIP_PATCHES.clear()
+
+
+def _clipping(original):
+    """``original`` (a function that clips gradients in place), telling the owners first."""
+
+    @functools.wraps(original)
+    def clip(*args, **kwargs):
+        for owner in list(_ACTIVE):
+            try:
+                owner.gradients_clipping()
+            except Exception:  # noqa: BLE001 - the owner reports its own failures; clipping goes on
+                pass
+        return original(*args, **kwargs)
+
+    return clip

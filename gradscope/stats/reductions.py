@@ -79,12 +79,13 @@ def foreach_norms(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
     """L2 norms of same-device, same-dtype tensors in batched foreach kernels (on the CPU, a norm
     that overflowed float32 is redone in float64, as in :func:`sum_of_squares`)."""
     dense = [stored_values(t) for t in tensors]
-    norms = list(torch._foreach_norm(dense, 2, dtype=norm_dtype(dense[0].dtype)))
-    if dense[0].device.type == "cpu" and dense[0].dtype != torch.float64:
-        finite = torch.isfinite(torch.stack(norms)).tolist()
-        if not all(finite):
-            norms = [n.double() if ok else torch.linalg.vector_norm(t, dtype=torch.float64)
-                     for n, t, ok in zip(norms, dense, finite)]
+    with torch.no_grad():  # gradients of a backward(create_graph=True) require grad themselves
+        norms = list(torch._foreach_norm(dense, 2, dtype=norm_dtype(dense[0].dtype)))
+        if dense[0].device.type == "cpu" and dense[0].dtype != torch.float64:
+            finite = torch.isfinite(torch.stack(norms)).tolist()
+            if not all(finite):
+                norms = [n.double() if ok else torch.linalg.vector_norm(t, dtype=torch.float64)
+                         for n, t, ok in zip(norms, dense, finite)]
     return norms
 
 
@@ -100,10 +101,11 @@ def foreach_nonfinite_counts(tensors: list[torch.Tensor], one_kernel: bool | Non
     dense = [stored_values(t) for t in tensors]
     if one_kernel is None:
         one_kernel = bool(dense) and dense[0].device.type != "cpu"
-    if not one_kernel:
-        return [torch.count_nonzero(t * 0.0) for t in dense]
-    # counted in float32: a count in bfloat16 rounds past 256 (999 NaNs read 1000)
-    return list(torch._foreach_norm(torch._foreach_mul(dense, 0.0), 0, dtype=torch.float32))
+    with torch.no_grad():
+        if not one_kernel:
+            return [torch.count_nonzero(t * 0.0) for t in dense]
+        # counted in float32: a count in bfloat16 rounds past 256 (999 NaNs read 1000)
+        return list(torch._foreach_norm(torch._foreach_mul(dense, 0.0), 0, dtype=torch.float32))
 
 
 def snapshot(tensors: list[torch.Tensor], into: torch.Tensor | None = None) -> list[torch.Tensor]:

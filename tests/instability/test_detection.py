@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import gc
 import json
+import weakref
 
 import numpy as np
 import pandas as pd
@@ -242,6 +244,13 @@ def test_the_guard_and_a_learning_rate_scheduler_work_together(built, recwarn):
     assert mon.skipped_steps == [110]
     assert opt.param_groups[0]["lr"] == pytest.approx(0.01 * 0.5 ** 2)  # 121 scheduler steps
     assert not [w for w in recwarn if "lr_scheduler" in str(w.message) or "overridden" in str(w.message)]
+    # a scheduler built inside wrapped the guard's step, which stays in its chain: it holds the
+    # monitor only weakly, so the monitor and its history are freed all the same
+    gone = weakref.ref(mon)
+    del mon
+    gc.collect()
+    assert gone() is None
+    train(model, x, y, g, opt, None, 1)
 
 
 def test_a_gradient_of_exactly_zero_is_no_nonfinite_gradient():

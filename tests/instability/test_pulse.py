@@ -318,3 +318,114 @@ def test_a_complex_gradient_is_never_measured_wrong():
         assert history["grad_norm"].tolist() == pytest.approx(expected, rel=1e-5)
     else:
         assert any("pulse" in str(w.message) and "failed" in str(w.message) for w in caught)
+
+
+def clip_in_place(params, how: str) -> None:
+    if how == "value":
+        torch.nn.utils.clip_grad_value_(params, 0.002)
+    elif how == "norm imported early":
+        clip_grad_norm_early(params, 0.05)
+    else:
+        torch.nn.utils.clip_grad_norm_(params, 0.05)
+
+
+clip_grad_norm_early = torch.nn.utils.clip_grad_norm_  # bound before any monitor started
+clip_grad_value_original = torch.nn.utils.clip_grad_value_
+
+
+@pytest.mark.parametrize("host_arithmetic", [None, False], ids=["numpy", "torch"])
+@pytest.mark.parametrize("how", ["norm", "norm imported early", "value", "accumulated", "scaler"])
+def test_the_detector_and_grad_norm_read_the_gradients_before_the_loop_clips_them(how, host_arithmetic):
+    """A loop that clips (clip_grad_norm_ at 0.05, far below these gradients, or clip_grad_value_)
+    before optimizer.step(): the pulse's norms and the logged grad_norm are the gradients the
+    backward passes made, as float64 autograd has them before its own clipping; before, the
+    detector saw the clipped norm, flat at the threshold, and missed every gradient spike."""
+    model, data = small_mlp(), batches(8)
+    micro = 2 if how == "accumulated" else 1
+    ref = copy.deepcopy(model).double()
+    ref_opt = torch.optim.SGD(ref.parameters(), lr=0.05)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10) if how == "scaler" else None
+    mon = gradscope.monitor(model, every=2, optimizer=opt, **({"scaler": scaler} if scaler else {}))
+    mon._host_arithmetic = host_arithmetic
+    expected, clipped = [], []
+    with mon:
+        for i in range(0, len(data), micro):
+            for x, y in data[i:i + micro]:
+                F.mse_loss(ref(x.double()), y.double()).div(micro).backward()
+                loss = F.mse_loss(model(x), y) / micro
+                (scaler.scale(loss) if scaler else loss).backward()
+            expected.append([float(p.grad.norm()) for p in ref.parameters()])
+            clip_in_place(list(ref.parameters()), "value" if how == "value" else "norm")
+            clipped.append(math.sqrt(sum(float(p.grad.norm()) ** 2 for p in ref.parameters())))
+            ref_opt.step()
+            ref_opt.zero_grad()
+            if scaler:
+                scaler.unscale_(opt)
+            clip_in_place(model.parameters(), "norm" if how in ("accumulated", "scaler") else how)
+            if scaler:
+                scaler.step(opt)
+                scaler.update()
+            else:
+                opt.step()
+            opt.zero_grad()
+    totals = [math.sqrt(sum(n * n for n in norms)) for norms in expected]
+    assert all(t > 2 * c for t, c in zip(totals, clipped))  # the clipping changed the gradients
+    pulse = mon.pulse_history()
+    names = [n for n, _ in model.named_parameters()]
+    assert pulse["grad_norm"].tolist() == pytest.approx(totals, rel=1e-5)
+    for step, norms in enumerate(expected):
+        assert [pulse.iloc[step][f"grad_norm/{n}"] for n in names] == pytest.approx(norms, rel=1e-5)
+    logged = mon.to_dataframe().query("metric == 'grad_norm'").set_index(["step", "layer"]).value
+    for step in range(0, len(expected), 2):
+        assert [logged[(step, n)] for n in names] == pytest.approx(expected[step], rel=1e-5)
+    # the clipping functions are torch's own again
+    import torch.nn.utils.clip_grad as clip_grad
+    assert torch.nn.utils.clip_grad_norm_ is clip_grad_norm_early
+    assert clip_grad._clip_grads_with_norm_ is torch.nn.utils.clip_grads_with_norm_
+    assert torch.nn.utils.clip_grad_value_ is clip_grad.clip_grad_value_ is clip_grad_value_original
+
+
+def test_gradients_clipped_before_the_scaler_unscaled_them_are_read_unscaled_at_the_step():
+    """Clipping before scaler.unscale_ clips the scaled gradients (the user's slip): the monitor
+    does not read them there, scaled by the loss scale (which would look like an explosion),
+    but at the step, unscaled, as before."""
+    model, data = small_mlp(), batches(4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10)
+    expected = []
+    with gradscope.monitor(model, every=1, optimizer=opt, scaler=scaler) as mon:
+        for x, y in data:
+            scaler.scale(F.mse_loss(model(x), y)).backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 50.0)
+            expected.append(math.sqrt(sum(float(p.grad.double().norm()) ** 2 for p in model.parameters())) / 2.0 ** 10)
+            scaler.step(opt)
+            scaler.update()
+            opt.zero_grad()
+    assert mon.pulse_history()["grad_norm"].tolist() == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("host_arithmetic", [None, False], ids=["numpy", "torch"])
+def test_a_backward_with_create_graph_is_measured(host_arithmetic):
+    """``loss.backward(create_graph=True)`` (a gradient penalty, a meta-learning step) leaves
+    gradients that require grad themselves; before, the pulse and the step's statistics failed on
+    them (a warning each step, no row, no grad_norm)."""
+    model, data = small_mlp(), batches(6)
+    expected = reference_trace(model, data, lr=0.05)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    mon = gradscope.monitor(model, every=2, optimizer=opt)
+    mon._host_arithmetic = host_arithmetic
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with mon:
+            for x, y in data:
+                F.mse_loss(model(x), y).backward(create_graph=True)
+                opt.step()
+                opt.zero_grad(set_to_none=True)  # breaks the gradient's reference cycle
+    assert not [w for w in caught if "gradscope" in str(w.message)]
+    pulse = mon.pulse_history()
+    assert pulse["grad_norm"].tolist() == pytest.approx([total for _, total, _ in expected], rel=1e-5)
+    logged = mon.to_dataframe().query("metric == 'grad_norm'").set_index(["step", "layer"]).value
+    names = [n for n, _ in model.named_parameters()]
+    for step in (0, 2, 4):
+        assert [logged[(step, n)] for n in names] == pytest.approx(expected[step][2], rel=1e-5)
