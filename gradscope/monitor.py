@@ -571,8 +571,8 @@ class Recorder:
         if self.scaler is not None and not unscaled(self.scaler, self.optimizer):
             return  # still scaled (clipped before scaler.unscale_): read at the step, unscaled
         self._guard(ALL_PARAMETERS, "pulse", pulse.take_norms)
-        if self.is_logged(self._step):
-            self._guard(ALL_PARAMETERS, "grad_norm", self._parameter_statistics, True)
+        if self.is_logged(self._step):  # the weights are kept for update_ratio where an update follows
+            self._guard(ALL_PARAMETERS, "grad_norm", self._parameter_statistics, self.optimizer is not None)
 
     def _mark_gradients(self) -> list:
         """Which gradient tensor (and its in-place version) a few of the model's parameters hold:
@@ -791,15 +791,17 @@ class Recorder:
         self._snapshot = StateSnapshot(self.optimizer)
         self._wrap_step(self.optimizer, "_guarded_call")
 
-    def _guard_unfollowed(self, optimizer: torch.optim.Optimizer) -> None:
+    def _guard_unfollowed(self, optimizer: torch.optim.Optimizer, closure_free: bool = False) -> None:
         """Guard ``optimizer``, whose steps this monitor does not follow: a framework callback ends
-        each step with ``mon.step()`` inside the framework's optimizer step (Lightning, in its
-        closure), after :meth:`_decide_guard`; the optimizer's wrapped step then acts on that
-        decision."""
+        each step with ``mon.step()`` after :meth:`_decide_guard`, inside the framework's
+        optimizer step (Lightning, in its closure) or right before it (the Hugging Face Trainer);
+        the optimizer's wrapped step then acts on that decision. ``closure_free``: the framework
+        steps without a closure, so any optimizer can be guarded (a step called with a closure
+        anyway is let through unguarded, with a warning, as in a plain loop)."""
         if not self._active or self.config.guard is None or not self.detects \
                 or any(o is optimizer for o in self._unfollowed):
             return
-        if not evaluates_closure_once(optimizer):
+        if not closure_free and not evaluates_closure_once(optimizer):
             self._decline_guard(
                 f"guard='skip' cannot guard {type(optimizer).__name__}: the framework steps it with a "
                 "closure that only the step evaluates (maybe several times), after which the update "

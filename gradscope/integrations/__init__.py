@@ -17,23 +17,7 @@ import warnings
 from pathlib import Path
 
 from gradscope.api import Monitor
-from gradscope.errors import UsageError
 from gradscope.history import holds_a_run
-
-
-def refuse_guard(options: dict, callback: str) -> None:
-    """The framework steps its optimizer itself (the Hugging Face Trainer), so the guard cannot
-    hold a step back there: say so before training rather than guard nothing."""
-    from gradscope.guard import check_guard
-
-    # a value the monitor would not take gets the monitor's own message
-    if check_guard(options.get("guard"), options.get("detect", "zscore")) is not None:
-        raise UsageError(
-            f"{callback} got guard={options['guard']!r}, but the guard cannot skip an update the "
-            "framework's own optimizer step makes, and would guard nothing. Drop `guard` here; to "
-            "skip spiking steps, train in a loop of your own under gradscope.monitor(model, "
-            "optimizer=opt, guard='skip'). Spikes are still detected and reported without it."
-        )
 
 
 def monitor_for_run(current: Monitor | None, model: object, every: int, options: dict,

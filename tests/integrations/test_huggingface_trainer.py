@@ -167,3 +167,52 @@ def test_the_spike_detector_reads_the_gradient_norm_before_the_trainer_clips_it(
     assert pulse.grad_norm.tolist() == pytest.approx(before_clipping, rel=1e-5)
     event = callback.monitor.events[0]
     assert event.step == 70 and "gradient spike" in event.alarms and event.micro_batch == 0
+
+
+class StateAround(transformers.TrainerCallback):
+    """Independent record: the weights and the optimizer's state before and after each step."""
+
+    def __init__(self) -> None:
+        self.before, self.after = {}, {}
+
+    @staticmethod
+    def _copy(model, optimizer):
+        inner = optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer
+        state = [{k: (v.clone() if torch.is_tensor(v) else v) for k, v in s.items()} for s in inner.state.values()]
+        return [p.detach().clone() for p in model.parameters()], state
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, optimizer=None, **kwargs):
+        self.before[state.global_step] = self._copy(model, optimizer)
+
+    def on_optimizer_step(self, args, state, control, model=None, optimizer=None, **kwargs):
+        self.after[state.global_step] = self._copy(model, optimizer)
+
+
+def _same(a, b) -> bool:
+    (weights_a, state_a), (weights_b, state_b) = a, b
+    if not all(torch.equal(x, y) for x, y in zip(weights_a, weights_b)) or len(state_a) != len(state_b):
+        return False
+    return all(sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) if torch.is_tensor(sa[k]) else sa[k] == sb[k]
+                                              for k in sa) for sa, sb in zip(state_a, state_b))
+
+
+@pytest.mark.parametrize("guard", ["skip", None])
+def test_the_guard_holds_back_the_update_of_a_spiking_batch_under_the_trainer(tmp_path, guard, recwarn):
+    """The Trainer steps its optimizer (AdamW, wrapped by Accelerate) without a closure, right
+    after on_pre_optimizer_step: the callback decides there and the optimizer's wrapped step
+    holds the corrupt step's update back, weights and optimizer state bit-identical across it,
+    and training goes on. Unguarded, the same step moves them. Before, the callback refused
+    guard='skip'."""
+    model = Regression(corrupt=2 * 70 + 1)  # the first micro-batch of step 70
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path), per_device_train_batch_size=16, learning_rate=1e-3, max_steps=80,
+        gradient_accumulation_steps=2, max_grad_norm=1.0, report_to=[], save_strategy="no",
+        logging_strategy="no", use_cpu=True, dataloader_num_workers=0)
+    recorder, callback = StateAround(), GradscopeTrainerCallback(every=100, guard=guard)
+    transformers.Trainer(model=model, args=args, train_dataset=Pairs(4096), callbacks=[callback, recorder]).train()
+    assert callback.monitor.events[0].step == 70
+    assert _same(recorder.before[70], recorder.after[70]) is (guard == "skip")
+    assert not _same(recorder.before[69], recorder.after[69]) and not _same(recorder.before[71], recorder.after[71])
+    assert callback.monitor.skipped_steps == ([70] if guard else [])
+    assert callback.monitor.events[0].skipped is (guard == "skip")
+    assert not [w for w in recwarn if "gradscope" in str(w.message)]
