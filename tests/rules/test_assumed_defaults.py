@@ -30,8 +30,8 @@ def test_the_assumed_recipe_makes_information_where_the_same_recipe_given_makes_
 def test_under_the_default_loss_a_finding_far_enough_from_the_limit_stands_and_says_so():
     torch.manual_seed(0)
     model = stack(12, nn.ReLU)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9)
     report = gradscope.diagnose(model, x64(), optimizer=optimizer)  # the default loss, a given recipe
-    assert report.options["loss"] == "default" and report.dynamics.median_update_ratio < 1e-5
+    assert report.options["loss"] == "default" and report.dynamics.median_update_ratio < 1e-6
     finding = _updates_off_band(report)
     assert finding.severity == "error" and "judged with a 10x margin for its scale" in finding.message

@@ -1,0 +1,76 @@
+"""updates-off-band: under SGD with momentum the probe's steps are compared with the steady step."""
+
+from __future__ import annotations
+
+import statistics
+
+import pytest
+import torch
+import torch.nn as nn
+
+import gradscope
+from gradscope.recipe import Recipe
+from gradscope.rules.updates_off_band import momentum_ramp
+
+
+@pytest.mark.parametrize("momentum, nesterov", [(0.9, False), (0.5, False), (0.99, False)])
+def test_the_momentum_ramp_is_the_steady_step_over_the_probes_median_step(momentum, nesterov):
+    """Reference: torch's SGD in float64 on a constant gradient; its k-th step against the step
+    it settles to."""
+    w = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.SGD([w], lr=1.0, momentum=momentum, nesterov=nesterov)
+    steps = []
+    for _ in range(2000):
+        before = w.detach().clone()
+        w.grad = torch.ones_like(w)
+        opt.step()
+        steps.append(float((w.detach() - before).abs()))
+    probe_median = statistics.median(steps[:10])
+    assert momentum_ramp(Recipe.of(opt), 10) == pytest.approx(steps[-1] / probe_median, rel=1e-6)
+
+
+def test_plain_sgd_and_adam_have_no_ramp():
+    w = torch.zeros(1, requires_grad=True)
+    assert momentum_ramp(Recipe.of(torch.optim.SGD([w], lr=0.1)), 10) == 1.0
+    assert momentum_ramp(Recipe.of(torch.optim.Adam([w], lr=1e-3)), 10) == 1.0
+
+
+class Tagger(nn.Module):
+    """An embedding, a 2-layer LSTM and a linear head over every position."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(500, 64)
+        self.lstm = nn.LSTM(64, 64, 2, batch_first=True)
+        self.head = nn.Linear(64, 9)
+
+    def forward(self, x):
+        return self.head(self.lstm(self.embed(x))[0])
+
+
+def test_an_lstm_tagger_that_trains_under_sgd_with_momentum_is_not_called_stalled():
+    """Its probe's median update ratio is 9.8e-5, under the 1e-4 limit, and it was called
+    `fails`; trained (below) it learns its task perfectly. Once the momentum has built up its
+    updates are 2.3x larger, inside the band."""
+    torch.manual_seed(0)
+    model = Tagger()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    loss_fn = nn.CrossEntropyLoss()
+
+    def batch(n=32):
+        x = torch.randint(0, 500, (n, 40))
+        return x, x % 9
+
+    x, y = batch()
+    report = gradscope.diagnose(model, x, lambda out, _: loss_fn(out.reshape(-1, 9), y.reshape(-1)), optimizer=opt)
+    assert report.dynamics.median_update_ratio < 1e-4  # the raw probe figure is under the limit
+    assert report.verdict.label == "trains"
+    assert "updates-off-band" not in [f.rule for f in report.findings]
+    for _ in range(800):
+        x, y = batch()
+        opt.zero_grad()
+        loss_fn(model(x).reshape(-1, 9), y.reshape(-1)).backward()
+        opt.step()
+    x, y = batch(256)
+    with torch.no_grad():
+        assert (model(x).argmax(-1) == y).float().mean() > 0.95
