@@ -99,7 +99,9 @@ class StateSnapshot:
 
     def restorable(self, device: torch.device) -> str | None:
         """None when every tensor the step can change exists and lives on ``device``; else why
-        not: ``"no state yet"`` (the optimizer's first step) or ``"state on another device"``."""
+        not: ``"no state yet"`` (the optimizer's first step), ``"state on another device"``, or
+        ``"state in Python numbers"`` (transformers' Adafactor counts its steps in an int, which
+        the step changes and the device's ``where`` cannot put back)."""
         for group in self.optimizer.param_groups:
             for p in group["params"]:
                 if p.grad is None:
@@ -111,6 +113,8 @@ class StateSnapshot:
                     return "no state yet"
                 if any(isinstance(v, torch.Tensor) and v.device != device for v in state.values()):
                     return "state on another device"
+                if any(isinstance(v, (int, float)) and not isinstance(v, bool) for v in state.values()):
+                    return "state in Python numbers"
         return None
 
     def take(self) -> None:

@@ -561,18 +561,16 @@ class Recorder:
 
     def gradients_clipping(self) -> None:
         """The gradients are about to be clipped in place (``torch.nn.utils.clip_grad_norm_``,
-        ``clip_grad_value_``) after this step's backward passes: the pulse's norms, and on a
-        logged step the parameter statistics, are read first, so that the detector and
-        ``grad_norm`` see the gradients the backward passes made; clipped ones would hide the
-        spike the clipping is there for."""
+        ``clip_grad_value_``) after this step's backward passes: the pulse reads its norms first,
+        so that the detector sees the gradients the backward passes made (a clipped norm would
+        hide the spike the clipping is there for). A later backward pass into the model replaces
+        them. The logged ``grad_norm`` is still read at the step: what the optimizer got."""
         pulse = self._pulse
         if not self._active or self.hooks.paused or pulse is None or not pulse.backwards:
             return
         if self.scaler is not None and not unscaled(self.scaler, self.optimizer):
             return  # still scaled (clipped before scaler.unscale_): read at the step, unscaled
         self._guard(ALL_PARAMETERS, "pulse", pulse.take_norms)
-        if self.is_logged(self._step):  # the weights are kept for update_ratio where an update follows
-            self._guard(ALL_PARAMETERS, "grad_norm", self._parameter_statistics, self.optimizer is not None)
 
     def _mark_gradients(self) -> list:
         """Which gradient tensor (and its in-place version) a few of the model's parameters hold:
@@ -943,7 +941,7 @@ class Recorder:
         return original(*args, **kwargs)
 
     def _warn_state_on_host(self, why_not: str) -> None:
-        if why_not == "state on another device":
+        if why_not in ("state on another device", "state in Python numbers"):
             self._warn_once(ALL_PARAMETERS, "guard sync",
                             "guard='skip': the optimizer keeps state on the host (torch's Adam keeps "
                             "its step count on the CPU unless capturable=True or fused=True), so the "

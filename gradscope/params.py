@@ -66,8 +66,6 @@ class ParameterStatistics:
         self.observer: Callable[[str, torch.Tensor], None] | None = None
         """Called with (name, gradient) for each gradient of a recorded step (the monitor sets it
         on histogram steps)."""
-        self._recorded = False
-        """This step's gradients were recorded already (before a clipping: :meth:`record`)."""
 
     def sync(self, model: nn.Module, updated: set[int]) -> None:
         """Follow the model's parameters as they are now (parameters added or replaced since the
@@ -116,15 +114,10 @@ class ParameterStatistics:
         """Gradient and NaN/Inf statistics of every parameter that has a gradient; with
         ``with_weights`` also ``weight_norm``, and with ``keep_weights`` a copy of the stepped
         weights for ``update_ratio``, held until :meth:`record_updates` or :meth:`drop`.
-        Returns False when no parameter had a gradient. Once a step's gradients are recorded,
-        later calls in the same step (until :meth:`drop`) do nothing: the first is taken before
-        the gradients are clipped."""
-        if self._recorded:
-            return True
+        Returns False when no parameter had a gradient."""
         slots = [s for s in self._slots if s.param.grad is not None]
         if not slots:
             return False
-        self._recorded = True
         grads = [local(s.param.grad) for s in slots]
         self._snapshot = [] if keep_weights and with_weights and self._updated else None
         for positions in group_by_device_and_dtype(grads).values():
@@ -188,10 +181,8 @@ class ParameterStatistics:
                 self.buffer.count(self.layout.slot(entry, PRESENCE))
 
     def drop(self) -> None:
-        """Release the weight copy (the step ended without an update); the next step's
-        gradients are recorded afresh."""
+        """Release the weight copy (the step ended without an update)."""
         self._snapshot = None
-        self._recorded = False
 
 
 def _nonfinite_counts(grads: list[torch.Tensor], norms: list[torch.Tensor]) -> list:

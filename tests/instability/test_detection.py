@@ -633,3 +633,40 @@ def test_a_spike_in_the_first_steps_is_judged_against_the_steps_before_it(after,
     quiet = lambda n: 1e-4 * np.exp(0.2 * rng.standard_normal(n))  # noqa: E731
     loss = np.concatenate([quiet(4), [0.02], after * quiet(80)])
     assert _spike_finding(loss, 0.0, at=4).severity == severity
+
+
+class CountingSGD(torch.optim.Optimizer):
+    """Plain SGD that counts its steps in a Python int in each parameter's state, as
+    transformers' Adafactor does."""
+
+    def __init__(self, params, lr: float) -> None:
+        super().__init__(params, {"lr": lr})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    state = self.state[p]
+                    state["step"] = state.get("step", 0) + 1
+                    p.add_(p.grad, alpha=-group["lr"])
+
+
+def test_on_the_device_path_a_step_count_kept_in_a_python_int_is_held_back_too(recwarn):
+    """The device path puts tensors back with torch.where; an int in the optimizer's state
+    cannot be, so the guard reads the alarm first and does not call the step (one wait, said
+    once). Before, the weights were held back but the count moved on."""
+    model, x, y, g = regression()
+    opt = CountingSGD(model.parameters(), lr=0.01)
+    mon = gradscope.monitor(model, every=100, optimizer=opt, guard="skip")
+    mon._host_arithmetic = False
+    with mon:
+        train(model, x, y, g, opt, mon, 60)
+        counts = [s["step"] for s in opt.state.values()]
+        weights = [p.detach().clone() for p in model.parameters()]
+        train(model, x, y, g, opt, mon, 1, corrupt=(0,))
+        assert [s["step"] for s in opt.state.values()] == counts
+        assert all(torch.equal(a, p) for a, p in zip(weights, model.parameters()))
+        train(model, x, y, g, opt, mon, 1)
+        assert [s["step"] for s in opt.state.values()] == [c + 1 for c in counts]
+    assert mon.skipped_steps == [60]

@@ -337,9 +337,10 @@ clip_grad_value_original = torch.nn.utils.clip_grad_value_
 @pytest.mark.parametrize("how", ["norm", "norm imported early", "value", "accumulated", "scaler"])
 def test_the_detector_and_grad_norm_read_the_gradients_before_the_loop_clips_them(how, host_arithmetic):
     """A loop that clips (clip_grad_norm_ at 0.05, far below these gradients, or clip_grad_value_)
-    before optimizer.step(): the pulse's norms and the logged grad_norm are the gradients the
-    backward passes made, as float64 autograd has them before its own clipping; before, the
-    detector saw the clipped norm, flat at the threshold, and missed every gradient spike."""
+    before optimizer.step(): the pulse's norms are the gradients the backward passes made, as
+    float64 autograd has them before its own clipping (before, the detector saw the clipped norm,
+    flat at the threshold, and missed every gradient spike); the logged grad_norm is what the
+    optimizer got, after the clip."""
     model, data = small_mlp(), batches(8)
     micro = 2 if how == "accumulated" else 1
     ref = copy.deepcopy(model).double()
@@ -348,7 +349,7 @@ def test_the_detector_and_grad_norm_read_the_gradients_before_the_loop_clips_the
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10) if how == "scaler" else None
     mon = gradscope.monitor(model, every=2, optimizer=opt, **({"scaler": scaler} if scaler else {}))
     mon._host_arithmetic = host_arithmetic
-    expected, clipped = [], []
+    expected, clipped, after_clip = [], [], []
     with mon:
         for i in range(0, len(data), micro):
             for x, y in data[i:i + micro]:
@@ -357,7 +358,8 @@ def test_the_detector_and_grad_norm_read_the_gradients_before_the_loop_clips_the
                 (scaler.scale(loss) if scaler else loss).backward()
             expected.append([float(p.grad.norm()) for p in ref.parameters()])
             clip_in_place(list(ref.parameters()), "value" if how == "value" else "norm")
-            clipped.append(math.sqrt(sum(float(p.grad.norm()) ** 2 for p in ref.parameters())))
+            after_clip.append([float(p.grad.norm()) for p in ref.parameters()])
+            clipped.append(math.sqrt(sum(n * n for n in after_clip[-1])))
             ref_opt.step()
             ref_opt.zero_grad()
             if scaler:
@@ -378,7 +380,7 @@ def test_the_detector_and_grad_norm_read_the_gradients_before_the_loop_clips_the
         assert [pulse.iloc[step][f"grad_norm/{n}"] for n in names] == pytest.approx(norms, rel=1e-5)
     logged = mon.to_dataframe().query("metric == 'grad_norm'").set_index(["step", "layer"]).value
     for step in range(0, len(expected), 2):
-        assert [logged[(step, n)] for n in names] == pytest.approx(expected[step], rel=1e-5)
+        assert [logged[(step, n)] for n in names] == pytest.approx(after_clip[step], rel=1e-4)
     # the clipping functions are torch's own again
     import torch.nn.utils.clip_grad as clip_grad
     assert torch.nn.utils.clip_grad_norm_ is clip_grad_norm_early
