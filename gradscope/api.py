@@ -6,6 +6,8 @@ reporters only when a report is asked for, so a monitored training loop loads ne
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import os
 from pathlib import Path
 
@@ -15,6 +17,7 @@ import torch.nn as nn
 from typing import TYPE_CHECKING
 
 from gradscope.config import MonitorConfig
+from gradscope.errors import UsageTypeError
 from gradscope.monitor import Recorder
 from gradscope.sinks import RunView, Sink, abort_sinks
 
@@ -102,4 +105,18 @@ def monitor(
     ['act_rms', 'grad_nonfinite', 'grad_norm', 'out_grad_norm', 'saturation', 'update_ratio',
      'weight_norm']
     """
+    unknown = sorted(set(options) - _MONITOR_OPTIONS)
+    if unknown:
+        name = unknown[0]
+        known = sorted(_MONITOR_OPTIONS | {"every", "optimizer"})
+        close = difflib.get_close_matches(name, known, n=1)
+        raise UsageTypeError(
+            f"gradscope.monitor got an unknown option {name}={options[name]!r}; expected one of "
+            f"{', '.join(known)} (docs/monitor.md)" + (f". Did you mean {close[0]}=?" if close else "."))
     return Monitor(model, every, optimizer, **options)
+
+
+_MONITOR_OPTIONS = frozenset(
+    name for name, p in inspect.signature(Monitor.__init__).parameters.items()
+    if p.kind is inspect.Parameter.KEYWORD_ONLY)
+"""The keyword options :class:`gradscope.monitor.Recorder` takes."""

@@ -66,6 +66,11 @@ ALL_LAYERS, ALL_PARAMETERS = "(all layers)", "(all parameters)"
 """Layer names in warnings about the whole model."""
 
 
+RING_ROWS = 4096
+"""The most rows the pulse's ring holds for ``every`` (a larger ``every``, "log almost never", would
+otherwise allocate that many rows up front: 10**8 took all the memory)."""
+
+
 class Recorder:
     """Records per-layer gradient-flow statistics of ``model`` during training.
 
@@ -633,7 +638,9 @@ class Recorder:
                                     f"the model's parameters are on {len(devices)} devices; spike detection "
                                     "needs them on one and is off for this run.")
                 return None
-            window = max(128, self.config.every, self.config.detect.window)
+            # every logged step's rows, read once per logged step; at most RING_ROWS, read
+            # every RING_ROWS steps where logged steps are further apart
+            window = max(128, min(self.config.every, RING_ROWS), self.config.detect.window)
             self._pulse = Pulse([n for n, _ in params], [p for _, p in params], self.config.detect, window,
                                 self._host_arithmetic)
             self._pulse.norms_at_backward = self._norms_at_backward

@@ -431,3 +431,27 @@ def test_a_backward_with_create_graph_is_measured(host_arithmetic):
     names = [n for n, _ in model.named_parameters()]
     for step in (0, 2, 4):
         assert [logged[(step, n)] for n in names] == pytest.approx(expected[step][2], rel=1e-5)
+
+
+def test_a_huge_every_keeps_a_bounded_ring_and_every_steps_row():
+    """every=10**8 ("log almost never") allocated 10**8 ring rows up front and ran out of
+    memory; the ring now holds at most RING_ROWS rows, read whenever it has filled."""
+    from gradscope.monitor import RING_ROWS
+
+    model, data = small_mlp(), batches(RING_ROWS // 64 + 3)
+    expected = reference_trace(model, data * 64, lr=0.05)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    with gradscope.monitor(model, every=10 ** 8, optimizer=opt) as mon:
+        for x, y in data * 64:
+            F.mse_loss(model(x), y).backward()
+            opt.step()
+            opt.zero_grad()
+        assert mon._pulse.ring.shape[0] == RING_ROWS
+    pulse = mon.pulse_history()
+    assert pulse["step"].tolist() == list(range(len(expected)))  # more steps than rows, none lost
+    assert pulse["loss"].tolist() == pytest.approx([loss for loss, _, _ in expected], rel=1e-4)
+
+
+def test_a_misspelled_option_gets_the_closest_one():
+    with pytest.raises(gradscope.UsageTypeError, match=r"unknown option evry=3.*Did you mean every=\?"):
+        gradscope.monitor(small_mlp(), evry=3)
