@@ -100,8 +100,7 @@ def found_inf(scaler: object, optimizer: object) -> torch.Tensor | None:
     """The scaler's found-Inf flags of ``optimizer`` in this step, summed over devices (a 0-dim
     tensor on the device, not read back; positive when ``scaler.step`` skipped the update), or
     None before the scaler checked any."""
-    state = scaler._per_optimizer_states.get(id(optimizer), {})
-    found = [f.reshape(()) for f in state.get("found_inf_per_device", {}).values()]
+    found = [f.reshape(()) for f in _found_per_device(scaler, optimizer).values()]
     if not found:
         return None
     return torch.stack([f.to(found[0].device) for f in found]).sum()
@@ -110,9 +109,13 @@ def found_inf(scaler: object, optimizer: object) -> torch.Tensor | None:
 def unscaled(scaler: object, optimizer: object) -> bool:
     """Whether ``optimizer``'s gradients are free of ``scaler``'s loss scale now: the scaler is
     disabled, or ``scaler.unscale_(optimizer)`` ran in this step."""
-    if not scaler.is_enabled():
-        return True
-    return bool(scaler._per_optimizer_states.get(id(optimizer), {}).get("found_inf_per_device"))
+    return not scaler.is_enabled() or bool(_found_per_device(scaler, optimizer))
+
+
+def _found_per_device(scaler: object, optimizer: object) -> dict:
+    """The scaler's found-Inf flag per device for ``optimizer`` in this step (filled when it
+    unscales the gradients; empty before)."""
+    return scaler._per_optimizer_states.get(id(optimizer), {}).get("found_inf_per_device", {})
 
 
 def record_skip(scaler: object, optimizer: object, layout: Layout, buffer: StepBuffer) -> None:

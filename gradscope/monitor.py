@@ -951,8 +951,9 @@ class Recorder:
         if why_not in ("state on another device", "state in Python numbers"):
             self._warn_once(ALL_PARAMETERS, "guard sync",
                             "guard='skip': the optimizer keeps state on the host (torch's Adam keeps "
-                            "its step count on the CPU unless capturable=True or fused=True), so the "
-                            "guard reads the alarm from the GPU before each step: one wait per step.")
+                            "its step count on the CPU unless capturable=True or fused=True; "
+                            "Adafactor counts its steps in a Python int), so the guard reads the "
+                            "alarm from the GPU before each step: one wait per step.")
 
     def _guard_alarm(self, optimizer: torch.optim.Optimizer, loss_scale: torch.Tensor | None,
                      scaler_skipped: torch.Tensor | None = None):

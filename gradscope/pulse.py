@@ -109,8 +109,8 @@ class Pulse:
         step is observed: for a framework that clips the gradients in between (the Hugging Face
         Trainer), whose clipped norms would hide a gradient spike."""
         self._backward_norms = None
-        self._norms_taken = False
-        """The step's norms were taken since its last backward pass (:meth:`take_norms`)."""
+        """The step's norms, taken since its last backward pass (:attr:`norms_at_backward`,
+        :meth:`take_norms`); None: taken when the step is observed."""
         self._alarm_host: list[tuple[int, object, object]] = []
         self.last_step: int | None = None
         self._cat = np.concatenate if xp is np else torch.cat
@@ -148,14 +148,12 @@ class Pulse:
         self.backwards += 1
         if self.backwards > 1:
             self._accumulating = True
-        self._norms_taken = False
         self._backward_norms = None  # taken before a clipping that this pass's gradients replace
         if not (self._accumulating or self.norms_at_backward):
             return
         norms = self._host_norms() if self.on_host else self._sampled_norms()
         if self.norms_at_backward:
             self._backward_norms = norms
-            self._norms_taken = True
         if not self._accumulating:
             return
         self.micro[slot, 0:1] = self._value(loss) if loss is not None else float("nan")
@@ -169,9 +167,8 @@ class Pulse:
         passes: the step's gradient norms are taken now, as the backward passes left them (a
         clipped norm would hide the spike it was clipped for). Nothing before the step's first
         backward pass, nor twice after the same one."""
-        if self.backwards and not self._norms_taken:
+        if self.backwards and self._backward_norms is None:
             self._backward_norms = self._host_norms() if self.on_host else self._sampled_norms()
-            self._norms_taken = True
 
     def observe(self, step: int, loss: torch.Tensor | None = None,
                 loss_scale: torch.Tensor | None = None, finite: torch.Tensor | None = None,
@@ -363,7 +360,6 @@ class Pulse:
 
     def next_step(self) -> None:
         self._backward_norms = None
-        self._norms_taken = False
         self.loss[:] = 0.0
         self.losses_seen = 0
         if self.backwards <= 1:

@@ -124,15 +124,16 @@ def _violations(records: Records) -> list[Violation]:
 
 
 def momentum_ramp(recipe, steps: int) -> float:
-    """How much smaller the probe's median step is than the steady step of SGD with heavy-ball
-    momentum β: the k-th step moves ``(1 - β^k) / (1 - β)`` gradients' worth where the steady one
+    """How much smaller the probe's median step is than the steady step of SGD with momentum β:
+    the k-th heavy-ball step moves ``(1 - β^k) / (1 - β)`` gradients' worth where the steady one
     moves ``1 / (1 - β)``, so over ``steps`` steps the median is ``median_k(1 - β^k)`` of it
-    (0.44 for β = 0.9 over 10 steps). 1 for plain SGD and for adaptive optimizers, whose bias
-    correction makes the first steps full-sized."""
+    (0.44 for β = 0.9 over 10 steps); a Nesterov step is one ahead, ``1 - β^(k+1)``. 1 for plain
+    SGD and for adaptive optimizers, whose bias correction makes the first steps full-sized."""
     beta = recipe.momentum
     if recipe.adaptive or not 0 < beta < 1 or steps < 1:
         return 1.0
-    return 1.0 / statistics.median(1 - beta ** k for k in range(1, steps + 1))
+    ahead = 1 if recipe.nesterov else 0
+    return 1.0 / statistics.median(1 - beta ** (k + ahead) for k in range(1, steps + 1))
 
 
 def _scale_invariant(records: Records) -> tuple[list[str], list[str], float | None]:

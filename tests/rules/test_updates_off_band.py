@@ -13,7 +13,7 @@ from gradscope.recipe import Recipe
 from gradscope.rules.updates_off_band import momentum_ramp
 
 
-@pytest.mark.parametrize("momentum, nesterov", [(0.9, False), (0.5, False), (0.99, False)])
+@pytest.mark.parametrize("momentum, nesterov", [(0.9, False), (0.5, False), (0.99, False), (0.9, True)])
 def test_the_momentum_ramp_is_the_steady_step_over_the_probes_median_step(momentum, nesterov):
     """Reference: torch's SGD in float64 on a constant gradient; its k-th step against the step
     it settles to."""
