@@ -45,7 +45,8 @@ def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
         # 0o666 lets the umask decide the mode, as open(path, "w") would
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     except OSError as e:  # name the directory that refused, not the temporary file
-        raise type(e)(e.errno, e.strerror, str(path.parent)) from e
+        raise type(e)(e.errno, f"the directory {path.parent} takes no new file ({e.strerror})",
+                      str(path.parent)) from e
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(payload)

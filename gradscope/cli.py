@@ -182,7 +182,7 @@ def _writing(what: str, path: Path, debug: bool):
         yield
     except OSError as e:
         reason = e.strerror or str(e)
-        if e.filename is not None and Path(e.filename) != Path(path):
+        if e.filename is not None and Path(e.filename) != Path(path) and str(e.filename) not in reason:
             reason += f": {e.filename}"
         _fail_usage(UsageError(f"Cannot write {what} to {path}: {reason}. Give a path in a writable "
                                "directory with free space."), debug)

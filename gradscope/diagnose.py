@@ -91,6 +91,8 @@ def diagnose(
         raise UsageError(f"Expected `steps` to be a positive int but got {steps!r}; steps=1 runs one forward/backward.")
     if loss_fn is not None and not callable(loss_fn):
         raise UsageTypeError(f"Expected `loss_fn` to be callable but got {type(loss_fn).__name__}.")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise UsageTypeError(f"Expected `seed` to be an int but got {seed!r}; seed=0 is the default.")
     if isinstance(probe_steps, bool) or not isinstance(probe_steps, int) or probe_steps < 0:
         raise UsageError(f"Expected `probe_steps` to be an int >= 0 but got {probe_steps!r}; 0 skips the recipe probe.")
     if clip_grad_norm is not None and (isinstance(clip_grad_norm, bool) or not isinstance(clip_grad_norm, (int, float))
@@ -325,7 +327,11 @@ def training_loss(output, inputs, loss_fn, targets: dict, seed: int) -> tuple[to
             takes_inputs = _positional_arity(loss_fn) >= 2
             loss = loss_fn(output, inputs) if takes_inputs else loss_fn(output)
         except Exception as e:
-            raise ModelError(f"loss_fn raised: {type(e).__name__}: {e}.") from e
+            hint = (" diagnose called loss_fn(output, inputs): its second argument is the inputs "
+                    "given to diagnose, not targets. For a loss that needs targets, pass a function "
+                    "that closes over them: loss_fn=lambda output, inputs: criterion(output, targets)."
+                    if takes_inputs else "")
+            raise ModelError(f"loss_fn raised: {type(e).__name__}: {e}.{hint}") from e
         kind = GIVEN_LOSS
     else:
         loss, kind = model_loss(output)

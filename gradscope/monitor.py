@@ -17,6 +17,7 @@ records the first evaluation. An optimizer built after the monitor started is fo
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import types
 import weakref
@@ -441,6 +442,8 @@ class Recorder:
         self._given_loss: torch.Tensor | None = None
         self._touched = False
         self._forward_seen = False
+        self._output_hooked = False
+        """Whether the last training forward's output held a tensor the output hooks marked."""
         self._trained_seen = False
         self._gradient_marks: list | None = None
         self._sampled_params: list | None = None
@@ -549,11 +552,13 @@ class Recorder:
         return self._active and self.detects and not self.hooks.paused
 
     def backward_starting(self) -> None:
-        # a compiled forward takes no output hooks, and a root whose forward never runs (a
-        # LightningModule's training_step calls its layers): there a backward counts when it
-        # changed the model's gradients (another model's backward, a probe's, a teacher's, does not)
+        # a compiled forward takes no output hooks, a root whose forward never runs (a
+        # LightningModule's training_step calls its layers) marks nothing, nor does an output
+        # whose tensors cannot be found (an object of the user's own): there a backward counts
+        # when it changed the model's gradients (another model's backward, a probe's, a
+        # teacher's, does not)
         self._touched = False
-        self._gradient_marks = self._mark_gradients() if self.compiled or not self._forward_seen else None
+        self._gradient_marks = self._mark_gradients() if self.compiled or not self._output_hooked else None
 
     def backward_ended(self, tensor: torch.Tensor) -> None:
         if not self._active:
@@ -619,9 +624,11 @@ class Recorder:
             self._trained_seen = True
         elif self._trained_seen:
             return
+        self._output_hooked = False
         for t in _output_tensors(output):
             if t.requires_grad:
                 t.register_hook(self._mark_touched)
+                self._output_hooked = True
 
     def _mark_touched(self, grad):
         self._touched = True
@@ -944,6 +951,7 @@ class Recorder:
             self._warn_state_on_host(why_not)
             skip = bool(skip)  # a wait for the device
         if skip:
+            _stepped_for_schedulers(opt)
             return loss
         return original(*args, **kwargs)
 
@@ -1018,6 +1026,7 @@ class Recorder:
 
     def _skip_step(self) -> None:
         """The guard skipped this step's update: it ends as if taken (statistics recorded)."""
+        _stepped_for_schedulers(self.optimizer)
         if self._pulse is not None:
             self._pulse.mark_skipped(self._step, 1.0)
         if self._step not in self.skipped_steps[-1:]:
@@ -1261,17 +1270,32 @@ class Recorder:
         )
 
 
+def _stepped_for_schedulers(optimizer) -> None:
+    """The user called ``optimizer.step()`` and the guard held the update back: an LR scheduler
+    still counts it as called (what torch's own step wrapper marks), so that its ``step()``
+    right after does not warn that it came before the optimizer's."""
+    if optimizer is not None:
+        optimizer._opt_called = True
+
+
 def _output_tensors(output: object, limit: int = 8) -> list[torch.Tensor]:
-    """The tensors of a forward's output (a tensor, a tuple/list, a dict or ModelOutput), at most
-    ``limit`` of them."""
+    """The tensors of a forward's output (a tensor, a tuple/list, a dict or ModelOutput, a
+    dataclass), at most ``limit`` of them."""
     if isinstance(output, torch.Tensor):
         return [output]
-    values = output.values() if isinstance(output, dict) else output if isinstance(output, (tuple, list)) else ()
+    if isinstance(output, dict):
+        values = output.values()
+    elif isinstance(output, (tuple, list)):
+        values = output
+    elif dataclasses.is_dataclass(output) and not isinstance(output, type):
+        values = [getattr(output, f.name, None) for f in dataclasses.fields(output)]
+    else:
+        return []
     found: list[torch.Tensor] = []
     for value in values:
         if isinstance(value, torch.Tensor):
             found.append(value)
-        elif isinstance(value, (tuple, list, dict)):
+        elif len(found) < limit and value is not None and not isinstance(value, (str, bytes)):
             found.extend(_output_tensors(value, limit - len(found)))
         if len(found) >= limit:
             break

@@ -566,7 +566,8 @@ def _power(matvec, start) -> float | None:
 
 
 def _norm(vectors) -> float:
-    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(x.float()) for x in vectors])))
+    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(stored_values(x).float())
+                                                       for x in vectors])))
 
 
 def _normalized(vectors):

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from gradscope.buffer import to_device
-from gradscope.detectors import GRAD_NONFINITE, Detector, has_bit, without_gradient_alarms
+from gradscope.detectors import GRAD_NONFINITE, LOSS_NONFINITE, Detector, has_bit, without_gradient_alarms
 from gradscope.distributed import is_dtensor, local
 from gradscope.stats.reductions import foreach_norms, group_by_device_and_dtype, stored_values
 
@@ -191,14 +191,17 @@ class Pulse:
         if loss is not None:  # given by the user: as it is
             self.loss[:] = self._value(loss)
             self.losses_seen = max(self.losses_seen, 1)
-        elif loss_scale is not None:  # taken from backward(): scaled by the GradScaler
-            self.loss[:] = self.loss / self._value(loss_scale)
+        unknown = None
+        if loss is None and loss_scale is not None:  # taken from backward(): scaled by the GradScaler
+            scale = self._value(loss_scale)
+            unknown = self.xp.isinf(self.loss) & (scale > 1)  # see _unscaled_on_host
+            self.loss[:] = self.xp.where(unknown, float("nan"), self.loss / scale)
         if finite is not None:
             finite = finite.reshape(1).cpu().numpy() if self.on_host else finite.reshape(1)
         if scaler_skipped is not None:
             scaler_skipped = scaler_skipped.reshape(1).float()
             scaler_skipped = scaler_skipped.cpu().numpy() if self.on_host else scaler_skipped.to(self.device)
-        inputs = (norms, finite, scaler_skipped, self._micro_columns())
+        inputs = (norms, finite, scaler_skipped, unknown, self._micro_columns())
         # not while the user captures a graph of their own step: the kernels go into theirs
         if self._graphs is not None and self._state.steady() and not torch.cuda.is_current_stream_capturing():
             alarm, row = self._replayed(self.losses_seen > 0, inputs)
@@ -208,10 +211,11 @@ class Pulse:
         self.last_step = step
         return alarm
 
-    def _row(self, has_loss: bool, norms, finite, skipped, columns):
+    def _row(self, has_loss: bool, norms, finite, skipped, unknown, columns):
         """(alarm bits, ring row) of the step: the detector's update on the step's gradient norms,
-        its loss (``self.loss``), the guard's finite flag and the scaler's skip flag (1-element
-        arrays, or None) and the micro-batch columns. Moves the detector's state on, in place."""
+        its loss (``self.loss``), the guard's finite flag, the scaler's skip flag and whether the
+        scale overflowed the loss (1-element arrays, or None) and the micro-batch columns. Moves
+        the detector's state on, in place."""
         xp = self.xp
         loss_value = self.loss if has_loss else self.loss * float("nan")
         total = ((norms * norms).sum() ** 0.5).reshape(1)
@@ -222,6 +226,8 @@ class Pulse:
             alarm = xp.where(finite | has_bit(alarm, GRAD_NONFINITE), alarm, alarm + float(GRAD_NONFINITE))
         if skipped is not None:
             alarm = without_gradient_alarms(alarm, skipped > 0)
+        if unknown is not None:
+            alarm = alarm - has_bit(alarm, LOSS_NONFINITE) * unknown * float(LOSS_NONFINITE)
         return alarm, self._cat((loss_value, total, z[0:2], alarm, columns, self._trend_columns(), norms))
 
     def _replayed(self, has_loss: bool, inputs: tuple):
@@ -262,15 +268,17 @@ class Pulse:
         code and data have left the caches): the norms, the detector and the row in Python
         floats, the row written into the ring in one assignment."""
         norms = self._host_norms() if self._backward_norms is None else self._backward_norms
+        known = True
         if loss is not None:
             self.loss[0] = self._value(loss)[0]
             self.losses_seen = max(self.losses_seen, 1)
         elif loss_scale is not None:
-            self.loss[0] = self.loss[0] / float(loss_scale)
+            known = self._unscaled_on_host(float(loss_scale))
         total = math.sqrt(sum(n * n for n in norms))
-        loss_value = float(self.loss[0]) if self.losses_seen else math.nan
+        has_loss = self.losses_seen > 0 and known
+        loss_value = float(self.loss[0]) if has_loss else math.nan
         alarm, z_loss, z_grad = self._state.host_update([loss_value, _log(total), *map(_log, norms)],
-                                                        self.losses_seen > 0)
+                                                        has_loss)
         if self._accumulating or self.backwards != 1:
             micro = self._micro_columns().tolist()
         else:  # one backward pass: no micro-batches to tell apart
@@ -280,6 +288,18 @@ class Pulse:
                                          *(trend.values() if trend is not None else (math.nan,) * 3), *norms)
         self.last_step = step
         return np.array([alarm])
+
+    def _unscaled_on_host(self, scale: float) -> bool:
+        """The backward passes' loss divided by the GradScaler's ``scale``; False where it is
+        unknown: a scale above 1 can turn a finite loss Inf (float32 holds 100 * 2**120 but not
+        100 * 2**121, and a scaler whose gradients never overflow, as under bf16, doubles its
+        scale every 2,000 steps up to there). The scaler skips or makes that update on its
+        gradients' own check; the loss is NaN, with no alarm."""
+        if math.isinf(self.loss[0]) and scale > 1:
+            self.loss[0] = math.nan
+            return False
+        self.loss[0] = self.loss[0] / scale
+        return True
 
     def _host_norms(self) -> list[float]:
         """:meth:`_sampled_norms` as Python floats, read through numpy views of the gradients (no

@@ -250,6 +250,26 @@ def test_missing_file(tmp_path):
     assert result.exit_code == 2 and "No such file" in result.output
 
 
+@pytest.mark.skipif(not Path("/proc/version").is_file(), reason="needs Linux's /proc")
+def test_a_report_path_in_a_directory_that_takes_no_new_file_names_that_directory(tmp_path):
+    """/proc/version exists, but /proc takes no new file (the atomic write's temporary one): the
+    message says that, not that /proc does not exist."""
+    result = run("diagnose", write(tmp_path, RELU), "--json", "/proc/version")
+    assert result.exit_code == 2
+    assert "Cannot write the JSON report to /proc/version: the directory /proc takes no new file" in said(result)
+
+
+def test_python_dash_m_gradscope_runs_the_command(tmp_path):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "gradscope", "explain", "GS101"], capture_output=True,
+                          text=True, timeout=120, cwd=tmp_path,
+                          env={**__import__("os").environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    assert done.returncode == 0, done.stderr
+    assert "vanishing-gradient" in done.stdout
+
+
 def test_check_against_a_baseline(tmp_path):
     model = write(tmp_path, RELU)
     baseline = tmp_path / "ci" / "baseline.json"

@@ -207,6 +207,7 @@ def test_a_batchnorm_kept_in_eval_mode_given_one_sample_is_told_why():
     ({"model": nn.Linear(4, 2).to("meta")}, "on the meta device .* model.to_empty"),
     ({"model": "scripted"}, "TorchScript module .* Pass the nn.Module"),
     ({"optimizer": "lbfgs"}, r"Got LBFGS, whose step\(\) needs a closure .* gradscope.monitor"),
+    ({"seed": "a"}, r"Expected `seed` to be an int but got 'a'"),
 ])
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
 def test_usage_errors(kwargs, match):
@@ -217,6 +218,15 @@ def test_usage_errors(kwargs, match):
         args["optimizer"] = torch.optim.LBFGS(args["model"].parameters())
     with pytest.raises(gradscope.UsageError, match=match):
         gradscope.diagnose(**args)
+
+
+@pytest.mark.parametrize("loss_fn", [nn.CrossEntropyLoss(), F.cross_entropy], ids=["module", "function"])
+def test_a_loss_that_needs_targets_is_told_its_second_argument_is_the_inputs(loss_fn):
+    """A torch loss passed as it is gets the inputs as its targets; the message says so and
+    shows how to close over the targets."""
+    with pytest.raises(gradscope.ModelError, match=r"loss_fn raised: RuntimeError: .* its second argument is the "
+                       r"inputs given to diagnose, not targets.*lambda output, inputs: criterion\(output, targets\)"):
+        gradscope.diagnose(nn.Linear(4, 3), torch.randn(5, 4), loss_fn=loss_fn)
 
 
 def test_monitor_findings_over_a_training_loop():

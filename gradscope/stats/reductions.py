@@ -61,8 +61,11 @@ def sum_of_squares_partial(t: torch.Tensor, on_host: bool | None = None) -> tupl
 
 def stored_values(t: torch.Tensor) -> torch.Tensor:
     """The elements a tensor stores: itself, or a sparse gradient's (``nn.Embedding(sparse=True)``)
-    values, the only ones that can be non-zero."""
-    return t.coalesce().values() if t.is_sparse else t
+    values, the only ones that can be non-zero; a complex tensor's as real numbers (its real and
+    imaginary parts, a view: the norm of those is the complex norm, Σ|a|², and torch's norms with
+    a real ``dtype`` refuse complex input)."""
+    t = t.coalesce().values() if t.is_sparse else t
+    return torch.view_as_real(t) if t.is_complex() else t
 
 
 def group_by_device_and_dtype(

@@ -226,10 +226,13 @@ def test_a_nonfinite_gradient_is_skipped_by_the_guard_even_outside_the_sample():
     assert mon.skipped_steps == [2] and "non-finite gradient" in mon.events[0].alarms
 
 
+@pytest.mark.parametrize("skipped", [110, 0], ids=["later", "first step"])
 @pytest.mark.parametrize("built", ["before the monitor", "inside it"])
-def test_the_guard_and_a_learning_rate_scheduler_work_together(built, recwarn):
+def test_the_guard_and_a_learning_rate_scheduler_work_together(built, skipped, recwarn):
     """A scheduler wraps ``optimizer.step`` (to check it runs before ``scheduler.step()``); the
-    guard's step must be one it can wrap, and must keep the wrapper it found."""
+    guard's step must be one it can wrap, and must keep the wrapper it found. A first step the
+    guard holds back still counts as called: before, the scheduler warned that its step came
+    before the optimizer's."""
     model, x, y, g = regression()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     make = lambda: torch.optim.lr_scheduler.StepLR(opt, step_size=50, gamma=0.5)  # noqa: E731
@@ -237,11 +240,14 @@ def test_the_guard_and_a_learning_rate_scheduler_work_together(built, recwarn):
     with gradscope.monitor(model, every=100, optimizer=opt, guard="skip") as mon:
         scheduler = scheduler or make()
         for step in range(120):
-            train(model, x, y, g, opt, mon, 1, corrupt=(0,) if step == 110 else ())
+            bad = step == skipped
+            # a spike needs the warm-up's band; a NaN gradient is caught from the first step
+            train(model, x, y, g, opt, mon, 1, corrupt=(0,) if bad and step else (),
+                  grad_scale=((0,), model, float("nan")) if bad and not step else None)
             scheduler.step()
     train(model, x, y, g, opt, None, 1)  # the optimizer steps as before once the monitor is gone
     scheduler.step()
-    assert mon.skipped_steps == [110]
+    assert mon.skipped_steps == [skipped]
     assert opt.param_groups[0]["lr"] == pytest.approx(0.01 * 0.5 ** 2)  # 121 scheduler steps
     assert not [w for w in recwarn if "lr_scheduler" in str(w.message) or "overridden" in str(w.message)]
     # a scheduler built inside wrapped the guard's step, which stays in its chain: it holds the
