@@ -181,9 +181,36 @@ def _one_line(error: Exception) -> str:
     return f"{type(error).__name__}: {first[:200]}{'...' if len(first) > 200 or len(text) > 1 else ''}"
 
 
+def _required_positional(model: nn.Module) -> list[str]:
+    """The positional parameters of ``model.forward`` without a default (``src, tgt`` of
+    ``nn.Transformer``, ``query, key, value`` of ``nn.MultiheadAttention``); [] where the
+    signature cannot be read."""
+    try:
+        params = inspect.signature(model.forward).parameters.values()
+    except (TypeError, ValueError):
+        return []
+    return [p.name for p in params
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty]
+
+
+def _arguments(model: nn.Module, guess: Guess) -> tuple:
+    """The positional arguments a guess is tried as: the guessed tensor for each required one
+    (a forward that takes several of the same shape, as attention's query, key and value do)."""
+    return (guess.inputs,) * max(1, len(_required_positional(model)))
+
+
 def _try(model: nn.Module, guess: Guess) -> tuple[bool, str | None]:
     """Run ``model`` on ``guess``: whether the input reached the layer that gave the guess, and
     how the forward failed (None when it ran)."""
+    arguments = _arguments(model, guess)
+    if len(arguments) > 1:
+        watch = _InputWatch(model, guess.inputs)
+        try:
+            with _trial(model), watch.watching():
+                model(*arguments)
+            return guess.layer in watch.reached, None
+        except Exception:  # noqa: BLE001 - not all of one shape: said as the one input's failure
+            pass
     watch = _InputWatch(model, guess.inputs)
     try:
         with _trial(model), watch.watching():
@@ -242,6 +269,11 @@ def infer_inputs(model: nn.Module, where: str, seed: int = 0) -> tuple[torch.Ten
         how = "the first layer the input reaches" if reached else "the first guess the model runs on"
         count = sum(map(len, failed.values()))
         earlier = f" ({count} earlier guess{'es' if count > 1 else ''} failed)" if count else ""
+        arguments = _arguments(model, guess)
+        if len(arguments) > 1:  # (only those ran: a guess alone misses the others)
+            names = _and(_required_positional(model))
+            return arguments, (f"inferred from {guess.source}, {how}: {guess}{earlier}, passed as each of "
+                               f"its arguments {names}")
         inputs, target = _with_targets(model, guess.inputs) if guess.tokens else (guess.inputs, None)
         also = f", also passed as {target} so that the model computes its own loss" if target else ""
         return inputs, f"inferred from {guess.source}, {how}: {guess}{earlier}{also}"

@@ -182,7 +182,11 @@ def test_lstm_inputs_are_guessed_from_its_input_size_and_batch_first(tmp_path):
 
 
 def test_without_inputs_that_run_it_says_what_was_guessed_and_input_shape_works(tmp_path):
-    path = write(tmp_path, LSTM.replace("def forward(self, x):", "def forward(self, x, lengths):"))
+    # the guess given as both arguments fails too (lengths must be a 1-D int64 tensor): the
+    # message is the one input's
+    path = write(tmp_path, LSTM.replace("def forward(self, x):", "def forward(self, x, lengths):").replace(
+        "return self.head(", "x = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True)\n"
+        "            return self.head("))
     result = run("diagnose", path)
     assert result.exit_code == 2
     message = said(result)

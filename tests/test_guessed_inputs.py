@@ -89,3 +89,22 @@ def test_an_encoder_decoder_gets_its_ids_as_labels_to_build_its_decoder_inputs()
     inputs, how = infer_inputs(EncoderDecoder(), "model.py")
     assert set(inputs) == {"input_ids", "labels"} and torch.equal(inputs["input_ids"], inputs["labels"])
     assert "builds its decoder's inputs" in how
+
+
+def test_a_forward_with_several_required_inputs_gets_the_guess_as_each():
+    """torch's nn.Transformer takes (src, tgt) and nn.MultiheadAttention (query, key, value), all
+    of one shape: the guess goes to each. Before, every guess failed with "missing 1 required
+    positional argument: 'tgt'" and the CLI asked for an example input."""
+    torch.manual_seed(0)
+    transformer = nn.Transformer(d_model=16, nhead=2, num_encoder_layers=1, num_decoder_layers=1,
+                                 dim_feedforward=32)
+    inputs, how = infer_inputs(transformer, "model.py")
+    assert isinstance(inputs, tuple) and len(inputs) == 2 and inputs[0] is inputs[1]
+    assert inputs[0].shape[-1] == 16
+    assert "passed as each of its arguments src and tgt" in how
+    transformer(*inputs)  # the model runs on them
+
+    attention = nn.MultiheadAttention(8, 2)
+    inputs, how = infer_inputs(attention, "model.py")
+    assert len(inputs) == 3 and "query, key and value" in how
+    assert attention(*inputs)[0].shape == inputs[0].shape
