@@ -18,6 +18,7 @@ from typing import Callable
 
 import torch
 import torch.nn as nn
+from torch._C._functorch import peek_interpreter_stack
 from torch.overrides import TorchFunctionMode
 
 from gradscope.buffer import Layout, StepBuffer
@@ -248,6 +249,11 @@ class HookManager:
 
     def _mode(self, module: nn.Module) -> int:
         if self.paused:
+            return OFF
+        if peek_interpreter_stack() is not None:
+            # inside a torch.func transform (per-sample gradients with vmap(grad(...)) over
+            # functional_call): its tensors are wrapped per level and are not this step's batch;
+            # the gradients the loop then sets are recorded at the step as usual
             return OFF
         if torch._C._current_graph_task_id() != -1:
             return GRAD_ONLY  # inside backward: a checkpoint recomputing its forward

@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn as nn
+from torch._C._functorch import peek_interpreter_stack
 from torch.nn.modules.module import (
     register_module_module_registration_hook,
     register_module_parameter_registration_hook,
@@ -147,6 +148,8 @@ class Recorder:
         self._registration_handles: list = []
         self._structure_changed = False
         self._active = False
+        self._with_depth = 0
+        """``with`` blocks of this monitor open now (nested ones leave it running)."""
         self._init_pulse()
 
     # -- the step clock ------------------------------------------------------------------------
@@ -342,6 +345,13 @@ class Recorder:
     def _parameter_statistics(self, keep_weights: bool) -> None:
         if self.params.record(self.weights_logged(self._step), keep_weights):
             return
+        if not any(p.requires_grad for p in self._watched.parameters()):
+            self._warn_once(
+                ALL_PARAMETERS, "frozen",
+                f"none of the model's parameters requires grad at step {self._step} (all frozen), so "
+                "grad_norm, weight_norm and grad_nonfinite were not recorded; they are from the first "
+                "logged step after some are unfrozen, and spike detection follows them from then on.")
+            return
         where, way_out = (
             ("at optimizer.step() (with a closure: when its first evaluation returned)",
              "call backward() before optimizer.step(), or inside the closure")
@@ -457,7 +467,7 @@ class Recorder:
         optimizer's steps (a framework's callback calls ``mon.step()``): :meth:`read_lr_from`."""
         self._first_step = 0
         """The number of the first step (:meth:`number_from`)."""
-        self._pulse_rows: list[np.ndarray] = []
+        self._pulse_rows: list[tuple[list[str], np.ndarray]] = []
         self._pulse_steps: list[np.ndarray] = []
         self.events: list[SpikeEvent] = []
         """The detections so far (gradscope/events.py), oldest first."""
@@ -494,14 +504,18 @@ class Recorder:
         Without it the loss is taken from the tensor ``backward()`` is called on when that
         backward reaches the model, summed over the step's backward passes; with it, those are
         ignored for this step. Never a wait for the device: the value stays where it is."""
-        if not isinstance(loss, torch.Tensor):
-            try:
-                loss = torch.tensor(float(loss))
-            except (TypeError, ValueError):
+        if isinstance(loss, (np.ndarray, np.generic)) and np.asarray(loss).dtype.kind in "biuf":
+            loss = torch.from_numpy(np.array(loss, dtype=np.float64))  # one element checked below
+        elif not isinstance(loss, torch.Tensor):
+            if not isinstance(loss, (int, float)):
                 raise UsageTypeError(
-                    f"Expected the loss to be a tensor or a number but got {type(loss).__name__}; "
-                    "pass the loss tensor of this step (mon.observe_loss(loss))."
-                ) from None
+                    f"Expected the loss to be a tensor or a real number but got {type(loss).__name__} "
+                    f"({loss!r:.40}); pass the loss tensor of this step (mon.observe_loss(loss)).")
+            loss = torch.tensor(float(loss))
+        if loss.is_complex():
+            raise UsageTypeError(
+                f"Expected the loss to be a real number but got a {loss.dtype} tensor; pass the "
+                "real loss the step optimises.")
         if loss.numel() != 1:
             raise UsageError(
                 f"Expected the loss to be one number (a scalar tensor) but got a tensor of shape "
@@ -522,13 +536,21 @@ class Recorder:
         norm (``grad_norm/<parameter>``: estimated from a sample on the CPU, exact on a GPU;
         gradscope/pulse.py)."""
         self._read_pulse(wait=True)
-        names = list(PULSE_COLUMNS) + [f"grad_norm/{n}" for n in (self._pulse.names if self._pulse else [])]
         if not self._pulse_rows:
-            return pd.DataFrame(columns=["step", *names])
-        rows = np.concatenate(self._pulse_rows)
-        frame = pd.DataFrame(rows[:, :len(names)], columns=names)
-        frame.insert(0, "step", np.concatenate(self._pulse_steps))
-        return frame
+            names = self._pulse.names if self._pulse else []
+            return pd.DataFrame(columns=["step", *PULSE_COLUMNS, *(f"grad_norm/{n}" for n in names)])
+        frames = []  # one per run of reads over the same parameters (a new set after an unfreeze)
+        start = 0
+        for end in range(1, len(self._pulse_rows) + 1):
+            if end < len(self._pulse_rows) and self._pulse_rows[end][0] is self._pulse_rows[start][0]:
+                continue
+            names = list(PULSE_COLUMNS) + [f"grad_norm/{n}" for n in self._pulse_rows[start][0]]
+            rows = np.concatenate([r for _, r in self._pulse_rows[start:end]])
+            frame = pd.DataFrame(rows[:, :len(names)], columns=names)
+            frame.insert(0, "step", np.concatenate(self._pulse_steps[start:end]))
+            frames.append(frame)
+            start = end
+        return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
 
     def _start_pulse(self) -> None:
         if not self.detects:
@@ -559,8 +581,18 @@ class Recorder:
         # teacher's, does not)
         self._touched = False
         self._gradient_marks = self._mark_gradients() if self.compiled or not self._output_hooked else None
+        pulse = self._pulse
+        if pulse is not None and pulse.backwards:
+            # backward passes counted in this step already, and the gradients are gone since
+            # (zero_grad(): a batch the loop threw away, or a closure that raised): their losses
+            # and norms are not this step's
+            marks = self._gradient_marks if self._gradient_marks is not None else self._mark_gradients()
+            if all(m is None for m in marks):
+                self._guard(ALL_PARAMETERS, "pulse", pulse.discard_backwards)
 
-    def backward_ended(self, tensor: torch.Tensor) -> None:
+    def backward_ended(self, tensor: torch.Tensor | None) -> None:
+        """A followed backward call returned; ``tensor``: the one it started from (None where it
+        started from several: no loss is taken)."""
         if not self._active:
             return
         marks, self._gradient_marks = self._gradient_marks, None
@@ -592,9 +624,12 @@ class Recorder:
             params = self._sampled_params = trainable[::step][:8] + trainable[-1:]
         return [(id(g), g._version) if (g := p.grad) is not None else None for p in params]
 
-    def _count_backward(self, tensor: torch.Tensor) -> None:
+    def _count_backward(self, tensor: torch.Tensor | None) -> None:
         pulse = self._pulse_for_step()
         if pulse is None:
+            return
+        if tensor is None:
+            pulse.backward_done(None)
             return
         if pulse.on_host and tensor.is_cpu and tensor.numel() == 1:
             # a read of CPU memory that runs no torch op: right after a backward pass each op (a
@@ -617,8 +652,8 @@ class Recorder:
         """Marks the backward passes that reach the model's output (the root's forward hook). A
         forward in eval mode, once the model has trained in this run (a validation pass with
         gradients: a saliency map, an input-gradient attack), carries no training loss."""
-        if self.hooks.paused or not torch.is_grad_enabled():
-            return
+        if self.hooks.paused or not torch.is_grad_enabled() or peek_interpreter_stack() is not None:
+            return  # (inside a torch.func transform: no loss of this model's step goes through)
         self._forward_seen = True
         if module.training:
             self._trained_seen = True
@@ -637,13 +672,14 @@ class Recorder:
         """The pulse, made at first use (the parameters and their device are known by then)."""
         if self._pulse is None and not self._pulse_failed:
             params = [(n, p) for n, p in self._watched.named_parameters() if p.requires_grad]
+            if not params:  # all frozen (a head's warm-up before the backbone is unfrozen): later
+                return None
             devices = {local(p.detach()).device for _, p in params}
-            if not params or len(devices) > 1:
+            if len(devices) > 1:
                 self._pulse_failed = True
-                if params:
-                    self._warn_once(ALL_PARAMETERS, "pulse",
-                                    f"the model's parameters are on {len(devices)} devices; spike detection "
-                                    "needs them on one and is off for this run.")
+                self._warn_once(ALL_PARAMETERS, "pulse",
+                                f"the model's parameters are on {len(devices)} devices; spike detection "
+                                "needs them on one and is off for this run.")
                 return None
             # every logged step's rows, read once per logged step; at most RING_ROWS, read
             # every RING_ROWS steps where logged steps are further apart
@@ -692,9 +728,27 @@ class Recorder:
         elif self.is_logged(step) or (step + 1) % pulse.window == 0:
             self._read_pulse(wait=False)
         pulse.next_step()
+        if self.is_logged(step):
+            self._guard(ALL_PARAMETERS, "pulse", self._follow_trainable)
         lr = self._current_lr(plain_only=True)  # a tensor's would be a read from the device every step
         if lr is not None or self._lrs:
             self._lrs.append(lr)
+
+    def _follow_trainable(self) -> None:
+        """On a logged step: where the parameters that require grad are no longer those the pulse
+        reads (a backbone unfrozen after the head's warm-up, layers frozen, a module added), the
+        rows so far are kept and a new pulse takes the new set from the next step, its detector
+        warming up again (a gradient norm over more parameters is a new level, not a spike; the
+        non-finite checks act from its first step)."""
+        pulse = self._pulse
+        if pulse is None:
+            return
+        trainable = [p for p in self._watched.parameters() if p.requires_grad]
+        if len(trainable) == len(pulse.params) and all(a is b for a, b in zip(trainable, pulse.params)):
+            return
+        self._read_pulse(wait=True)
+        self._pulse = None
+        self._sampled_params = None
 
     def _read_pulse(self, wait: bool) -> None:
         """Copy the ring rows not read yet into the pulse history."""
@@ -706,7 +760,7 @@ class Recorder:
         ring = pulse.read()
         first = max(self._pulse_read_upto + 1, pulse.last_step - pulse.window + 1, self._first_step)
         steps = np.arange(first, pulse.last_step + 1)
-        self._pulse_rows.append(ring[steps % pulse.window])
+        self._pulse_rows.append((pulse.names, ring[steps % pulse.window]))
         self._pulse_steps.append(steps)
         self._pulse_read_upto = pulse.last_step
         self._last_ring = (ring, first)
@@ -1142,10 +1196,18 @@ class Recorder:
             raise errors[0]
 
     def __enter__(self) -> "Recorder":
-        return self.start()
+        # a with block of this monitor inside another one (a train() that opens it, called in a
+        # block that did): the inner exit leaves it running, the outer one stops it
+        depth = self._with_depth
+        if not (self._active and depth):
+            self.start()
+        self._with_depth = depth + 1
+        return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        self.stop()
+        self._with_depth = max(0, self._with_depth - 1)
+        if not self._with_depth:
+            self.stop()
 
     def _refuse_if_watched(self) -> None:
         for module in self.model.modules():

@@ -162,6 +162,14 @@ class Pulse:
         else:
             self.micro[slot, 1:2] = ((norms * norms).sum() ** 0.5).reshape(1)
 
+    def discard_backwards(self) -> None:
+        """The step's backward passes so far were thrown away (their gradients zeroed before the
+        next pass): their losses, norms and micro-batch rows leave the step."""
+        self.loss[:] = 0.0
+        self.losses_seen = 0
+        self.backwards = 0
+        self._backward_norms = None
+
     def take_norms(self) -> None:
         """The gradients are about to be changed in place (clipped) after this step's backward
         passes: the step's gradient norms are taken now, as the backward passes left them (a
@@ -493,41 +501,69 @@ def _stride(numel: int, row: int) -> int:
 
 _ACTIVE: "weakref.WeakSet" = weakref.WeakSet()
 _ORIGINAL_BACKWARD = None
+_ORIGINAL_AUTOGRAD_BACKWARD = None
+_INSIDE = [0]
+"""Followed backward calls under way: ``Tensor.backward`` calls ``torch.autograd.backward``, and a
+reentrant checkpoint calls it again inside the pass (on another thread on a GPU); those are the
+same pass."""
+
+
+def _followed(original, loss_of):
+    """``original`` (a backward function) routed to the owners; ``loss_of(args)``: the tensor the
+    pass starts from (None where several do)."""
+
+    def backward(*args, **kwargs):
+        owners = [o for o in list(_ACTIVE) if o.wants_backward()] if not _INSIDE[0] else ()
+        if not owners:
+            return original(*args, **kwargs)
+        for o in owners:
+            o.backward_starting()
+        _INSIDE[0] += 1
+        try:
+            return original(*args, **kwargs)
+        finally:
+            _INSIDE[0] -= 1
+            tensor = loss_of(args, kwargs)
+            for o in owners:
+                o.backward_ended(tensor)
+
+    backward.__doc__ = original.__doc__
+    backward.__wrapped__ = original
+    return backward
+
+
+def _tensor_self(args, kwargs):
+    return args[0]
+
+
+def _autograd_tensors(args, kwargs):
+    tensors = args[0] if args else kwargs.get("tensors")
+    if isinstance(tensors, (tuple, list)) and len(tensors) == 1:
+        tensors = tensors[0]
+    return tensors if isinstance(tensors, torch.Tensor) else None
 
 
 def follow_backward(owner) -> None:
-    """Route ``Tensor.backward`` calls to ``owner.backward_starting()`` and
-    ``owner.backward_ended(tensor)``, and in-place gradient clipping to
-    ``owner.gradients_clipping()`` before it clips, while any owner follows them (the patches are
-    installed once and removed with the last owner)."""
-    global _ORIGINAL_BACKWARD
+    """Route ``Tensor.backward`` and ``torch.autograd.backward`` calls to
+    ``owner.backward_starting()`` and ``owner.backward_ended(tensor)``, and in-place gradient
+    clipping to ``owner.gradients_clipping()`` before it clips, while any owner follows them (the
+    patches are installed once and removed with the last owner)."""
+    global _ORIGINAL_BACKWARD, _ORIGINAL_AUTOGRAD_BACKWARD
     _follow_clipping()
     if _ORIGINAL_BACKWARD is None:
         _ORIGINAL_BACKWARD = torch.Tensor.backward
-        original = _ORIGINAL_BACKWARD
-
-        def backward(self, *args, **kwargs):
-            owners = [o for o in list(_ACTIVE) if o.wants_backward()]
-            if not owners:
-                return original(self, *args, **kwargs)
-            for o in owners:
-                o.backward_starting()
-            try:
-                return original(self, *args, **kwargs)
-            finally:
-                for o in owners:
-                    o.backward_ended(self)
-
-        backward.__doc__ = original.__doc__
-        backward.__wrapped__ = original
-        torch.Tensor.backward = backward
+        torch.Tensor.backward = _followed(_ORIGINAL_BACKWARD, _tensor_self)
+    if _ORIGINAL_AUTOGRAD_BACKWARD is None:
+        _ORIGINAL_AUTOGRAD_BACKWARD = torch.autograd.backward
+        torch.autograd.backward = _followed(_ORIGINAL_AUTOGRAD_BACKWARD, _autograd_tensors)
     _ACTIVE.add(owner)
 
 
 def unfollow_backward(owner) -> None:
-    """Stop routing to ``owner``; the last one out puts ``Tensor.backward`` back, unless something
-    wrapped it after gradscope did (then the wrapper stays, passing every call straight through)."""
-    global _ORIGINAL_BACKWARD
+    """Stop routing to ``owner``; the last one out puts the backward functions back, unless
+    something wrapped them after gradscope did (then the wrapper stays, passing every call
+    straight through)."""
+    global _ORIGINAL_BACKWARD, _ORIGINAL_AUTOGRAD_BACKWARD
     _ACTIVE.discard(owner)
     if len(_ACTIVE):
         return
@@ -535,6 +571,10 @@ def unfollow_backward(owner) -> None:
     if _ORIGINAL_BACKWARD is not None and getattr(torch.Tensor.backward, "__wrapped__", None) is _ORIGINAL_BACKWARD:
         torch.Tensor.backward = _ORIGINAL_BACKWARD
         _ORIGINAL_BACKWARD = None
+    if _ORIGINAL_AUTOGRAD_BACKWARD is not None and \
+            getattr(torch.autograd.backward, "__wrapped__", None) is _ORIGINAL_AUTOGRAD_BACKWARD:
+        torch.autograd.backward = _ORIGINAL_AUTOGRAD_BACKWARD
+        _ORIGINAL_AUTOGRAD_BACKWARD = None
 
 
 _CLIPPING = (

@@ -478,3 +478,58 @@ def test_a_monitor_that_recorded_no_step_gives_no_verdict_and_judges_nothing():
     assert report.verdict is None and report.findings == [] and report.coverage.checked == []
     assert report.no_findings_text == "No findings: nothing could be judged (no step was recorded)."
     assert json.loads(report.to_json())["verdict"] is None
+
+
+def test_per_sample_gradients_from_torch_func_are_recorded_at_the_step(recwarn):
+    """DP-SGD's loop: per-sample gradients by vmap(grad(...)) over functional_call, clipped per
+    sample and set by hand. The module hooks ran inside the transform on its wrapped tensors and
+    failed (a warning per layer), and the step's buffer with them: no row at all. Now the forward
+    inside a transform is not recorded and the gradients the loop sets are, at the step."""
+    from torch.func import functional_call, grad, vmap
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    x, y = torch.randn(8, 6), torch.randn(8, 3)
+
+    def one_loss(params, xi, yi):
+        return F.mse_loss(functional_call(model, params, (xi.unsqueeze(0),)), yi.unsqueeze(0))
+
+    expected = []
+    with gradscope.monitor(model, every=1, optimizer=opt, guard="skip") as mon:
+        for _ in range(4):
+            params = {n: p.detach() for n, p in model.named_parameters()}
+            per_sample = vmap(grad(one_loss), in_dims=(None, 0, 0))(params, x, y)
+            for n, p in model.named_parameters():
+                p.grad = per_sample[n].mean(0)
+            expected.append({n: float(p.grad.double().norm()) for n, p in model.named_parameters()})
+            opt.step()
+    assert not [w for w in recwarn if "gradscope" in str(w.message)]
+    history = mon.to_dataframe()
+    norms = history[history.metric == "grad_norm"]
+    for step, by_name in enumerate(expected):
+        for name, value in by_name.items():
+            got = norms[(norms.step == step) & (norms.layer == name)].value
+            assert len(got) == 1 and float(got.iloc[0]) == pytest.approx(value, rel=1e-5), (step, name)
+
+
+def test_a_with_block_inside_another_of_the_same_monitor_leaves_it_running():
+    """Before, the inner block's exit stopped the monitor and the outer block's later steps were
+    silently not recorded."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+
+    def train(mon, steps):
+        with mon:
+            for _ in range(steps):
+                F.mse_loss(model(torch.randn(8, 4)), torch.randn(8, 1)).backward()
+                opt.step()
+                opt.zero_grad()
+
+    mon = gradscope.monitor(model, every=1, optimizer=opt)
+    with mon:
+        train(mon, 2)
+        train(mon, 3)
+    assert sorted(mon.to_dataframe().step.unique()) == list(range(5))
+    assert not mon._active

@@ -126,7 +126,9 @@ def test_the_loss_given_with_step_or_observe_loss_is_used_and_a_missing_loss_rai
     with gradscope.monitor(model, every=1) as mon:
         for i, (x, y) in enumerate(data):
             loss = F.mse_loss(model(x), y)
-            torch.autograd.backward(loss)  # not Tensor.backward: the loss does not arrive by itself
+            # gradients set by hand (no backward call): the loss does not arrive by itself
+            for p, g in zip(model.parameters(), torch.autograd.grad(loss, list(model.parameters()))):
+                p.grad = g
             if i % 2 == 0:
                 mon.step(loss=loss * 10)
             else:
@@ -542,3 +544,111 @@ def test_the_loss_is_taken_from_backward_when_the_model_returns_a_dataclass(host
                 opt.zero_grad()
         losses = mon.pulse_history()["loss"].tolist()
         assert losses == pytest.approx([loss for loss, _, _ in expected], rel=1e-5), kind.__name__
+
+
+@pytest.mark.parametrize("host_arithmetic", [None, False], ids=["numpy", "torch"])
+def test_a_batch_the_loop_throws_away_is_not_added_to_the_next_step(host_arithmetic):
+    """A loop that drops a bad batch after its backward (``opt.zero_grad(); continue``): before,
+    its loss was added to the next step's, which then raised a false alarm and had its healthy
+    update skipped by the guard."""
+    model, data = small_mlp(), batches(80)
+    data[70] = (data[70][0], data[70][1] * 1e4)  # a corrupt batch the loop drops itself
+    kept = [b for i, b in enumerate(data) if i != 70]
+    expected = reference_trace(model, kept, lr=0.05)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    mon = gradscope.monitor(model, every=10, optimizer=opt, guard="skip")
+    mon._host_arithmetic = host_arithmetic
+    with mon:
+        for x, y in data:
+            loss = F.mse_loss(model(x), y)
+            loss.backward()
+            if loss.item() > 100:
+                opt.zero_grad()
+                continue
+            opt.step()
+            opt.zero_grad()
+    pulse = mon.pulse_history()
+    assert pulse["loss"].tolist() == pytest.approx([loss for loss, _, _ in expected], rel=1e-5)
+    assert pulse["grad_norm"].tolist() == pytest.approx([total for _, total, _ in expected], rel=1e-5)
+    assert mon.events == [] and mon.skipped_steps == []
+
+
+def test_parameters_unfrozen_later_are_read_and_guarded():
+    """A backbone frozen for the head's warm-up, then unfrozen: before, the pulse was never
+    made (no parameter required grad at its first use) and spike detection and the guard were
+    off for the whole run; a NaN gradient later went into the weights. Parameters unfrozen later
+    join the pulse from the next logged step, with their own columns."""
+    torch.manual_seed(0)
+    backbone = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh())
+    head = nn.Linear(16, 3)
+    opt = torch.optim.SGD([*backbone.parameters(), *head.parameters()], lr=0.05)
+    data = batches(40)
+    backbone.requires_grad_(False)
+    backbone[2].requires_grad_(True)  # a partial unfreeze first, the rest later
+    expected = []
+    with gradscope.monitor(backbone, every=10, optimizer=opt, guard="skip") as mon:
+        for step, (x, y) in enumerate(data):
+            if step == 5:
+                backbone.requires_grad_(True)
+            F.mse_loss(head(backbone(x)), y).backward()
+            if step == 35:
+                backbone[0].weight.grad[0, 0] = float("nan")
+            expected.append(math.sqrt(sum(float(p.grad.double().norm()) ** 2
+                                          for p in backbone.parameters() if p.grad is not None)))
+            opt.step()
+            opt.zero_grad()
+    assert all(torch.isfinite(p).all() for p in backbone.parameters())
+    assert mon.skipped_steps == [35] and "non-finite gradient" in mon.events[0].alarms
+    pulse = mon.pulse_history().set_index("step")
+    assert pulse["grad_norm/0.weight"].loc[:10].isna().all()  # read from step 11 on
+    assert pulse["grad_norm"].loc[11:34].tolist() == pytest.approx(expected[11:35], rel=1e-5)
+    assert pulse["grad_norm"].loc[:4].tolist() == pytest.approx(expected[:5], rel=1e-5)
+
+
+@pytest.mark.parametrize("call", ["autograd", "autograd list", "checkpoint"])
+def test_the_loss_arrives_through_torch_autograd_backward_once(call):
+    """``torch.autograd.backward(loss)`` (the functional form, and a list of one loss) carries the
+    loss as ``loss.backward()`` does; before, no loss was recorded and loss alarms could not fire.
+    A reentrant checkpoint, which calls it again inside the pass, is still one pass."""
+    from torch.utils.checkpoint import checkpoint
+
+    model, data = small_mlp(), batches(6)
+    expected = reference_trace(model, data, lr=0.05)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    original = torch.autograd.backward
+    with gradscope.monitor(model, every=2, optimizer=opt) as mon:
+        for x, y in data:
+            if call == "checkpoint":
+                out = checkpoint(model, x.requires_grad_(), use_reentrant=True)
+                F.mse_loss(out, y).backward()
+            else:
+                loss = F.mse_loss(model(x), y)
+                torch.autograd.backward([loss] if call == "autograd list" else loss)
+            opt.step()
+            opt.zero_grad()
+    assert torch.autograd.backward is original
+    pulse = mon.pulse_history()
+    assert pulse["loss"].tolist() == pytest.approx([loss for loss, _, _ in expected], rel=1e-5)
+    assert pulse["micro_batches"].tolist() == [1.0] * len(data)
+
+
+@pytest.mark.parametrize("given, expected", [
+    (np.array([2.0]), 2.0), (np.array(2.0), 2.0), (np.float32(2.5), 2.5), (torch.tensor([1.5]), 1.5), (3, 3.0),
+    ("1.0", r"a tensor or a real number but got str \('1.0'\)"),
+    (torch.tensor(1 + 0j), r"a real number but got a torch.complex64 tensor"),
+    ([1.0], r"a tensor or a real number but got list"),
+])
+def test_a_loss_given_as_one_real_number_of_any_kind_is_taken_and_others_are_refused(given, expected):
+    """One element of a real type is a loss, whatever holds it (numpy's 1-element array was
+    refused while its 0-d array and torch's 1-element tensor were taken); a string and a complex
+    number were taken silently."""
+    model, data = small_mlp(), batches(1)
+    with gradscope.monitor(model, every=1) as mon:
+        F.mse_loss(model(data[0][0]), data[0][1]).backward()
+        if isinstance(expected, str):
+            with pytest.raises(gradscope.UsageTypeError, match=expected):
+                mon.observe_loss(given)
+            return
+        mon.observe_loss(given)
+        mon.step()
+    assert mon.pulse_history()["loss"].tolist() == [expected]
