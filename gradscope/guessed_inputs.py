@@ -193,16 +193,28 @@ def _required_positional(model: nn.Module) -> list[str]:
             if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty]
 
 
-def _arguments(model: nn.Module, guess: Guess) -> tuple:
-    """The positional arguments a guess is tried as: the guessed tensor for each required one
-    (a forward that takes several of the same shape, as attention's query, key and value do)."""
-    return (guess.inputs,) * max(1, len(_required_positional(model)))
+def _arguments(model: nn.Module, guess: Guess, seed: int = 0) -> tuple:
+    """The positional arguments a guess is tried as: one of the guessed kind and shape for each
+    required one (a forward that takes several of one shape, as attention's query, key and value
+    do), the guess first and a separate draw for each other (the same tensor twice would make a
+    Siamese network's difference exactly 0): token ids rolled along the batch, other inputs drawn
+    again from ``seed + k``."""
+    count = max(1, len(_required_positional(model)))
+    x = guess.inputs
+    others = []
+    for k in range(1, count):
+        if guess.tokens:
+            others.append(x.roll(k, 0))
+        else:
+            generator = torch.Generator().manual_seed(seed + k)
+            others.append(torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device))
+    return (x, *others)
 
 
-def _try(model: nn.Module, guess: Guess) -> tuple[bool, str | None]:
+def _try(model: nn.Module, guess: Guess, seed: int = 0) -> tuple[bool, str | None]:
     """Run ``model`` on ``guess``: whether the input reached the layer that gave the guess, and
     how the forward failed (None when it ran)."""
-    arguments = _arguments(model, guess)
+    arguments = _arguments(model, guess, seed)
     if len(arguments) > 1:
         watch = _InputWatch(model, guess.inputs)
         try:
@@ -256,7 +268,7 @@ def infer_inputs(model: nn.Module, where: str, seed: int = 0) -> tuple[torch.Ten
     candidates = guesses(model, seed)
     failed: dict[str, list[Guess]] = {}  # one failure (a forward that takes two inputs) is said once
     for guess in candidates[:MAX_GUESSES]:
-        reached, failure = _try(model, guess)
+        reached, failure = _try(model, guess, seed)
         if failure is not None and guess.tokens:
             # an encoder-decoder (T5, BART) needs decoder inputs, which it builds from its labels
             inputs, target = _with_targets(model, guess.inputs)
@@ -269,11 +281,11 @@ def infer_inputs(model: nn.Module, where: str, seed: int = 0) -> tuple[torch.Ten
         how = "the first layer the input reaches" if reached else "the first guess the model runs on"
         count = sum(map(len, failed.values()))
         earlier = f" ({count} earlier guess{'es' if count > 1 else ''} failed)" if count else ""
-        arguments = _arguments(model, guess)
+        arguments = _arguments(model, guess, seed)
         if len(arguments) > 1:  # (only those ran: a guess alone misses the others)
             names = _and(_required_positional(model))
-            return arguments, (f"inferred from {guess.source}, {how}: {guess}{earlier}, passed as each of "
-                               f"its arguments {names}")
+            return arguments, (f"inferred from {guess.source}, {how}: {guess}{earlier}, a separate draw "
+                               f"for each of its arguments {names}")
         inputs, target = _with_targets(model, guess.inputs) if guess.tokens else (guess.inputs, None)
         also = f", also passed as {target} so that the model computes its own loss" if target else ""
         return inputs, f"inferred from {guess.source}, {how}: {guess}{earlier}{also}"

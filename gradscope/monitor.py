@@ -447,6 +447,9 @@ class Recorder:
     def _init_pulse(self) -> None:
         self._pulse: Pulse | None = None
         self._pulse_failed = False
+        self._pulse_keep: set[int] = set()
+        """Parameters an earlier pulse read (by id), read by the next one whether or not they
+        require grad then (:meth:`_follow_trainable`)."""
         self._observed_step: int | None = None
         self._step_alarm: torch.Tensor | None = None
         self._given_loss: torch.Tensor | None = None
@@ -507,11 +510,17 @@ class Recorder:
         if isinstance(loss, (np.ndarray, np.generic)) and np.asarray(loss).dtype.kind in "biuf":
             loss = torch.from_numpy(np.array(loss, dtype=np.float64))  # one element checked below
         elif not isinstance(loss, torch.Tensor):
-            if not isinstance(loss, (int, float)):
+            value = None
+            if not isinstance(loss, (str, bytes, complex, np.ndarray, np.generic)):
+                try:
+                    value = float(loss)  # a Fraction, a Decimal, anything with __float__
+                except (TypeError, ValueError):
+                    pass
+            if value is None:
                 raise UsageTypeError(
                     f"Expected the loss to be a tensor or a real number but got {type(loss).__name__} "
                     f"({loss!r:.40}); pass the loss tensor of this step (mon.observe_loss(loss)).")
-            loss = torch.tensor(float(loss))
+            loss = torch.tensor(value)
         if loss.is_complex():
             raise UsageTypeError(
                 f"Expected the loss to be a real number but got a {loss.dtype} tensor; pass the "
@@ -587,7 +596,7 @@ class Recorder:
             # (zero_grad(): a batch the loop threw away, or a closure that raised): their losses
             # and norms are not this step's
             marks = self._gradient_marks if self._gradient_marks is not None else self._mark_gradients()
-            if all(m is None for m in marks):
+            if all(m is None for m in marks) and any(p.requires_grad for p in self._sampled_params):
                 self._guard(ALL_PARAMETERS, "pulse", pulse.discard_backwards)
 
     def backward_ended(self, tensor: torch.Tensor | None) -> None:
@@ -638,7 +647,7 @@ class Recorder:
             while isinstance(value, list):
                 value = value[0]
             if isinstance(value, float):
-                pulse.add_loss_value(value)
+                pulse.add_loss_value(value, tensor.dtype)
                 pulse.backward_done(tensor)
             else:
                 pulse.backward_done(None)
@@ -671,7 +680,8 @@ class Recorder:
     def _pulse_for_step(self) -> Pulse | None:
         """The pulse, made at first use (the parameters and their device are known by then)."""
         if self._pulse is None and not self._pulse_failed:
-            params = [(n, p) for n, p in self._watched.named_parameters() if p.requires_grad]
+            params = [(n, p) for n, p in self._watched.named_parameters()
+                      if p.requires_grad or id(p) in self._pulse_keep]
             if not params:  # all frozen (a head's warm-up before the backbone is unfrozen): later
                 return None
             devices = {local(p.detach()).device for _, p in params}
@@ -735,18 +745,31 @@ class Recorder:
             self._lrs.append(lr)
 
     def _follow_trainable(self) -> None:
-        """On a logged step: where the parameters that require grad are no longer those the pulse
-        reads (a backbone unfrozen after the head's warm-up, layers frozen, a module added), the
-        rows so far are kept and a new pulse takes the new set from the next step, its detector
-        warming up again (a gradient norm over more parameters is a new level, not a spike; the
-        non-finite checks act from its first step)."""
+        """On a logged step: where a parameter requires grad that the pulse does not read (a
+        backbone unfrozen after the head's warm-up, a module added), or one it reads has left the
+        model, the alarms and rows so far are taken and a new pulse reads the model's parameters
+        that require grad or were read before (one frozen again reads 0, as a parameter without a
+        gradient does: two parts trained in turn do not make a new pulse every step) from the
+        next step on, its detector warming up again (a gradient norm over more parameters is a
+        new level, not a spike; the non-finite checks act from its first step)."""
         pulse = self._pulse
         if pulse is None:
             return
-        trainable = [p for p in self._watched.parameters() if p.requires_grad]
-        if len(trainable) == len(pulse.params) and all(a is b for a, b in zip(trainable, pulse.params)):
-            return
+        read = {id(p) for p in pulse.params}
+        in_model = 0
+        for p in self._watched.parameters():
+            if id(p) in read:
+                in_model += 1
+            elif p.requires_grad:
+                break
+        else:
+            if in_model == len(read):
+                return
+        landed = pulse.landed_alarms(wait=True)  # an alarm of the steps so far still on its way
         self._read_pulse(wait=True)
+        for alarm_step, bits in landed:
+            self._detected(alarm_step, bits)
+        self._pulse_keep = read | {id(p) for p in self._watched.parameters() if p.requires_grad}
         self._pulse = None
         self._sampled_params = None
 
@@ -1336,8 +1359,10 @@ def _stepped_for_schedulers(optimizer) -> None:
     """The user called ``optimizer.step()`` and the guard held the update back: an LR scheduler
     still counts it as called (what torch's own step wrapper marks), so that its ``step()``
     right after does not warn that it came before the optimizer's."""
-    if optimizer is not None:
+    try:
         optimizer._opt_called = True
+    except (AttributeError, TypeError):  # no optimizer, or one without attributes of its own
+        pass
 
 
 def _output_tensors(output: object, limit: int = 8) -> list[torch.Tensor]:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import functools
 import importlib
 import math
+import threading
 import weakref
 
 import numpy as np
@@ -51,6 +52,10 @@ is past its warm-up (:meth:`Pulse._replayed`)."""
 
 MICRO_BATCHES = 64
 """Micro-batches per step kept apart; later ones share the last slot."""
+
+OVERFLOW_LOSS = 1e6
+"""The size of loss a GradScaler's scale may be taken to have overflowed to Inf: a loss past it
+that overflows is no ordinary loss (a diverged run is reported as one)."""
 
 (LOSS, GRAD_NORM, Z_LOSS, Z_GRAD, ALARM, SKIPPED, MICRO_COUNT, MICRO_LOSS, MICRO_GRAD,
  LOSS_SMOOTHED, LOSS_LOWEST, LOSS_FALL, FIRST_PARAMETER) = range(13)
@@ -100,6 +105,9 @@ class Pulse:
         self.loss = self._new((1,), 0.0)
         """The losses of this step's backward passes, summed (in the scale ``backward()`` got)."""
         self.losses_seen = 0
+        self.loss_limit = math.inf
+        """The largest finite value of the narrowest dtype among this step's losses (65504 for a
+        float16 one): what a GradScaler's scale can overflow."""
         self.micro = self._new((MICRO_BATCHES, 2), 0.0)
         """Per micro-batch of this step: its loss and the accumulated gradient norm after it."""
         self.backwards = 0
@@ -134,11 +142,20 @@ class Pulse:
         else:
             self.loss += self._value(loss)
         self.losses_seen += 1
+        self.loss_limit = min(self.loss_limit, torch.finfo(loss.dtype).max)
 
-    def add_loss_value(self, value: float) -> None:
-        """One backward pass's loss, read on the host already (the CPU)."""
+    def add_loss_value(self, value: float, dtype: torch.dtype) -> None:
+        """One backward pass's loss, read on the host already (the CPU), and its dtype."""
         self.loss[0] += value
         self.losses_seen += 1
+        self.loss_limit = min(self.loss_limit, torch.finfo(dtype).max)
+
+    def _overflow_plausible(self, scale) -> bool:
+        """Whether ``scale`` (a float, or an array) times a loss of an ordinary size (up to
+        :data:`OVERFLOW_LOSS`) can pass this step's losses' largest finite value: an Inf scaled loss
+        then says nothing about the loss (float16 losses at any usual scale, float32 ones from a
+        scale near 2**108; a float64 loss never). Below, an Inf is the loss's own (a log of 0)."""
+        return scale * OVERFLOW_LOSS >= self.loss_limit
 
     def backward_done(self, loss: torch.Tensor | None) -> None:
         """A backward pass through the model ended: under gradient accumulation (more than one
@@ -167,6 +184,7 @@ class Pulse:
         next pass): their losses, norms and micro-batch rows leave the step."""
         self.loss[:] = 0.0
         self.losses_seen = 0
+        self.loss_limit = math.inf
         self.backwards = 0
         self._backward_norms = None
 
@@ -202,7 +220,7 @@ class Pulse:
         unknown = None
         if loss is None and loss_scale is not None:  # taken from backward(): scaled by the GradScaler
             scale = self._value(loss_scale)
-            unknown = self.xp.isinf(self.loss) & (scale > 1)  # see _unscaled_on_host
+            unknown = self.xp.isinf(self.loss) & self._overflow_plausible(scale)  # see _unscaled_on_host
             self.loss[:] = self.xp.where(unknown, float("nan"), self.loss / scale)
         if finite is not None:
             finite = finite.reshape(1).cpu().numpy() if self.on_host else finite.reshape(1)
@@ -299,11 +317,11 @@ class Pulse:
 
     def _unscaled_on_host(self, scale: float) -> bool:
         """The backward passes' loss divided by the GradScaler's ``scale``; False where it is
-        unknown: a scale above 1 can turn a finite loss Inf (float32 holds 100 * 2**120 but not
-        100 * 2**121, and a scaler whose gradients never overflow, as under bf16, doubles its
-        scale every 2,000 steps up to there). The scaler skips or makes that update on its
-        gradients' own check; the loss is NaN, with no alarm."""
-        if math.isinf(self.loss[0]) and scale > 1:
+        unknown: the scale can have turned a finite loss Inf (:meth:`_overflow_plausible`:
+        float32 holds 100 * 2**120 but not 100 * 2**121, and a scaler whose gradients never
+        overflow, as under bf16, doubles its scale every 2,000 steps up to there). The scaler
+        skips or makes that update on its gradients' own check; the loss is NaN, with no alarm."""
+        if math.isinf(self.loss[0]) and self._overflow_plausible(scale):
             self.loss[0] = math.nan
             return False
         self.loss[0] = self.loss[0] / scale
@@ -321,7 +339,7 @@ class Pulse:
             with np.errstate(over="ignore", invalid="ignore"):  # an overflow is redone, a NaN is data
                 for p, stride in self._plan:
                     g = p.grad
-                    if g is None:
+                    if g is None or not p.requires_grad:  # frozen: what it holds is from before
                         squares.append(0.0)
                         continue
                     a = g.numpy().reshape(-1)  # raises for what numpy cannot view
@@ -390,6 +408,7 @@ class Pulse:
         self._backward_norms = None
         self.loss[:] = 0.0
         self.losses_seen = 0
+        self.loss_limit = math.inf
         if self.backwards <= 1:
             self._accumulating = False
         self.backwards = 0
@@ -397,7 +416,7 @@ class Pulse:
     def _sampled_norms(self):
         """Each parameter's gradient norm (0 without a gradient), one array: estimated from a
         strided sample on the host, exact on a GPU."""
-        grads = [p.grad for p in self.params]
+        grads = [p.grad if p.requires_grad else None for p in self.params]  # frozen: from before
         if self._sharded:
             grads = [None if g is None else local(g) for g in grads]
         positions = [i for i, g in enumerate(grads) if g is not None]
@@ -502,10 +521,16 @@ def _stride(numel: int, row: int) -> int:
 _ACTIVE: "weakref.WeakSet" = weakref.WeakSet()
 _ORIGINAL_BACKWARD = None
 _ORIGINAL_AUTOGRAD_BACKWARD = None
-_INSIDE = [0]
-"""Followed backward calls under way: ``Tensor.backward`` calls ``torch.autograd.backward``, and a
-reentrant checkpoint calls it again inside the pass (on another thread on a GPU); those are the
-same pass."""
+_CALLING = threading.local()
+"""``calling``: this thread is inside a followed backward call (``Tensor.backward`` calls
+``torch.autograd.backward``: one pass)."""
+
+
+def _nested() -> bool:
+    """Whether a backward call now is part of one already followed: made by ``Tensor.backward``
+    on this thread, or inside a running backward pass (a reentrant checkpoint's, on autograd's
+    own thread on a GPU: it has a graph task there)."""
+    return getattr(_CALLING, "calling", False) or torch._C._current_graph_task_id() != -1
 
 
 def _followed(original, loss_of):
@@ -513,16 +538,16 @@ def _followed(original, loss_of):
     pass starts from (None where several do)."""
 
     def backward(*args, **kwargs):
-        owners = [o for o in list(_ACTIVE) if o.wants_backward()] if not _INSIDE[0] else ()
+        owners = [o for o in list(_ACTIVE) if o.wants_backward()] if not _nested() else ()
         if not owners:
             return original(*args, **kwargs)
         for o in owners:
             o.backward_starting()
-        _INSIDE[0] += 1
+        _CALLING.calling = True
         try:
             return original(*args, **kwargs)
         finally:
-            _INSIDE[0] -= 1
+            _CALLING.calling = False
             tensor = loss_of(args, kwargs)
             for o in owners:
                 o.backward_ended(tensor)

@@ -99,12 +99,31 @@ def test_a_forward_with_several_required_inputs_gets_the_guess_as_each():
     transformer = nn.Transformer(d_model=16, nhead=2, num_encoder_layers=1, num_decoder_layers=1,
                                  dim_feedforward=32)
     inputs, how = infer_inputs(transformer, "model.py")
-    assert isinstance(inputs, tuple) and len(inputs) == 2 and inputs[0] is inputs[1]
-    assert inputs[0].shape[-1] == 16
-    assert "passed as each of its arguments src and tgt" in how
+    assert isinstance(inputs, tuple) and len(inputs) == 2 and inputs[0].shape == inputs[1].shape
+    assert inputs[0].shape[-1] == 16 and not torch.equal(inputs[0], inputs[1])
+    assert "a separate draw for each of its arguments src and tgt" in how
     transformer(*inputs)  # the model runs on them
 
     attention = nn.MultiheadAttention(8, 2)
     inputs, how = infer_inputs(attention, "model.py")
     assert len(inputs) == 3 and "query, key and value" in how
     assert attention(*inputs)[0].shape == inputs[0].shape
+
+
+def test_a_siamese_forward_gets_two_different_inputs():
+    """The same tensor as both inputs of a Siamese network makes its difference exactly 0, and
+    with it every gradient: a diagnosis of nothing."""
+
+    class Siamese(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+
+        def forward(self, a, b):
+            return (self.embed(a) - self.embed(b)).pow(2).sum(1)
+
+    torch.manual_seed(0)
+    model = Siamese()
+    inputs, how = infer_inputs(model, "model.py")
+    assert len(inputs) == 2 and not torch.equal(*inputs) and "a and b" in how
+    assert float(model(*inputs).abs().min()) > 0

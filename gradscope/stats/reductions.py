@@ -65,7 +65,14 @@ def stored_values(t: torch.Tensor) -> torch.Tensor:
     imaginary parts, a view: the norm of those is the complex norm, Σ|a|², and torch's norms with
     a real ``dtype`` refuse complex input)."""
     t = t.coalesce().values() if t.is_sparse else t
-    return torch.view_as_real(t) if t.is_complex() else t
+    return torch.view_as_real(t.resolve_conj()) if t.is_complex() else t
+
+
+def _one_value_per_element(t: torch.Tensor) -> torch.Tensor:
+    """:func:`stored_values`, with a complex tensor's moduli (non-finite where either part is):
+    counted as real and imaginary parts, one bad element would count twice."""
+    t = t.coalesce().values() if t.is_sparse else t
+    return t.abs() if t.is_complex() else t
 
 
 def group_by_device_and_dtype(
@@ -101,7 +108,7 @@ def foreach_nonfinite_counts(tensors: list[torch.Tensor], one_kernel: bool | Non
     freed instead of faulting in fresh pages for the whole group (``one_kernel``: that choice,
     forced).
     """
-    dense = [stored_values(t) for t in tensors]
+    dense = [_one_value_per_element(t) for t in tensors]
     if one_kernel is None:
         one_kernel = bool(dense) and dense[0].device.type != "cpu"
     with torch.no_grad():

@@ -499,6 +499,31 @@ def test_a_loss_the_scale_overflowed_is_unknown_not_non_finite(host_arithmetic):
     assert pulse["skipped"].sum() == 0
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("host_arithmetic", [None, False], ids=["numpy", "torch"])
+def test_an_inf_loss_the_scale_cannot_have_made_is_non_finite(host_arithmetic, dtype):
+    """A log(0) in the loss under a GradScaler at its usual scale: a float32 loss would have to
+    pass 5e33 for 2**16 to overflow it, a float64 one cannot be overflowed at all, so the Inf is
+    the loss's own and raises its alarm (the first version of the rule above took it for an
+    overflow, and with the scaler's skip nothing fired)."""
+    model = small_mlp().to(dtype)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 16)
+    mon = gradscope.monitor(model, every=4, optimizer=opt, scaler=scaler)
+    mon._host_arithmetic = host_arithmetic
+    with mon:
+        for step, (x, y) in enumerate(batches(12)):
+            loss = F.mse_loss(model(x.to(dtype)), y.to(dtype))
+            if step == 8:
+                loss = loss - torch.log(torch.zeros((), dtype=dtype))
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            opt.zero_grad()
+    assert [(e.step, e.alarms) for e in mon.events] == [(8, ["non-finite loss"])]
+    assert math.isinf(mon.pulse_history()["loss"].iloc[8])
+
+
 @pytest.mark.parametrize("host_arithmetic", [None, False], ids=["numpy", "torch"])
 def test_the_loss_is_taken_from_backward_when_the_model_returns_a_dataclass(host_arithmetic):
     """A model whose forward returns a dataclass (or any object the output hooks cannot look
@@ -652,3 +677,30 @@ def test_a_loss_given_as_one_real_number_of_any_kind_is_taken_and_others_are_ref
         mon.observe_loss(given)
         mon.step()
     assert mon.pulse_history()["loss"].tolist() == [expected]
+
+
+def test_two_parts_trained_in_turn_keep_one_detector_and_read_only_the_part_that_trains():
+    """One monitored module whose two parts train in turn, the other frozen (Lightning's
+    toggle_optimizer): the pulse reads both parts from the third step on and does not start
+    over (its warm-up would never end); a frozen part's gradient, left from its last turn, reads 0.
+    A spike at step 152 is caught."""
+    torch.manual_seed(0)
+    model = nn.ModuleDict({"a": nn.Linear(8, 8), "b": nn.Linear(8, 1)})
+    optimizers = {k: torch.optim.SGD(model[k].parameters(), lr=1e-3) for k in "ab"}
+    x = torch.randn(32, 8)
+    expected = []
+    with gradscope.monitor(model, every=1) as mon:
+        for step in range(160):
+            turn = "ab"[step % 2]
+            for name, part in model.items():
+                part.requires_grad_(name == turn)
+            optimizers[turn].zero_grad(set_to_none=True)
+            loss = model["b"](torch.tanh(model["a"](x))).pow(2).mean() * (1000.0 if step == 152 else 1.0)
+            loss.backward()
+            expected.append(math.sqrt(sum(float(p.grad.double().norm()) ** 2 for p in model[turn].parameters())))
+            mon.step()
+            optimizers[turn].step()
+    assert [(e.step, e.alarms) for e in mon.events] == [(152, ["loss spike", "gradient spike"])]
+    pulse = mon.pulse_history()
+    # step 1 (b's first turn) still reads a alone: a change is seen at the step's end
+    assert pulse["grad_norm"].iloc[2:].tolist() == pytest.approx(expected[2:], rel=1e-5)
