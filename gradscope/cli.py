@@ -208,6 +208,9 @@ def _run_diagnose(file, factory, input_shape, input_dtype, steps, seed, device, 
                   script_args):
     """``recipe``: the values of --optimizer, --lr, --momentum and --weight-decay; ``script_args``:
     the file's own command line (after ``--``)."""
+    import random
+
+    import numpy as np
     import torch
 
     from gradscope.diagnose import diagnose as diagnose_model
@@ -220,7 +223,9 @@ def _run_diagnose(file, factory, input_shape, input_dtype, steps, seed, device, 
         if input_dtype is not None and input_shape is None:
             raise UsageError(f"--input-dtype {input_dtype} was given without --input-shape; it sets the dtype "
                              "of --input-shape inputs only. Add --input-shape (e.g. 8,16) or drop --input-dtype.")
-        torch.manual_seed(seed)
+        torch.manual_seed(seed)  # the file's init draws from all three
+        random.seed(seed)
+        np.random.seed(seed % 2 ** 32)
         loaded = load(file, factory, input_shape, input_dtype or "float", seed, script_args)
         target = "cuda" if device == DeviceName.cuda or (device == DeviceName.auto and torch.cuda.is_available()) else "cpu"
         model = loaded.model.to(target)

@@ -11,7 +11,7 @@ import dataclasses
 import inspect
 import math
 import random
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from typing import Callable
 
 import numpy as np
@@ -130,8 +130,7 @@ def diagnose(
         p.grad = None  # gradients already there would add to the first backward's; restored after
     devices = [device.index or 0] if device.type == "cuda" else []
     try:
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
+        with seeded(seed, devices):
             model.train()
             opt = optimizer
             if opt is None and steps > 1:
@@ -186,9 +185,8 @@ def _probe(model, args, kwargs, inputs, loss_fn, optimizer, probe_steps, clip_gr
     kind = {"loss": ""}
 
     def loss_at() -> torch.Tensor:
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)  # the same dropout masks at every evaluation
-            output = model(*args, **kwargs)
+        with seeded(seed, devices):  # the same dropout masks at every evaluation
+            output = model(*fresh(args), **fresh(kwargs))
         loss, kind["loss"] = training_loss(output, inputs, loss_fn, targets, seed)
         return loss
 
@@ -198,9 +196,8 @@ def _probe(model, args, kwargs, inputs, loss_fn, optimizer, probe_steps, clip_gr
                 return []
             layer = output_layer(model, loss_at)
             return constant_layer_losses(layer, loss_at) if layer is not None else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
-            constants = constant_outputs(model(*args, **kwargs))
+        with seeded(seed, devices):
+            constants = constant_outputs(model(*fresh(args), **fresh(kwargs)))
         return [lambda c=c: training_loss(c, inputs, loss_fn, targets, seed)[0] for c in constants]
 
     assumed = optimizer is None
@@ -258,7 +255,7 @@ def _materialize_lazy(model: nn.Module, args: tuple, kwargs: dict, inputs: objec
         return
     try:
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
-            model(*args, **kwargs)
+            model(*fresh(args), **fresh(kwargs))
     except Exception as e:
         raise ModelError(
             f"Initialising the model's lazy modules with a forward raised {type(e).__name__}: {e}. "
@@ -275,7 +272,7 @@ def _run(model, args, kwargs, inputs, loss_fn, steps, opt, batch, seed, progress
             probe = StructureProbe(model) if step == 0 else None
             with probe if probe is not None else nullcontext():
                 try:
-                    output = model(*args, **kwargs)
+                    output = model(*fresh(args), **fresh(kwargs))
                 except Exception as e:
                     where = probe.last_entered if probe is not None else None
                     raise ModelError(
@@ -393,6 +390,35 @@ def _positional_arity(fn) -> int:
     if any(p.kind == p.VAR_POSITIONAL for p in params):
         return 2
     return sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty for p in params)
+
+
+@contextmanager
+def seeded(seed: int, devices: list[int]):
+    """torch's, numpy's and Python's global random generators seeded with ``seed`` inside, and
+    put back as they were after: a model that draws from numpy or ``random`` in its forward (a
+    stochastic depth by ``np.random.rand()``) is as deterministic as one that draws from torch."""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            random.seed(seed)
+            np.random.seed(seed % 2 ** 32)
+            yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+
+
+def fresh(values):
+    """``values`` (positional or keyword arguments) with each tensor copied: every forward of
+    diagnose gets the inputs as given, also from a model that changes its input in place
+    (``x.mul_(2)`` would double it at each of the probe's steps and blow the loss up)."""
+    def copy(x):
+        return x.detach().clone().requires_grad_(x.requires_grad) if isinstance(x, torch.Tensor) else x
+
+    if isinstance(values, dict):
+        return {k: copy(v) for k, v in values.items()}
+    return tuple(copy(x) for x in values)
 
 
 def split_inputs(inputs: object, device: torch.device) -> tuple[tuple, dict]:

@@ -391,3 +391,61 @@ def test_parameters_the_loss_does_not_reach_are_information_and_an_unlearning_la
     pair = gradscope.rules.find_rule("stalled-updates").pair(bad=True)
     [finding] = [f for f in gradscope.diagnose(**pair).findings if f.rule == "stalled-updates"]
     assert finding.severity == "warning" and "update ratio" in finding.message
+
+
+def test_a_model_that_changes_its_input_in_place_is_diagnosed_on_the_input_as_given():
+    """``x.mul_(2); x.add_(1)`` in the forward doubled the shared input at each of the probe's
+    steps: the loss blew up and the verdict was `fails` for a model that trains. Each forward now
+    gets a copy, and the caller's tensor is left as it was."""
+
+    class InPlace(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = nn.Linear(8, 2)
+
+        def forward(self, x):
+            x.mul_(2)
+            x.add_(1)
+            return self.linear(x)
+
+    torch.manual_seed(0)
+    x = torch.randn(16, 8)
+    given = x.clone()
+    model = InPlace()
+    report = gradscope.diagnose(model, x, optimizer=torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9))
+    assert torch.equal(x, given)
+    assert report.verdict.label == "trains", report.verdict.message
+
+
+def test_a_model_drawing_from_numpy_and_random_gets_the_same_report_each_run():
+    """A stochastic depth drawn with np.random / random in the forward: seed only seeded torch,
+    so the report depended on the state the caller's generators were in (and `gradscope check`,
+    a new process each time, failed one run in two). They are left as they were."""
+    import random
+
+    class Stochastic(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b, self.c = nn.Linear(8, 32), nn.Linear(32, 32), nn.Linear(32, 2)
+
+        def forward(self, x):
+            h = torch.relu(self.a(x))
+            if np.random.rand() < 0.5:
+                h = h + torch.relu(self.b(h))
+            return self.c(h) * (1 + random.random())
+
+    torch.manual_seed(0)
+    model, x = Stochastic(), torch.randn(16, 8)
+    np.random.seed(123)
+    random.seed(123)
+    numpy_next, python_next = np.random.rand(), random.random()
+    reports = []
+    for state in (123, 7, 99):  # the caller's generators anywhere: the report depends on seed alone
+        np.random.seed(state)
+        random.seed(state)
+        reports.append(gradscope.diagnose(model, x, steps=2).to_json())
+    assert all(r == reports[0] for r in reports)
+    np.random.seed(123)
+    random.seed(123)
+    gradscope.diagnose(model, x, steps=2)
+    assert (np.random.rand(), random.random()) == (numpy_next, python_next)
