@@ -55,9 +55,11 @@ def read_baseline(path: str | Path) -> dict:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         raise UsageError(f"The baseline {path} is not valid JSON ({e}); {redo}.") from e
+    except RecursionError as e:  # arrays nested thousands deep
+        raise UsageError(f"The baseline {path} nests its JSON too deep to read; {redo}.") from e
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise UsageError(f"{path} is not a gradscope baseline (no \"format\": \"{FORMAT}\"); {redo}.")
-    if data.get("version") != VERSION:
+    if type(data.get("version")) is not int or data.get("version") != VERSION:  # not true, not 1.0
         raise UsageError(
             f"The baseline {path} has version {data.get('version')!r}; this gradscope reads version "
             f"{VERSION}. {redo[0].upper() + redo[1:]}."
@@ -66,7 +68,7 @@ def read_baseline(path: str | Path) -> dict:
     if not isinstance(findings, list) or not all(isinstance(f, dict) and isinstance(f.get("rule"), str) for f in findings):
         raise UsageError(f"The baseline {path} has a malformed \"findings\" list; {redo}.")
     if not isinstance(signal, dict) or not all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+        isinstance(v, (int, float)) and not isinstance(v, bool) and _finite(v) and v > 0
         for v in signal.values()
     ):
         raise UsageError(f"The baseline {path} has a malformed \"signal\" table (layer → positive number); {redo}.")
@@ -78,6 +80,14 @@ def read_baseline(path: str | Path) -> dict:
         raise UsageError(f"The baseline {path} has a malformed \"verdict\" (a label, one of "
                          f"{', '.join(VERDICTS)}, and the recipe or null); {redo}.")
     return data
+
+
+def _finite(v: int | float) -> bool:
+    """``math.isfinite`` for JSON numbers: an integer of hundreds of digits is no float."""
+    try:
+        return math.isfinite(v)
+    except OverflowError:
+        return False
 
 
 @dataclass
@@ -132,6 +142,19 @@ class Comparison:
                     or self.no_layer_in_common)
 
 
+def _unreached_layers(report: Report) -> set[str]:
+    """Layers whose parameters no gradient reached on any step (stalled-updates' evidence): a
+    layer the forward stopped calling is still in the model, and its signal is gone, not the
+    layer."""
+    layers = set()
+    for finding in report.findings:
+        if finding.rule == "stalled-updates":
+            for name, why in (finding.evidence or {}).get("parameters", {}).items():
+                if str(why).startswith("no gradient reached"):
+                    layers.add(name.rpartition(".")[0])
+    return layers
+
+
 def compare(report: Report, baseline: dict | None, fail_on: str, tolerance: float) -> Comparison:
     """Gate ``report`` against ``baseline`` (or against nothing: findings alone).
 
@@ -150,8 +173,11 @@ def compare(report: Report, baseline: dict | None, fail_on: str, tolerance: floa
         now = baseline_dict(report)["signal"]
         measured = dict(zip(report.layers["layer"], report.layers["out_grad_norm"].astype(float)))
         before = baseline["signal"]
+        unreached = _unreached_layers(report)
         for layer, old in before.items():
-            if layer not in measured:
+            if layer in unreached:  # still in the model, but the forward no longer reaches it
+                moved[layer] = (old, 0.0)
+            elif layer not in measured:
                 missing.append(layer)
             elif layer not in now:  # the signal became zero or non-finite
                 moved[layer] = (old, measured[layer])

@@ -213,7 +213,7 @@ def _run_diagnose(file, factory, input_shape, input_dtype, steps, seed, device, 
     import numpy as np
     import torch
 
-    from gradscope.diagnose import diagnose as diagnose_model
+    from gradscope.diagnose import diagnose as diagnose_model, refuse_without_values_or_gradients
     from gradscope.loading import RecipeOptions, choose_optimizer, load
 
     doing, loaded, script_args = "loading", None, list(script_args or [])
@@ -228,6 +228,7 @@ def _run_diagnose(file, factory, input_shape, input_dtype, steps, seed, device, 
         np.random.seed(seed % 2 ** 32)
         loaded = load(file, factory, input_shape, input_dtype or "float", seed, script_args)
         target = "cuda" if device == DeviceName.cuda or (device == DeviceName.auto and torch.cuda.is_available()) else "cpu"
+        refuse_without_values_or_gradients(loaded.model)  # before .to(), which fails less clearly
         model = loaded.model.to(target)
         name, lr, momentum, weight_decay = recipe
         opt, recipe_from = choose_optimizer(loaded, model, RecipeOptions(
@@ -395,7 +396,7 @@ def check(
             _say(f"  {layer or '(model)'}: {old:.2e} -> {new:.2e}")
     if comparison.missing_layers or comparison.added_layers:
         _say(f"Layers since the baseline: {len(comparison.missing_layers)} gone, "
-             f"{len(comparison.added_layers)} new (compared on the {len(known['signal']) - len(comparison.missing_layers)} in both).")
+             f"{len(comparison.added_layers)} new (compared on the {comparison.compared_layers} in both).")
     if os.environ.get("GITHUB_ACTIONS") == "true":
         for line in github_annotations(report, comparison, str(file)):
             print(line)

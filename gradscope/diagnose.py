@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import inspect
 import math
 import random
@@ -37,6 +38,17 @@ class ModelError(UsageError):
     """The user's model (or loss) raised while gradscope ran it; the message names the module."""
 
 
+def _with_gradients(function):
+    """``function`` run with autograd on: a model file that turned it off for the whole process
+    (``torch.set_grad_enabled(False)`` at import) leaves diagnose nothing to measure."""
+    @functools.wraps(function)
+    def run(*args, **kwargs):
+        with torch.enable_grad():
+            return function(*args, **kwargs)
+    return run
+
+
+@_with_gradients
 def diagnose(
     model: nn.Module,
     inputs: object,
@@ -122,7 +134,7 @@ def diagnose(
             "pass a real batch from your data (a few dozen samples; 2 or more with BatchNorm)."
         )
     _materialize_lazy(model, args, kwargs, inputs)
-    _refuse_without_values_or_gradients(model)
+    refuse_without_values_or_gradients(model)
     saved = _SavedState(model, optimizer)
     # an optimizer that has not stepped yet sits at its schedule's start (a warm-up's first rate)
     unstepped = optimizer is not None and not optimizer.state and not getattr(optimizer, "_opt_called", False)
@@ -156,7 +168,7 @@ def diagnose(
     return build_report(history, layers, structure, summary, options, dynamics)
 
 
-def _refuse_without_values_or_gradients(model: nn.Module) -> None:
+def refuse_without_values_or_gradients(model: nn.Module) -> None:
     """A model whose parameters hold no values (the meta device) or none of which takes a
     gradient has no gradient flow to diagnose: say so, before the forward fails less clearly."""
     params = list(model.parameters())

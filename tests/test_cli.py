@@ -237,6 +237,10 @@ def test_token_ids_with_input_dtype_long(tmp_path):
     ("import torch, torch.nn as nn\nmodel = nn.Sequential(nn.Linear(4, 8), nn.Linear(5, 1))\n"
      "def example_input():\n    return torch.randn(2, 4)\n",
      r"The model raised in forward at module '1' \(Linear\).*tensor of shape \(2, 4\)"),
+    # torch's own "Cannot copy out of meta tensor" before
+    ("import torch, torch.nn as nn\ndef build_model():\n    with torch.device('meta'):\n"
+     "        return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))\n",
+     r"The model's parameters are on the meta device .* model.to_empty\(device='cpu'\)"),
 ])
 def test_user_errors_exit_2_with_a_message_and_no_traceback(tmp_path, source, expected):
     path = tmp_path / "model.py"
@@ -247,6 +251,20 @@ def test_user_errors_exit_2_with_a_message_and_no_traceback(tmp_path, source, ex
     assert re.search(expected, " ".join(result.output.split())), result.output
     assert "Traceback" not in result.output
     assert "Traceback" in run("diagnose", path, "--debug").output
+
+
+def test_a_model_file_that_turns_autograd_off_is_still_diagnosed(tmp_path):
+    """``torch.set_grad_enabled(False)`` at the file's import: the run failed with "no default
+    loss" advice that did not name the cause; diagnose needs gradients and turns them on for itself."""
+    import torch
+
+    path = write(tmp_path, "import torch\ntorch.set_grad_enabled(False)\n" + textwrap.dedent(RELU))
+    try:
+        result = run("diagnose", path)
+    finally:
+        torch.set_grad_enabled(True)  # the file ran in this process
+    assert result.exit_code == 0, result.output
+    assert "Verdict: TRAINS" in result.output
 
 
 def test_missing_file(tmp_path):
@@ -302,6 +320,44 @@ def test_check_against_a_baseline(tmp_path):
     assert run("check", broken, "--fail-on", "never").exit_code == 0
 
 
+SKIPPED_LAYERS = """
+    import os
+    import torch
+    import torch.nn as nn
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = nn.Linear(8, 16), nn.Linear(16, 16), nn.Linear(16, 16)
+            self.d, self.e = nn.Linear(16, 16), nn.Linear(16, 2)
+
+        def forward(self, x):
+            h = torch.tanh(self.a(x))
+            if not os.environ.get("SKIP"):
+                h = torch.tanh(self.c(torch.tanh(self.b(h))))
+            return self.e(torch.tanh(self.d(h)))
+
+    def build_model():
+        return Net()
+
+    def example_input():
+        return torch.randn(16, 8)
+"""
+
+
+def test_check_fails_when_the_forward_stops_calling_layers_the_model_still_has(tmp_path):
+    """Layers b and c are still in the model but the forward no longer calls them: no gradient
+    reaches their parameters. Before, they were counted as gone and the check passed."""
+    model = write(tmp_path, SKIPPED_LAYERS)
+    baseline = tmp_path / "baseline.json"
+    assert run("check", model, "--baseline", baseline, "--update-baseline").exit_code == 0
+    assert run("check", model, "--baseline", baseline).exit_code == 0
+    failed = run("check", model, "--baseline", baseline, env={"SKIP": "1"})
+    assert failed.exit_code == 1, failed.output
+    assert re.search(r"\bb: \d\.\d\de-\d\d -> 0\.00e\+00", failed.output), failed.output
+    assert "Gradient-flow check FAILED." in failed.output
+
+
 def test_check_logs_the_layer_table_only_with_table(tmp_path):
     model = write(tmp_path, RELU)
     short = run("check", model)
@@ -336,6 +392,12 @@ def test_check_without_baseline_gates_on_findings(tmp_path):
     ('{"format": "other"}', "is not a gradscope baseline"),
     ('{"format": "gradscope-baseline", "version": 99}', "has version 99; this gradscope reads version 1"),
     ('{"format": "gradscope-baseline", "version": 1, "findings": [], "signal": {"0": -1}}', "malformed \"signal\""),
+    # an integer past float's range raised OverflowError, arrays nested deep a RecursionError:
+    # tracebacks with exit 1, which a CI job reads as a regression
+    ('{"format": "gradscope-baseline", "version": 1, "findings": [], "signal": {"0": 1' + "0" * 400 + "}}",
+     "malformed \"signal\""),
+    ("[" * 100_000 + "]" * 100_000, "nests its JSON too deep to read"),
+    ('{"format": "gradscope-baseline", "version": true}', "has version True; this gradscope reads version 1"),
 ])
 def test_corrupt_or_incompatible_baseline_exits_2(tmp_path, content, expected):
     baseline = tmp_path / "b.json"
@@ -397,8 +459,9 @@ def test_summary_and_report_of_a_run_directory(tmp_path):
 
 
 def test_a_killed_run_loads_up_to_its_last_complete_part(tmp_path):
-    train_run(tmp_path / "run", steps=25, stop=False)  # 13 logged steps, parts of 1, 2, 4, 5: 12 on disk
+    mon = train_run(tmp_path / "run", steps=25, stop=False)  # 13 logged steps, parts of 1, 2, 4, 5: 12 on disk
     summary = run("summary", tmp_path / "run", "--json", tmp_path / "s.json")
+    mon._stop_pulse()  # (its patches of torch's backward and clipping: not for the tests after)
     assert summary.exit_code == 0, summary.output
     assert "12 logged steps up to step 22 (run running)" in " ".join(summary.output.split())
     (tmp_path / "run" / "history" / "part-000001.parquet").write_bytes(b"garbage")

@@ -14,6 +14,7 @@ in the same run directory.
 from __future__ import annotations
 
 import warnings
+import weakref
 from pathlib import Path
 
 from gradscope.api import Monitor
@@ -46,3 +47,40 @@ def monitor_for_run(current: Monitor | None, model: object, every: int, options:
     monitor.number_from(global_step)  # steps numbered as the trainer numbers them, on a resumed run too
     return monitor.start()
 
+
+
+class _Calls:
+    """A callback's hooks called a second time for the same event: the same callback object given
+    twice in the trainer's callbacks (``callbacks=[cb, cb]``) would count every step twice. The
+    second call is ignored, with one warning."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, tuple] = {}
+        self._loss: "weakref.ref | None" = None
+        self._warned = False
+
+    def again(self, event: str, *key, active=None) -> bool:
+        """Whether ``event`` with ``key`` (the trainer's step, …) came right before. ``active``:
+        for the run's start, the callback's monitor, which must be running for a repeat."""
+        if event == "train start" and (active is None or not active._active):
+            self._last[event] = key
+            return False
+        if self._last.get(event) == key:
+            self._warn()
+            return True
+        self._last[event] = key
+        return False
+
+    def again_for(self, tensor) -> bool:
+        """Whether ``tensor`` (a loss) came in the call before."""
+        if self._loss is not None and self._loss() is tensor:
+            self._warn()
+            return True
+        self._loss = weakref.ref(tensor)
+        return False
+
+    def _warn(self) -> None:
+        if not self._warned:
+            self._warned = True
+            warnings.warn("gradscope: this callback is in the trainer's callbacks twice; its second "
+                          "calls are ignored (each step is recorded once). Give it once.", stacklevel=4)

@@ -24,7 +24,7 @@ import torch
 from gradscope.errors import UsageError
 from gradscope.api import Monitor
 from gradscope.guard import check_guard
-from gradscope.integrations import monitor_for_run
+from gradscope.integrations import _Calls, monitor_for_run
 
 try:
     from transformers import TrainerCallback
@@ -44,8 +44,11 @@ class GradscopeTrainerCallback(TrainerCallback):
         self.every = every
         self.options = options
         self.monitor: Monitor | None = None
+        self._calls = _Calls()
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if self._calls.again("train start", id(state), state.global_step, active=self.monitor):
+            return
         options = dict(self.options)
         if not state.is_world_process_zero:
             options.pop("log_dir", None)
@@ -64,6 +67,8 @@ class GradscopeTrainerCallback(TrainerCallback):
 
     def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
         if self.monitor is not None and self.monitor._active:
+            if self._calls.again("step", id(state), state.global_step):
+                return
             if optimizer is not None:
                 self.monitor.read_lr_from(optimizer)  # a schedule's warm restart explains its spike
                 if self.guard is not None and not self.monitor._guard_declined:

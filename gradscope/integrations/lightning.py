@@ -19,7 +19,7 @@ from __future__ import annotations
 from gradscope.amp import found_inf
 from gradscope.errors import UsageError
 from gradscope.api import Monitor
-from gradscope.integrations import monitor_for_run
+from gradscope.integrations import _Calls, monitor_for_run
 from gradscope.guard import check_guard
 
 try:
@@ -47,8 +47,11 @@ class GradscopeCallback(_pl.Callback):
         self.every = every
         self.options = options
         self.monitor: Monitor | None = None
+        self._calls = _Calls()
 
     def on_train_start(self, trainer, pl_module) -> None:
+        if self._calls.again("train start", id(trainer), trainer.global_step, active=self.monitor):
+            return
         options = dict(self.options)
         if not trainer.is_global_zero:
             options.pop("log_dir", None)
@@ -68,10 +71,14 @@ class GradscopeCallback(_pl.Callback):
     def on_before_backward(self, trainer, pl_module, loss) -> None:
         """The loss goes to the spike detector (added up over accumulated micro-batches)."""
         if self.monitor is not None and self.monitor._active and self.monitor.detects:
+            if self._calls.again_for(loss):
+                return
             self.monitor.observe_loss(loss)
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         if self.monitor is not None and self.monitor._active:
+            if self._calls.again("step", trainer.global_step, id(optimizer)):
+                return
             self.monitor.read_lr_from(optimizer)  # a schedule's warm restart explains its spike
             scaler = getattr(trainer.precision_plugin, "scaler", None)
             loss_scale = getattr(scaler, "_scale", None)

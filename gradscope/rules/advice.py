@@ -261,7 +261,8 @@ def instability_fix(events: list[dict], records) -> str:
     if any(_owner(name) in OUTPUT_MODULES for name in layers):
         lines.append("The spike began in the output layer: add a z-loss (1e-4 * logsumexp(logits)**2) "
                      "to keep the output logits from drifting.")
-    lines.append('Train with gradscope.monitor(..., guard="skip") to skip the update of a spiking step.')
+    if not any(e.get("skipped") or e.get("skipped_steps") for e in events):  # (else it is on already)
+        lines.append('Train with gradscope.monitor(..., guard="skip") to skip the update of a spiking step.')
     return " ".join(lines[:1]) + ("\n" + "\n".join(lines[1:]) if len(lines) > 1 else "")
 
 

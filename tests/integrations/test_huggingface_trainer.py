@@ -216,3 +216,21 @@ def test_the_guard_holds_back_the_update_of_a_spiking_batch_under_the_trainer(tm
     assert callback.monitor.skipped_steps == ([70] if guard else [])
     assert callback.monitor.events[0].skipped is (guard == "skip")
     assert not [w for w in recwarn if "gradscope" in str(w.message)]
+
+
+def test_a_callback_given_twice_records_each_step_once(tmp_path):
+    """``callbacks=[cb, cb]``: each hook ran twice and every step was recorded twice (16 steps for
+    8); the second calls are ignored, with a warning."""
+    model, args = _bert_and_args(tmp_path, max_steps=4)
+    gradscope_cb, reference = GradscopeTrainerCallback(every=1), GradNorms()
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=Rows(64),
+                                   callbacks=[gradscope_cb, gradscope_cb, reference])
+    with pytest.warns(UserWarning, match="this callback is in the trainer's callbacks twice"):
+        trainer.train()
+    df = gradscope_cb.monitor.to_dataframe()
+    assert sorted(df.step.unique()) == [0, 1, 2, 3]
+    pulse = gradscope_cb.monitor.pulse_history()
+    assert pulse["step"].tolist() == [0, 1, 2, 3]
+    for step in range(4):
+        got = df[(df.step == step) & (df.metric == "grad_norm")].set_index("layer").value.to_dict()
+        assert got == pytest.approx(reference.norms[step], rel=1e-5)

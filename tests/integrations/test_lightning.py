@@ -250,3 +250,27 @@ def test_the_callback_reads_the_schedules_learning_rate_for_its_spike_events():
         Restarting(), torch.utils.data.DataLoader(data, batch_size=8))
     assert reference.lrs == pytest.approx([0.05, 5e-4, 5e-4] * 2 + [0.05])
     assert list(callback.monitor._lrs) == pytest.approx(reference.lrs)
+
+
+def test_a_callback_given_twice_records_each_step_and_loss_once(tmp_path):
+    """``callbacks=[cb, cb]``: each hook ran twice, so every step was recorded twice and each loss
+    counted twice. The second calls are ignored, with a warning."""
+    torch.manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randn(64, 6), torch.randn(64, 1))
+    loader = torch.utils.data.DataLoader(data, batch_size=8)
+    gradscope_cb, reference = GradscopeCallback(every=1), GradNorms()
+    trainer = pl.Trainer(max_steps=6, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False,
+                         callbacks=[gradscope_cb, gradscope_cb, reference], default_root_dir=tmp_path)
+    model = Tiny()
+    before = copy.deepcopy(model.net).double()
+    with pytest.warns(UserWarning, match="this callback is in the trainer's callbacks twice"):
+        trainer.fit(model, loader)
+    df = gradscope_cb.monitor.to_dataframe()
+    assert sorted(df.step.unique()) == list(range(6))
+    pulse = gradscope_cb.monitor.pulse_history()
+    assert pulse["step"].tolist() == list(range(6))
+    totals = [sum(v * v for v in norms.values()) ** 0.5 for norms in reference.norms]
+    assert pulse["grad_norm"].tolist() == pytest.approx(totals, rel=1e-5)
+    x, y = next(iter(loader))  # the first step's loss, counted once
+    assert pulse["loss"].iloc[0] == pytest.approx(float(F.mse_loss(before(x.double()), y.double())), rel=1e-5)
