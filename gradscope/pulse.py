@@ -155,7 +155,8 @@ class Pulse:
         :data:`OVERFLOW_LOSS`) can pass this step's losses' largest finite value: an Inf scaled loss
         then says nothing about the loss (float16 losses at any usual scale, float32 ones from a
         scale near 2**108; a float64 loss never). Below, an Inf is the loss's own (a log of 0)."""
-        return scale * OVERFLOW_LOSS >= self.loss_limit
+        with np.errstate(over="ignore"):  # a float32 scale near 2**127 times 1e6 is Inf: plausible
+            return scale * OVERFLOW_LOSS >= self.loss_limit
 
     def backward_done(self, loss: torch.Tensor | None) -> None:
         """A backward pass through the model ended: under gradient accumulation (more than one

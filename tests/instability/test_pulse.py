@@ -464,6 +464,7 @@ def test_a_misspelled_option_gets_the_closest_one():
 
 
 @pytest.mark.parametrize("host_arithmetic", [None, False], ids=["numpy", "torch"])
+@pytest.mark.filterwarnings("error::RuntimeWarning")
 def test_a_loss_the_scale_overflowed_is_unknown_not_non_finite(host_arithmetic):
     """A GradScaler's scale near float32's limit (2**127: a long bf16 run whose gradients never
     overflow doubles it every 2,000 steps) turns a finite loss into an Inf scaled loss. That step's
