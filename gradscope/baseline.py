@@ -53,7 +53,7 @@ def read_baseline(path: str | Path) -> dict:
         raise UsageError(f"The baseline {path} is not valid JSON ({e}); {redo}.") from e
     try:
         data = json.loads(text)
-    except json.JSONDecodeError as e:
+    except ValueError as e:  # (a JSONDecodeError, or an integer past Python's 4,300 digits)
         raise UsageError(f"The baseline {path} is not valid JSON ({e}); {redo}.") from e
     except RecursionError as e:  # arrays nested thousands deep
         raise UsageError(f"The baseline {path} nests its JSON too deep to read; {redo}.") from e
@@ -143,16 +143,17 @@ class Comparison:
 
 
 def _unreached_layers(report: Report) -> set[str]:
-    """Layers whose parameters no gradient reached on any step (stalled-updates' evidence): a
-    layer the forward stopped calling is still in the model, and its signal is gone, not the
-    layer."""
+    """Layers with a parameter no gradient reached on any step (stalled-updates' evidence): one
+    that also has no signal now is a layer the forward stopped calling, still in the model, its
+    signal gone (a layer that has one, with an unused parameter such as a ViT's mask token, is
+    not). Never the root, which every report measures."""
     layers = set()
     for finding in report.findings:
         if finding.rule == "stalled-updates":
             for name, why in (finding.evidence or {}).get("parameters", {}).items():
                 if str(why).startswith("no gradient reached"):
                     layers.add(name.rpartition(".")[0])
-    return layers
+    return layers - {""}
 
 
 def compare(report: Report, baseline: dict | None, fail_on: str, tolerance: float) -> Comparison:
@@ -175,10 +176,11 @@ def compare(report: Report, baseline: dict | None, fail_on: str, tolerance: floa
         before = baseline["signal"]
         unreached = _unreached_layers(report)
         for layer, old in before.items():
-            if layer in unreached:  # still in the model, but the forward no longer reaches it
-                moved[layer] = (old, 0.0)
-            elif layer not in measured:
-                missing.append(layer)
+            if layer not in measured:
+                if layer in unreached:  # still in the model, but the forward no longer reaches it
+                    moved[layer] = (old, 0.0)
+                else:
+                    missing.append(layer)
             elif layer not in now:  # the signal became zero or non-finite
                 moved[layer] = (old, measured[layer])
             elif abs(math.log10(now[layer]) - math.log10(old)) > tolerance:

@@ -424,9 +424,18 @@ def seeded(seed: int, devices: list[int]):
 def fresh(values):
     """``values`` (positional or keyword arguments) with each tensor copied: every forward of
     diagnose gets the inputs as given, also from a model that changes its input in place
-    (``x.mul_(2)`` would double it at each of the probe's steps and blow the loss up)."""
+    (``x.mul_(2)`` would double it at each of the probe's steps and blow the loss up). A tensor
+    that requires grad is passed as it is (a loss that differentiates with respect to the inputs,
+    as a PINN's or a gradient penalty does, needs the very tensor), and one passed twice stays
+    one tensor."""
+    copies: dict[int, torch.Tensor] = {}
+
     def copy(x):
-        return x.detach().clone().requires_grad_(x.requires_grad) if isinstance(x, torch.Tensor) else x
+        if not isinstance(x, torch.Tensor) or x.requires_grad:
+            return x
+        if id(x) not in copies:
+            copies[id(x)] = x.detach().clone()
+        return copies[id(x)]
 
     if isinstance(values, dict):
         return {k: copy(v) for k, v in values.items()}

@@ -149,3 +149,26 @@ def test_the_same_verdict_under_another_recipe_is_said(report):
         "(assumed); now under Adam lr 0.1 (assumed)); refresh the baseline with --update-baseline if the new "
         "recipe is meant."))]
 
+
+
+def test_an_unused_parameter_of_a_reached_layer_does_not_fail_the_check_against_its_own_baseline():
+    """A layer the forward reaches whose extra parameter is unused by design (a ViT's mask token,
+    a parameter on the root): its signal is measured, so it is not a layer the forward stopped
+    reaching, and the model passes against its own baseline."""
+
+    class Unused(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 2))
+            self.body[0].register_parameter("mask_token", nn.Parameter(torch.zeros(16)))
+            self.unused_root = nn.Parameter(torch.zeros(3))
+
+        def forward(self, x):
+            return self.body(x)
+
+    torch.manual_seed(0)
+    report = gradscope.diagnose(Unused(), torch.randn(16, 8), probe_steps=0)
+    stalled = [f for f in report.findings if f.rule == "stalled-updates"]
+    assert stalled and {"body.0.mask_token", "unused_root"} <= set(stalled[0].layers)
+    comparison = compare(report, baseline_dict(report), "error", 1.0)
+    assert not comparison.moved and not comparison.failed

@@ -397,6 +397,7 @@ def test_check_without_baseline_gates_on_findings(tmp_path):
     ('{"format": "gradscope-baseline", "version": 1, "findings": [], "signal": {"0": 1' + "0" * 400 + "}}",
      "malformed \"signal\""),
     ("[" * 100_000 + "]" * 100_000, "nests its JSON too deep to read"),
+    ('{"signal": {"0": 1' + "0" * 5000 + "}}", "is not valid JSON"),  # past Python's 4,300 digits
     ('{"format": "gradscope-baseline", "version": true}', "has version True; this gradscope reads version 1"),
 ])
 def test_corrupt_or_incompatible_baseline_exits_2(tmp_path, content, expected):

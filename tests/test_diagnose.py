@@ -449,3 +449,18 @@ def test_a_model_drawing_from_numpy_and_random_gets_the_same_report_each_run():
     random.seed(123)
     gradscope.diagnose(model, x, steps=2)
     assert (np.random.rand(), random.random()) == (numpy_next, python_next)
+
+
+def test_a_loss_that_differentiates_with_respect_to_the_inputs_gets_them():
+    """A PINN's loss (the output's derivative with respect to the input) needs the very input
+    tensor the model ran on: inputs that require grad are not copied."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(1, 16), nn.Tanh(), nn.Linear(16, 1))
+    x = torch.linspace(0, 1, 32).reshape(-1, 1).requires_grad_()
+
+    def residual(u, x):
+        du = torch.autograd.grad(u.sum(), x, create_graph=True)[0]
+        return (du - torch.cos(x)).pow(2).mean()
+
+    report = gradscope.diagnose(model, x, loss_fn=residual, steps=2)
+    assert report.options["loss"] != "default"

@@ -14,7 +14,6 @@ in the same run directory.
 from __future__ import annotations
 
 import warnings
-import weakref
 from pathlib import Path
 
 from gradscope.api import Monitor
@@ -51,32 +50,41 @@ def monitor_for_run(current: Monitor | None, model: object, every: int, options:
 
 class _Calls:
     """A callback's hooks called a second time for the same event: the same callback object given
-    twice in the trainer's callbacks (``callbacks=[cb, cb]``) would count every step twice. The
-    second call is ignored, with one warning."""
+    twice in the trainer's callbacks (``callbacks=[cb, cb]``) would count every step twice.
+
+    Where the trainer's callbacks can be counted (Lightning), each hook acts on the first of its
+    ``copies`` calls in a row (:meth:`first`); elsewhere (the Hugging Face Trainer, whose hooks
+    are not given its callbacks) a step hook called again with the same trainer state and step is
+    the repeat (:meth:`again`). The repeats are ignored, with one warning."""
 
     def __init__(self) -> None:
+        self.copies = 1
+        self._ticks: dict[str, int] = {}
         self._last: dict[str, tuple] = {}
-        self._loss: "weakref.ref | None" = None
         self._warned = False
 
-    def again(self, event: str, *key, active=None) -> bool:
-        """Whether ``event`` with ``key`` (the trainer's step, …) came right before. ``active``:
-        for the run's start, the callback's monitor, which must be running for a repeat."""
-        if event == "train start" and (active is None or not active._active):
-            self._last[event] = key
-            return False
+    def run_starts(self, copies: int = 1) -> None:
+        """A new training run: ``copies`` of this callback in the trainer's callbacks."""
+        self.copies = max(1, copies)
+        self._ticks.clear()
+        self._last.clear()
+        if self.copies > 1:
+            self._warn()
+
+    def first(self, hook: str) -> bool:
+        """Whether this call of ``hook`` is the first of its ``copies`` calls in a row."""
+        if self.copies == 1:
+            return True
+        tick = self._ticks.get(hook, 0)
+        self._ticks[hook] = (tick + 1) % self.copies
+        return tick == 0
+
+    def again(self, event: str, *key) -> bool:
+        """Whether ``event`` with ``key`` (the trainer's state and step) came right before."""
         if self._last.get(event) == key:
             self._warn()
             return True
         self._last[event] = key
-        return False
-
-    def again_for(self, tensor) -> bool:
-        """Whether ``tensor`` (a loss) came in the call before."""
-        if self._loss is not None and self._loss() is tensor:
-            self._warn()
-            return True
-        self._loss = weakref.ref(tensor)
         return False
 
     def _warn(self) -> None:

@@ -47,8 +47,10 @@ class GradscopeTrainerCallback(TrainerCallback):
         self._calls = _Calls()
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        if self._calls.again("train start", id(state), state.global_step, active=self.monitor):
-            return
+        if self.monitor is not None and self.monitor._active and self._calls.again("train start", id(state)):
+            return  # the same run's start again: this callback given twice
+        self._calls.run_starts()
+        self._calls.again("train start", id(state))
         options = dict(self.options)
         if not state.is_world_process_zero:
             options.pop("log_dir", None)
@@ -67,7 +69,7 @@ class GradscopeTrainerCallback(TrainerCallback):
 
     def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
         if self.monitor is not None and self.monitor._active:
-            if self._calls.again("step", id(state), state.global_step):
+            if self._calls.again("step", state.global_step):
                 return
             if optimizer is not None:
                 self.monitor.read_lr_from(optimizer)  # a schedule's warm restart explains its spike

@@ -50,8 +50,11 @@ class GradscopeCallback(_pl.Callback):
         self._calls = _Calls()
 
     def on_train_start(self, trainer, pl_module) -> None:
-        if self._calls.again("train start", id(trainer), trainer.global_step, active=self.monitor):
+        if not self._calls.first("train start"):
             return
+        copies = sum(c is self for c in getattr(trainer, "callbacks", ()))
+        self._calls.run_starts(copies)
+        self._calls.first("train start")  # (this call was the first of them)
         options = dict(self.options)
         if not trainer.is_global_zero:
             options.pop("log_dir", None)
@@ -71,13 +74,13 @@ class GradscopeCallback(_pl.Callback):
     def on_before_backward(self, trainer, pl_module, loss) -> None:
         """The loss goes to the spike detector (added up over accumulated micro-batches)."""
         if self.monitor is not None and self.monitor._active and self.monitor.detects:
-            if self._calls.again_for(loss):
+            if not self._calls.first("backward"):
                 return
             self.monitor.observe_loss(loss)
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         if self.monitor is not None and self.monitor._active:
-            if self._calls.again("step", trainer.global_step, id(optimizer)):
+            if not self._calls.first("step"):
                 return
             self.monitor.read_lr_from(optimizer)  # a schedule's warm restart explains its spike
             scaler = getattr(trainer.precision_plugin, "scaler", None)

@@ -10,7 +10,7 @@ import torch.nn as nn
 from gradscope.layers import is_embedding_type, parameter_owner
 from gradscope.rules import advice
 from gradscope.records import Records
-from gradscope.rules.base import Violation, fmt
+from gradscope.rules.base import WARNING, Violation, fmt
 from gradscope.rules.example_models import Sqrt, x64
 
 
@@ -22,7 +22,9 @@ def detect(records: Records) -> list[Violation]:
         forward order) whose output is not finite; in the backward pass, walking from the output
         toward the input, the module just before the first layer whose backpropagated signal
         stops being finite (its own output gradient is still finite, the one it passes on is
-        not). If the very first signal is already non-finite, the loss is. When the module is the
+        not). If the very first signal is already non-finite, the loss is. Where the guard
+        (``guard="skip"``) skipped the update of every such step and the loss went on as before,
+        the finding is a warning: the cause is worth finding, the run is whole. When the module is the
         first one the input reaches (not an embedding), the batch itself is the first suspect.
 
     Why it matters:
@@ -118,7 +120,30 @@ def detect(records: Records) -> list[Violation]:
          else "; no parameter gradient is non-finite yet")
         + (f", and {later} later logged steps are non-finite too." if later else ".")
     )
-    return [Violation([born], message, _fix(born, phase), evidence)]
+    violation = Violation([born], message, _fix(born, phase), evidence)
+    held = _held_back(records, bad_steps)
+    if held:
+        # a batch's NaN whose update never happened: the run is whole, the cause still worth a look
+        violation = Violation([born], message + f" The guard skipped the update of {held}, and the "
+                              "loss went on as before.", violation.fix, evidence, severity=WARNING)
+    return [violation]
+
+
+def _held_back(records: Records, bad_steps: list[int]) -> str | None:
+    """Where the guard skipped the update of every step with non-finite values here and of every
+    non-finite episode of the run, each followed by a loss back in its band (``recovered``): which
+    steps (words); else None."""
+    pulse = records.pulse
+    if pulse is None or pulse.empty or "skipped" not in pulse:
+        return None
+    skipped = set(pulse.loc[pulse["skipped"] > 0, "step"].astype(int))
+    lost = [e for e in advice.spike_events(records) if e.get("nonfinite")]
+    if not lost or not all(s in skipped for s in bad_steps):
+        return None
+    if not all(e.get("skipped_steps", 0) >= max(1, e.get("alarm_steps") or 1) and advice.recovered(e, records)
+               for e in lost):
+        return None
+    return f"step {bad_steps[0]}" if len(bad_steps) == 1 else f"all {len(bad_steps)} such steps"
 
 
 def _by_layer(frame, metric: str) -> dict[str, float]:

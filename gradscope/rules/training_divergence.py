@@ -5,7 +5,7 @@ Its code and severity are in the registry, ``gradscope.rules.RULES``."""
 from __future__ import annotations
 
 from gradscope.records import Records
-from gradscope.rules.advice import instability_fix, spike_events
+from gradscope.rules.advice import instability_fix, recovered, spike_events
 from gradscope.rules.base import Violation
 from gradscope.rules.example_models import spiking_run
 
@@ -15,7 +15,9 @@ def detect(records: Records) -> list[Violation]:
         A loss or a total gradient norm that became NaN or Inf during training, on any step (the
         monitor's pulse reads every step, not only the logged ones), with the spike episodes that
         came before it: how many steps of warning there were, and the layer where the first one
-        began.
+        began. An episode whose every update the guard (``guard="skip"``) skipped, after which
+        the loss went on as before, is no divergence: the run was saved there (skipped-updates
+        reports the skips).
 
     Why it matters:
         A non-finite loss or gradient reaches every weight through the next update: the run is
@@ -41,7 +43,7 @@ def detect(records: Records) -> list[Violation]:
         parameters and the forward's ops instead.
     """
     events = spike_events(records)
-    lost = [e for e in events if e.get("nonfinite")]
+    lost = [e for e in events if e.get("nonfinite") and not _held_back(e, records)]
     if not lost:
         return []
     first_lost = lost[0]
@@ -69,6 +71,13 @@ def detect(records: Records) -> list[Violation]:
     return [Violation([layer] if layer else ["(model)"], message, instability_fix(before or lost, records),
                       {"step": first_lost["step"], "first_alarm": (before or lost)[0]["step"],
                        "skipped": first_lost.get("skipped_steps", 0)})]
+
+
+def _held_back(event: dict, records: Records) -> bool:
+    """The guard skipped every update of a non-finite episode and the loss went on as before it
+    (``recovered``): the run did not diverge there (the skipped-updates rule reports the skips)."""
+    skipped_all = event.get("skipped_steps", 0) >= max(1, event.get("alarm_steps") or 1)
+    return bool(skipped_all and recovered(event, records))
 
 
 def pair(bad: bool) -> dict:
