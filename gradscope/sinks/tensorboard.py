@@ -74,6 +74,11 @@ class TensorBoardSink:
             self._layout_written = True
         for layer, metric, value in zip(record.layers, record.metrics, record.values):
             self.writer.add_scalar(tag(metric, layer), float(value), global_step=record.step)
+        if getattr(getattr(self._run, "config", None), "guard", None) is not None:
+            # the updates the guard skipped so far: an event's marker is written when it is
+            # detected, before the episode's later steps are skipped too
+            self.writer.add_scalar("gradscope/skipped_updates", float(len(self._run.skipped_steps)),
+                                   global_step=record.step)
         self._steps += 1
         self._last_step = record.step
         if self._steps % self._findings_every == 1 or self._findings_every == 1:
@@ -96,7 +101,9 @@ class TensorBoardSink:
     def log_event(self, event) -> None:
         """An event (gradscope/events.py) as it happens: its line under ``gradscope/events`` and a
         marker scalar at the step: ``gradscope/spike`` (a spike or a non-finite value),
-        ``gradscope/loss_rising`` (a rising loss alone); with the guard, ``gradscope/skipped``."""
+        ``gradscope/loss_rising`` (a rising loss alone); with the guard, ``gradscope/skipped``
+        where the event's first step was skipped (the count of every skipped update is the
+        ``gradscope/skipped_updates`` scalar of the logged steps)."""
         self.writer.add_text("gradscope/events", event.text, event.step)
         rising_only = event.alarms == ["loss rising"]
         self.writer.add_scalar("gradscope/loss_rising" if rising_only else "gradscope/spike", 1.0, event.step)

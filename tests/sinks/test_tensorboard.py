@@ -153,3 +153,22 @@ def test_findings_cells_show_layer_names_as_written():
     from gradscope.sinks.tensorboard import _cell
 
     assert _cell("tick`x` **bold** $x$ a|b\nnext") == "tick\\`x\\` \\*\\*bold\\*\\* \\$x\\$ a\\|b next"
+
+
+def test_every_update_the_guard_skipped_is_counted_at_the_logged_steps(tmp_path):
+    """An episode's marker is written when it is detected, before its later steps are skipped:
+    a run with 200 skipped updates showed three markers of 1.0. The logged steps now carry the
+    count so far, equal to the monitor's."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with gradscope.monitor(model, every=10, optimizer=opt, tensorboard=tmp_path, guard="skip") as mon:
+        for step in range(120):
+            x = torch.randn(32, 8) * (100.0 if 80 <= step < 84 else 1.0)  # a burst of corrupt batches
+            model(x).pow(2).mean().backward()
+            opt.step()
+            opt.zero_grad()
+    assert len(mon.skipped_steps) >= 2
+    got = {e.step: e.value for e in events(tmp_path).Scalars("gradscope/skipped_updates")}
+    assert got[110] == len(mon.skipped_steps)
+    assert got[70] == 0 and sorted(got) == sorted(mon.to_dataframe().step.unique())  # (flight recorder's too)
