@@ -226,7 +226,8 @@ class _Figures:
         steps = shown["step"].astype(int).tolist()
         figure = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
                                subplot_titles=("loss", "gradient norm (all parameters)"))
-        figure.update_layout(template="none", showlegend=False, height=480)
+        figure.update_layout(template="none", height=480,
+                             legend={"orientation": "h", "x": 0, "y": -0.18, "xanchor": "left"})
         figure.add_trace(go.Scatter(x=steps, y=_finite(shown["loss"]), mode="lines", name="loss",
                                     line={"color": "#1f77b4"}), row=1, col=1)
         if "loss_smoothed" in shown and shown["loss_smoothed"].notna().any():
@@ -240,12 +241,25 @@ class _Figures:
             at = pulse.set_index("step")
             marks = [int(e["step"]) for e in events]
             texts = [html_text(str(e.get("text", ""))) for e in events]
+            held = [bool(e.get("skipped") or e.get("skipped_steps")) for e in events]
             for row, column in ((1, "loss"), (2, "grad_norm")):
-                values = [at[column].get(step, np.nan) for step in marks]
-                figure.add_trace(go.Scatter(
-                    x=marks, y=_finite(values), mode="markers", name="event", hovertext=texts,
-                    hoverinfo="text", marker={"color": "#d62728", "size": 10, "symbol": "x"},
-                ), row=row, col=1)
+                values = np.array([at[column].get(step, np.nan) for step in marks], dtype=float)
+                finite = shown[column].to_numpy(dtype=float)
+                finite = finite[np.isfinite(finite)]
+                # a non-finite value has no place on the axis: its marker sits at the panel's top
+                top = float(finite.max()) if len(finite) else 1.0
+                values = np.where(np.isfinite(values), values, top)
+                for skipped, name, symbol in ((True, "event, update skipped by the guard", "x"),
+                                              (False, "event", "circle-open")):
+                    which = [i for i, h in enumerate(held) if h == skipped]
+                    if not which:
+                        continue
+                    figure.add_trace(go.Scatter(
+                        x=[marks[i] for i in which], y=_finite(values[which]), mode="markers", name=name,
+                        legendgroup=name, showlegend=row == 1, hovertext=[texts[i] for i in which],
+                        hoverinfo="text", marker={"color": "#d62728", "size": 10, "symbol": symbol,
+                                                  "line": {"width": 2, "color": "#d62728"}},
+                    ), row=row, col=1)
         figure.update_yaxes(type="log", row=2, col=1)
         figure.update_xaxes(title_text="step", row=2, col=1)
         if stride > 1:

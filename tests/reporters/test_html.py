@@ -130,3 +130,35 @@ def test_a_diagnosis_without_a_training_run_has_no_timeline_section():
     model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
     page = render_html(gradscope.diagnose(model, torch.randn(8, 6)), "model")
     assert "Loss and gradient norm, every step" not in page
+
+
+def test_the_timeline_tells_skipped_events_apart_and_marks_a_non_finite_norm():
+    """The markers of events whose update the guard skipped differ from the others, with a
+    legend; a non-finite gradient norm, which has no place on a log axis, still gets its marker
+    (at the panel's top) where before the gradient panel had none."""
+    import torch.nn.functional as F
+
+    from gradscope.reporters.html import _Figures
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    g = torch.Generator().manual_seed(1)
+    with gradscope.monitor(model, every=50, optimizer=opt, guard="skip") as mon:
+        for step in range(140):
+            x = torch.randn(32, 8, generator=g) * (30.0 if step == 100 else 1.0)
+            F.mse_loss(model(x), x[:, :1]).backward()
+            if step == 120:
+                model[2].weight.grad[0, 0] = float("nan")
+            opt.step()
+            opt.zero_grad()
+        report = mon.report()
+    assert 100 in mon.skipped_steps and 120 in mon.skipped_steps
+    figure = _Figures(report).timeline()
+    skipped = [t for t in figure.data if t.name == "event, update skipped by the guard"]
+    assert len(skipped) == 2 and skipped[0].showlegend and not skipped[1].showlegend
+    norm_marks = skipped[1]
+    assert 120 in list(norm_marks.x)
+    top = max(y for y in figure.data[2].y if y is not None)
+    assert norm_marks.y[list(norm_marks.x).index(120)] == top
+    assert figure.layout.showlegend is not False
