@@ -237,10 +237,18 @@ def attribute(step: int, ring: np.ndarray, window: int, names: list[str],
 
 
 def extends(event: SpikeEvent, step: int, bits: int) -> bool:
-    """Whether an alarm at ``step`` continues ``event``'s episode: the same kinds of alarm, within
-    ``QUIET`` steps of its last one."""
+    """Whether an alarm at ``step`` continues ``event``'s episode: an alarm of the same family
+    (spikes of the loss or the gradient norm, either or both; a non-finite value; a rising loss),
+    within ``QUIET`` steps of its last one. A diverging run's loss and gradient spikes take turns
+    (both, then the loss's, then the gradient's): one episode, not three."""
     last = event.last_step if event.last_step is not None else event.step
-    return alarm_names(bits) == event.alarms and step - last <= QUIET
+    return _family(alarm_names(bits)) == _family(event.alarms) and step - last <= QUIET
+
+
+def _family(alarms: list[str]) -> str:
+    if any("non-finite" in a for a in alarms):
+        return "non-finite"
+    return "rising" if alarms == ["loss rising"] else "spike"
 
 
 def extended(event: SpikeEvent, step: int, skipped: bool) -> SpikeEvent:

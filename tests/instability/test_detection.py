@@ -676,3 +676,18 @@ def test_on_the_device_path_a_step_count_kept_in_a_python_int_is_held_back_too(r
         train(model, x, y, g, opt, mon, 1)
         assert [s["step"] for s in opt.state.values()] == [c + 1 for c in counts]
     assert mon.skipped_steps == [60]
+
+
+def test_loss_and_gradient_spikes_taking_turns_are_one_episode():
+    """A diverging run's alarms alternate between both spikes, the loss's alone and the
+    gradient's alone: one episode, not one event per change of kind."""
+    from gradscope.detectors import GRAD_SPIKE, LOSS_SPIKE
+    from gradscope.events import SpikeEvent, extended, extends
+
+    event = SpikeEvent(301, ["loss spike", "gradient spike"], 1.5, 3.0, 9.0, 9.0, False)
+    for step, bits in ((302, LOSS_SPIKE), (305, GRAD_SPIKE), (309, LOSS_SPIKE + GRAD_SPIKE)):
+        assert extends(event, step, bits)
+        event = extended(event, step, False)
+    assert event.alarm_steps == 4 and event.last_step == 309
+    assert not extends(event, 311, GRAD_NONFINITE)  # a non-finite value is an episode of its own
+    assert not extends(event, 320, LOSS_SPIKE)  # past the quiet steps
