@@ -195,6 +195,38 @@ def recovered(event: dict, records) -> bool | None:
     harm); or else the median of the steps from there to ``RECOVERY_LATER`` after it is. None
     where the pulse does not hold enough steps on either side (the run ended, or they left its
     window)."""
+    band = _band(event, records)
+    if band is None:
+        return None
+    limit, steps, loss, quiet, last = band
+    after = loss[quiet & (steps > last) & (steps <= last + RECOVERY_AFTER)]
+    if len(after) < RECOVERY_AFTER // 2:
+        return None
+    if float(np.median(after)) <= limit:
+        return True
+    later = loss[quiet & (steps > last + RECOVERY_AFTER) & (steps <= last + RECOVERY_LATER)]
+    return len(later) >= (RECOVERY_LATER - RECOVERY_AFTER) // 2 and float(np.median(later)) <= limit
+
+
+def back_by_the_end(event: dict, records) -> bool | None:
+    """Whether the loss was back in the band of :func:`recovered` by the end of the run: the
+    median of the run's last ``RECOVERY_AFTER`` steps without an alarm after the episode. A
+    warm restart's jolt can keep the loss out of its band for tens of steps; a raise of the
+    learning rate that broke the model keeps it out for good. None where that is not known."""
+    band = _band(event, records)
+    if band is None:
+        return None
+    limit, steps, loss, quiet, last = band
+    tail = loss[quiet & (steps > last)][-RECOVERY_AFTER:]
+    if len(tail) < RECOVERY_AFTER // 2:
+        return None
+    return float(np.median(tail)) <= limit
+
+
+def _band(event: dict, records):
+    """(the upper limit of the loss's band before the episode, then the pulse's steps, losses,
+    steps without an alarm with a finite loss, and the episode's last step), or None where the
+    pulse does not hold enough steps before it."""
     pulse = records.pulse
     if pulse is None or pulse.empty or "step" not in pulse or event.get("step") is None:
         return None
@@ -202,9 +234,8 @@ def recovered(event: dict, records) -> bool | None:
     steps, loss = pulse["step"].to_numpy(), pulse["loss"].to_numpy(dtype=float)
     quiet = (pulse["alarm"].to_numpy(dtype=float) == 0) & np.isfinite(loss)
     before = loss[quiet & (steps >= first - RECOVERY_BEFORE) & (steps < first)]
-    after = loss[quiet & (steps > last) & (steps <= last + RECOVERY_AFTER)]
     needed = max(RECOVERY_EARLY, min(10, first - int(steps.min())))  # fewer only early in the run
-    if len(before) < needed or len(after) < RECOVERY_AFTER // 2:
+    if len(before) < needed:
         return None
     centre = float(np.median(before))
     spread = 1.4826 * float(np.median(np.abs(before - centre)))
@@ -214,10 +245,7 @@ def recovered(event: dict, records) -> bool | None:
     start = loss[quiet & (steps < first)][:10]
     fall = float(np.median(start)) - centre if len(start) else 0.0
     limit = max(limit, centre + RECOVERY_FALL * max(fall, 0.0))
-    if float(np.median(after)) <= limit:
-        return True
-    later = loss[quiet & (steps > last + RECOVERY_AFTER) & (steps <= last + RECOVERY_LATER)]
-    return len(later) >= (RECOVERY_LATER - RECOVERY_AFTER) // 2 and float(np.median(later)) <= limit
+    return limit, steps, loss, quiet, last
 
 
 def clip_threshold(records) -> float | None:

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from gradscope.records import Records
 from gradscope.events import lr_raised
-from gradscope.rules.advice import RECOVERY_AFTER, RECOVERY_LATER, episodes, instability_fix, recovered, spike_events
+from gradscope.rules.advice import (RECOVERY_AFTER, RECOVERY_LATER, back_by_the_end, episodes, instability_fix,
+                                    recovered, spike_events)
 from gradscope.rules.base import INFO, Violation
 from gradscope.rules.example_models import spiking_run
 
@@ -26,7 +27,8 @@ def detect(records: Records) -> list[Violation]:
         of the steps 11 to 60 after it): one hard batch's loss in a small batch, or a spike the
         guard skipped, did no lasting harm. An episode that began right after the schedule
         raised the learning rate 1.5x or more (over the 50 steps before it: a warm restart, a
-        warm-up) counts as explained too.
+        warm-up) counts as explained too, unless the loss was still out of its band at the end of
+        the run (a raise that broke the model is no jolt).
 
     Why it matters:
         A spike is where a run starts to go wrong: the loss jumps, the optimizer's moments fill
@@ -59,14 +61,21 @@ def detect(records: Records) -> list[Violation]:
     message = f"{len(events)} spike episode{'s' if len(events) > 1 else ''} during training: {listed}."
     went_on = [recovered(e, records) for e in events]
     scheduled = [lr_raised(e.get("lr"), e.get("lr_before")) for e in events]
-    # None (not known) or False in an episode not explained by the schedule keeps the warning
-    transient = all(back or raised for back, raised in zip(went_on, scheduled))
+    # None (not known) or False in an episode not explained by the schedule keeps the warning; a
+    # raise of the learning rate explains one whose loss is not known to have stayed out of its
+    # band to the end of the run (a warm restart's jolt can last tens of steps)
+    for_good = [raised and back_by_the_end(e, records) is False for e, raised in zip(events, scheduled)]
+    transient = all(back or (raised and not lost) for back, raised, lost in zip(went_on, scheduled, for_good))
     if any(scheduled):
         raised = [e for e, s in zip(events, scheduled) if s]
+        lasting = any(for_good)
         message += ((" It began" if len(events) == 1 else f" {len(raised)} of them began")
                     + " right after the schedule raised the learning rate "
                     + f"(from {raised[0]['lr_before']:.3g} to {raised[0]['lr']:.3g} before step "
-                    f"{raised[0]['step']}): a warm restart's or warm-up's expected jolt.")
+                    f"{raised[0]['step']})"
+                    + (": the loss did not come back to its band after it, so the raised rate is too "
+                       "high for this model, not a warm restart's or warm-up's expected jolt."
+                       if lasting else ": a warm restart's or warm-up's expected jolt."))
     if transient:
         if not all(scheduled):
             others = sum(not raised for raised in scheduled)

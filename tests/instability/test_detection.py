@@ -554,6 +554,17 @@ def test_a_spike_right_after_the_schedule_raised_the_learning_rate_is_informatio
     assert ("raised the learning rate (from 0.0001 to 0.1" in finding.message) == (severity == "info")
 
 
+def test_a_raise_of_the_learning_rate_after_which_the_loss_never_came_back_keeps_the_warning():
+    """A learning rate raised 30x that broke the model (its loss at chance to the end of the run)
+    was called a warm restart's expected jolt, information."""
+    rng = np.random.default_rng(0)
+    loss = 1.0 + 0.01 * rng.standard_normal(300)
+    loss[200], loss[201:] = 5.0, 2.3
+    finding = _spike_finding(loss, 400.0, lr=3.0, lr_before=0.1)
+    assert finding.severity == "warning"
+    assert "the loss did not come back to its band after it, so the raised rate is too high" in finding.message
+
+
 def test_the_guard_keeps_a_model_whole_through_a_burst_of_corrupt_batches():
     """Thirty corrupt batches in a row (inputs 30x, a damaged data shard): the guard skips every
     one of them, and the model's loss on clean data (plain autograd) is where it was before."""
