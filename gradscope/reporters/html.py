@@ -178,7 +178,7 @@ class _Figures:
         text = np.repeat(np.array(names, dtype=object)[:, None], table.shape[1], axis=1)
         zmin, zmax = zrange if zrange is not None else (None, None)
         figure = _figure(go.Heatmap(
-            z=z, x=[str(s) for s in table.columns], y=rows, text=text,
+            z=z, x=[int(s) for s in table.columns], y=rows, text=text,
             colorscale=colorscale, zmin=zmin, zmax=zmax, colorbar={"title": {"text": colorbar}},
             hovertemplate="%{text}<br>step %{x}<br>" + colorbar + " %{z:.3g}<extra></extra>"))
         note = []
@@ -189,7 +189,9 @@ class _Figures:
         labelled = len(names) <= 50
         figure.update_layout(title_text=title + (f" ({', '.join(note)})" if note else ""),
                              height=max(320, min(900, 120 + 14 * len(names))), margin={"t": 60})
-        figure.update_xaxes(title_text="step", type="category")
+        # steps on a linear axis: the flight recorder's steps after an event sit close together
+        # (a category axis gave them the width of ten steps each)
+        figure.update_xaxes(title_text="step", type="linear")
         figure.update_yaxes(title_text="layer (input at top)", autorange="reversed", automargin=True,
                             tickvals=rows if labelled else None, ticktext=names if labelled else None)
         return figure

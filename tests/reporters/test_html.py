@@ -162,3 +162,24 @@ def test_the_timeline_tells_skipped_events_apart_and_marks_a_non_finite_norm():
     top = max(y for y in figure.data[2].y if y is not None)
     assert norm_marks.y[list(norm_marks.x).index(120)] == top
     assert figure.layout.showlegend is not False
+
+
+def test_the_heatmaps_put_steps_on_a_linear_axis():
+    """The flight recorder's steps after an event (101–109 at every=50) sat on a category axis,
+    each as wide as fifty steps: time looked stretched around every event."""
+    from gradscope.reporters.html import _Figures
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with gradscope.monitor(model, every=50, optimizer=opt) as mon:
+        for step in range(160):
+            x = torch.randn(32, 8) * (30.0 if step == 100 else 1.0)
+            model(x).pow(2).mean().backward()
+            opt.step()
+            opt.zero_grad()
+    heatmap = [f for t, f, _ in _Figures(mon.report()).all() if t == "Backpropagated signal over training"][0]
+    steps = list(heatmap.data[0].x)
+    assert steps == sorted(steps) and all(isinstance(s, int) for s in steps)
+    assert 101 in steps and 150 in steps  # the recorder's steps among the logged ones
+    assert heatmap.layout.xaxis.type == "linear"
