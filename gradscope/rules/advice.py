@@ -199,6 +199,8 @@ def recovered(event: dict, records) -> bool | None:
     if band is None:
         return None
     limit, steps, loss, quiet, last = band
+    if _to_the_end(event, steps):
+        return False
     after = loss[quiet & (steps > last) & (steps <= last + RECOVERY_AFTER)]
     if len(after) < RECOVERY_AFTER // 2:
         return None
@@ -217,10 +219,20 @@ def back_by_the_end(event: dict, records) -> bool | None:
     if band is None:
         return None
     limit, steps, loss, quiet, last = band
+    if _to_the_end(event, steps):
+        return False
     tail = loss[quiet & (steps > last)][-RECOVERY_AFTER:]
     if len(tail) < RECOVERY_AFTER // 2:
         return None
     return float(np.median(tail)) <= limit
+
+
+def _to_the_end(event: dict, steps) -> bool:
+    """An episode of ``RECOVERY_AFTER`` steps or more that lasted to the run's last step: the loss
+    never went on as before (a model the guard held still for the rest of the run, a raised
+    learning rate that broke it)."""
+    first, last = int(event["step"]), int(event.get("last_step") or event["step"])
+    return last >= int(steps.max()) - 1 and last - first >= RECOVERY_AFTER
 
 
 def _band(event: dict, records):

@@ -16,8 +16,9 @@ def detect(records: Records) -> list[Violation]:
         monitor's pulse reads every step, not only the logged ones), with the spike episodes that
         came before it: how many steps of warning there were, and the layer where the first one
         began. An episode whose every update the guard (``guard="skip"``) skipped, after which
-        the loss went on as before, is no divergence: the run was saved there (skipped-updates
-        reports the skips).
+        the loss went on as before (or the run ended too soon after to tell), is no divergence:
+        the weights never took it (skipped-updates reports the skips). One of 10 steps or more
+        that lasted to the run's end is.
 
     Why it matters:
         A non-finite loss or gradient reaches every weight through the next update: the run is
@@ -74,10 +75,12 @@ def detect(records: Records) -> list[Violation]:
 
 
 def _held_back(event: dict, records: Records) -> bool:
-    """The guard skipped every update of a non-finite episode and the loss went on as before it
-    (``recovered``): the run did not diverge there (the skipped-updates rule reports the skips)."""
+    """The guard skipped every update of a non-finite episode, so the weights never took it, and
+    the loss went on as before it (``recovered``), or the run ended too soon after to tell: the
+    run did not diverge there (the skipped-updates rule reports the skips; a long episode that
+    lasted to the run's end is no recovery)."""
     skipped_all = event.get("skipped_steps", 0) >= max(1, event.get("alarm_steps") or 1)
-    return bool(skipped_all and recovered(event, records))
+    return bool(skipped_all and recovered(event, records) is not False)
 
 
 def pair(bad: bool) -> dict:

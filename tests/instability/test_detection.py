@@ -565,6 +565,17 @@ def test_a_raise_of_the_learning_rate_after_which_the_loss_never_came_back_keeps
     assert "the loss did not come back to its band after it, so the raised rate is too high" in finding.message
 
 
+def test_a_raise_whose_spike_episode_lasts_to_the_end_of_the_run_keeps_the_warning():
+    """With the guard on, a raise that broke the model makes one episode to the run's end (every
+    update skipped): no step after it says whether the loss came back, and the raise excused it."""
+    rng = np.random.default_rng(0)
+    loss = 1.0 + 0.01 * rng.standard_normal(300)
+    loss[230:] = 80.0
+    finding = _spike_finding(loss, 400.0, at=230, lr=0.3, lr_before=0.01, last_step=299, alarm_steps=70,
+                             skipped_steps=70)
+    assert finding.severity == "warning"
+
+
 def test_the_guard_keeps_a_model_whole_through_a_burst_of_corrupt_batches():
     """Thirty corrupt batches in a row (inputs 30x, a damaged data shard): the guard skips every
     one of them, and the model's loss on clean data (plain autograd) is where it was before."""

@@ -54,3 +54,12 @@ def test_the_same_nan_without_the_guard_is_a_divergence():
     assert findings["training-divergence"].severity == "error"
     assert findings["nonfinite-gradient"].severity == "error"
     assert report.verdict.label == "fails"
+
+
+def test_a_nan_step_the_guard_held_back_just_before_the_end_is_no_divergence():
+    """Three steps before the end there is no telling whether the loss went on as before; the
+    weights never took the NaN, so the run did not diverge there."""
+    mon, report = nan_gradient_run(guard="skip", nan_at=297)
+    assert mon.skipped_steps == [297]
+    assert "training-divergence" not in by_rule(report)
+    assert report.verdict.label != "fails"
