@@ -69,7 +69,7 @@ class SpikeEvent:
     optimizer's is a plain number): a schedule that raised it (a warm restart, a warm-up) shows
     as ``lr`` ``LR_RISE`` times above it or more."""
     last_step: int | None = None
-    """The last step of the episode: alarms of the same kinds on the steps that follow, with
+    """The last step of the episode: alarms of the same family (a rise of the loss apart) on the steps that follow, with
     fewer than ``QUIET`` steps between them, extend the event instead of making new ones."""
     alarm_steps: int = 1
     """Steps of the episode that raised an alarm."""
@@ -242,7 +242,10 @@ def extends(event: SpikeEvent, step: int, bits: int) -> bool:
     within ``QUIET`` steps of its last one. A diverging run's loss and gradient spikes take turns
     (both, then the loss's, then the gradient's): one episode, not three."""
     last = event.last_step if event.last_step is not None else event.step
-    return _family(alarm_names(bits)) == _family(event.alarms) and step - last <= QUIET
+    names = alarm_names(bits)
+    if "loss rising" in names and "loss rising" not in event.alarms:
+        return False  # a rise begins its own event, with the trend's numbers of its step
+    return _family(names) == _family(event.alarms) and step - last <= QUIET
 
 
 def _family(alarms: list[str]) -> str:
@@ -251,9 +254,12 @@ def _family(alarms: list[str]) -> str:
     return "rising" if alarms == ["loss rising"] else "spike"
 
 
-def extended(event: SpikeEvent, step: int, skipped: bool) -> SpikeEvent:
+def extended(event: SpikeEvent, step: int, skipped: bool, bits: int = 0) -> SpikeEvent:
+    """``event``'s episode with the alarm at ``step`` (``bits``) in it: a kind of spike it did not
+    have yet is added (an episode that began with the loss's spike and goes on with the gradient's)."""
+    new = [a for a in alarm_names(bits) if a not in event.alarms]
     return replace(event, last_step=step, alarm_steps=event.alarm_steps + 1,
-                   skipped_steps=event.skipped_steps + int(skipped))
+                   skipped_steps=event.skipped_steps + int(skipped), alarms=[*event.alarms, *new])
 
 
 SHARED_ALARMS = 8

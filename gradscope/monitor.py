@@ -822,7 +822,7 @@ class Recorder:
             self.skipped_steps.append(step)
         if self.events and extends(self.events[-1], step, bits):
             # the same episode: counted, no new event and no new flight-recorder window
-            self.events[-1] = extended(self.events[-1], step, skipped)
+            self.events[-1] = extended(self.events[-1], step, skipped, bits)
             return
         event = make_event(step, bits, ring, pulse.window, pulse.names, pulse.band(),
                            skipped=skipped, rank=self.rank, lr=lr, first_step=first)

@@ -243,7 +243,7 @@ class _Figures:
             at = pulse.set_index("step")
             marks = [int(e["step"]) for e in events]
             texts = [html_text(str(e.get("text", ""))) for e in events]
-            held = [bool(e.get("skipped") or e.get("skipped_steps")) for e in events]
+            held = [bool(e.get("skipped")) for e in events]  # (at the marked step, the episode's first)
             for row, column in ((1, "loss"), (2, "grad_norm")):
                 values = np.array([at[column].get(step, np.nan) for step in marks], dtype=float)
                 finite = shown[column].to_numpy(dtype=float)

@@ -77,7 +77,7 @@ class TensorBoardSink:
         if getattr(getattr(self._run, "config", None), "guard", None) is not None:
             # the updates the guard skipped so far: an event's marker is written when it is
             # detected, before the episode's later steps are skipped too
-            self.writer.add_scalar("gradscope/skipped_updates", float(len(self._run.skipped_steps)),
+            self.writer.add_scalar("gradscope/skipped_updates", float(len(getattr(self._run, "skipped_steps", ()))),
                                    global_step=record.step)
         self._steps += 1
         self._last_step = record.step

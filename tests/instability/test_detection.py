@@ -703,7 +703,7 @@ def test_on_the_device_path_a_step_count_kept_in_a_python_int_is_held_back_too(r
 def test_loss_and_gradient_spikes_taking_turns_are_one_episode():
     """A diverging run's alarms alternate between both spikes, the loss's alone and the
     gradient's alone: one episode, not one event per change of kind."""
-    from gradscope.detectors import GRAD_SPIKE, LOSS_SPIKE
+    from gradscope.detectors import GRAD_SPIKE, LOSS_RISING, LOSS_SPIKE
     from gradscope.events import SpikeEvent, extended, extends
 
     event = SpikeEvent(301, ["loss spike", "gradient spike"], 1.5, 3.0, 9.0, 9.0, False)
@@ -711,5 +711,8 @@ def test_loss_and_gradient_spikes_taking_turns_are_one_episode():
         assert extends(event, step, bits)
         event = extended(event, step, False)
     assert event.alarm_steps == 4 and event.last_step == 309
+    assert not extends(event, 310, LOSS_SPIKE + LOSS_RISING)  # a rise begins an event of its own
+    growing = SpikeEvent(301, ["loss spike"], 1.5, 3.0, 9.0, 0.0, False)
+    assert extended(growing, 302, False, GRAD_SPIKE).alarms == ["loss spike", "gradient spike"]
     assert not extends(event, 311, GRAD_NONFINITE)  # a non-finite value is an episode of its own
-    assert not extends(event, 320, LOSS_SPIKE)  # past the quiet steps
+    assert not extends(event, 321, LOSS_SPIKE)  # past the quiet steps
