@@ -69,8 +69,9 @@ class SpikeEvent:
     optimizer's is a plain number): a schedule that raised it (a warm restart, a warm-up) shows
     as ``lr`` ``LR_RISE`` times above it or more."""
     last_step: int | None = None
-    """The last step of the episode: alarms of the same family (a rise of the loss apart) on the steps that follow, with
-    fewer than ``QUIET`` steps between them, extend the event instead of making new ones."""
+    """The last step of the episode: alarms of the same family (a rise of the loss apart) on the
+    steps that follow, with fewer than ``QUIET`` steps between them, extend the event instead of
+    making new ones."""
     alarm_steps: int = 1
     """Steps of the episode that raised an alarm."""
     skipped_steps: int = 0
