@@ -196,11 +196,9 @@ def recovered(event: dict, records) -> bool | None:
     where the pulse does not hold enough steps on either side (the run ended, or they left its
     window)."""
     band = _band(event, records)
-    if band is None:
-        return None
+    if not band:  # None: not known; False: an episode that lasted to the end
+        return band
     limit, steps, loss, quiet, last = band
-    if _to_the_end(event, steps):
-        return False
     after = loss[quiet & (steps > last) & (steps <= last + RECOVERY_AFTER)]
     if len(after) < RECOVERY_AFTER // 2:
         return None
@@ -210,40 +208,42 @@ def recovered(event: dict, records) -> bool | None:
     return len(later) >= (RECOVERY_LATER - RECOVERY_AFTER) // 2 and float(np.median(later)) <= limit
 
 
+def held_back(event: dict, records) -> bool:
+    """The guard skipped every update of an episode, so the weights never took it, and the loss
+    went on as before it (:func:`recovered`), or the run ended too soon after to tell (an episode
+    that lasted to the run's end is no recovery)."""
+    skipped_all = event.get("skipped_steps", 0) >= max(1, event.get("alarm_steps") or 1)
+    return bool(skipped_all and recovered(event, records) is not False)
+
+
 def back_by_the_end(event: dict, records) -> bool | None:
     """Whether the loss was back in the band of :func:`recovered` by the end of the run: the
     median of the run's last ``RECOVERY_AFTER`` steps without an alarm after the episode. A
     warm restart's jolt can keep the loss out of its band for tens of steps; a raise of the
     learning rate that broke the model keeps it out for good. None where that is not known."""
     band = _band(event, records)
-    if band is None:
-        return None
+    if not band:
+        return band
     limit, steps, loss, quiet, last = band
-    if _to_the_end(event, steps):
-        return False
     tail = loss[quiet & (steps > last)][-RECOVERY_AFTER:]
     if len(tail) < RECOVERY_AFTER // 2:
         return None
     return float(np.median(tail)) <= limit
 
 
-def _to_the_end(event: dict, steps) -> bool:
-    """An episode of ``RECOVERY_AFTER`` steps or more that lasted to the run's last step: the loss
-    never went on as before (a model the guard held still for the rest of the run, a raised
-    learning rate that broke it)."""
-    first, last = int(event["step"]), int(event.get("last_step") or event["step"])
-    return last >= int(steps.max()) - 1 and last - first >= RECOVERY_AFTER
-
-
 def _band(event: dict, records):
     """(the upper limit of the loss's band before the episode, then the pulse's steps, losses,
-    steps without an alarm with a finite loss, and the episode's last step), or None where the
-    pulse does not hold enough steps before it."""
+    steps without an alarm with a finite loss, and the episode's last step); None where the
+    pulse does not hold enough steps before it; False for an episode of ``RECOVERY_AFTER`` steps
+    or more that lasted to the run's last step, after which the loss never went on as before (a
+    model the guard held still for the rest of the run, a raised learning rate that broke it)."""
     pulse = records.pulse
     if pulse is None or pulse.empty or "step" not in pulse or event.get("step") is None:
         return None
     first, last = int(event["step"]), int(event.get("last_step") or event["step"])
     steps, loss = pulse["step"].to_numpy(), pulse["loss"].to_numpy(dtype=float)
+    if last >= int(steps.max()) - 1 and last - first >= RECOVERY_AFTER:
+        return False
     quiet = (pulse["alarm"].to_numpy(dtype=float) == 0) & np.isfinite(loss)
     before = loss[quiet & (steps >= first - RECOVERY_BEFORE) & (steps < first)]
     needed = max(RECOVERY_EARLY, min(10, first - int(steps.min())))  # fewer only early in the run

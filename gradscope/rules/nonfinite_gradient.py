@@ -140,8 +140,7 @@ def _held_back(records: Records, bad_steps: list[int]) -> str | None:
     lost = [e for e in advice.spike_events(records) if e.get("nonfinite")]
     if not lost or not all(s in skipped for s in bad_steps):
         return None
-    if not all(e.get("skipped_steps", 0) >= max(1, e.get("alarm_steps") or 1)
-               and advice.recovered(e, records) is not False for e in lost):
+    if not all(advice.held_back(e, records) for e in lost):
         return None
     return f"step {bad_steps[0]}" if len(bad_steps) == 1 else f"all {len(bad_steps)} such steps"
 

@@ -5,7 +5,7 @@ Its code and severity are in the registry, ``gradscope.rules.RULES``."""
 from __future__ import annotations
 
 from gradscope.records import Records
-from gradscope.rules.advice import instability_fix, recovered, spike_events
+from gradscope.rules.advice import held_back, instability_fix, spike_events
 from gradscope.rules.base import Violation
 from gradscope.rules.example_models import spiking_run
 
@@ -44,7 +44,7 @@ def detect(records: Records) -> list[Violation]:
         parameters and the forward's ops instead.
     """
     events = spike_events(records)
-    lost = [e for e in events if e.get("nonfinite") and not _held_back(e, records)]
+    lost = [e for e in events if e.get("nonfinite") and not held_back(e, records)]
     if not lost:
         return []
     first_lost = lost[0]
@@ -72,15 +72,6 @@ def detect(records: Records) -> list[Violation]:
     return [Violation([layer] if layer else ["(model)"], message, instability_fix(before or lost, records),
                       {"step": first_lost["step"], "first_alarm": (before or lost)[0]["step"],
                        "skipped": first_lost.get("skipped_steps", 0)})]
-
-
-def _held_back(event: dict, records: Records) -> bool:
-    """The guard skipped every update of a non-finite episode, so the weights never took it, and
-    the loss went on as before it (``recovered``), or the run ended too soon after to tell: the
-    run did not diverge there (the skipped-updates rule reports the skips; a long episode that
-    lasted to the run's end is no recovery)."""
-    skipped_all = event.get("skipped_steps", 0) >= max(1, event.get("alarm_steps") or 1)
-    return bool(skipped_all and recovered(event, records) is not False)
 
 
 def pair(bad: bool) -> dict:
