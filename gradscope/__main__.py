@@ -1,5 +1,5 @@
 """``python -m gradscope``: the ``gradscope`` command, for an environment whose scripts directory
 is not on the PATH."""
-from gradscope.cli import app
+from gradscope.cli import run
 
-app(prog_name="gradscope")
+run()

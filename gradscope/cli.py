@@ -12,10 +12,13 @@ escaped; every output file is written atomically (gradscope.atomic).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import math
 import os
 import sys
+import threading
+import time
 import traceback
 from enum import Enum
 from pathlib import Path
@@ -600,5 +603,53 @@ def main() -> None:
     """gradscope: see, name and fix gradient-flow problems in PyTorch models."""
 
 
+THREADS_GRACE_S = 2.0
+
+
+def _threads_left() -> list[threading.Thread]:
+    """Threads that would keep the process alive at its exit: started (by a model file) and still
+    running, not daemons."""
+    return [t for t in threading.enumerate()
+            if t is not threading.main_thread() and not t.daemon and t.is_alive()]
+
+
+def _exit_status(code) -> int:
+    """sys.exit's reading of its argument: None is 0, an int is itself, anything else is printed and is 1."""
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    print(code, file=sys.stderr)
+    return 1
+
+
+def run() -> None:
+    """The ``gradscope`` console script: the command, then an exit that does not hang on threads a
+    model file started and left running (a data-loading or logging thread that is not a daemon),
+    where Python's own exit would wait for them forever. Such threads get THREADS_GRACE_S to end;
+    then a warning names them and the process exits with the command's status, after its exit
+    handlers have run."""
+    try:
+        app(prog_name="gradscope")
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    deadline = time.monotonic() + THREADS_GRACE_S
+    for thread in _threads_left():
+        thread.join(max(0.0, deadline - time.monotonic()))
+    left = _threads_left()
+    if not left:
+        sys.exit(code)
+    status = _exit_status(code)
+    names = ", ".join(repr(t.name) for t in left[:5]) + (f" and {len(left) - 5} more" if len(left) > 5 else "")
+    print(f"gradscope: {len(left)} thread(s) that the model file started are still running ({names}) and "
+          "are not daemons; exiting without waiting for them. Start such threads with daemon=True, or "
+          "stop them when the model is built.", file=sys.stderr)
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(app())
+    run()

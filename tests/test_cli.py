@@ -292,6 +292,33 @@ def test_python_dash_m_gradscope_runs_the_command(tmp_path):
     assert "vanishing-gradient" in done.stdout
 
 
+def test_a_model_file_that_leaves_a_thread_running_does_not_hang_the_command(tmp_path):
+    """A non-daemon thread started by the model file kept Python's exit waiting forever after the
+    report was printed; the command now warns, names the thread and exits with its own status."""
+    import subprocess
+    import sys
+
+    model = tmp_path / "threaded.py"
+    model.write_text(textwrap.dedent("""
+        import threading, time
+        import torch.nn as nn
+        threading.Thread(target=lambda: [time.sleep(0.1) for _ in iter(int, 1)], name="loader").start()
+
+        def build_model():
+            return nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+
+        def example_input():
+            import torch
+            return torch.randn(16, 8)
+    """))
+    done = subprocess.run([sys.executable, "-m", "gradscope", "diagnose", str(model)], capture_output=True,
+                          text=True, timeout=120, cwd=tmp_path,
+                          env={**__import__("os").environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    assert done.returncode == 0, done.stderr
+    assert "errors" in done.stdout
+    assert "1 thread(s) that the model file started are still running ('loader')" in done.stderr
+
+
 def test_check_against_a_baseline(tmp_path):
     model = write(tmp_path, RELU)
     baseline = tmp_path / "ci" / "baseline.json"
