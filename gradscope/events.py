@@ -82,6 +82,10 @@ class SpikeEvent:
     """For a rising loss: the smoothed loss's minimum before it."""
     fall: float | None = None
     """For a rising loss: how far the smoothed loss had fallen to that minimum from its highest."""
+    guard: str | None = None
+    """The guard at this step: None when not asked for, ``"on"``, or ``"could not act"`` when it
+    was asked for but this optimizer's step could not be held back (a closure evaluated inside
+    the step; a warning said why)."""
 
     @property
     def given_back(self) -> float | None:

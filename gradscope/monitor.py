@@ -826,6 +826,9 @@ class Recorder:
             return
         event = make_event(step, bits, ring, pulse.window, pulse.names, pulse.band(),
                            skipped=skipped, rank=self.rank, lr=lr, first_step=first)
+        if self.config.guard is not None:
+            event = replace(event, guard="could not act" if self._guard_declined or step in self._unguarded_steps
+                            else "on")
         before = [v for v in self._lrs if v is not None]
         if before:
             event = replace(event, lr_before=float(min(before)))

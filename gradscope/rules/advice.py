@@ -301,7 +301,10 @@ def instability_fix(events: list[dict], records) -> str:
     if any(_owner(name) in OUTPUT_MODULES for name in layers):
         lines.append("The spike began in the output layer: add a z-loss (1e-4 * logsumexp(logits)**2) "
                      "to keep the output logits from drifting.")
-    if not any(e.get("skipped") or e.get("skipped_steps") for e in events):  # (else it is on already)
+    if any(e.get("guard") == "could not act" for e in events):
+        lines.append('The guard (guard="skip") was on but could not hold back this optimizer\'s update (a closure '
+                     "evaluated inside its step); step without a closure for it to act.")
+    elif not any(e.get("guard") or e.get("skipped") or e.get("skipped_steps") for e in events):
         lines.append('Train with gradscope.monitor(..., guard="skip") to skip the update of a spiking step.')
     return " ".join(lines[:1]) + ("\n" + "\n".join(lines[1:]) if len(lines) > 1 else "")
 

@@ -184,6 +184,21 @@ def test_the_guard_says_it_cannot_hold_back_an_lbfgs_step():
             train_with_closure(model, x, y, g, opt, 60, corrupt=(55,))
     assert mon.skipped_steps == []
     assert [e.step for e in mon.events][:1] == [55] and not mon.events[0].skipped
+    assert mon.events[0].guard == "could not act"
+
+
+def test_the_fix_suggests_the_guard_only_to_a_run_without_it():
+    """A run whose guard was on (it skipped nothing: the alarm was not one it acts on, or it
+    could not act) is not told to turn it on."""
+    from gradscope.records import Records
+    from gradscope.rules.advice import instability_fix
+
+    records = Records(pd.DataFrame(columns=["step", "layer", "metric", "value"]), pd.DataFrame())
+    suggest = 'Train with gradscope.monitor(..., guard="skip")'
+    assert suggest in instability_fix([{"layer": "fc.weight", "guard": None}], records)
+    assert suggest not in instability_fix([{"layer": "fc.weight", "guard": "on"}], records)
+    fix = instability_fix([{"layer": "fc.weight", "guard": "could not act"}], records)
+    assert suggest not in fix and "could not hold back" in fix
 
 
 def test_a_guard_without_the_optimizer_says_it_skips_nothing():
