@@ -247,10 +247,13 @@ class _Figures:
             for row, column in ((1, "loss"), (2, "grad_norm")):
                 values = np.array([at[column].get(step, np.nan) for step in marks], dtype=float)
                 finite = shown[column].to_numpy(dtype=float)
-                finite = finite[np.isfinite(finite)]
-                # a non-finite value has no place on the axis: its marker sits at the panel's top
+                finite = finite[np.isfinite(finite) & ((finite > 0) if row == 2 else True)]
+                # a non-finite value has no place on the axis: its marker sits at the panel's top;
+                # on the gradient norm's log axis a zero sits at its bottom
                 top = float(finite.max()) if len(finite) else 1.0
                 values = np.where(np.isfinite(values), values, top)
+                if row == 2:
+                    values = np.where(values > 0, values, float(finite.min()) if len(finite) else 1.0)
                 for skipped, name, symbol in ((True, "event, update skipped by the guard", "x"),
                                               (False, "event", "circle-open")):
                     which = [i for i, h in enumerate(held) if h == skipped]

@@ -164,6 +164,36 @@ def test_the_timeline_tells_skipped_events_apart_and_marks_a_non_finite_norm():
     assert figure.layout.showlegend is not False
 
 
+def test_an_event_at_a_zero_gradient_norm_is_marked_at_the_bottom_of_the_log_axis():
+    """A loss spike whose step has all-zero gradients: its marker on the gradient norm's log axis
+    had the value 0, which a log axis cannot place, so it was not drawn."""
+    import torch.nn.functional as F
+
+    from gradscope.reporters.html import _Figures
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    g = torch.Generator().manual_seed(1)
+    with gradscope.monitor(model, every=50, optimizer=opt) as mon:
+        for step in range(120):
+            x = torch.randn(32, 8, generator=g)
+            loss = F.mse_loss(model(x), x[:, :1])
+            if step == 100:
+                loss = loss * 0 + 1000.0  # a spike of the loss with every gradient 0
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+        report = mon.report()
+    assert [e.step for e in mon.events][:1] == [100]
+    figure = _Figures(report).timeline()
+    marks = [t for t in figure.data if t.name == "event"]
+    norm_marks = marks[1]
+    at = list(norm_marks.x).index(100)
+    norms = [y for y in figure.data[2].y if y is not None and y > 0]
+    assert norm_marks.y[at] == min(norms) > 0
+
+
 def test_the_heatmaps_put_steps_on_a_linear_axis():
     """The flight recorder's steps after an event (101–109 at every=50) sat on a category axis,
     each as wide as fifty steps: time looked stretched around every event."""
