@@ -124,6 +124,7 @@ def diagnose(
             "opt.step(closure)."
         )
     refuse_scripted(model, "gradscope.diagnose")
+    model = _eager(model)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     args, kwargs = split_inputs(inputs, device)
     batch = _batch_size(args, kwargs)
@@ -166,6 +167,19 @@ def diagnose(
     if probe_error is not None:
         options["probe_error"] = probe_error
     return build_report(history, layers, structure, summary, options, dynamics)
+
+
+def _eager(model: nn.Module) -> nn.Module:
+    """The module that ``torch.compile(model)`` wraps: diagnose runs it eagerly (the same parameters
+    and the same arithmetic), since its hooks are what it reads and a compiled graph runs none of
+    them (and dynamo tracing into them failed)."""
+    try:
+        from torch._dynamo.eval_frame import OptimizedModule
+    except ImportError:  # a torch without dynamo
+        return model
+    while isinstance(model, OptimizedModule):
+        model = model._orig_mod
+    return model
 
 
 def refuse_without_values_or_gradients(model: nn.Module) -> None:

@@ -131,6 +131,7 @@ class Recorder:
         self.buffer = StepBuffer(self.layout, first.device if first is not None else torch.device("cpu"))
         self.hooks = HookManager(watched, self.layout, self.buffer, self._guard, functional)
         self._watched = watched
+        self._scripted = _scripted_submodules(watched)
         self.params = ParameterStatistics(watched, self.layout, self.buffer, self._owned())
         self._ranks = RankAgreement(self.layout, self.world_size)
         self._rescale = RescalePlan(self.layout, self.params.is_sharded)
@@ -399,6 +400,14 @@ class Recorder:
         """Install the hooks for the coming logged step (and the histogram observers if due)."""
         observe = self._histograms.collect if self._histogram_step(self._step) else None
         self.params.observer = None if observe is None else (lambda name, t: observe("grad", name, t))
+        if self._scripted:
+            names = ", ".join(repr(n) for n in self._scripted[:3]) + (" …" if len(self._scripted) > 3 else "")
+            self._warn_once(
+                ALL_LAYERS, "TorchScript",
+                f"{len(self._scripted)} submodule(s) of the model are TorchScript ({names}), which runs no "
+                "Python hooks: their module statistics (out_grad_norm, act_rms, dead_fraction, saturation) "
+                "and those of the modules inside them are not recorded; their parameters' statistics are. "
+                "Monitor the eager modules they were scripted from to get them.")
         if self.compiled:
             self._warn_once(
                 ALL_LAYERS, "torch.compile",
@@ -1404,6 +1413,15 @@ def _open_history(names, config: MonitorConfig) -> History:
             f"`log_dir` {str(config.log_dir)!r} cannot be used as a run directory "
             f"({e.strerror or e}); pass a directory gradscope can create and write to."
         ) from e
+
+
+def _scripted_submodules(model: nn.Module) -> list[str]:
+    """Names of the outermost TorchScript submodules of ``model`` (``torch.jit.script``'ed parts)."""
+    found: list[str] = []
+    for name, module in model.named_modules():
+        if isinstance(module, torch.jit.ScriptModule) and not any(name.startswith(f + ".") for f in found):
+            found.append(name)
+    return found
 
 
 def _is_compiled(model: nn.Module) -> bool:

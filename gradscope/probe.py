@@ -503,12 +503,13 @@ def _finite_difference_product(loss_at, params):
     with torch.no_grad():
         size = float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm([p.detach() for p in params]))))
     eps = 1e-3 * max(size, 1.0)
+    by_backward: list[bool] = [False]  # set once autograd.grad was refused (a reentrant checkpoint)
 
     def gradient_at(v, sign):
         with torch.no_grad():
             torch._foreach_add_(params, v, alpha=sign * eps)
         try:
-            grads = torch.autograd.grad(loss_at(), params, allow_unused=True)
+            grads = _gradients(loss_at, params, by_backward)
         finally:
             with torch.no_grad():
                 torch._foreach_add_(params, v, alpha=-sign * eps)
@@ -519,6 +520,30 @@ def _finite_difference_product(loss_at, params):
         return torch._foreach_div(torch._foreach_sub(plus, minus), 2 * eps)
 
     return matvec
+
+
+def _gradients(loss_at, params, by_backward: list[bool]) -> list:
+    """The gradients of the loss with respect to ``params`` (None where it does not depend on one).
+    A reentrant activation checkpoint (``use_reentrant=True``, Hugging Face's default for
+    ``gradient_checkpointing_enable()``) refuses ``autograd.grad``; there the loss is evaluated
+    again and its gradients are read from a plain ``backward()`` into the parameters' ``.grad``,
+    which is put back as it was (``by_backward[0]`` remembers it for the next call)."""
+    if not by_backward[0]:
+        try:
+            return list(torch.autograd.grad(loss_at(), params, allow_unused=True))
+        except RuntimeError as e:
+            if "use_reentrant" not in str(e):
+                raise
+            by_backward[0] = True
+    saved = [p.grad for p in params]
+    try:
+        for p in params:
+            p.grad = None
+        loss_at().backward()
+        return [p.grad for p in params]
+    finally:
+        for p, g in zip(params, saved):
+            p.grad = g
 
 
 def _top_eigenvalue(matvec, params) -> tuple[float | None, str | None]:

@@ -3,6 +3,8 @@ warning that the module statistics need eager mode."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn as nn
@@ -87,3 +89,19 @@ def test_a_nan_in_a_compiled_model_is_not_placed_where_no_statistic_was_taken():
     [finding] = [f for f in mon.findings() if f.rule == "nonfinite-gradient"]
     assert "no module statistics were recorded" in finding.message
     assert "every backpropagated signal is finite" not in finding.message
+
+
+def test_diagnose_runs_a_freshly_compiled_model_through_its_eager_module():
+    """diagnose on torch.compile(model) that had never run raised a ModelError: dynamo traced into
+    the structure probe's hooks. It now runs the wrapped module eagerly, with every statistic, under
+    the layer names of the model the user wrote."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    x = torch.randn(8, 8)
+    report = gradscope.diagnose(torch.compile(model, backend="aot_eager"), x, loss_fn=lambda out, inp: out.pow(2).mean())
+    assert report.verdict.label == "trains"
+    signal = report.history[report.history.metric == "out_grad_norm"].set_index("layer")["value"]
+    # the backpropagated signal at the last layer: d(mean(y^2))/dy = 2y / numel, in float64
+    y = copy.deepcopy(model).double()(x.double())
+    assert signal["2"] == pytest.approx(float((2 * y / y.numel()).norm()), rel=1e-5)
+    assert not any("_orig_mod" in str(name) for name in report.history.layer)

@@ -533,3 +533,38 @@ def test_a_with_block_inside_another_of_the_same_monitor_leaves_it_running():
         train(mon, 3)
     assert sorted(mon.to_dataframe().step.unique()) == list(range(5))
     assert not mon._active
+
+
+def test_a_torchscript_submodule_is_named_in_a_warning():
+    """A torch.jit.script'ed part runs no Python hooks: its module statistics were missing
+    without a word. Its parameters' gradient norms are still recorded, against float64."""
+    import warnings
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.l = nn.Linear(16, 16)
+
+        def forward(self, x):
+            return x + torch.relu(self.l(x))
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit.script is deprecated
+        model = nn.Sequential(nn.Linear(8, 16), torch.jit.script(Block()), nn.Linear(16, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x = torch.randn(8, 8)
+    with pytest.warns(gradscope.GradscopeWarning, match=r"1 submodule\(s\) of the model are TorchScript \('1'\)"):
+        with gradscope.monitor(model, optimizer=opt) as mon:
+            model(x).pow(2).mean().backward()
+            opt.step()
+    df = mon.to_dataframe()
+    twin = nn.Sequential(nn.Linear(8, 16), Block(), nn.Linear(16, 3)).double()
+    twin.load_state_dict({k: v.double() for k, v in model.state_dict().items()}, strict=False)
+    with torch.no_grad():
+        for (name, p), (_, q) in zip(twin.named_parameters(), model.named_parameters()):
+            p.copy_(q)  # the weights before the step: the step moved model's, so undo it by lr * grad
+            p.add_(q.grad.double(), alpha=0.01)
+    twin(x.double()).pow(2).mean().backward()
+    recorded = df[(df.metric == "grad_norm") & (df.layer == "1.l.weight")]["value"].item()
+    assert recorded == pytest.approx(float(twin[1].l.weight.grad.norm()), rel=1e-5)

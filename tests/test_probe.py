@@ -4,6 +4,8 @@ update ratios and forward statistics against direct computation."""
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -475,3 +477,41 @@ def test_a_frameworks_optimizer_wrapper_is_read_through():
     report = gradscope.diagnose(model, x, lambda out: F.cross_entropy(out, y),
                                 optimizer=lightning.LightningOptimizer(inner))
     assert report.dynamics.recipe.optimizer == "AdamW"
+
+
+def test_the_curvature_is_measured_through_a_reentrant_checkpoint():
+    """torch.utils.checkpoint(use_reentrant=True) (Hugging Face's default for gradient
+    checkpointing) refuses autograd.grad, so the curvature was not measured; it is now measured by
+    finite differences of gradients read from backward(), and matches the float64 Hessian's."""
+    from torch.utils.checkpoint import checkpoint
+
+    class Checkpointed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.i, self.b, self.o = nn.Linear(8, 16), nn.Sequential(nn.Linear(16, 16), nn.Tanh()), nn.Linear(16, 3)
+            self.checkpointed = True
+
+        def forward(self, x):
+            h = self.i(x)
+            return self.o(checkpoint(self.b, h, use_reentrant=True) if self.checkpointed else self.b(h))
+
+    torch.manual_seed(0)
+    model, x = Checkpointed(), torch.randn(8, 8)
+    report = gradscope.diagnose(model, x, loss_fn=lambda out, inp: out.pow(2).mean(), probe_steps=1)
+    assert report.dynamics.curvature is not None, report.dynamics.curvature_note
+    twin = copy.deepcopy(model).double()
+    twin.checkpointed = False  # the reference: plain autograd, in float64
+    params = list(twin.parameters())
+    flat = torch.cat([p.detach().reshape(-1) for p in params])
+
+    def loss(vector):
+        chunks, at = [], 0
+        for p in params:
+            chunks.append(vector[at:at + p.numel()].view_as(p))
+            at += p.numel()
+        names = [n for n, _ in twin.named_parameters()]
+        out = torch.func.functional_call(twin, dict(zip(names, chunks)), (x.double(),))
+        return out.pow(2).mean()
+
+    top = float(torch.linalg.eigvalsh(torch.autograd.functional.hessian(loss, flat)).max())
+    assert report.dynamics.curvature == pytest.approx(top, rel=2e-2)
