@@ -52,7 +52,9 @@ def detect(records: Records) -> list[Violation]:
         compares it with the recipe's stability limit: ``2 / lr`` for plain SGD,
         ``2 (1 + β) / lr`` with momentum β, ``2 (1 + β1) / ((1 - β1) lr)`` for Adam. An error
         when the probe's loss became non-finite after a finite first step, or rose 10x in a model
-        without normalisation layers, or when the curvature is 10x or more above the limit in a
+        without normalisation layers (information when it then came back down, ending 40% or more
+        below its first value and below it through the second half of the steps: a spike the
+        recipe recovered from), or when the curvature is 10x or more above the limit in a
         model without normalisation layers; a warning when, in a model without normalisation
         layers, the loss on the probe batch (the batch the probe trains on) ends 1.25x or more
         above its first value while the gradient norm grows 1.5x or more: the recipe climbs
@@ -135,11 +137,16 @@ def _violations(records: Records) -> list[Violation]:
     rise = max(losses) / losses[0] if losses[0] > 0 else 1.0
     kept = _kept_its_fit(dynamics)
     if rise >= DIVERGED:
+        came_back = not kept and _descended(dynamics)
+        back = (f"; then it came back down to {fmt(losses[-1])}, {fmt(losses[-1] / losses[0])} of its first "
+                f"value ({fmt(losses[0])}), and stayed below that: a spike the recipe recovered from (the "
+                "catapult of a large step, Lewkowycz et al. 2020), informational." if came_back else "")
         return [Violation(layers, f"The loss rose {fmt(rise)}x within {len(losses) - 1} probe steps of "
                           f"{recipe.text()}{loss_text}{curvature_text}"
-                          + (kept if kept else "; the model's normalisation layers usually bring it back, "
-                             "so this is informational." if normalized else "."), _fix(dynamics), evidence,
-                          INFO if normalized or kept else WARNING if loss_made else ERROR)]
+                          + (kept or back or ("; the model's normalisation layers usually bring it back, "
+                                              "so this is informational." if normalized else ".")),
+                          _fix(dynamics), evidence,
+                          INFO if normalized or kept or came_back else WARNING if loss_made else ERROR)]
     curvature = _curvature_violation(records, layers, evidence, normalized)
     default_loss = dynamics.loss_margin > 1  # the climb of a stand-in loss says little of the real one
     default_text = (" under gradscope's default loss, whose scale may be far from yours (pass your loss "

@@ -132,3 +132,16 @@ def test_stalled_updates_are_information_only_for_a_model_that_fits_far_better_t
     check_band = find_rule("updates-off-band").check
     [finding] = check_band(make_records({(0, "fc.weight", "grad_norm"): 1.0}, TYPES, dynamics=dynamics))
     assert finding.severity == severity
+
+
+@pytest.mark.parametrize("losses, severity", [
+    # pytorch/examples' super_resolution under its Adam lr 0.01: one spike, back 9x below its start
+    ([0.409, 18.4, 3.0, 0.9, 0.4, 0.2, 0.12, 0.08, 0.06, 0.05, 0.0458], "info"),
+    ([0.409, 18.4, 3.0, 0.9, 0.4, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3], "error"),  # back only to 0.73 of its start
+    ([0.409, 18.4, 0.2, 0.1, 0.1, 0.1, 0.9, 0.1, 0.1, 0.1, 0.1], "error"),  # above its start again late
+    ([0.409, 0.3, 0.2, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 9.0], "error"),  # the spike at the end
+])
+def test_a_tenfold_spike_the_probe_came_back_from_is_information(losses, severity):
+    [finding] = run(losses, [1.0] * (len(losses) - 1))
+    assert finding.severity == severity
+    assert ("came back down" in finding.message) == (severity == "info")
