@@ -210,13 +210,15 @@ class DetectorState:
         self.trend = (TrendState(detector.trend) if xp is np else
                       TrendState(detector.trend, xp, self._new)) if detector.trend else None
 
-    def update(self, y, has_loss: bool = True):
+    def update(self, y, has_loss: bool = True, quiet: bool = False):
         """(alarm bits as a 1-element float array, z-scores of all series) for this step's ``y``;
         the state moves on. Without ``has_loss`` (no loss arrived this step) ``y[0]`` is NaN and
-        raises nothing."""
+        raises nothing. ``quiet``: a step whose values are noisier than the band's (a batch far
+        smaller than the run's usual one): no spike and no rise of the loss, and the band does
+        not take it in; a non-finite value still raises its alarm."""
         xp, d = self.xp, self.detector
         if xp is np and d.kind == "zscore":
-            return self._zscore_on_host(y, has_loss)
+            return self._zscore_on_host(y, has_loss, quiet)
         finite = xp.isfinite(y)
         # y[1] is the log gradient norm: -inf is a gradient of exactly 0, finite (kept out of the
         # running statistics, but no alarm)
@@ -224,11 +226,13 @@ class DetectorState:
         if has_loss:
             alarm = alarm + (~finite[0:1]) * float(LOSS_NONFINITE)
         if d.kind == "zscore":
-            z, spikes = self._zscore(y, finite)
+            z, spikes = self._zscore(y, finite, quiet)
         else:
             z = xp.zeros_like(y)
             spikes = self._loss_rule(y[0:1], d.kind == "ratio") * float(LOSS_SPIKE)
-        if self.trend is not None and has_loss:
+            if quiet:
+                spikes = 0.0 * spikes
+        if self.trend is not None and has_loss and not quiet:
             rising = self.trend.step(float(y[0])) if self.trend.xp is None else self.trend.update(y[0:1])
             spikes = spikes + rising * float(LOSS_RISING)
         self.seen += 1
@@ -240,7 +244,7 @@ class DetectorState:
         d = self.detector
         return d.kind == "zscore" and self.seen >= d.warmup and 1.0 / (self.seen + 1) <= 2.0 / (d.window + 1)
 
-    def _zscore(self, y, finite):
+    def _zscore(self, y, finite, quiet: bool = False):
         xp, d = self.xp, self.detector
         deviation = y - self.mean
         # zeros_like, not 0 * deviation: 0 * NaN is NaN, and one non-finite step would poison the mean
@@ -252,7 +256,11 @@ class DetectorState:
         if not warm:  # no band yet: only an explosion of the loss
             spiking[0:1] = finite[0:1] & (self.first > 0) & (y[0:1] > EXPLOSION * self.first)
             self.first[:] = xp.where(xp.isnan(self.first) & finite[0:1], y[0:1], self.first)
-        self.run[:] = xp.where(spiking, self.run + 1, 0.0 * self.run)
+        if quiet:  # no alarm, and the band does not take the step in (nor do the runs move)
+            spiking = spiking & False
+            finite = finite & False
+        else:
+            self.run[:] = xp.where(spiking, self.run + 1, 0.0 * self.run)
         spiking = spiking & (self.run <= d.window)  # a new level: taken into the band
         spikes = spiking[0:1] * float(LOSS_SPIKE) + spiking[1:2] * float(GRAD_SPIKE)
         # the first steps average with equal weights, then the moving average takes over
@@ -265,19 +273,20 @@ class DetectorState:
         self.peak[:] = xp.maximum(self.peak, xp.where(finite[0:1], self.mean[0:1], self.peak))
         return (z if warm else 0.0 * z), spikes
 
-    def _zscore_on_host(self, y: np.ndarray, has_loss: bool):
+    def _zscore_on_host(self, y: np.ndarray, has_loss: bool, quiet: bool = False):
         """:meth:`update` of the z-score detector on the host: :meth:`host_update`, its z-scores
         of every series as an array."""
-        alarm, z = self._host_update(y.tolist(), has_loss, every_z=True)
+        alarm, z = self._host_update(y.tolist(), has_loss, every_z=True, quiet=quiet)
         return np.array([alarm]), np.array(z)
 
-    def host_update(self, y: list[float], has_loss: bool = True) -> tuple[float, float, float]:
+    def host_update(self, y: list[float], has_loss: bool = True, quiet: bool = False) -> tuple[float, float, float]:
         """:meth:`update` of the z-score detector for ``y`` as Python floats: (alarm bits, z of the
         loss, z of the gradient norm). The pulse's every-step path on the CPU."""
-        alarm, z = self._host_update(y, has_loss, every_z=False)
+        alarm, z = self._host_update(y, has_loss, every_z=False, quiet=quiet)
         return alarm, z[0], z[1]
 
-    def _host_update(self, y: list[float], has_loss: bool, every_z: bool) -> tuple[float, list[float]]:
+    def _host_update(self, y: list[float], has_loss: bool, every_z: bool,
+                     quiet: bool = False) -> tuple[float, list[float]]:
         """The arithmetic of :meth:`_zscore` in Python floats, the two alarm series decided in
         branches and the running statistics moved only on an accepted step: on the CPU a numpy
         call right after a backward pass costs microseconds (its code and data have left the
@@ -300,16 +309,19 @@ class DetectorState:
                 self.first = loss
         grad_spike = warm and grad_finite and z[1] > d.threshold
         run = self.run
-        run[0] = run[0] + 1 if loss_spike else 0.0
-        run[1] = run[1] + 1 if grad_spike else 0.0
+        if quiet:  # no alarm, and the band does not take the step in (nor do the runs move)
+            loss_spike = grad_spike = False
+        else:
+            run[0] = run[0] + 1 if loss_spike else 0.0
+            run[1] = run[1] + 1 if grad_spike else 0.0
         loss_spike = loss_spike and run[0] <= d.window  # a new level: taken into the band
         grad_spike = grad_spike and run[1] <= d.window
         alarm = float(GRAD_NONFINITE) * (not grad_finite and grad != -math.inf) \
             + float(LOSS_NONFINITE) * (has_loss and not loss_finite) \
             + float(LOSS_SPIKE) * loss_spike + float(GRAD_SPIKE) * grad_spike
-        if self.trend is not None and has_loss and self.trend.step(loss):
+        if self.trend is not None and has_loss and not quiet and self.trend.step(loss):
             alarm += float(LOSS_RISING)
-        if not (loss_spike or grad_spike):
+        if not (loss_spike or grad_spike or quiet):
             alpha = max(2.0 / (d.window + 1), 1.0 / (self.seen + 1))
             keep = 1 - alpha
             for i, value in enumerate(y):

@@ -68,6 +68,17 @@ ALL_LAYERS, ALL_PARAMETERS = "(all layers)", "(all parameters)"
 """Layer names in warnings about the whole model."""
 
 
+SMALL_BATCH = 0.5
+"""A step whose samples (the leading dimension of the model's first input, summed over the step's
+forward passes) are fewer than this share of the run's usual count (a moving average over about 20
+steps) is noisier than the band the spike detector learnt: the last, short batch of an epoch
+(``DataLoader(drop_last=False)``). Its loss and gradient norm raise no spike and stay out of the
+band; a non-finite value still raises its alarm. A batch of 1 where 64 is usual has a loss about 8
+times as spread: on digits such batches raised loss spikes of z 39 that the guard skipped."""
+USUAL_ALPHA = 0.1
+"""The weight of a step in the usual sample count: a batch size schedule that halves the batch
+makes about 7 steps quiet before the usual count follows it."""
+
 RING_ROWS = 4096
 """The most rows the pulse's ring holds for ``every`` (a larger ``every``, "log almost never", would
 otherwise allocate that many rows up front: 10**8 took all the memory)."""
@@ -464,6 +475,10 @@ class Recorder:
         self._given_loss: torch.Tensor | None = None
         self._touched = False
         self._forward_seen = False
+        self._step_samples = 0
+        """Samples of the step's training forward passes (the leading dimension of the first input)."""
+        self._usual_samples = 0.0
+        """A moving average of the steps' samples (:data:`SMALL_BATCH`)."""
         self._output_hooked = False
         """Whether the last training forward's output held a tensor the output hooks marked."""
         self._trained_seen = False
@@ -677,6 +692,7 @@ class Recorder:
             self._trained_seen = True
         elif self._trained_seen:
             return
+        self._step_samples += _leading_size(args, output)
         self._output_hooked = False
         for t in _output_tensors(output):
             if t.requires_grad:
@@ -726,7 +742,9 @@ class Recorder:
         if pulse is None:
             return
         given, self._given_loss = self._given_loss, None
-        alarm = pulse.observe(self._step, given, loss_scale, finite, scaler_skipped)
+        samples = self._step_samples
+        quiet = 0 < samples < SMALL_BATCH * self._usual_samples
+        alarm = pulse.observe(self._step, given, loss_scale, finite, scaler_skipped, quiet)
         pulse.send_alarm(self._step, alarm)
         self._step_alarm = alarm
 
@@ -739,6 +757,10 @@ class Recorder:
         if self._observed_step != step:
             self._observe_pulse()  # a step that ended without passing an observation point
         self._step_alarm = None
+        samples, self._step_samples = self._step_samples, 0
+        if samples:
+            usual = self._usual_samples
+            self._usual_samples = samples if not usual else usual + USUAL_ALPHA * (samples - usual)
         landed = pulse.landed_alarms()
         if landed:
             self._read_pulse(wait=True)
@@ -1375,6 +1397,21 @@ def _stepped_for_schedulers(optimizer) -> None:
         optimizer._opt_called = True
     except (AttributeError, TypeError):  # no optimizer, or one without attributes of its own
         pass
+
+
+def _leading_size(args: tuple, output: object) -> int:
+    """The samples of a forward pass: the leading dimension of its first positional tensor input
+    with one, else of its first output tensor with one (a model called with keyword arguments);
+    0 when neither has one."""
+    for value in args:
+        if isinstance(value, torch.Tensor):
+            if value.dim():
+                return value.shape[0]
+            break
+    for value in _output_tensors(output):
+        if value.dim():
+            return value.shape[0]
+    return 0
 
 
 def _output_tensors(output: object, limit: int = 8) -> list[torch.Tensor]:

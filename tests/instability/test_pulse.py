@@ -705,3 +705,46 @@ def test_two_parts_trained_in_turn_keep_one_detector_and_read_only_the_part_that
     pulse = mon.pulse_history()
     # step 1 (b's first turn) still reads a alone: a change is seen at the step's end
     assert pulse["grad_norm"].iloc[2:].tolist() == pytest.approx(expected[2:], rel=1e-5)
+
+
+@pytest.mark.parametrize("host_arithmetic", [None, False], ids=["numpy", "torch"])
+def test_the_short_last_batch_of_an_epoch_raises_no_spike_but_a_nan_in_it_still_does(host_arithmetic):
+    """Epochs of 1,473 digits in batches of 64 end with a batch of one sample, whose loss is far
+    more spread than a full batch's (here the hardest sample: a loss of several units where full
+    batches average a tenth): it raised loss spikes that the guard skipped. Its values are still
+    recorded as they are (against float64); a NaN in it still raises its alarm."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x_all = torch.tensor(digits.data[:1473], dtype=torch.float32) / 16
+    y_all = torch.tensor(digits.target[:1473])
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(0)
+    epochs, losses, steps = 30, {}, []
+    mon = gradscope.monitor(model, every=10, optimizer=opt, guard="skip")
+    mon._host_arithmetic = host_arithmetic
+    with mon:
+        for epoch in range(epochs):
+            order = torch.randperm(1473, generator=g).split(64)[:-1]
+            with torch.no_grad():  # the last batch: the one sample the model gets most wrong
+                hardest = F.cross_entropy(model(x_all), y_all, reduction="none").argmax()
+            for index in [*order, hardest.reshape(1)]:
+                x = x_all[index].clone()
+                if epoch == epochs - 1 and len(index) == 1:
+                    x[0, 0] = float("nan")
+                if len(index) == 1:
+                    losses[len(steps)] = float(F.cross_entropy(copy.deepcopy(model).double()(x.double()),
+                                                               y_all[index]))
+                steps.append(len(index))
+                F.cross_entropy(model(x), y_all[index]).backward()
+                opt.step()
+                opt.zero_grad()
+    small = [s for s, size in enumerate(steps) if size == 1]
+    assert small == [23 + 24 * e for e in range(epochs)]
+    assert [e.step for e in mon.events] == [small[-1]]
+    assert mon.events[0].alarms == ["non-finite loss", "non-finite gradient"]
+    assert mon.skipped_steps == [small[-1]]
+    pulse = mon.pulse_history().set_index("step")
+    assert pulse.loc[small[:-1], "loss"].tolist() == pytest.approx([losses[s] for s in small[:-1]], rel=1e-5)
