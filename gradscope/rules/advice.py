@@ -323,6 +323,8 @@ def rising_fix(events: list[dict], records) -> str:
     if threshold is not None:
         lines.append(f"Clip the gradient norm at {threshold:.3g}, the 99th percentile of the measured "
                      "norms on steps without an alarm:\n" + clip_code(threshold))
-    lines.append("If the loss rises by design (a loss weight ramped up, a new data mixture), turn this "
-                 "alarm off with monitor(..., detect=gradscope.Detector(trend=0)).")
+    lines.append("If the loss rises by design (a loss weight ramped up, a new data mixture) or is a surrogate "
+                 "whose value is not the objective (a policy-gradient loss, whose value heads for 0 as the "
+                 "policy settles), turn this alarm off with monitor(..., detect=gradscope.Detector(trend=0)), "
+                 "or give the detector the quantity to watch each step: mon.observe_loss(-mean_reward).")
     return " ".join(lines[:1]) + ("\n" + "\n".join(lines[1:]) if len(lines) > 1 else "")

@@ -47,8 +47,11 @@ def detect(records: Records) -> list[Violation]:
         Lower the learning rate (or warm it up over more steps), and restart from a checkpoint
         taken near the step the smoothed loss was lowest; clip the gradient norm at a threshold
         taken from the measured norms. A loss that rises by design (a KL term or an auxiliary
-        loss whose weight is ramped up, a new data mixture) is not a divergence: turn the alarm
-        off with ``monitor(..., detect=gradscope.Detector(trend=0))``.
+        loss whose weight is ramped up, a new data mixture) is not a divergence, nor is the rise
+        of a surrogate whose value is not the objective (a policy-gradient loss heads for 0 from
+        below as the policy settles: REINFORCE on digits raised it while its reward climbed to
+        0.97): turn the alarm off with ``monitor(..., detect=gradscope.Detector(trend=0))``, or
+        give the detector the quantity to watch, ``mon.observe_loss(-mean_reward)``.
     """
     events = [e for e in spike_events(records) if "loss rising" in e.get("alarms", ())]
     if not events:
