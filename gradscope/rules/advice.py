@@ -279,6 +279,11 @@ def _owner(parameter: str) -> str:
     return parts[-2] if len(parts) > 1 else ""
 
 
+HELD_LONG = 20
+"""Updates of one episode the guard skipped in a row from which the fix says that the data, not
+the updates, raised the alarm (the model does not change while its updates are held back)."""
+
+
 def instability_fix(events: list[dict], records) -> str:
     """What to change after spikes began in the events' layers: the learning rate, clipping at a
     measured threshold, qk-norm or a z-loss by where they began, and the guard."""
@@ -301,6 +306,14 @@ def instability_fix(events: list[dict], records) -> str:
     if any(_owner(name) in OUTPUT_MODULES for name in layers):
         lines.append("The spike began in the output layer: add a z-loss (1e-4 * logsumexp(logits)**2) "
                      "to keep the output logits from drifting.")
+    held = max((int(e.get("skipped_steps") or 0) for e in events), default=0)
+    if held >= HELD_LONG:
+        lines.append(f"The guard held back {held} updates of one episode in a row, so the model did not change "
+                     "while the alarm went on: what raised it is the data, not the updates. A burst of bad "
+                     "batches is what the guard is for; if the data changed by design there (a curriculum, a "
+                     "new mixture), the guard held back learning it until the detector took the new level in "
+                     "(a window of steps): at such a switch stop the monitor and start a new one, whose "
+                     "detector warms up on the new data, or train without guard=.")
     if any(e.get("guard") == "could not act" for e in events):
         lines.append('The guard (guard="skip") was on but could not hold back this optimizer\'s update (a closure '
                      "evaluated inside its step); step without a closure for it to act.")

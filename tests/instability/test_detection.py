@@ -731,3 +731,17 @@ def test_loss_and_gradient_spikes_taking_turns_are_one_episode():
     assert extended(growing, 302, False, GRAD_SPIKE).alarms == ["loss spike", "gradient spike"]
     assert not extends(event, 311, GRAD_NONFINITE)  # a non-finite value is an episode of its own
     assert not extends(event, 321, LOSS_SPIKE)  # past the quiet steps
+
+
+def test_a_long_held_back_episode_is_traced_to_the_data():
+    """Sixty updates in a row held back by the guard (a curriculum's switch to new classes): the
+    model did not change meanwhile, so the fix says the data raised the alarm and what to do at a
+    switch made by design; a few skipped updates say nothing of it."""
+    from gradscope.records import Records
+    from gradscope.rules.advice import instability_fix
+
+    records = Records(pd.DataFrame(columns=["step", "layer", "metric", "value"]), pd.DataFrame())
+    fix = instability_fix([{"layer": "4.bias", "skipped": True, "skipped_steps": 60, "guard": "on"}], records)
+    assert "held back 60 updates of one episode in a row" in fix and "start a new one" in fix
+    fix = instability_fix([{"layer": "4.bias", "skipped": True, "skipped_steps": 3, "guard": "on"}], records)
+    assert "in a row" not in fix
