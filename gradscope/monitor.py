@@ -69,15 +69,15 @@ ALL_LAYERS, ALL_PARAMETERS = "(all layers)", "(all parameters)"
 
 
 SMALL_BATCH = 0.5
-"""A step whose samples (the leading dimension of the model's first input, summed over the step's
-forward passes) are fewer than this share of the run's usual count (a moving average over about 20
-steps) is noisier than the band the spike detector learnt: the last, short batch of an epoch
+"""A step whose batch (the elements of the model's first input, summed over the step's forward
+passes: samples, or tokens) is smaller than this share of the run's usual size (a moving average
+over about 20 steps) is noisier than the band the spike detector learnt: the last, short batch of an epoch
 (``DataLoader(drop_last=False)``). Its loss and gradient norm raise no spike and stay out of the
 band; a non-finite value still raises its alarm. A batch of 1 where 64 is usual has a loss about 8
 times as spread: on digits such batches raised loss spikes of z 39 that the guard skipped."""
 USUAL_ALPHA = 0.1
-"""The weight of a step in the usual sample count: a batch size schedule that halves the batch
-makes about 7 steps quiet before the usual count follows it."""
+"""The weight of a step in the usual batch size: a batch size schedule that halves the batch
+makes about 7 steps quiet before the usual size follows it."""
 
 RING_ROWS = 4096
 """The most rows the pulse's ring holds for ``every`` (a larger ``every``, "log almost never", would
@@ -476,9 +476,9 @@ class Recorder:
         self._touched = False
         self._forward_seen = False
         self._step_samples = 0
-        """Samples of the step's training forward passes (the leading dimension of the first input)."""
+        """The size of the step's training forward passes' batches (:func:`_input_size`)."""
         self._usual_samples = 0.0
-        """A moving average of the steps' samples (:data:`SMALL_BATCH`)."""
+        """A moving average of the steps' batch sizes (:data:`SMALL_BATCH`)."""
         self._output_hooked = False
         """Whether the last training forward's output held a tensor the output hooks marked."""
         self._trained_seen = False
@@ -692,7 +692,7 @@ class Recorder:
             self._trained_seen = True
         elif self._trained_seen:
             return
-        self._step_samples += _leading_size(args, output)
+        self._step_samples += _input_size(args, output)
         self._output_hooked = False
         for t in _output_tensors(output):
             if t.requires_grad:
@@ -1399,18 +1399,20 @@ def _stepped_for_schedulers(optimizer) -> None:
         pass
 
 
-def _leading_size(args: tuple, output: object) -> int:
-    """The samples of a forward pass: the leading dimension of its first positional tensor input
-    with one, else of its first output tensor with one (a model called with keyword arguments);
-    0 when neither has one."""
+def _input_size(args: tuple, output: object) -> int:
+    """The size of a forward pass's batch: the elements of its first positional tensor input that
+    has a dimension, else of its first such output tensor (a model called with keyword arguments);
+    0 when there is none. Elements, not the leading dimension: a batch of token ids counts its
+    tokens (batches of few long sequences hold as many as batches of many short ones), and a
+    sequence-first input counts the same as a batch-first one."""
     for value in args:
         if isinstance(value, torch.Tensor):
             if value.dim():
-                return value.shape[0]
+                return value.numel()
             break
     for value in _output_tensors(output):
         if value.dim():
-            return value.shape[0]
+            return value.numel()
     return 0
 
 
