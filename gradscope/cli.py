@@ -634,9 +634,17 @@ def run() -> None:
         code = 0
     except SystemExit as e:
         code = e.code
-    deadline = time.monotonic() + THREADS_GRACE_S
-    for thread in _threads_left():
-        thread.join(max(0.0, deadline - time.monotonic()))
+    except KeyboardInterrupt:
+        code = 130
+    except BaseException:  # noqa: BLE001 - printed as Python would, then the same exit
+        traceback.print_exc()
+        code = 1
+    try:
+        deadline = time.monotonic() + THREADS_GRACE_S
+        for thread in _threads_left():
+            thread.join(max(0.0, deadline - time.monotonic()))
+    except KeyboardInterrupt:  # Ctrl-C while waiting: leave now
+        code = 130
     left = _threads_left()
     if not left:
         sys.exit(code)

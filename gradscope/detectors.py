@@ -210,15 +210,18 @@ class DetectorState:
         self.trend = (TrendState(detector.trend) if xp is np else
                       TrendState(detector.trend, xp, self._new)) if detector.trend else None
 
-    def update(self, y, has_loss: bool = True, quiet: bool = False):
+    def update(self, y, has_loss: bool = True, noise: float = 1.0):
         """(alarm bits as a 1-element float array, z-scores of all series) for this step's ``y``;
         the state moves on. Without ``has_loss`` (no loss arrived this step) ``y[0]`` is NaN and
-        raises nothing. ``quiet``: a step whose values are noisier than the band's (a batch far
-        smaller than the run's usual one): no spike and no rise of the loss, and the band does
-        not take it in; a non-finite value still raises its alarm."""
+        raises nothing. ``noise`` above 1: a step whose values are that many times as spread as
+        the band's (a batch far smaller than the run's usual one): the z-score's threshold is
+        that many times higher, the ratio and rtol rules and the loss's trend do not read it,
+        and nothing of it enters the running statistics (a step that is not counted either); a
+        non-finite value raises its alarm as always."""
         xp, d = self.xp, self.detector
         if xp is np and d.kind == "zscore":
-            return self._zscore_on_host(y, has_loss, quiet)
+            return self._zscore_on_host(y, has_loss, noise)
+        quiet = noise > 1.0
         finite = xp.isfinite(y)
         # y[1] is the log gradient norm: -inf is a gradient of exactly 0, finite (kept out of the
         # running statistics, but no alarm)
@@ -226,16 +229,16 @@ class DetectorState:
         if has_loss:
             alarm = alarm + (~finite[0:1]) * float(LOSS_NONFINITE)
         if d.kind == "zscore":
-            z, spikes = self._zscore(y, finite, quiet)
+            z, spikes = self._zscore(y, finite, noise)
+        elif quiet:
+            z, spikes = xp.zeros_like(y), 0.0 * alarm
         else:
             z = xp.zeros_like(y)
             spikes = self._loss_rule(y[0:1], d.kind == "ratio") * float(LOSS_SPIKE)
-            if quiet:
-                spikes = 0.0 * spikes
         if self.trend is not None and has_loss and not quiet:
             rising = self.trend.step(float(y[0])) if self.trend.xp is None else self.trend.update(y[0:1])
             spikes = spikes + rising * float(LOSS_RISING)
-        self.seen += 1
+        self.seen += not quiet
         return alarm + spikes, z
 
     def steady(self) -> bool:
@@ -244,20 +247,20 @@ class DetectorState:
         d = self.detector
         return d.kind == "zscore" and self.seen >= d.warmup and 1.0 / (self.seen + 1) <= 2.0 / (d.window + 1)
 
-    def _zscore(self, y, finite, quiet: bool = False):
+    def _zscore(self, y, finite, noise: float = 1.0):
         xp, d = self.xp, self.detector
+        quiet = noise > 1.0
         deviation = y - self.mean
         # zeros_like, not 0 * deviation: 0 * NaN is NaN, and one non-finite step would poison the mean
         z = xp.where(finite, deviation / xp.sqrt(self.var + 1e-24), xp.zeros_like(deviation))
         warm = self.seen >= d.warmup
-        spiking = (z[0:2] > d.threshold) & finite[0:2] & warm
+        spiking = (z[0:2] > d.threshold * noise) & finite[0:2] & warm
         fall = xp.where(self.peak > self.mean[0:1], self.peak - self.mean[0:1], self.peak * 0.0)
         spiking[0:1] = spiking[0:1] & (deviation[0:1] > SPIKE_FLOOR * fall)
         if not warm:  # no band yet: only an explosion of the loss
             spiking[0:1] = finite[0:1] & (self.first > 0) & (y[0:1] > EXPLOSION * self.first)
             self.first[:] = xp.where(xp.isnan(self.first) & finite[0:1], y[0:1], self.first)
-        if quiet:  # no alarm, and the band does not take the step in (nor do the runs move)
-            spiking = spiking & False
+        if quiet:  # the band does not take the step in, nor do the runs move
             finite = finite & False
         else:
             self.run[:] = xp.where(spiking, self.run + 1, 0.0 * self.run)
@@ -273,26 +276,27 @@ class DetectorState:
         self.peak[:] = xp.maximum(self.peak, xp.where(finite[0:1], self.mean[0:1], self.peak))
         return (z if warm else 0.0 * z), spikes
 
-    def _zscore_on_host(self, y: np.ndarray, has_loss: bool, quiet: bool = False):
+    def _zscore_on_host(self, y: np.ndarray, has_loss: bool, noise: float = 1.0):
         """:meth:`update` of the z-score detector on the host: :meth:`host_update`, its z-scores
         of every series as an array."""
-        alarm, z = self._host_update(y.tolist(), has_loss, every_z=True, quiet=quiet)
+        alarm, z = self._host_update(y.tolist(), has_loss, every_z=True, noise=noise)
         return np.array([alarm]), np.array(z)
 
-    def host_update(self, y: list[float], has_loss: bool = True, quiet: bool = False) -> tuple[float, float, float]:
+    def host_update(self, y: list[float], has_loss: bool = True, noise: float = 1.0) -> tuple[float, float, float]:
         """:meth:`update` of the z-score detector for ``y`` as Python floats: (alarm bits, z of the
         loss, z of the gradient norm). The pulse's every-step path on the CPU."""
-        alarm, z = self._host_update(y, has_loss, every_z=False, quiet=quiet)
+        alarm, z = self._host_update(y, has_loss, every_z=False, noise=noise)
         return alarm, z[0], z[1]
 
     def _host_update(self, y: list[float], has_loss: bool, every_z: bool,
-                     quiet: bool = False) -> tuple[float, list[float]]:
+                     noise: float = 1.0) -> tuple[float, list[float]]:
         """The arithmetic of :meth:`_zscore` in Python floats, the two alarm series decided in
         branches and the running statistics moved only on an accepted step: on the CPU a numpy
         call right after a backward pass costs microseconds (its code and data have left the
         caches), a float operation a few tens of nanoseconds. The same numbers as :meth:`_zscore`
         (IEEE double arithmetic in the same order)."""
         d, mean, var = self.detector, self.mean, self.var
+        quiet = noise > 1.0
         warm = self.seen >= d.warmup
         z = []
         for i in range(len(y) if every_z else 2):
@@ -301,17 +305,15 @@ class DetectorState:
         loss, grad = y[0], y[1]
         loss_finite, grad_finite = math.isfinite(loss), math.isfinite(grad)
         if warm:  # (no spike floor, and no spike, before an accepted finite loss set the peak)
-            loss_spike = loss_finite and z[0] > d.threshold and self.peak > -math.inf \
+            loss_spike = loss_finite and z[0] > d.threshold * noise and self.peak > -math.inf \
                 and loss - mean[0] > SPIKE_FLOOR * max(self.peak - mean[0], 0.0)
         else:  # no band yet: only an explosion of the loss
             loss_spike = loss_finite and self.first > 0 and loss > EXPLOSION * self.first
             if self.first != self.first and loss_finite:
                 self.first = loss
-        grad_spike = warm and grad_finite and z[1] > d.threshold
+        grad_spike = warm and grad_finite and z[1] > d.threshold * noise
         run = self.run
-        if quiet:  # no alarm, and the band does not take the step in (nor do the runs move)
-            loss_spike = grad_spike = False
-        else:
+        if not quiet:  # (a quiet step moves no run)
             run[0] = run[0] + 1 if loss_spike else 0.0
             run[1] = run[1] + 1 if grad_spike else 0.0
         loss_spike = loss_spike and run[0] <= d.window  # a new level: taken into the band
@@ -321,7 +323,7 @@ class DetectorState:
             + float(LOSS_SPIKE) * loss_spike + float(GRAD_SPIKE) * grad_spike
         if self.trend is not None and has_loss and not quiet and self.trend.step(loss):
             alarm += float(LOSS_RISING)
-        if not (loss_spike or grad_spike or quiet):
+        if not (loss_spike or grad_spike or quiet):  # (nothing of a quiet step enters the band)
             alpha = max(2.0 / (d.window + 1), 1.0 / (self.seen + 1))
             keep = 1 - alpha
             for i, value in enumerate(y):
@@ -331,7 +333,7 @@ class DetectorState:
                     var[i] = keep * (var[i] + alpha * deviation * deviation)
             if loss_finite and mean[0] > self.peak:
                 self.peak = mean[0]
-        self.seen += 1
+        self.seen += not quiet
         return alarm, z
 
     def _loss_rule(self, loss, ratio: bool):

@@ -142,6 +142,7 @@ def diagnose(
     for p in model.parameters():
         p.grad = None  # gradients already there would add to the first backward's; restored after
     devices = [device.index or 0] if device.type == "cuda" else []
+    compiled = _compiled_calls(model)  # modules compiled in place (model.compile()) run eagerly here
     try:
         with seeded(seed, devices):
             model.train()
@@ -157,6 +158,7 @@ def diagnose(
                                            clip_grad_norm, seed, devices, unstepped)
     finally:
         saved.restore()
+        _put_back(compiled)
     summary = {
         "class": type(model).__name__,
         "parameters": int(sum(p.numel() for p in model.parameters())),
@@ -180,6 +182,38 @@ def _eager(model: nn.Module) -> nn.Module:
     while isinstance(model, OptimizedModule):
         model = model._orig_mod
     return model
+
+
+def _compiled_calls(model: nn.Module) -> list:
+    """Take the compiled forwards off ``model``'s modules, so that they run eagerly, hooks
+    included, until :func:`_put_back`: a module compiled in place (``module.compile()``, what
+    Hugging Face's ``torch_compile=True`` calls) loses its compiled call, and a submodule that
+    is ``torch.compile(module)`` is replaced by the module it wraps (dynamo tracing into
+    gradscope's hooks failed there). Returns what to put back."""
+    try:
+        from torch._dynamo.eval_frame import OptimizedModule
+    except ImportError:  # a torch without dynamo
+        OptimizedModule = ()
+    taken = []
+    for parent in list(model.modules()):
+        for name, child in list(parent._modules.items()):
+            if isinstance(child, OptimizedModule):
+                taken.append((parent, name, child))
+                parent._modules[name] = _eager(child)
+    for module in model.modules():
+        if getattr(module, "_compiled_call_impl", None) is not None:
+            taken.append((module, None, module._compiled_call_impl))
+            module._compiled_call_impl = None
+    return taken
+
+
+def _put_back(taken: list) -> None:
+    """Undo :func:`_compiled_calls`, last taken first."""
+    for owner, name, value in reversed(taken):
+        if name is None:
+            owner._compiled_call_impl = value
+        else:
+            owner._modules[name] = value
 
 
 def refuse_without_values_or_gradients(model: nn.Module) -> None:

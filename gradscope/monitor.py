@@ -18,6 +18,7 @@ records the first evaluation. An optimizer built after the monitor started is fo
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import weakref
@@ -70,14 +71,16 @@ ALL_LAYERS, ALL_PARAMETERS = "(all layers)", "(all parameters)"
 
 SMALL_BATCH = 0.5
 """A step whose batch (the elements of the model's first input, summed over the step's forward
-passes: samples, or tokens) is smaller than this share of the run's usual size (a moving average
-over about 20 steps) is noisier than the band the spike detector learnt: the last, short batch of an epoch
-(``DataLoader(drop_last=False)``). Its loss and gradient norm raise no spike and stay out of the
-band; a non-finite value still raises its alarm. A batch of 1 where 64 is usual has a loss about 8
-times as spread: on digits such batches raised loss spikes of z 39 that the guard skipped."""
+passes before the pulse is taken: samples, or tokens) is smaller than this share of the run's usual
+size (a moving average over about 20 steps) is noisier than the band the spike detector learnt:
+the last, short batch of an epoch (``DataLoader(drop_last=False)``). A mean over n terms spreads as
+1 / sqrt(n), so the detector's threshold for it is sqrt(usual / size) times higher (8 times for a
+batch of 1 where 64 is usual) and nothing of it enters the band; a non-finite value raises its
+alarm as always. At the plain threshold such batches raised loss spikes of z 39 on digits that
+the guard skipped; a 1000-fold spike in one is still caught."""
 USUAL_ALPHA = 0.1
-"""The weight of a step in the usual batch size: a batch size schedule that halves the batch
-makes about 7 steps quiet before the usual size follows it."""
+"""The weight of a step in the usual batch size: a batch size schedule that quarters the batch
+makes about 7 steps noisier before the usual size follows it."""
 
 RING_ROWS = 4096
 """The most rows the pulse's ring holds for ``every`` (a larger ``every``, "log almost never", would
@@ -475,10 +478,13 @@ class Recorder:
         self._given_loss: torch.Tensor | None = None
         self._touched = False
         self._forward_seen = False
-        self._step_samples = 0
-        """The size of the step's training forward passes' batches (:func:`_input_size`)."""
-        self._usual_samples = 0.0
-        """A moving average of the steps' batch sizes (:data:`SMALL_BATCH`)."""
+        self._step_samples = [0, 0, 0, 0]
+        """The sizes of the step's training forward passes' batches (:func:`_batch_sizes`), summed."""
+        self._usual_samples = [0.0, 0.0, 0.0, 0.0]
+        """Moving averages of the steps' batch sizes (:data:`SMALL_BATCH`)."""
+        self._observed_samples: list[int] | None = None
+        """The step's batch size when its pulse was taken (a closure's later evaluations, LBFGS's,
+        are not the step's batch)."""
         self._output_hooked = False
         """Whether the last training forward's output held a tensor the output hooks marked."""
         self._trained_seen = False
@@ -692,7 +698,11 @@ class Recorder:
             self._trained_seen = True
         elif self._trained_seen:
             return
-        self._step_samples += _input_size(args, output)
+        sizes = _batch_sizes(args, output)
+        if sizes is not None:
+            step = self._step_samples
+            for i, size in enumerate(sizes):
+                step[i] += size
         self._output_hooked = False
         for t in _output_tensors(output):
             if t.requires_grad:
@@ -742,9 +752,9 @@ class Recorder:
         if pulse is None:
             return
         given, self._given_loss = self._given_loss, None
-        samples = self._step_samples
-        quiet = 0 < samples < SMALL_BATCH * self._usual_samples
-        alarm = pulse.observe(self._step, given, loss_scale, finite, scaler_skipped, quiet)
+        samples = self._observed_samples = list(self._step_samples)
+        noise = _noise(samples, self._usual_samples)
+        alarm = pulse.observe(self._step, given, loss_scale, finite, scaler_skipped, noise)
         pulse.send_alarm(self._step, alarm)
         self._step_alarm = alarm
 
@@ -757,10 +767,12 @@ class Recorder:
         if self._observed_step != step:
             self._observe_pulse()  # a step that ended without passing an observation point
         self._step_alarm = None
-        samples, self._step_samples = self._step_samples, 0
-        if samples:
+        samples, self._observed_samples, self._step_samples = self._observed_samples, None, [0, 0, 0, 0]
+        if samples is not None:
             usual = self._usual_samples
-            self._usual_samples = samples if not usual else usual + USUAL_ALPHA * (samples - usual)
+            for k, size in enumerate(samples):
+                if size:
+                    usual[k] = size if not usual[k] else usual[k] + USUAL_ALPHA * (size - usual[k])
         landed = pulse.landed_alarms()
         if landed:
             self._read_pulse(wait=True)
@@ -858,8 +870,9 @@ class Recorder:
         event = make_event(step, bits, ring, pulse.window, pulse.names, pulse.band(),
                            skipped=skipped, rank=self.rank, lr=lr, first_step=first)
         if self.config.guard is not None:
-            event = replace(event, guard="could not act" if self._guard_declined or step in self._unguarded_steps
-                            else "on")
+            acts = not self._guard_declined and step not in self._unguarded_steps \
+                and (self.optimizer is not None or bool(self._unfollowed))
+            event = replace(event, guard="on" if acts else "could not act")
         before = [v for v in self._lrs if v is not None]
         if before:
             event = replace(event, lr_before=float(min(before)))
@@ -1399,21 +1412,37 @@ def _stepped_for_schedulers(optimizer) -> None:
         pass
 
 
-def _input_size(args: tuple, output: object) -> int:
-    """The size of a forward pass's batch: the elements of its first positional tensor input that
-    has a dimension, else of its first such output tensor (a model called with keyword arguments);
-    0 when there is none. Elements, not the leading dimension: a batch of token ids counts its
-    tokens (batches of few long sequences hold as many as batches of many short ones), and a
-    sequence-first input counts the same as a batch-first one."""
-    for value in args:
-        if isinstance(value, torch.Tensor):
+def _batch_sizes(args: tuple, output: object) -> tuple[int, int, int, int] | None:
+    """Four readings of a forward pass's batch size, each 0 where it has none: the leading dimension
+    and the elements of its first positional tensor input with a dimension, and the same of its
+    first output tensor with one. Each is wrong for some models (a sequence-first input leads with
+    its time, an EmbeddingBag's with its tokens; images of several resolutions change the
+    elements, batches of few long sequences the leading dimension), never all four for a batch
+    of the usual size: :func:`_noise` takes the one that moved least. None when they cannot be
+    read (a tensor subclass without sizes)."""
+    try:
+        lead = elements = 0
+        for value in args:
+            if isinstance(value, torch.Tensor):
+                if value.dim():
+                    lead, elements = value.shape[0], value.numel()
+                break
+        for value in _output_tensors(output):
             if value.dim():
-                return value.numel()
-            break
-    for value in _output_tensors(output):
-        if value.dim():
-            return value.numel()
-    return 0
+                return lead, elements, value.shape[0], value.numel()
+        return lead, elements, 0, 0
+    except Exception:  # noqa: BLE001 - the step is read as a usual one
+        return None
+
+
+def _noise(sizes: list[int], usual: list[float]) -> float:
+    """How many times as spread as usual a step's loss and gradient norm are expected to be:
+    sqrt(usual / size) by the reading of its batch size that fell least below its usual value,
+    where every reading there is fell under :data:`SMALL_BATCH` of it; 1 otherwise."""
+    ratios = [u / n for n, u in zip(sizes, usual) if n and u]
+    if not ratios or min(ratios) * SMALL_BATCH <= 1.0:
+        return 1.0
+    return math.sqrt(min(ratios))
 
 
 def _output_tensors(output: object, limit: int = 8) -> list[torch.Tensor]:

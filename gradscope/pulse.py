@@ -199,17 +199,17 @@ class Pulse:
 
     def observe(self, step: int, loss: torch.Tensor | None = None,
                 loss_scale: torch.Tensor | None = None, finite: torch.Tensor | None = None,
-                scaler_skipped: torch.Tensor | None = None, quiet: bool = False):
+                scaler_skipped: torch.Tensor | None = None, noise: float = 1.0):
         """The step's row: gradient norms, the loss (``loss`` if given, else the backward passes'
         sum, divided by ``loss_scale``), the detector. ``finite``: whether every gradient element
         is finite, when checked in full (the guard). ``scaler_skipped``: the GradScaler's found-Inf
         count of the step (a tensor); where positive the scaler skipped the update, as it does
         while it calibrates its scale, so the gradient's alarms are dropped (the loss's stay).
-        ``quiet``: a step far noisier than the band (a small batch): no spike, and the band does
-        not take it in (:meth:`DetectorState.update`).
+        ``noise``: how many times as spread as the band's this step's values are expected to be
+        (a small batch; :meth:`DetectorState.update`).
         Returns the alarm bits, a 1-element array (a tensor on the device on a GPU)."""
         if self.on_host and finite is None:
-            alarm = self._observe_on_host(step, loss, loss_scale, quiet)
+            alarm = self._observe_on_host(step, loss, loss_scale, noise)
             if scaler_skipped is not None and float(scaler_skipped) > 0:
                 alarm[0] = without_gradient_alarms(alarm, 1.0)[0]
                 self.ring[step % self.window, ALARM] = alarm[0]
@@ -232,16 +232,16 @@ class Pulse:
             scaler_skipped = scaler_skipped.cpu().numpy() if self.on_host else scaler_skipped.to(self.device)
         inputs = (norms, finite, scaler_skipped, unknown, self._micro_columns())
         # not while the user captures a graph of their own step: the kernels go into theirs
-        if self._graphs is not None and self._state.steady() and not quiet \
+        if self._graphs is not None and self._state.steady() and noise == 1.0 \
                 and not torch.cuda.is_current_stream_capturing():
             alarm, row = self._replayed(self.losses_seen > 0, inputs)
-        else:  # (a quiet step runs its kernels one at a time, on the same persistent state)
-            alarm, row = self._row(self.losses_seen > 0, *inputs, quiet=quiet)
+        else:  # (a noisier step runs its kernels one at a time, on the same persistent state)
+            alarm, row = self._row(self.losses_seen > 0, *inputs, noise=noise)
         self.ring[step % self.window] = row
         self.last_step = step
         return alarm
 
-    def _row(self, has_loss: bool, norms, finite, skipped, unknown, columns, quiet: bool = False):
+    def _row(self, has_loss: bool, norms, finite, skipped, unknown, columns, noise: float = 1.0):
         """(alarm bits, ring row) of the step: the detector's update on the step's gradient norms,
         its loss (``self.loss``), the guard's finite flag, the scaler's skip flag and whether the
         scale overflowed the loss (1-element arrays, or None) and the micro-batch columns. Moves
@@ -251,7 +251,7 @@ class Pulse:
         total = ((norms * norms).sum() ** 0.5).reshape(1)
         with np.errstate(divide="ignore", invalid="ignore"):
             y = self._cat((loss_value, xp.log(total), xp.log(norms)))
-            alarm, z = self._state.update(y, has_loss, quiet)
+            alarm, z = self._state.update(y, has_loss, noise)
         if finite is not None:
             alarm = xp.where(finite | has_bit(alarm, GRAD_NONFINITE), alarm, alarm + float(GRAD_NONFINITE))
         if skipped is not None:
@@ -293,7 +293,7 @@ class Pulse:
         return out
 
     def _observe_on_host(self, step: int, loss: torch.Tensor | None, loss_scale: torch.Tensor | None,
-                         quiet: bool = False):
+                         noise: float = 1.0):
         """:meth:`observe` on the CPU, where the step's budget is a few tens of microseconds and
         every numpy call counts (right after a backward pass each one costs microseconds: its
         code and data have left the caches): the norms, the detector and the row in Python
@@ -309,7 +309,7 @@ class Pulse:
         has_loss = self.losses_seen > 0 and known
         loss_value = float(self.loss[0]) if has_loss else math.nan
         alarm, z_loss, z_grad = self._state.host_update([loss_value, _log(total), *map(_log, norms)],
-                                                        has_loss, quiet)
+                                                        has_loss, noise)
         if self._accumulating or self.backwards != 1:
             micro = self._micro_columns().tolist()
         else:  # one backward pass: no micro-batches to tell apart

@@ -105,3 +105,29 @@ def test_diagnose_runs_a_freshly_compiled_model_through_its_eager_module():
     y = copy.deepcopy(model).double()(x.double())
     assert signal["2"] == pytest.approx(float((2 * y / y.numel()).norm()), rel=1e-5)
     assert not any("_orig_mod" in str(name) for name in report.history.layer)
+
+
+@pytest.mark.parametrize("how", ["model.compile()", "a compiled submodule"])
+def test_diagnose_runs_modules_compiled_in_place_or_nested_eagerly_and_puts_them_back(how):
+    """A model compiled in place (Hugging Face's torch_compile=True) got no finding at all, its
+    hooks never running; a torch.compile'd submodule failed in dynamo. Both are diagnosed as the
+    eager model is, and are handed back compiled."""
+    def deep_sigmoid():
+        torch.manual_seed(0)
+        return nn.Sequential(*[m for _ in range(6) for m in (nn.Linear(32, 32), nn.Sigmoid())])
+
+    x = torch.randn(64, 32)
+    expected = [f.rule for f in gradscope.diagnose(deep_sigmoid(), x, probe_steps=0).findings]
+    assert "vanishing-gradient" in expected
+    model = deep_sigmoid()
+    if how == "model.compile()":
+        model.compile(backend="eager")
+        compiled_call = model._compiled_call_impl
+    else:
+        model[0] = torch.compile(model[0], backend="eager")
+        wrapper = model[0]
+    assert [f.rule for f in gradscope.diagnose(model, x, probe_steps=0).findings] == expected
+    if how == "model.compile()":
+        assert model._compiled_call_impl is compiled_call
+    else:
+        assert model[0] is wrapper

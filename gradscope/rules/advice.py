@@ -284,6 +284,15 @@ HELD_LONG = 20
 the updates, raised the alarm (the model does not change while its updates are held back)."""
 
 
+def _held_in_a_row(event: dict) -> int:
+    """The updates of ``event``'s episode the guard skipped, where it skipped every step of it (an
+    episode's alarms may be steps apart, and the updates between them are made); else 0."""
+    skipped = int(event.get("skipped_steps") or 0)
+    last = event.get("last_step")
+    span = 1 if last is None else int(last) - int(event.get("step", last)) + 1
+    return skipped if skipped == span else 0
+
+
 def instability_fix(events: list[dict], records) -> str:
     """What to change after spikes began in the events' layers: the learning rate, clipping at a
     measured threshold, qk-norm or a z-loss by where they began, and the guard."""
@@ -306,7 +315,7 @@ def instability_fix(events: list[dict], records) -> str:
     if any(_owner(name) in OUTPUT_MODULES for name in layers):
         lines.append("The spike began in the output layer: add a z-loss (1e-4 * logsumexp(logits)**2) "
                      "to keep the output logits from drifting.")
-    held = max((int(e.get("skipped_steps") or 0) for e in events), default=0)
+    held = max((_held_in_a_row(e) for e in events), default=0)
     if held >= HELD_LONG:
         lines.append(f"The guard held back {held} updates of one episode in a row, so the model did not change "
                      "while the alarm went on: what raised it is the data, not the updates. A burst of bad "
@@ -315,8 +324,8 @@ def instability_fix(events: list[dict], records) -> str:
                      "(a window of steps): at such a switch stop the monitor and start a new one, whose "
                      "detector warms up on the new data, or train without guard=.")
     if any(e.get("guard") == "could not act" for e in events):
-        lines.append('The guard (guard="skip") was on but could not hold back this optimizer\'s update (a closure '
-                     "evaluated inside its step); step without a closure for it to act.")
+        lines.append('The guard (guard="skip") was on but could not hold back these updates (a warning said why: '
+                     "a closure evaluated inside the optimizer's step, or no optimizer given to the monitor).")
     elif not any(e.get("guard") or e.get("skipped") or e.get("skipped_steps") for e in events):
         lines.append('Train with gradscope.monitor(..., guard="skip") to skip the update of a spiking step.')
     return " ".join(lines[:1]) + ("\n" + "\n".join(lines[1:]) if len(lines) > 1 else "")

@@ -138,6 +138,10 @@ def _violations(records: Records) -> list[Violation]:
     kept = _kept_its_fit(dynamics)
     if rise >= DIVERGED:
         came_back = not kept and _descended(dynamics)
+        if came_back and not normalized:  # the spike was survived; a curvature past the limit still counts
+            curvature = _curvature_violation(records, layers, evidence, normalized)
+            if curvature is not None and curvature.severity in (WARNING, ERROR):
+                return [curvature]
         back = (f"; then it came back down to {fmt(losses[-1])}, {fmt(losses[-1] / losses[0])} of its first "
                 f"value ({fmt(losses[0])}), and stayed below that: a spike the recipe recovered from (the "
                 "catapult of a large step, Lewkowycz et al. 2020), informational." if came_back else "")

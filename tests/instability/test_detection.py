@@ -741,7 +741,10 @@ def test_a_long_held_back_episode_is_traced_to_the_data():
     from gradscope.rules.advice import instability_fix
 
     records = Records(pd.DataFrame(columns=["step", "layer", "metric", "value"]), pd.DataFrame())
-    fix = instability_fix([{"layer": "4.bias", "skipped": True, "skipped_steps": 60, "guard": "on"}], records)
-    assert "held back 60 updates of one episode in a row" in fix and "start a new one" in fix
-    fix = instability_fix([{"layer": "4.bias", "skipped": True, "skipped_steps": 3, "guard": "on"}], records)
-    assert "in a row" not in fix
+    def fix(step, last_step, skipped):
+        return instability_fix([{"layer": "4.bias", "step": step, "last_step": last_step, "skipped": True,
+                                 "skipped_steps": skipped, "guard": "on"}], records)
+
+    assert "held back 60 updates of one episode in a row" in fix(600, 659, 60) and "start a new one" in fix(600, 659, 60)
+    assert "in a row" not in fix(600, 602, 3)
+    assert "in a row" not in fix(100, 295, 40)  # a bad batch every 5th step: the updates between were made

@@ -748,3 +748,52 @@ def test_the_short_last_batch_of_an_epoch_raises_no_spike_but_a_nan_in_it_still_
     assert mon.skipped_steps == [small[-1]]
     pulse = mon.pulse_history().set_index("step")
     assert pulse.loc[small[:-1], "loss"].tolist() == pytest.approx([losses[s] for s in small[:-1]], rel=1e-5)
+
+
+@pytest.mark.parametrize("case, inputs, output, noisier", [
+    ("an epoch's last batch of 1", (torch.zeros(1, 64),), torch.zeros(1, 10), True),
+    ("a sequence-first batch of short sequences", (torch.zeros(4, 16, 8),), torch.zeros(16, 1), False),
+    ("an EmbeddingBag's flat tokens of short texts", (torch.zeros(64, dtype=torch.long), torch.zeros(16)),
+     torch.zeros(16, 4), False),
+    ("images of a smaller resolution", (torch.zeros(8, 3, 16, 16),), torch.zeros(8, 10), False),
+    ("fewer, longer sequences of as many tokens", (torch.zeros(4, 256, dtype=torch.long),),
+     torch.zeros(4, 256, 50), False),
+    ("a keyword-called model's short batch", (), {"loss": torch.tensor(1.0), "logits": torch.zeros(2, 32, 50)}, True),
+])
+def test_a_step_is_read_as_noisier_only_where_every_reading_of_its_batch_is_small(case, inputs, output, noisier):
+    """The usual step: 64 samples of 64 features, 16 sequences of 40 steps, 16 texts of 640
+    tokens, 8 images of 32x32, 16 sequences of 64 tokens, 64 sequences of 32 tokens. Four readings
+    of a batch's size (the first input's and the first output's leading dimension and elements)
+    each go wrong for some model; a step is read as noisier only where all it has fell."""
+    from gradscope.monitor import _batch_sizes, _noise
+
+    usual = {"an epoch's last batch of 1": ((torch.zeros(64, 64),), torch.zeros(64, 10)),
+             "a sequence-first batch of short sequences": ((torch.zeros(40, 16, 8),), torch.zeros(16, 1)),
+             "an EmbeddingBag's flat tokens of short texts": ((torch.zeros(640, dtype=torch.long), torch.zeros(16)),
+                                                               torch.zeros(16, 4)),
+             "images of a smaller resolution": ((torch.zeros(8, 3, 32, 32),), torch.zeros(8, 10)),
+             "fewer, longer sequences of as many tokens": ((torch.zeros(16, 64, dtype=torch.long),),
+                                                           torch.zeros(16, 64, 50)),
+             "a keyword-called model's short batch": ((), {"loss": torch.tensor(1.0),
+                                                           "logits": torch.zeros(64, 32, 50)})}[case]
+    sizes = [float(n) for n in _batch_sizes(*usual)]
+    noise = _noise(list(_batch_sizes(inputs, output)), sizes)
+    assert (noise > 1) == noisier, case
+    if case == "an epoch's last batch of 1":
+        assert noise == pytest.approx(8.0)  # sqrt(64 / 1): a mean over 1 term instead of 64
+
+
+@pytest.mark.parametrize("host_arithmetic", [None, False], ids=["numpy", "torch"])
+def test_a_thousandfold_spike_in_a_short_last_batch_is_still_caught(host_arithmetic):
+    model, data = small_mlp(), batches(200)
+    data = [(x, y) if i % 20 != 19 else (x[:1], y[:1]) for i, (x, y) in enumerate(data)]  # epochs of 20 batches
+    data[159] = (data[159][0], data[159][1] * 1000)  # a corrupt target in a one-sample batch
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    mon = gradscope.monitor(model, every=50, optimizer=opt, guard="skip")
+    mon._host_arithmetic = host_arithmetic
+    with mon:
+        for x, y in data:
+            F.mse_loss(model(x), y).backward()
+            opt.step()
+            opt.zero_grad()
+    assert [e.step for e in mon.events][:1] == [159] and mon.skipped_steps[:1] == [159]

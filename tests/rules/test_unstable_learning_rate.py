@@ -145,3 +145,9 @@ def test_a_tenfold_spike_the_probe_came_back_from_is_information(losses, severit
     [finding] = run(losses, [1.0] * (len(losses) - 1))
     assert finding.severity == severity
     assert ("came back down" in finding.message) == (severity == "info")
+
+
+def test_a_spike_the_probe_came_back_from_keeps_a_curvature_far_past_the_limit():
+    losses = [0.409, 18.4, 3.0, 0.9, 0.4, 0.2, 0.12, 0.08, 0.06, 0.05, 0.0458]
+    [finding] = run(losses, [1.0] * 10, curvature=800.0)  # 10.5x the limit of SGD lr 0.05 momentum 0.9
+    assert finding.severity == "error" and "curvature" in finding.message
