@@ -112,6 +112,9 @@ class Comparison:
     """Layers with a signal in the baseline (None: no baseline)."""
     compared_layers: int = 0
     """Of those, the layers the model still has, whose signal was compared."""
+    renamed: tuple[str, str] | None = None
+    """(prefix in the baseline, prefix now) when the names were compared with one for the other:
+    the model wrapped in a container (``("", "model.")``) or taken out of one."""
 
     @property
     def no_layer_in_common(self) -> bool:
@@ -170,10 +173,14 @@ def compare(report: Report, baseline: dict | None, fail_on: str, tolerance: floa
     moved: dict[str, tuple[float, float]] = {}
     missing: list[str] = []
     added: list[str] = []
+    renamed = None
     if baseline:
         now = baseline_dict(report)["signal"]
         measured = dict(zip(report.layers["layer"], report.layers["out_grad_norm"].astype(float)))
         before = baseline["signal"]
+        renamed = _wrapped(list(before), list(measured))
+        if renamed is not None:
+            before = {_renamed(layer, *renamed): value for layer, value in before.items()}
         unreached = _unreached_layers(report)
         for layer, old in before.items():
             if layer not in measured:
@@ -185,7 +192,7 @@ def compare(report: Report, baseline: dict | None, fail_on: str, tolerance: floa
                 moved[layer] = (old, measured[layer])
             elif abs(math.log10(now[layer]) - math.log10(old)) > tolerance:
                 moved[layer] = (old, now[layer])
-        added = [layer for layer in now if layer not in before]
+        added = [layer for layer in now if layer not in before and layer]  # (the root is in every model)
     recorded = (baseline or {}).get("verdict") or {}
     return Comparison(
         new, moved, missing, added,
@@ -197,5 +204,37 @@ def compare(report: Report, baseline: dict | None, fail_on: str, tolerance: floa
         verdict_limit=fail_on if fail_on in VERDICTS else None,
         # the root ("") is in every model: sharing it alone is sharing nothing
         baseline_layers=len([n for n in baseline["signal"] if n]) if baseline else None,
-        compared_layers=len(set(baseline["signal"]) - set(missing) - {""}) if baseline else 0,
+        compared_layers=len([n for n in baseline["signal"] if n and _renamed(n, *(renamed or ("", ""))) not in missing])
+        if baseline else 0,
+        renamed=renamed,
     )
+
+
+def _renamed(layer: str, old: str, new: str) -> str:
+    """``layer``'s name with the prefix ``old`` (ending in a dot, or empty) made ``new``; the root
+    of a wrapped model is the module its prefix names."""
+    if layer == old[:-1] and old:
+        return new[:-1] if new else ""
+    if not layer:
+        return new[:-1] if new else ""
+    return new + layer[len(old):] if layer.startswith(old) else layer
+
+
+def _wrapped(before: list[str], now: list[str]) -> tuple[str, str] | None:
+    """(old prefix, new prefix) under which the baseline's layer names meet more than half of
+    the model's where, as they are, they meet fewer than half: the model put into a container
+    (every name now begins with ``model.``) or taken out of one. None otherwise."""
+    names, current = [n for n in before if n], {n for n in now if n}
+    if not names or not current:
+        return None
+    shared = len([n for n in names if n in current])
+    if shared * 2 > len(names):
+        return None
+    candidates = {("", n[:i + 1]) for n in current for i, ch in enumerate(n) if ch == "."}
+    candidates |= {(n[:i + 1], "") for n in names for i, ch in enumerate(n) if ch == "."}
+    best, count = None, shared
+    for old, new in sorted(candidates):
+        met = len([n for n in names if _renamed(n, old, new) in current])
+        if met > count:
+            best, count = (old, new), met
+    return best if best is not None and count * 2 > len(names) else None

@@ -113,7 +113,7 @@ def test_a_report_without_a_verdict_passes_a_verdict_gate(report):
 
 def test_a_baseline_of_another_model_fails_the_check_instead_of_comparing_nothing(report):
     other = baseline_dict(report)
-    other["signal"] = {f"encoder.{name}" if name else name: value for name, value in other["signal"].items()}
+    other["signal"] = {f"encoder.block{name}.proj" if name else name: value for name, value in other["signal"].items()}
     assert "" in other["signal"]  # the root, in every model: no layer in common for all that
     comparison = compare(report, other, "error", 1.0)
     assert comparison.no_layer_in_common and comparison.failed and not comparison.moved
@@ -123,6 +123,43 @@ def test_a_baseline_of_another_model_fails_the_check_instead_of_comparing_nothin
                                                    "meant, rewrite it with --update-baseline.")]
     one_left = {**other, "signal": {**other["signal"], "0": baseline_dict(report)["signal"]["0"]}}
     assert not compare(report, one_left, "error", 1.0).failed  # compared on the layer in common
+
+
+def _wrapped(report, prefix: str):
+    """The baseline of ``report``'s model as if every name had ``prefix`` (the model in a container)."""
+    signal = baseline_dict(report)["signal"]
+    return {**baseline_dict(report), "signal": {(prefix + name if name else prefix[:-1]): value
+                                                for name, value in signal.items()} | {"": signal[""]}}
+
+
+def test_a_model_put_into_a_container_or_taken_out_of_one_is_compared_name_for_name():
+    """Every name of a model wrapped in a container gains the container's attribute (``model.0``
+    where the baseline has ``0``): the check failed as if it were another model. It compares the
+    names with the prefix, says so, and still fails a layer whose signal moved."""
+    torch.manual_seed(0)
+    inner = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
+    x = torch.randn(16, 8)
+    plain = baseline_dict(gradscope.diagnose(inner, x, probe_steps=2))
+
+    class Wrapper(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = inner
+
+        def forward(self, x):
+            return self.model(x)
+
+    wrapped = gradscope.diagnose(Wrapper(), x, probe_steps=2)
+    comparison = compare(wrapped, plain, "error", 1.0)
+    assert comparison.renamed == ("", "model.") and not comparison.failed
+    assert comparison.compared_layers == len([n for n in plain["signal"] if n])
+    assert any("begin with 'model.'" in line for _, line in comparison_lines(comparison))
+    back = compare(gradscope.diagnose(inner, x, probe_steps=2), baseline_dict(wrapped), "error", 1.0)
+    assert back.renamed == ("model.", "") and not back.failed
+    with torch.no_grad():
+        inner[2].weight.mul_(1e-6)  # a change that breaks the gradient flow, under the new names
+    broken = compare(gradscope.diagnose(Wrapper(), x, probe_steps=2), plain, "error", 1.0)
+    assert broken.renamed == ("", "model.") and broken.failed and "model.0" in broken.moved
 
 
 def test_a_baseline_without_a_signal_passes_on_verdict_and_findings_and_says_so(report):

@@ -169,6 +169,12 @@ def comparison_lines(comparison: "Comparison") -> list[tuple[bool, str]]:
     if comparison.predates_verdicts:
         lines.append((False, "The baseline predates verdicts (it records none), so the verdict is not compared; "
                              "refresh it with --update-baseline to record one."))
+    if comparison.renamed is not None:
+        old, new = comparison.renamed
+        lines.append((False, f"The model's layer names {'begin with ' + repr(new) if new else 'no longer begin with ' + repr(old)} "
+                             f"where the baseline's {'did not' if new else 'did'} (the model "
+                             f"{'put into' if new else 'taken out of'} a container): compared name for name "
+                             "with that prefix; refresh the baseline with --update-baseline to record the new names."))
     if comparison.no_layer_in_common:
         lines.append((True, f"The baseline shares none of its {comparison.baseline_layers} layers with the model "
                             "(a baseline of another model, or every layer renamed), so the gradient flow was not "
