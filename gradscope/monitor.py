@@ -78,6 +78,11 @@ the last, short batch of an epoch (``DataLoader(drop_last=False)``). A mean over
 batch of 1 where 64 is usual) and nothing of it enters the band; a non-finite value raises its
 alarm as always. At the plain threshold such batches raised loss spikes of z 39 on digits that
 the guard skipped; a 1000-fold spike in one is still caught."""
+USUAL_START = 3
+"""Steps whose median batch size starts the usual one (before it, no step is read as small): a
+forward of a large batch before training (a dry run, a batch-size finder) is counted into the
+first step's batch, and from it alone the next 27 steps read as small and went uncounted in the
+detector's warm-up."""
 USUAL_ALPHA = 0.1
 """The weight of a step in the usual batch size: a batch size schedule that quarters the batch
 makes about 7 steps noisier before the usual size follows it."""
@@ -482,6 +487,8 @@ class Recorder:
         """The sizes of the step's training forward passes' batches (:func:`_batch_sizes`), summed."""
         self._usual_samples = [0.0, 0.0, 0.0, 0.0]
         """Moving averages of the steps' batch sizes (:data:`SMALL_BATCH`)."""
+        self._first_sizes: list[list[int]] = []
+        """The batch sizes of the run's first ``USUAL_START`` steps, whose median starts the usual size."""
         self._observed_samples: list[int] | None = None
         """The step's batch size when its pulse was taken (a closure's later evaluations, LBFGS's,
         are not the step's batch)."""
@@ -709,6 +716,17 @@ class Recorder:
                 t.register_hook(self._mark_touched)
                 self._output_hooked = True
 
+    def _count_batch(self, batch: object) -> None:
+        """Count a batch a framework hands over (Lightning's ``on_train_batch_start``) into the
+        step's batch size, by its first tensor (:func:`_batch_sizes`)."""
+        if self.hooks.paused or not torch.is_grad_enabled():
+            return
+        sizes = _batch_sizes(tuple(_output_tensors(batch, limit=1)), None)
+        if sizes is not None:
+            step = self._step_samples
+            for i, size in enumerate(sizes):
+                step[i] += size
+
     def _mark_touched(self, grad):
         self._touched = True
 
@@ -769,10 +787,15 @@ class Recorder:
         self._step_alarm = None
         samples, self._observed_samples, self._step_samples = self._observed_samples, None, [0, 0, 0, 0]
         if samples is not None:
+            self._first_sizes.append(samples)
             usual = self._usual_samples
-            for k, size in enumerate(samples):
-                if size:
-                    usual[k] = size if not usual[k] else usual[k] + USUAL_ALPHA * (size - usual[k])
+            if len(self._first_sizes) == USUAL_START:  # the median of the first steps: a dry run's forward
+                for k in range(4):  # counted into the first step's batch does not set the usual size
+                    usual[k] = float(sorted(sizes[k] for sizes in self._first_sizes)[USUAL_START // 2])
+            elif len(self._first_sizes) > USUAL_START:
+                for k, size in enumerate(samples):
+                    if size:
+                        usual[k] = size if not usual[k] else usual[k] + USUAL_ALPHA * (size - usual[k])
         landed = pulse.landed_alarms()
         if landed:
             self._read_pulse(wait=True)
@@ -1437,12 +1460,15 @@ def _batch_sizes(args: tuple, output: object) -> tuple[int, int, int, int] | Non
 
 def _noise(sizes: list[int], usual: list[float]) -> float:
     """How many times as spread as usual a step's loss and gradient norm are expected to be:
-    sqrt(usual / size) by the reading of its batch size that fell least below its usual value,
-    where every reading there is fell under :data:`SMALL_BATCH` of it; 1 otherwise."""
+    sqrt(usual / size) by the reading of its batch size that fell least, of those that fell under
+    :data:`SMALL_BATCH` of their usual value, where all readings there are fell so, or three of
+    four (a sequence-first input padded to a fixed length keeps its leading dimension whatever
+    the batch); 1 otherwise."""
     ratios = [u / n for n, u in zip(sizes, usual) if n and u]
-    if not ratios or min(ratios) * SMALL_BATCH <= 1.0:
+    fell = [r for r in ratios if r * SMALL_BATCH > 1.0]
+    if not fell or len(fell) < len(ratios) - (len(ratios) == 4):
         return 1.0
-    return math.sqrt(min(ratios))
+    return math.sqrt(min(fell))
 
 
 def _output_tensors(output: object, limit: int = 8) -> list[torch.Tensor]:

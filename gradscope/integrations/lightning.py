@@ -71,6 +71,15 @@ class GradscopeCallback(_pl.Callback):
                 for optimizer in trainer.optimizers:
                     self.monitor._guard_unfollowed(optimizer)
 
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        """The batch's size, for a LightningModule whose training_step calls its layers rather than
+        its own forward (whose hook then sees no batch): the epoch's short last batch is read as
+        noisier by the spike detector."""
+        if self.monitor is not None and self.monitor._active and self.monitor.detects:
+            if not self._calls.first("batch"):
+                return
+            self.monitor._count_batch(batch)
+
     def on_before_backward(self, trainer, pl_module, loss) -> None:
         """The loss goes to the spike detector (added up over accumulated micro-batches)."""
         if self.monitor is not None and self.monitor._active and self.monitor.detects:

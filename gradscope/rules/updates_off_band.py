@@ -48,9 +48,10 @@ def detect(records: Records) -> list[Violation]:
         gradscope's default loss (no loss given), whose scale may be far from the real one, both
         limits are 10x wider. When gradscope assumed the recipe (no optimizer given), the finding
         is information: an assumed recipe never makes an error.
-        Small updates that grow 10x or more over the probe beyond what momentum explains are
-        information: weights behind a scale that starts near 0 (ConvNeXt's layer scale of 1e-6, a
-        zero-initialised residual gate) move once it has grown.
+        Small updates that grow 10x or more over the probe (from its first step that moved) beyond
+        what momentum explains are information: weights behind a scale that starts near or at 0
+        (ConvNeXt's layer scale of 1e-6, ReZero's or SkipInit's residual gate) move once it has
+        grown.
         A model that already fits the probe batch far better than a constant prediction (its loss a
         twentieth of one's or less: a trained model, a resumed checkpoint) gets information instead
         of an error for updates too small. So does a model whose small updates are those of
@@ -144,17 +145,20 @@ over 2,000x."""
 
 
 def _growth(per_step: list[float], recipe) -> float | None:
-    """How many times the probe's last update ratio is its first, over the growth momentum alone
-    gives a constant gradient (``(1 - β^n) / (1 - β)`` steps' worth at the n-th step against one
-    at the first; Nesterov one step ahead); None without two positive steps."""
-    if len(per_step) < 2 or not per_step[0] > 0 or not per_step[-1] > 0:
+    """How many times the probe's last update ratio is its first positive one, over the growth
+    momentum alone gives a constant gradient between them (``1 - β^k`` of the steady step at the
+    k-th step; Nesterov one step ahead). A gate that starts at exactly 0 (ReZero's, SkipInit's)
+    moves nothing behind it at the first step: the growth counts from the first step that moved.
+    None without two positive steps."""
+    first = next((k for k, r in enumerate(per_step) if r > 0), None)
+    if first is None or first == len(per_step) - 1 or not per_step[-1] > 0:
         return None
     beta = recipe.momentum
     momentum = 1.0
     if not recipe.adaptive and 0 < beta < 1:
         ahead = 1 if recipe.nesterov else 0
-        momentum = (1 - beta ** (len(per_step) + ahead)) / (1 - beta ** (1 + ahead))
-    return per_step[-1] / per_step[0] / momentum
+        momentum = (1 - beta ** (len(per_step) + ahead)) / (1 - beta ** (first + 1 + ahead))
+    return per_step[-1] / per_step[first] / momentum
 
 
 def momentum_ramp(recipe, steps: int) -> float:

@@ -759,6 +759,7 @@ def test_the_short_last_batch_of_an_epoch_raises_no_spike_but_a_nan_in_it_still_
     ("fewer, longer sequences of as many tokens", (torch.zeros(4, 256, dtype=torch.long),),
      torch.zeros(4, 256, 50), False),
     ("a keyword-called model's short batch", (), {"loss": torch.tensor(1.0), "logits": torch.zeros(2, 32, 50)}, True),
+    ("a sequence-first last batch of 1, padded to the usual length", (torch.zeros(40, 1, 8),), torch.zeros(1, 1), True),
 ])
 def test_a_step_is_read_as_noisier_only_where_every_reading_of_its_batch_is_small(case, inputs, output, noisier):
     """The usual step: 64 samples of 64 features, 16 sequences of 40 steps, 16 texts of 640
@@ -775,7 +776,9 @@ def test_a_step_is_read_as_noisier_only_where_every_reading_of_its_batch_is_smal
              "fewer, longer sequences of as many tokens": ((torch.zeros(16, 64, dtype=torch.long),),
                                                            torch.zeros(16, 64, 50)),
              "a keyword-called model's short batch": ((), {"loss": torch.tensor(1.0),
-                                                           "logits": torch.zeros(64, 32, 50)})}[case]
+                                                           "logits": torch.zeros(64, 32, 50)}),
+             "a sequence-first last batch of 1, padded to the usual length": ((torch.zeros(40, 16, 8),),
+                                                                              torch.zeros(16, 1))}[case]
     sizes = [float(n) for n in _batch_sizes(*usual)]
     noise = _noise(list(_batch_sizes(inputs, output)), sizes)
     assert (noise > 1) == noisier, case
@@ -797,3 +800,22 @@ def test_a_thousandfold_spike_in_a_short_last_batch_is_still_caught(host_arithme
             opt.step()
             opt.zero_grad()
     assert [e.step for e in mon.events][:1] == [159] and mon.skipped_steps[:1] == [159]
+
+
+@pytest.mark.parametrize("host_arithmetic", [None, False], ids=["numpy", "torch"])
+def test_a_dry_run_before_training_does_not_set_the_usual_batch_size(host_arithmetic):
+    """A forward of 1,024 samples before training (a dry run, a batch-size finder) was counted into
+    the first step's batch: the next 27 steps read as small, went uncounted in the detector's
+    warm-up, and a spike at step 60 was missed."""
+    model, data = small_mlp(), batches(120)
+    data[60] = (data[60][0], data[60][1] * 6)  # wrong targets: a loss about 30 times the usual
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    mon = gradscope.monitor(model, every=50, optimizer=opt, guard="skip")
+    mon._host_arithmetic = host_arithmetic
+    with mon:
+        model(torch.randn(1024, 6)).sum()  # the dry run, in train mode with gradients on
+        for x, y in data:
+            F.mse_loss(model(x), y).backward()
+            opt.step()
+            opt.zero_grad()
+    assert [e.step for e in mon.events][:1] == [60] and mon.skipped_steps[:1] == [60]

@@ -274,3 +274,26 @@ def test_a_callback_given_twice_records_each_step_and_loss_once(tmp_path):
     assert pulse["grad_norm"].tolist() == pytest.approx(totals, rel=1e-5)
     x, y = next(iter(loader))  # the first step's loss, counted once
     assert pulse["loss"].iloc[0] == pytest.approx(float(F.mse_loss(before(x.double()), y.double())), rel=1e-5)
+
+
+def test_the_short_last_batch_is_read_as_noisier_when_training_step_calls_the_layers(tmp_path, monkeypatch):
+    """Tiny's training_step calls self.net, so its own forward (whose hook reads the batch) never
+    runs: the epoch's last batch of one sample was read as a full one, and its loss and gradient
+    spikes alarmed and were skipped. The callback now reads the batch Lightning hands over."""
+    import importlib
+
+    monitor_module = importlib.import_module("gradscope.monitor")  # (gradscope.monitor is also the function)
+    noises = []
+    original = monitor_module._noise
+    monkeypatch.setattr(monitor_module, "_noise", lambda sizes, usual: noises.append(original(sizes, usual)) or noises[-1])
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64 * 5 + 1, 6, generator=g), torch.randn(64 * 5 + 1, 1, generator=g)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=64)
+    trainer = pl.Trainer(max_epochs=3, callbacks=[GradscopeCallback(every=10)], logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         default_root_dir=tmp_path)
+    trainer.fit(Tiny(), loader)
+    assert len(noises) == 18
+    short = [noises[s] for s in range(5, 18, 6)]
+    assert short[1:] == pytest.approx([8.0, 8.0], rel=0.05)  # sqrt(64 / 1); the first epoch sets the usual size
+    assert all(n == 1.0 for s, n in enumerate(noises) if s % 6 != 5)
