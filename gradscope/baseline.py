@@ -173,14 +173,16 @@ def compare(report: Report, baseline: dict | None, fail_on: str, tolerance: floa
     moved: dict[str, tuple[float, float]] = {}
     missing: list[str] = []
     added: list[str] = []
-    renamed = None
+    renamed, compared = None, 0
     if baseline:
         now = baseline_dict(report)["signal"]
         measured = dict(zip(report.layers["layer"], report.layers["out_grad_norm"].astype(float)))
         before = baseline["signal"]
         renamed = _wrapped(list(before), list(measured))
+        outside: list[str] = []
         if renamed is not None:
-            before = {_renamed(layer, *renamed): value for layer, value in before.items()}
+            outside = [layer for layer in before if _renamed(layer, *renamed) is None]
+            before = {_renamed(layer, *renamed): value for layer, value in before.items() if layer not in outside}
         unreached = _unreached_layers(report)
         for layer, old in before.items():
             if layer not in measured:
@@ -193,6 +195,10 @@ def compare(report: Report, baseline: dict | None, fail_on: str, tolerance: floa
             elif abs(math.log10(now[layer]) - math.log10(old)) > tolerance:
                 moved[layer] = (old, now[layer])
         added = [layer for layer in now if layer not in before and layer]  # (the root is in every model)
+        align = renamed or ("", "")
+        compared = len([n for n in baseline["signal"]
+                        if n and n not in outside and _renamed(n, *align) not in missing])
+        missing += outside
     recorded = (baseline or {}).get("verdict") or {}
     return Comparison(
         new, moved, missing, added,
@@ -204,26 +210,30 @@ def compare(report: Report, baseline: dict | None, fail_on: str, tolerance: floa
         verdict_limit=fail_on if fail_on in VERDICTS else None,
         # the root ("") is in every model: sharing it alone is sharing nothing
         baseline_layers=len([n for n in baseline["signal"] if n]) if baseline else None,
-        compared_layers=len([n for n in baseline["signal"] if n and _renamed(n, *(renamed or ("", ""))) not in missing])
-        if baseline else 0,
+        compared_layers=compared if baseline else 0,
         renamed=renamed,
     )
 
 
-def _renamed(layer: str, old: str, new: str) -> str:
-    """``layer``'s name with the prefix ``old`` (ending in a dot, or empty) made ``new``; the root
-    of a wrapped model is the module its prefix names."""
-    if layer == old[:-1] and old:
-        return new[:-1] if new else ""
+def _renamed(layer: str, old: str, new: str) -> str | None:
+    """``layer``'s name with the prefix ``old`` (ending in a dot, or empty) made ``new``: the root
+    of a wrapped model is the module its prefix names, and the module a prefix names is the root
+    of an unwrapped one. None for a layer outside ``old`` (a sibling of the module taken out of
+    its container: gone from the model)."""
     if not layer:
         return new[:-1] if new else ""
-    return new + layer[len(old):] if layer.startswith(old) else layer
+    if old and layer == old[:-1]:
+        return new[:-1] if new else ""
+    if not layer.startswith(old):
+        return None
+    return new + layer[len(old):]
 
 
 def _wrapped(before: list[str], now: list[str]) -> tuple[str, str] | None:
-    """(old prefix, new prefix) under which the baseline's layer names meet more than half of
-    the model's where, as they are, they meet fewer than half: the model put into a container
-    (every name now begins with ``model.``) or taken out of one. None otherwise."""
+    """(old prefix, new prefix) under which more than half of the baseline's layer names and more
+    than half of the model's meet, one for one, where as they are fewer than half of the
+    baseline's do: the model put into a container (every name now begins with ``model.``) or
+    taken out of one. None otherwise."""
     names, current = [n for n in before if n], {n for n in now if n}
     if not names or not current:
         return None
@@ -234,7 +244,10 @@ def _wrapped(before: list[str], now: list[str]) -> tuple[str, str] | None:
     candidates |= {(n[:i + 1], "") for n in names for i, ch in enumerate(n) if ch == "."}
     best, count = None, shared
     for old, new in sorted(candidates):
-        met = len([n for n in names if _renamed(n, old, new) in current])
+        mapped = [m for m in (_renamed(n, old, new) for n in names) if m]
+        if len(set(mapped)) < len(mapped):
+            continue  # two layers would be compared with one
+        met = len([m for m in mapped if m in current])
         if met > count:
             best, count = (old, new), met
-    return best if best is not None and count * 2 > len(names) else None
+    return best if best is not None and count * 2 > len(names) and count * 2 > len(current) else None

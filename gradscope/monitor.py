@@ -721,7 +721,11 @@ class Recorder:
         step's batch size, by its first tensor (:func:`_batch_sizes`)."""
         if self.hooks.paused or not torch.is_grad_enabled():
             return
-        sizes = _batch_sizes(tuple(_output_tensors(batch, limit=1)), None)
+        try:
+            first = tuple(_output_tensors(batch, limit=1))
+        except Exception:  # noqa: BLE001 - a batch that cannot be walked (one that holds itself): not counted
+            return
+        sizes = _batch_sizes(first, None)
         if sizes is not None:
             step = self._step_samples
             for i, size in enumerate(sizes):
@@ -787,7 +791,8 @@ class Recorder:
         self._step_alarm = None
         samples, self._observed_samples, self._step_samples = self._observed_samples, None, [0, 0, 0, 0]
         if samples is not None:
-            self._first_sizes.append(samples)
+            if len(self._first_sizes) <= USUAL_START:
+                self._first_sizes.append(samples)
             usual = self._usual_samples
             if len(self._first_sizes) == USUAL_START:  # the median of the first steps: a dry run's forward
                 for k in range(4):  # counted into the first step's batch does not set the usual size

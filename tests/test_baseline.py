@@ -209,3 +209,35 @@ def test_an_unused_parameter_of_a_reached_layer_does_not_fail_the_check_against_
     assert stalled and {"body.0.mask_token", "unused_root"} <= set(stalled[0].layers)
     comparison = compare(report, baseline_dict(report), "error", 1.0)
     assert not comparison.moved and not comparison.failed
+
+
+def test_a_part_taken_out_of_its_container_leaves_its_siblings_missing_not_compared_with_it():
+    """A baseline of Sequential(body, head), checked on body alone: body's layers are compared
+    under the prefix, the head is gone. The head's name ``1`` had been kept as it was and compared
+    with body's ``0.1`` renamed ``1``, which failed an unchanged body."""
+    torch.manual_seed(0)
+    body = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    x = torch.randn(16, 8)
+    whole = baseline_dict(gradscope.diagnose(nn.Sequential(body, nn.Linear(4, 2)), x, probe_steps=2))
+    comparison = compare(gradscope.diagnose(body, x, probe_steps=2), whole, "error", 1.0)
+    assert comparison.renamed == ("0.", "") and not comparison.moved
+    assert comparison.missing_layers == ["1"] and comparison.compared_layers == 4
+
+
+def test_a_small_baseline_is_not_aligned_with_a_few_layers_of_a_large_other_model():
+    """A 3-layer baseline against a 40-block model whose names begin with ``blocks.``: three of the
+    model's 80 names met the baseline's under that prefix, and the check passed."""
+    torch.manual_seed(0)
+    x = torch.randn(16, 8)
+    small = baseline_dict(gradscope.diagnose(nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8)), x, probe_steps=0))
+
+    class Large(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = nn.Sequential(*[m for _ in range(20) for m in (nn.Linear(8, 8), nn.ReLU())])
+
+        def forward(self, x):
+            return self.blocks(x)
+
+    comparison = compare(gradscope.diagnose(Large(), x, probe_steps=0), small, "error", 1.0)
+    assert comparison.renamed is None and comparison.no_layer_in_common and comparison.failed
