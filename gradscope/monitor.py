@@ -705,13 +705,10 @@ class Recorder:
             self._trained_seen = True
         elif self._trained_seen:
             return
-        sizes = _batch_sizes(args, output)
-        if sizes is not None:
-            step = self._step_samples
-            for i, size in enumerate(sizes):
-                step[i] += size
+        outputs = _output_tensors(output)
+        self._add_sizes(_batch_sizes(args, outputs))
         self._output_hooked = False
-        for t in _output_tensors(output):
+        for t in outputs:
             if t.requires_grad:
                 t.register_hook(self._mark_touched)
                 self._output_hooked = True
@@ -725,7 +722,10 @@ class Recorder:
             first = tuple(_output_tensors(batch, limit=1))
         except Exception:  # noqa: BLE001 - a batch that cannot be walked (one that holds itself): not counted
             return
-        sizes = _batch_sizes(first, None)
+        self._add_sizes(_batch_sizes(first, []))
+
+    def _add_sizes(self, sizes: tuple[int, int, int, int] | None) -> None:
+        """Add a forward's (or a batch's) readings of its size into the step's."""
         if sizes is not None:
             step = self._step_samples
             for i, size in enumerate(sizes):
@@ -1440,14 +1440,14 @@ def _stepped_for_schedulers(optimizer) -> None:
         pass
 
 
-def _batch_sizes(args: tuple, output: object) -> tuple[int, int, int, int] | None:
+def _batch_sizes(args: tuple, outputs: list[torch.Tensor]) -> tuple[int, int, int, int] | None:
     """Four readings of a forward pass's batch size, each 0 where it has none: the leading dimension
     and the elements of its first positional tensor input with a dimension, and the same of its
-    first output tensor with one. Each is wrong for some models (a sequence-first input leads with
-    its time, an EmbeddingBag's with its tokens; images of several resolutions change the
-    elements, batches of few long sequences the leading dimension), never all four for a batch
-    of the usual size: :func:`_noise` takes the one that moved least. None when they cannot be
-    read (a tensor subclass without sizes)."""
+    first output tensor with one (``outputs``: :func:`_output_tensors` of the output). Each is wrong
+    for some models (a sequence-first input leads with its time, an EmbeddingBag's with its tokens;
+    images of several resolutions change the elements, batches of few long sequences the leading
+    dimension), rarely three of four for a batch of the usual size: :func:`_noise` needs three.
+    None when they cannot be read (a tensor subclass without sizes)."""
     try:
         lead = elements = 0
         for value in args:
@@ -1455,7 +1455,7 @@ def _batch_sizes(args: tuple, output: object) -> tuple[int, int, int, int] | Non
                 if value.dim():
                     lead, elements = value.shape[0], value.numel()
                 break
-        for value in _output_tensors(output):
+        for value in outputs:
             if value.dim():
                 return lead, elements, value.shape[0], value.numel()
         return lead, elements, 0, 0

@@ -766,7 +766,7 @@ def test_a_step_is_read_as_noisier_only_where_every_reading_of_its_batch_is_smal
     tokens, 8 images of 32x32, 16 sequences of 64 tokens, 64 sequences of 32 tokens. Four readings
     of a batch's size (the first input's and the first output's leading dimension and elements)
     each go wrong for some model; a step is read as noisier only where all it has fell."""
-    from gradscope.monitor import _batch_sizes, _noise
+    from gradscope.monitor import _batch_sizes, _noise, _output_tensors
 
     usual = {"an epoch's last batch of 1": ((torch.zeros(64, 64),), torch.zeros(64, 10)),
              "a sequence-first batch of short sequences": ((torch.zeros(40, 16, 8),), torch.zeros(16, 1)),
@@ -779,8 +779,8 @@ def test_a_step_is_read_as_noisier_only_where_every_reading_of_its_batch_is_smal
                                                            "logits": torch.zeros(64, 32, 50)}),
              "a sequence-first last batch of 1, padded to the usual length": ((torch.zeros(40, 16, 8),),
                                                                               torch.zeros(16, 1))}[case]
-    sizes = [float(n) for n in _batch_sizes(*usual)]
-    noise = _noise(list(_batch_sizes(inputs, output)), sizes)
+    sizes = [float(n) for n in _batch_sizes(usual[0], _output_tensors(usual[1]))]
+    noise = _noise(list(_batch_sizes(inputs, _output_tensors(output))), sizes)
     assert (noise > 1) == noisier, case
     if case == "an epoch's last batch of 1":
         assert noise == pytest.approx(8.0)  # sqrt(64 / 1): a mean over 1 term instead of 64
